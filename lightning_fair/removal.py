@@ -1,0 +1,223 @@
+"""Dependency-aware removal of units through torch-pruning's DependencyGraph.
+
+Channels coupled by residual adds, depthwise convs, norms or concatenation form one
+*coupled group* and are always removed together. The graph is built by running the
+model (torch-pruning traces autograd, not ``torch.fx``), so a ``forward`` with Python
+checks or data-dependent branches works.
+
+Coupled-group policy (method.md §1.4). A group whose root channels are the outputs of
+several scored layers (e.g. the last conv of every block in a ResNet stage and the
+shortcut conv) gets one decision:
+
+* ``"min_count"`` (default, the reference's policy: prune less, not more): each member
+  layer gets its own ToD count; the group removes the smallest of them (as a fraction of
+  its channels), and ranks channels by the largest of the members' utilization scores,
+  each normalised by its layer's mean, so a channel goes only if it is unused everywhere.
+* ``"joint"``: ToD is applied once to the group's combined scores: the normalised-max U
+  above and ``R = |Σ_members Σ dL/dz·z|`` (the first-order loss change of removing the
+  channel from every member at once).
+
+A group that would touch the output channels of the output layer, of an ignored layer or
+of a layer that was not scored is left whole.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .allocation import count_from_curve, removal_order, tod_curve
+from .layers import PRUNABLE_TYPES, is_depthwise
+
+__all__ = ["CoupledGroup", "DependencyPlanner", "GROUP_POLICIES", "ModelSnapshot"]
+
+GROUP_POLICIES = ("min_count", "joint")
+
+
+@dataclass
+class CoupledGroup:
+    """Root channels of one coupled set and how each scored member maps onto them."""
+
+    root: str
+    num_channels: int
+    #: {scored layer: (member channel idxs, root idxs)}
+    members: Dict[str, tuple] = field(default_factory=dict)
+    #: equal-size channel groups imposed by grouped convs (1 if none)
+    channel_groups: int = 1
+    #: why the group is never pruned ("" if it may be)
+    blocked: str = ""
+
+
+class ModelSnapshot:
+    """Shallow snapshot of every module's attributes, parameters and buffers.
+
+    Pruning replaces parameters and edits attributes instead of writing into tensors,
+    so restoring these dicts puts the model back exactly as it was.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.state = []
+        self.include(model.modules())
+        self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        self.training = {m: m.training for m in model.modules()}
+
+    def include(self, modules) -> None:
+        """Also snapshot these modules (e.g. torch-pruning's concat/split bookkeeping ops)."""
+        seen = {id(entry[0]) for entry in self.state}
+        for m in modules:
+            if isinstance(m, nn.Module) and id(m) not in seen:
+                seen.add(id(m))
+                self.state.append((m, _copy_lists(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)))
+
+    def restore(self) -> None:
+        """Undo every change made since the snapshot (can be called more than once)."""
+        for module, attributes, parameters, buffers, modules in self.state:
+            module.__dict__.clear()
+            module.__dict__.update(_copy_lists(attributes))
+            module.__dict__.update(_parameters=dict(parameters), _buffers=dict(buffers), _modules=dict(modules))
+
+    def restore_flags(self, model: nn.Module) -> None:
+        """Put back train/eval flags and ``requires_grad`` (pruning makes new parameters)."""
+        for module, flag in self.training.items():
+            module.training = flag
+        for name, param in model.named_parameters():
+            if name in self.requires_grad:
+                param.requires_grad_(self.requires_grad[name])
+
+
+def _copy_lists(attributes: dict) -> dict:
+    # torch-pruning edits some list attributes in place (e.g. a concat's sizes).
+    return {k: list(v) if isinstance(v, list) else v for k, v in attributes.items()}
+
+
+def _out_pruning_fn(graph: tp.DependencyGraph, module: nn.Module):
+    return graph.get_pruner_of_module(module).prune_out_channels
+
+
+class DependencyPlanner:
+    """Coupled groups of a model's scored layers, and the removal of chosen root channels."""
+
+    def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set):
+        self.model = model
+        self.modules = dict(model.named_modules())
+        snapshot = ModelSnapshot(model)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        finally:
+            snapshot.restore_flags(model)  # build_dependency leaves the model in eval mode
+        self.groups = self._find_groups(scored, protected)
+
+    def _find_groups(self, scored: List[str], protected: set) -> List[CoupledGroup]:
+        covered, groups = set(), []
+        scored_set = set(scored)
+        for name in scored:
+            if name in covered:
+                continue
+            module = self.modules[name]
+            n = self.graph.get_out_channels(module)
+            full = self.graph.get_pruning_group(module, _out_pruning_fn(self.graph, module), list(range(n)))
+            group = CoupledGroup(root=name, num_channels=n)
+            for item in full:
+                target = item.dep.target.module
+                target_name = self.graph._module2name.get(target)
+                out_side = self.graph.is_out_channel_pruning_fn(item.dep.handler)
+                if isinstance(target, nn.modules.conv._ConvNd) and target.groups > 1 and not is_depthwise(target):
+                    group.channel_groups = max(group.channel_groups, target.groups)
+                if not (out_side and isinstance(target, PRUNABLE_TYPES)):
+                    continue
+                if target_name in scored_set:
+                    group.members[target_name] = (torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
+                    covered.add(target_name)
+                elif not group.blocked:
+                    reason = "protected" if target_name in protected else "not scored"
+                    group.blocked = f"shares channels with {target_name!r} ({reason})"
+            if group.channel_groups > 1 and n % group.channel_groups:
+                group.blocked = group.blocked or f"{n} channels do not split into {group.channel_groups} groups"
+            groups.append(group)
+        return groups
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, scores, counts: Dict[str, int], *, ranking: str = "utilization", policy: str = "min_count",
+             tolerance: Optional[float] = None, seed: int = 0) -> Dict[str, torch.Tensor]:
+        """Root channel indices to remove per group: ``{root layer: idxs}`` (empty groups omitted)."""
+        if policy not in GROUP_POLICIES:
+            raise ValueError(f"group_policy must be one of {GROUP_POLICIES}, got {policy!r}")
+        plan = {}
+        for group in self.groups:
+            if group.blocked or not group.members:
+                continue
+            n, g = group.num_channels, group.channel_groups
+            utilization = _combine_utilization(group, scores)
+            if policy == "joint" and len(group.members) > 1:
+                if tolerance is None:
+                    raise ValueError("group_policy='joint' needs the tolerance")
+                k = count_from_curve(tod_curve(utilization, _combine_taylor(group, scores)), tolerance)
+            else:
+                k = min(int(counts[name] * n / scores.utilization[name].numel()) for name in group.members)
+            k = (k // g) * g
+            if k <= 0:
+                continue
+            order = self._order(group, ranking, utilization, seed)
+            positions = order[: k // g]
+            plan[group.root] = torch.cat([positions + j * (n // g) for j in range(g)]).sort().values
+        return plan
+
+    def _order(self, group: CoupledGroup, ranking: str, utilization: torch.Tensor, seed: int) -> torch.Tensor:
+        n, g = group.num_channels, group.channel_groups
+        if ranking == "l1":
+            per_root = torch.zeros(n, dtype=torch.float64)
+            for name, (idxs, roots) in group.members.items():
+                module = self.modules[name]
+                weight = module.weight.detach()
+                if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                    weight = weight.transpose(0, 1)
+                norms = weight.flatten(1).abs().sum(1).double().cpu()
+                per_root.index_add_(0, roots, norms[idxs] / norms.mean().clamp_min(1e-12))
+            utilization = per_root
+            ranking = "utilization"
+        folded = utilization.reshape(g, n // g).mean(0) if g > 1 else utilization
+        return removal_order(ranking, folded, seed=seed + zlib.crc32(group.root.encode()))
+
+    # ------------------------------------------------------------------ removal
+    def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> None:
+        """Remove the planned channels, group by group (not atomic: see :func:`lightning_fair.prune`)."""
+        for root, idxs in plan.items():
+            module = self.modules[root]
+            group = self.graph.get_pruning_group(module, _out_pruning_fn(self.graph, module), idxs.tolist())
+            if not self.graph.check_pruning_group(group):
+                raise RuntimeError(f"torch-pruning refused to remove {len(idxs)} channels from {root!r}")
+            group.prune(record_history=record_history)
+
+    def history(self) -> list:
+        """torch-pruning's pruning history as plain data (``[name, is_out, idxs]`` rows)."""
+        return [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in self.graph.pruning_history()]
+
+
+def _normalised(values: torch.Tensor) -> torch.Tensor:
+    values = values.double()
+    return values / values.mean().clamp_min(1e-12)
+
+
+def _combine_utilization(group: CoupledGroup, scores) -> torch.Tensor:
+    if len(group.members) == 1:
+        name, (idxs, roots) = next(iter(group.members.items()))
+        combined = torch.zeros(group.num_channels, dtype=torch.float64)
+        combined[roots] = scores.utilization[name][idxs].double()
+        return combined
+    combined = torch.zeros(group.num_channels, dtype=torch.float64)
+    for name, (idxs, roots) in group.members.items():
+        combined[roots] = torch.maximum(combined[roots], _normalised(scores.utilization[name])[idxs])
+    return combined
+
+
+def _combine_taylor(group: CoupledGroup, scores) -> torch.Tensor:
+    combined = torch.zeros(group.num_channels, dtype=torch.float64)
+    for name, (idxs, roots) in group.members.items():
+        combined.index_add_(0, roots, scores.taylor_sum[name].double()[idxs])
+    return combined.abs()

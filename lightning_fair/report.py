@@ -1,0 +1,112 @@
+"""What pruning did: channels per layer, MACs and parameters before and after."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .layers import PRUNABLE_TYPES, units_view
+
+__all__ = ["LayerRow", "PruneReport", "measure", "unit_counts"]
+
+
+@dataclass
+class LayerRow:
+    """One layer of the report."""
+
+    name: str
+    before: int
+    after: int
+    observed: str = ""
+
+    @property
+    def kept(self) -> float:
+        return self.after / self.before if self.before else 1.0
+
+
+@dataclass
+class PruneReport:
+    """Per-layer units before/after and model totals. ``print(report)`` shows a table.
+
+    ``macs_ratio`` and ``params_ratio`` are the fractions kept (after / before).
+    """
+
+    layers: List[LayerRow]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    tolerance: Optional[float] = None
+    target: Dict[str, float] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def to_dict(self) -> dict:
+        """Plain data (for loggers, JSON, checkpoints)."""
+        data = asdict(self)
+        data.update(macs_ratio=self.macs_ratio, params_ratio=self.params_ratio)
+        return data
+
+    def __str__(self) -> str:
+        width = max([len("layer")] + [len(r.name) for r in self.layers])
+        lines = [f"{'layer':<{width}}  {'before':>7}  {'after':>7}  {'kept':>6}  observed"]
+        lines.append("-" * len(lines[0]))
+        for row in self.layers:
+            lines.append(f"{row.name:<{width}}  {row.before:>7}  {row.after:>7}  {row.kept:>6.1%}  {row.observed}")
+        lines.append("-" * len(lines[0]))
+        lines.append(
+            f"MACs   {_si(self.macs_before):>9} -> {_si(self.macs_after):>9}  (kept {self.macs_ratio:.1%}, "
+            f"{1 / max(self.macs_ratio, 1e-12):.2f}x fewer)"
+        )
+        lines.append(
+            f"params {_si(self.params_before):>9} -> {_si(self.params_after):>9}  (kept {self.params_ratio:.1%})"
+        )
+        if self.tolerance is not None:
+            lines.append(f"tolerance of difference: {self.tolerance:.4g}")
+        for key, value in self.target.items():
+            lines.append(f"target {key}: {value:.3g} kept")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def measure(model: nn.Module, example_inputs) -> tuple:
+    """``(MACs, params)`` of one forward on ``example_inputs`` (torch-pruning's counter)."""
+    training = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        for module, flag in training.items():
+            module.training = flag
+    return int(macs), int(params)
+
+
+def unit_counts(model: nn.Module, names) -> Dict[str, int]:
+    """Current number of units (output channels / features) of the named layers."""
+    modules = dict(model.named_modules())
+    counts = {}
+    for name in names:
+        module = modules[name]
+        if isinstance(module, nn.Linear):
+            counts[name] = module.out_features
+        elif isinstance(module, PRUNABLE_TYPES):
+            counts[name] = module.out_channels
+    return counts

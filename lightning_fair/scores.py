@@ -1,0 +1,182 @@
+"""FAIR scores: the utilization score U and the reconstruction score R of every unit.
+
+``compute_scores`` runs the statistics pass once; the :class:`FairScores` it returns
+answers any tolerance, ratio or MACs target afterwards without touching data again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from .distances import max_pairwise_w1
+from .layers import resolve_ignored
+from .statistics import StatisticsCollector, default_unpack
+
+__all__ = ["FairScores", "compute_scores"]
+
+
+@dataclass
+class FairScores:
+    """Per-layer FAIR scores, keyed by the layer's qualified name in the model.
+
+    Attributes:
+        utilization: ``{layer: U [C]}``, max over class pairs of the (sliced) W1 distance.
+        reconstruction: ``{layer: R [C]}``, ``|Σ dL/dz · z|`` over the calibration data.
+        taylor_sum: ``{layer: [C]}``, the signed sum before the absolute value.
+        observed: ``{layer: "output" | "norm" | "activation"}``, the tensor U observed.
+        output_layer: the model's output layer (never pruned).
+        class_counts: images per class used for U.
+        config: how the scores were made (samples_per_class, num_projections, observe, seed, num_batches).
+    """
+
+    utilization: Dict[str, torch.Tensor]
+    reconstruction: Dict[str, torch.Tensor]
+    taylor_sum: Dict[str, torch.Tensor] = field(default_factory=dict)
+    observed: Dict[str, str] = field(default_factory=dict)
+    output_layer: str = ""
+    class_counts: List[int] = field(default_factory=list)
+    config: Dict[str, Union[int, str]] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> List[str]:
+        """Scored layer names in execution order."""
+        return list(self.utilization)
+
+    def __getitem__(self, layer: str) -> Dict[str, torch.Tensor]:
+        return {"utilization": self.utilization[layer], "reconstruction": self.reconstruction[layer]}
+
+    def __repr__(self) -> str:
+        units = sum(u.numel() for u in self.utilization.values())
+        return f"FairScores({len(self.utilization)} layers, {units} units, observe={self.config.get('observe')!r})"
+
+    # ------------------------------------------------------------ plain data at rest
+    def state_dict(self) -> dict:
+        """Plain tensors, strings and numbers only: safe for ``torch.load(weights_only=True)``."""
+        return {
+            "format": "lightning_fair.FairScores/1",
+            "layers": self.layers,
+            "utilization": [self.utilization[n].detach().cpu() for n in self.layers],
+            "reconstruction": [self.reconstruction[n].detach().cpu() for n in self.layers],
+            "taylor_sum": [self.taylor_sum[n].detach().cpu() for n in self.layers] if self.taylor_sum else [],
+            "observed": [self.observed.get(n, "") for n in self.layers],
+            "output_layer": self.output_layer,
+            "class_counts": list(self.class_counts),
+            "config": dict(self.config),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "FairScores":
+        """Inverse of :meth:`state_dict`."""
+        if not isinstance(state, dict) or state.get("format") != "lightning_fair.FairScores/1":
+            raise ValueError("not a lightning_fair FairScores state (expected format 'lightning_fair.FairScores/1')")
+        names = list(state["layers"])
+        return cls(
+            utilization=dict(zip(names, state["utilization"])),
+            reconstruction=dict(zip(names, state["reconstruction"])),
+            taylor_sum=dict(zip(names, state["taylor_sum"])) if state["taylor_sum"] else {},
+            observed={n: o for n, o in zip(names, state["observed"]) if o},
+            output_layer=state["output_layer"],
+            class_counts=list(state["class_counts"]),
+            config=dict(state["config"]),
+        )
+
+    def save(self, path) -> None:
+        """Save as plain tensors. Example: ``scores.save("scores.pt"); FairScores.load("scores.pt")``."""
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path) -> "FairScores":
+        """Load scores written by :meth:`save` (with ``weights_only=True``)."""
+        return cls.from_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+
+
+def compute_scores(
+    model: nn.Module,
+    dataloader: Iterable,
+    *,
+    samples_per_class: int = 32,
+    num_projections: int = 128,
+    observe: str = "activation",
+    seed: int = 0,
+    loss_fn: Optional[Callable] = None,
+    unpack: Callable = default_unpack,
+    ignored_layers: Optional[Iterable[Union[str, nn.Module]]] = None,
+    max_batches: Optional[int] = None,
+) -> FairScores:
+    """Score every prunable unit of ``model`` with one forward and one backward per batch.
+
+    Args:
+        model: any ``nn.Module`` (a LightningModule too) that maps inputs to class logits.
+        dataloader: labelled calibration batches, ``(inputs, labels)`` by default.
+        samples_per_class: images per class kept for the utilization score (n in the paper).
+        num_projections: random directions for the sliced W1 of conv channels (P).
+        observe: what U observes: the layer's ``"output"``, the tensor after the following
+            ``"norm"``, or after the following nonlinearity (``"activation"``, the default;
+            where no such module follows, the furthest point reached is used and recorded
+            in ``scores.observed``).
+        seed: seeds the projection directions.
+        loss_fn: ``loss_fn(logits, labels)``, cross-entropy by default.
+        unpack: ``batch -> (inputs, labels)``.
+        ignored_layers: module names or modules never scored (nor pruned).
+        max_batches: stop after this many batches.
+
+    Returns:
+        :class:`FairScores`. The model is left exactly as it was.
+
+    Example:
+        >>> import torch
+        >>> from lightning_fair import compute_scores, zoo
+        >>> data = [(torch.randn(20, 1, 8, 8), torch.arange(20) % 10)]
+        >>> scores = compute_scores(zoo.small_cnn(), data, samples_per_class=2, num_projections=8)
+        >>> sorted(scores.utilization)[:2]
+        ['features.0', 'features.3']
+    """
+    ignored = resolve_ignored(model, ignored_layers)
+    collector = StatisticsCollector(
+        model,
+        samples_per_class=samples_per_class,
+        num_projections=num_projections,
+        observe=observe,
+        seed=seed,
+        loss_fn=loss_fn,
+        unpack=unpack,
+        ignored=ignored,
+    ).run(dataloader, max_batches=max_batches)
+    return scores_from_statistics(collector)
+
+
+def scores_from_statistics(collector: StatisticsCollector) -> FairScores:
+    """Turn collected statistics into U and R (method.md §1.1-1.2)."""
+    counts = collector.class_counts
+    present = [k for k in range(counts.numel()) if counts[k] > 0]
+    if len(present) < 2:
+        raise ValueError(
+            f"the calibration data holds {len(present)} class(es); the utilization score compares "
+            "classes, so it needs labelled samples of at least two"
+        )
+    utilization, reconstruction, taylor, observed = {}, {}, {}, {}
+    for name, stats in collector.layers.items():
+        per_class = [stats.samples[k, : int(counts[k])] for k in present]
+        utilization[name] = max_pairwise_w1(per_class).cpu().float()
+        taylor[name] = stats.taylor_sum.cpu()
+        reconstruction[name] = stats.taylor_sum.abs().cpu().float()
+        observed[name] = stats.observed
+    return FairScores(
+        utilization=utilization,
+        reconstruction=reconstruction,
+        taylor_sum=taylor,
+        observed=observed,
+        output_layer=collector.output_layer,
+        class_counts=counts.tolist(),
+        config={
+            "samples_per_class": int(collector.samples_per_class),
+            "num_projections": int(collector.num_projections),
+            "observe": collector.observe,
+            "seed": int(collector.seed),
+            "num_batches": int(collector.num_batches),
+        },
+    )

@@ -1,0 +1,341 @@
+"""One pass over calibration batches: the statistics FAIR scores are made from.
+
+For every prunable layer, one forward and one backward per batch collect
+
+* the projected per-class samples of the observed tensor (for the utilization score):
+  the first ``samples_per_class`` images of each class, each unit seen through
+  ``num_projections`` seeded unit directions (conv maps) or as its scalar (Linear);
+* the signed sum over batches, samples and positions of ``dL/dz * z`` (for the
+  reconstruction score).
+
+Both live in preallocated buffers, so memory does not grow with the number of batches.
+The model is scored in eval mode and handed back exactly as it was: weights, buffers,
+``.grad``, train/eval flags and ``requires_grad`` are never touched (gradients are taken
+with :func:`torch.autograd.grad` with respect to layer outputs only).
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+from torch import nn
+
+from .distances import random_projections
+from .layers import (
+    ACTIVATION_TYPES,
+    NORM_TYPES,
+    OBSERVATION_POINTS,
+    PASS_THROUGH_TYPES,
+    batch_sum_per_unit,
+    candidate_layers,
+    units_view,
+)
+
+__all__ = ["LayerStatistics", "StatisticsCollector", "default_unpack"]
+
+_STAGE = {"output": 0, "norm": 1, "activation": 2}
+_STAGE_NAME = {v: k for k, v in _STAGE.items()}
+
+
+def default_unpack(batch):
+    """Split a batch into ``(inputs, target)``: ``(x, y, ...)`` sequences and dicts with
+    ``x``/``input``/``image`` and ``y``/``label``/``target`` keys are understood."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict):
+        xs = [k for k in ("x", "input", "inputs", "image", "images") if k in batch]
+        ys = [k for k in ("y", "label", "labels", "target", "targets") if k in batch]
+        if xs and ys:
+            return batch[xs[0]], batch[ys[0]]
+    raise TypeError(
+        f"cannot find (inputs, target) in a batch of type {type(batch).__name__}; batches must be "
+        "(inputs, labels, ...) sequences or dicts with 'x' and 'y' keys, or pass "
+        "unpack=lambda batch: (inputs, labels)"
+    )
+
+
+@dataclass
+class LayerStatistics:
+    """What one pass gathered for one layer."""
+
+    name: str
+    num_units: int
+    #: ``[K, n, C, D]`` projected observations, the first ``counts[k]`` rows of class k valid.
+    samples: Optional[torch.Tensor] = None
+    #: ``[C]`` signed sum of dL/dz * z.
+    taylor_sum: Optional[torch.Tensor] = None
+    #: which tensor was observed: "output", "norm" or "activation".
+    observed: str = "output"
+    #: flattened size of a unit's output per image (1 for a scalar unit).
+    map_size: int = 1
+
+
+@dataclass
+class StatisticsCollector:
+    """Hooks a model, runs batches through it and keeps FAIR's statistics.
+
+    Use :func:`lightning_fair.compute_scores` unless you need the raw statistics.
+    """
+
+    model: nn.Module
+    samples_per_class: int = 32
+    num_projections: int = 128
+    observe: str = "activation"
+    seed: int = 0
+    loss_fn: Optional[Callable] = None
+    unpack: Callable = default_unpack
+    ignored: set = field(default_factory=set)
+
+    def __post_init__(self):
+        if self.observe not in OBSERVATION_POINTS:
+            raise ValueError(f"observe must be one of {OBSERVATION_POINTS}, got {self.observe!r}")
+        if int(self.samples_per_class) < 1:
+            raise ValueError(f"samples_per_class must be a positive integer, got {self.samples_per_class!r}")
+        if int(self.num_projections) < 1:
+            raise ValueError(f"num_projections must be a positive integer, got {self.num_projections!r}")
+        self.loss_fn = self.loss_fn or nn.functional.cross_entropy
+        self.layers: Dict[str, LayerStatistics] = {}
+        self.class_counts: Optional[torch.Tensor] = None
+        self.num_batches = 0
+        self._modules = candidate_layers(self.model, self.ignored)
+        self._projections: Dict[str, torch.Tensor] = {}
+        self._device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
+    # ------------------------------------------------------------------ the pass
+    def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
+        """Run every batch (or the first ``max_batches``) once; return self."""
+        state = _freeze(self.model)
+        try:
+            self.model.eval()
+            with torch.inference_mode(False), torch.enable_grad():
+                for batch in batches:
+                    if max_batches is not None and self.num_batches >= max_batches:
+                        break
+                    self.update(batch)
+        finally:
+            _restore(self.model, state)
+        if self.num_batches == 0:
+            raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
+        return self
+
+    def update(self, batch) -> None:
+        """One forward and one backward over ``batch`` (the model must already be in eval mode)."""
+        inputs, target = self.unpack(batch)
+        inputs = _to_grad_tensor(inputs, self._device)
+        target = torch.as_tensor(target).to(self._device)
+        if target.is_inference():
+            target = target.clone()
+        recorder = _BatchRecorder(self, target)
+        handles = recorder.attach()
+        try:
+            logits = self.model(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ValueError(
+                "the model's output must be class logits of shape [batch, num_classes], got "
+                f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
+            )
+        if self.num_batches == 0:
+            self._first_batch(recorder, logits)
+        loss = self.loss_fn(logits, target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the calibration loss is {loss.item()} on batch {self.num_batches}")
+        names = [n for n in self.layers if n in recorder.outputs]
+        grads = torch.autograd.grad(loss, [recorder.outputs[n] for n in names], allow_unused=True)
+        with torch.no_grad():
+            for name, grad in zip(names, grads):
+                if grad is None:
+                    continue
+                contribution = batch_sum_per_unit(grad * recorder.outputs[name], self._modules[name])
+                stats = self.layers[name]
+                stats.taylor_sum += contribution.to(torch.float64)
+            recorder.commit()
+        self.num_batches += 1
+
+    # ------------------------------------------------------------------ helpers
+    def _first_batch(self, recorder: "_BatchRecorder", logits: torch.Tensor) -> None:
+        num_classes = logits.shape[1]
+        if num_classes < 2:
+            raise ValueError(f"the model's output has {num_classes} class; FAIR needs classification logits")
+        self.class_counts = torch.zeros(num_classes, dtype=torch.long)
+        executed = [n for n in dict.fromkeys(recorder.order) if n in self._modules]
+        if not executed:
+            raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")
+        output_layer = executed[-1]
+        for name in executed[:-1]:
+            if name not in recorder.outputs:
+                continue  # its output does not depend on anything differentiable
+            if recorder.calls[name] > 1:
+                warnings.warn(f"layer {name!r} runs {recorder.calls[name]} times per forward; it is not scored")
+                continue
+            out = recorder.outputs[name]
+            module = self._modules[name]
+            channels = units_view(out, module).shape[1]
+            self.layers[name] = LayerStatistics(
+                name=name,
+                num_units=channels,
+                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
+            )
+        self.output_layer = output_layer
+        if not self.layers:
+            raise ValueError(
+                "the model has no prunable layer besides its output layer "
+                f"({output_layer!r}); check ignored_layers"
+            )
+
+    def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:
+        """The ``[map_size, P]`` seeded directions of a layer (None for scalar units)."""
+        if map_size == 1:
+            return None
+        key = f"{name}:{map_size}"
+        if key not in self._projections:
+            layer_seed = zlib.crc32(name.encode()) ^ int(self.seed)
+            self._projections[key] = random_projections(map_size, self.num_projections, seed=layer_seed).to(self._device)
+        return self._projections[key]
+
+
+class _BatchRecorder:
+    """Forward hooks for one batch: keeps layer outputs and projects what U observes."""
+
+    def __init__(self, collector: StatisticsCollector, target: torch.Tensor):
+        self.c = collector
+        self.target = target
+        self.outputs: Dict[str, torch.Tensor] = {}
+        self.order: List[str] = []
+        self.calls: Dict[str, int] = {}
+        # id(tensor) -> (layer name, stage, tensor) for tensors derived from a layer output
+        self.chain: Dict[int, tuple] = {}
+        self.observed: Dict[str, tuple] = {}  # name -> (stage, projected [m, C, D])
+        self.selected = self._select(target)
+
+    def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
+        """Indices of this batch's samples still needed for U (the first n per class)."""
+        counts = self.c.class_counts
+        if counts is None:  # first batch: class count unknown until the forward returns
+            return torch.arange(target.shape[0], device=target.device)
+        labels = target.detach().long().cpu()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= counts.numel()):
+            raise ValueError(f"labels must lie in [0, {counts.numel()}) for a model with {counts.numel()} outputs")
+        room = (self.c.samples_per_class - counts).clamp(min=0)
+        one_hot = torch.nn.functional.one_hot(labels, counts.numel())
+        rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # position of each sample within its class
+        keep = rank < room[labels]
+        if not keep.any():
+            return None
+        return keep.nonzero().flatten().to(target.device)
+
+    def attach(self) -> list:
+        handles = []
+        target_stage = _STAGE[self.c.observe]
+        for name, module in self.c._modules.items():
+            handles.append(module.register_forward_hook(self._layer_hook(name)))
+        if target_stage > 0:
+            for module in self.c.model.modules():
+                if isinstance(module, NORM_TYPES):
+                    stage = 1
+                elif isinstance(module, ACTIVATION_TYPES):
+                    stage = 2
+                elif isinstance(module, PASS_THROUGH_TYPES):
+                    stage = -1
+                else:
+                    continue
+                handles.append(module.register_forward_hook(self._follow_hook(stage, target_stage)))
+        return handles
+
+    def _layer_hook(self, name: str):
+        def hook(module, args, output):
+            self.order.append(name)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return None
+            self.outputs[name] = output
+            # Downstream in-place ops (ReLU(inplace=True)) act on the copy, so `output`
+            # keeps the layer's true values and its own autograd history.
+            passed = output.clone()
+            self.chain[id(passed)] = (name, 0, passed)
+            self._observe(name, 0, passed)
+            return passed
+
+        return hook
+
+    def _follow_hook(self, stage: int, target_stage: int):
+        def hook(module, args, output):
+            if not args or not isinstance(output, torch.Tensor):
+                return None
+            entry = self.chain.get(id(args[0]))
+            if entry is None or entry[2] is not args[0] or entry[1] >= 2:
+                return None
+            name, previous, _ = entry
+            new_stage = previous if stage < 0 else stage
+            if new_stage < previous or new_stage > target_stage or output.shape != args[0].shape:
+                return None
+            self.chain[id(output)] = (name, new_stage, output)
+            if new_stage > previous:
+                self._observe(name, new_stage, output)
+            return None
+
+        return hook
+
+    def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
+        if self.selected is None:
+            return
+        if self.c.class_counts is not None and name not in self.c.layers:
+            return  # after the first batch, only scored layers are observed
+        module = self.c._modules[name]
+        with torch.no_grad():
+            values = units_view(tensor.detach()[self.selected], module).float()
+            theta = self.c.projection(name, values.shape[2])
+            projected = values if theta is None else values @ theta
+        self.observed[name] = (stage, projected, values.shape[2])
+
+    def commit(self) -> None:
+        """Write this batch's selected observations into the per-class buffers."""
+        if self.selected is None:
+            return
+        c = self.c
+        labels = self.target.detach().long()[self.selected].cpu()
+        counts = c.class_counts
+        positions = torch.empty_like(labels)
+        for k in labels.unique().tolist():
+            mask = labels == k
+            positions[mask] = counts[k] + torch.arange(int(mask.sum()))
+        keep = positions < c.samples_per_class  # first batch: more than n of a class may arrive
+        labels_d = labels[keep].to(c._device)
+        positions_d = positions[keep].to(c._device)
+        for name, stats in c.layers.items():
+            if name not in self.observed:
+                continue
+            stage, projected, map_size = self.observed[name]
+            if stats.samples is None:
+                stats.samples = projected.new_zeros(counts.numel(), c.samples_per_class, *projected.shape[1:])
+                stats.observed = _STAGE_NAME[stage]
+                stats.map_size = map_size
+            stats.samples[labels_d, positions_d] = projected[keep.to(projected.device)]
+        counts += torch.bincount(labels[keep], minlength=counts.numel())
+
+
+def _to_grad_tensor(inputs, device):
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"model inputs must be a tensor, got {type(inputs).__name__}; pass unpack=... to extract it")
+    inputs = inputs.to(device)
+    if inputs.is_inference():
+        inputs = inputs.clone()
+    if inputs.is_floating_point():
+        # Makes every layer output part of the graph even when all parameters are frozen.
+        inputs = inputs.detach().requires_grad_(True)
+    return inputs
+
+
+def _freeze(model: nn.Module) -> dict:
+    return {"training": {m: m.training for m in model.modules()}}
+
+
+def _restore(model: nn.Module, state: dict) -> None:
+    for module, flag in state["training"].items():
+        module.training = flag
