@@ -108,9 +108,10 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
         channels = samples[0].shape[1] if samples else 0
         return torch.zeros(channels)
     indices, widths = quantile_grid([s.shape[0] for s in samples])
-    sorted_samples = [torch.sort(s, dim=0).values for s in samples]
+    # Sorting along a contiguous last dimension is an order of magnitude faster than along dim 0.
+    sorted_samples = [torch.sort(s.permute(1, 2, 0).contiguous(), dim=-1).values for s in samples]  # [C, D, n_k]
     num_classes = len(samples)
-    channels, dim = sorted_samples[0].shape[1:]
+    channels, dim = sorted_samples[0].shape[:2]
     levels = widths.numel()
     per_channel = max(1, dim * num_classes * max(levels, num_classes))
     chunk = max(1, max_elements // per_channel)
@@ -120,8 +121,8 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
         stop = min(channels, start + chunk)
         # [c, D, K, L]: each class's quantile function per (unit, projection).
         grid = torch.stack(
-            [s[:, start:stop].to(dtype).index_select(0, idx) for s, idx in zip(sorted_samples, indices)], dim=0
-        ).permute(2, 3, 0, 1)
+            [s[start:stop].to(dtype).index_select(-1, idx) for s, idx in zip(sorted_samples, indices)], dim=2
+        )
         distances = pairwise_w1(grid, widths)  # [c, D, K, K]
         result[start:stop] = distances.mean(dim=1).amax(dim=(-2, -1))
     return result

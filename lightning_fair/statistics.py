@@ -127,6 +127,8 @@ class StatisticsCollector:
         inputs, target = self.unpack(batch)
         inputs = _to_grad_tensor(inputs, self._device)
         target = torch.as_tensor(target).to(self._device)
+        if target.dim() == 2 and target.shape[1] == 1:
+            target = target.flatten()
         if target.is_inference():
             target = target.clone()
         recorder = _BatchRecorder(self, target)
@@ -217,10 +219,14 @@ class _BatchRecorder:
     def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
         """Indices of this batch's samples still needed for U (the first n per class)."""
         counts = self.c.class_counts
-        if counts is None:  # first batch: class count unknown until the forward returns
-            return torch.arange(target.shape[0], device=target.device)
-        labels = target.detach().long().cpu()
-        if labels.numel() and (labels.min() < 0 or labels.max() >= counts.numel()):
+        labels = target.detach().long().cpu().flatten()
+        if target.dim() != 1:
+            raise ValueError(f"labels must be one class index per sample, got shape {tuple(target.shape)}")
+        if labels.numel() and labels.min() < 0:
+            raise ValueError("labels must be class indices >= 0")
+        if counts is None:  # first batch: the number of classes is known once the forward returns
+            counts = torch.zeros(int(labels.max()) + 1 if labels.numel() else 1, dtype=torch.long)
+        elif labels.numel() and labels.max() >= counts.numel():
             raise ValueError(f"labels must lie in [0, {counts.numel()}) for a model with {counts.numel()} outputs")
         room = (self.c.samples_per_class - counts).clamp(min=0)
         one_hot = torch.nn.functional.one_hot(labels, counts.numel())
@@ -287,12 +293,11 @@ class _BatchRecorder:
             return
         if self.c.class_counts is not None and name not in self.c.layers:
             return  # after the first batch, only scored layers are observed
-        module = self.c._modules[name]
         with torch.no_grad():
-            values = units_view(tensor.detach()[self.selected], module).float()
-            theta = self.c.projection(name, values.shape[2])
-            projected = values if theta is None else values @ theta
-        self.observed[name] = (stage, projected, values.shape[2])
+            # A copy of the selected rows: later in-place ops cannot change it. Only the last
+            # stage reached is projected, once, in commit().
+            values = units_view(tensor.detach()[self.selected], self.c._modules[name])
+        self.observed[name] = (stage, values)
 
     def commit(self) -> None:
         """Write this batch's selected observations into the per-class buffers."""
@@ -311,12 +316,16 @@ class _BatchRecorder:
         for name, stats in c.layers.items():
             if name not in self.observed:
                 continue
-            stage, projected, map_size = self.observed[name]
+            stage, values = self.observed[name]
+            values = values[keep.to(values.device)].float()
+            map_size = values.shape[2]
+            theta = c.projection(name, map_size)
+            projected = values if theta is None else values @ theta
             if stats.samples is None:
                 stats.samples = projected.new_zeros(counts.numel(), c.samples_per_class, *projected.shape[1:])
                 stats.observed = _STAGE_NAME[stage]
                 stats.map_size = map_size
-            stats.samples[labels_d, positions_d] = projected[keep.to(projected.device)]
+            stats.samples[labels_d, positions_d] = projected
         counts += torch.bincount(labels[keep], minlength=counts.numel())
 
 
