@@ -33,9 +33,11 @@ def tod_curve(utilization: torch.Tensor, reconstruction: torch.Tensor) -> torch.
     """``ToD(m)`` for ``m = 1..floor(0.99 n)`` as a float64 vector (entry ``m-1``).
 
     Example:
-        >>> u = torch.tensor([0.1, 0.2, 0.3, 0.4]); r = torch.tensor([0.4, 0.3, 0.2, 0.1])
+        >>> u = torch.tensor([0.1, 0.2, 0.3, 0.4]); r = torch.tensor([0.1, 0.2, 0.3, 0.4])
         >>> tod_curve(u, r).tolist()   # the lowest-U units are the least protected
-        [0.0, 0.0, 0.3333333333333333]
+        [0.0, 0.0, 0.6666666666666666]
+        >>> tod_curve(u, r.flip(0)).tolist()   # the lowest-U units are the most protected
+        [1.0, 1.0, 1.0]
     """
     utilization = torch.as_tensor(utilization).flatten()
     reconstruction = torch.as_tensor(reconstruction).flatten()
@@ -68,7 +70,7 @@ def tolerance_count(utilization: torch.Tensor, reconstruction: torch.Tensor, tol
     """Number of units FAIR removes from one layer at ``tolerance``.
 
     Example:
-        >>> tolerance_count(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.4, 0.3, 0.2, 0.1]), 0.0)
+        >>> tolerance_count(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.1, 0.2, 0.3, 0.4]), 0.0)
         2
     """
     return count_from_curve(tod_curve(utilization, reconstruction), tolerance)

@@ -110,10 +110,11 @@ def prune(
             model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
             observe=observe, seed=seed, loss_fn=loss_fn, unpack=unpack, ignored_layers=ignored, max_batches=max_batches,
         )
+    # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
+    protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}
     if not inplace:
         model = copy.deepcopy(model)
     names = dict(model.named_modules())
-    protected = {name for name, module in names.items() if module in ignored} | {scores.output_layer}
     missing = [n for n in scores.layers if n not in names]
     if missing:
         raise ValueError(f"scores name layers the model does not have ({missing[:3]}); compute them on this model")
@@ -202,8 +203,8 @@ def _search_tolerance(planner, snapshot, plan_for, curves, target, example_input
     if best > goal + 1e-9:
         raise ValueError(
             f"target_{key}={goal} cannot be reached in one shot: at most {1 - best:.1%} of the {key} can be "
-            f"removed (kept {best:.3f}). One pass removes at most about half of a layer's units (method.md "
-            f"§1.3); prune in several rounds or ask for target_{key}>={best:.3f}"
+            f"removed (kept {best:.3f} at tolerance 1, where ToD removes up to 99% of each free layer); "
+            f"ask for target_{key}>={best:.3f}, or unfreeze layers listed in ignored_layers"
         )
     lo, hi = 0, len(candidates) - 1  # kept(candidates[hi]) <= goal
     while lo < hi:

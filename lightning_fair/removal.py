@@ -107,6 +107,10 @@ class DependencyPlanner:
         self.modules = dict(model.named_modules())
         snapshot = ModelSnapshot(model)
         try:
+            # torch-pruning traces grad_fn: a frozen layer fed by inputs without grad leaves
+            # no trace and is missing from the graph. Unfreeze while tracing (restored below).
+            for param in model.parameters():
+                param.requires_grad_(True)
             with torch.inference_mode(False), torch.enable_grad():
                 self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         finally:

@@ -132,8 +132,10 @@ def compute_scores(
         >>> from lightning_fair import compute_scores, zoo
         >>> data = [(torch.randn(20, 1, 8, 8), torch.arange(20) % 10)]
         >>> scores = compute_scores(zoo.small_cnn(), data, samples_per_class=2, num_projections=8)
-        >>> sorted(scores.utilization)[:2]
-        ['features.0', 'features.3']
+        >>> scores.layers
+        ['features.0.0', 'features.1.0', 'features.3.0', 'head.0']
+        >>> scores.utilization["features.0.0"].shape
+        torch.Size([16])
     """
     ignored = resolve_ignored(model, ignored_layers)
     collector = StatisticsCollector(

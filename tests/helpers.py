@@ -1,0 +1,118 @@
+"""Shared data and models for tests/test_allocation.py and tests/test_prune.py.
+
+Real data: sklearn's 8x8 digits as ``[N, 1, 8, 8]`` float tensors in ``[0, 1]``.
+Everything is seeded and cached per test session, so the small CNN is trained once.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+from torch import nn
+
+from lightning_fair import compute_scores, zoo
+
+#: A calibration setting that keeps score computation fast on CPU.
+FAST = dict(samples_per_class=16, num_projections=32)
+
+
+@functools.lru_cache(maxsize=None)
+def digits():
+    """``(x_train, y_train, x_test, y_test)``: a seeded 1400 / 397 split of sklearn digits."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def calibration_loader(num: int = 400, batch_size: int = 100):
+    """A list of labelled batches from the training split (a valid 'dataloader')."""
+    x, y, _, _ = digits()
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, num, batch_size)]
+
+
+def example_inputs(n: int = 2) -> torch.Tensor:
+    return digits()[2][:n].clone()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    model.train(was_training)
+    return acc
+
+
+def train(model: nn.Module, epochs: int = 12, seed: int = 0, batch_size: int = 128) -> nn.Module:
+    """Seeded AdamW + one-cycle schedule on the training split; returns the model in eval mode.
+
+    Runs on one thread, so the trained weights do not depend on the machine's core count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, epochs, seed, batch_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model, epochs, seed, batch_size):
+    x, y, _, _ = digits()
+    steps_per_epoch = (len(y) + batch_size - 1) // batch_size
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=generator)
+        for i in range(0, len(y), batch_size):
+            idx = perm[i:i + batch_size]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_state(width: int, seed: int, epochs: int):
+    torch.manual_seed(seed)
+    model = train(zoo.small_cnn(width=width), epochs=epochs, seed=seed)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def trained_small_cnn(width: int = 16, seed: int = 0, epochs: int = 12) -> nn.Module:
+    """A fresh small_cnn (in eval mode) holding cached trained weights (trained once per setting)."""
+    model = zoo.small_cnn(width=width)
+    model.load_state_dict(_trained_state(width, seed, epochs))
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_small_cnn_scores():
+    return compute_scores(trained_small_cnn(), calibration_loader(), **FAST)
+
+
+def trained_small_cnn_scores():
+    """FAIR scores of the default :func:`trained_small_cnn` (computed once; a deep copy each call)."""
+    return copy.deepcopy(_trained_small_cnn_scores())
+
+
+def module_shapes(model: nn.Module) -> dict:
+    """Every module's channel/feature sizes (what structural pruning changes)."""
+    keys = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
+    return {
+        name: {k: getattr(m, k) for k in keys if hasattr(m, k)}
+        for name, m in model.named_modules()
+    }
+
+
+def units(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
