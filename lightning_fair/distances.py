@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["random_projections", "quantile_grid", "pairwise_w1", "max_pairwise_w1", "wasserstein_1d"]
@@ -75,6 +76,13 @@ def quantile_grid(counts: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tens
     return indices, widths
 
 
+def _sort_last(values: torch.Tensor) -> torch.Tensor:
+    """Sort along the last dimension. On CPU, NumPy sorts many short rows several times faster."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and not values.requires_grad:
+        return torch.from_numpy(np.sort(values.numpy(), axis=-1))
+    return torch.sort(values, dim=-1).values
+
+
 def pairwise_w1(quantiles: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     """W1 between every pair of distributions given on a common quantile grid.
 
@@ -108,8 +116,7 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
         channels = samples[0].shape[1] if samples else 0
         return torch.zeros(channels)
     indices, widths = quantile_grid([s.shape[0] for s in samples])
-    # Sorting along a contiguous last dimension is an order of magnitude faster than along dim 0.
-    sorted_samples = [torch.sort(s.permute(1, 2, 0).contiguous(), dim=-1).values for s in samples]  # [C, D, n_k]
+    sorted_samples = [_sort_last(s.permute(1, 2, 0).contiguous()) for s in samples]  # [C, D, n_k]
     num_classes = len(samples)
     channels, dim = sorted_samples[0].shape[:2]
     levels = widths.numel()

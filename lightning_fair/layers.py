@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -13,7 +13,6 @@ __all__ = [
     "ACTIVATION_TYPES",
     "PASS_THROUGH_TYPES",
     "OBSERVATION_POINTS",
-    "channel_dim",
     "is_depthwise",
     "resolve_ignored",
 ]
@@ -33,11 +32,6 @@ PASS_THROUGH_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.I
 #: Where the utilization score observes a unit: its layer's output, after the following norm,
 #: or after the following nonlinearity (falling back to the furthest point reached).
 OBSERVATION_POINTS = ("output", "norm", "activation")
-
-
-def channel_dim(module: nn.Module) -> int:
-    """The dimension of ``module``'s output that indexes its units (1 for convs, -1 for Linear)."""
-    return -1 if isinstance(module, nn.Linear) else 1
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -101,8 +95,3 @@ def batch_sum_per_unit(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Sum of a layer-output-shaped tensor over everything but the unit dimension."""
     return units_view(tensor, module).sum(dim=(0, 2))
 
-
-def names_of(model: nn.Module, modules: Sequence[nn.Module]) -> list:
-    """Qualified names of ``modules`` inside ``model``."""
-    lookup = {id(m): n for n, m in model.named_modules()}
-    return [lookup[id(m)] for m in modules]

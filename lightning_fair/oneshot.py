@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn

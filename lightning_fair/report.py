@@ -9,7 +9,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .layers import PRUNABLE_TYPES, units_view
+from .layers import PRUNABLE_TYPES
 
 __all__ = ["LayerRow", "PruneReport", "measure", "unit_counts"]
 

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import lightning_fair
 from lightning_fair import oneshot, tod_curve, tolerance_count, tolerance_counts

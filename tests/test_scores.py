@@ -18,7 +18,7 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fair import FairScores, compute_scores, distances, zoo
+from lightning_fair import FairScores, compute_scores, distances
 from lightning_fair.statistics import StatisticsCollector
 
 MLP_LAYERS = ("features.1", "features.3")  # zoo.mlp's hidden Linears, each followed by ReLU(inplace=True)

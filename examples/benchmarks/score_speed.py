@@ -82,7 +82,7 @@ def timed(fn) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="small_cnn,vgg_bn,resnet,mobilenet_v2")
+    parser.add_argument("--models", default="small_cnn,vgg_bn,resnet", help="from lightning_fair.zoo.MODELS, e.g. add mobilenet_v2 (the reference takes minutes there)")
     parser.add_argument("--image-size", type=int, default=16, help="digits are resized to this (8 = native)")
     parser.add_argument("--images", type=int, default=640, help="calibration images")
     parser.add_argument("--batch-size", type=int, default=64)
