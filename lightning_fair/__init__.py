@@ -6,19 +6,35 @@ The data flows one way: calibration batches -> statistics -> scores -> per-layer
 
 from . import zoo
 from .allocation import tod_curve, tolerance_count, tolerance_counts
+from .checkpoint import FairPruningMixin, load_pruned, save_pruned
+from .evaluation import evaluate
 from .oneshot import PruneResult, prune
 from .report import PruneReport
 from .scores import FairScores, compute_scores
 
 __version__ = "0.1.0"
 __all__ = [
+    "FairPruneCallback",
+    "FairPruningMixin",
     "FairScores",
     "PruneReport",
     "PruneResult",
     "compute_scores",
+    "evaluate",
+    "load_pruned",
     "prune",
+    "save_pruned",
     "tod_curve",
     "tolerance_count",
     "tolerance_counts",
     "zoo",
 ]
+
+
+def __getattr__(name):
+    # Lightning is imported only by those who use the Lightning parts.
+    if name == "FairPruneCallback":
+        from .callback import FairPruneCallback
+
+        return FairPruneCallback
+    raise AttributeError(f"module 'lightning_fair' has no attribute {name!r}")

@@ -9,8 +9,9 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
+from .checkpoint import record_pruning
 from .allocation import RANKINGS, _check_tolerance, layer_curves, count_from_curve
-from .layers import resolve_ignored
+from .layers import OBSERVATION_POINTS, resolve_ignored
 from .removal import GROUP_POLICIES, DependencyPlanner, ModelSnapshot
 from .report import LayerRow, PruneReport, measure, unit_counts
 from .scores import FairScores, compute_scores
@@ -30,6 +31,7 @@ class PruneResult:
         counts: per-layer ToD counts (units each layer's own scores allow removing).
         removed: root-channel indices removed per coupled group.
         history: torch-pruning's pruning history (plain data, replayable).
+        kept: original indices each changed module kept, ``{name: {"out": idxs, "in": idxs}}``.
         tolerance: the tolerance of difference used (found by search for a target).
     """
 
@@ -40,6 +42,7 @@ class PruneResult:
     removed: Dict[str, List[int]]
     history: list
     tolerance: float
+    kept: Dict[str, Dict[str, torch.Tensor]]
 
 
 def prune(
@@ -101,7 +104,10 @@ def prune(
         >>> result.report.macs_ratio <= 1.0
         True
     """
-    target = _check_arguments(tolerance, target_macs, target_params, ranking, group_policy, dataloader, scores, example_inputs)
+    target = check_options(tolerance, target_macs, target_params, ranking, group_policy, observe,
+                           samples_per_class, num_projections)
+    if dataloader is None and (scores is None or example_inputs is None):
+        raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
     ignored = resolve_ignored(model, ignored_layers)
     if example_inputs is None:
         example_inputs = _first_inputs(dataloader, unpack)
@@ -136,9 +142,11 @@ def prune(
             tolerance = _search_tolerance(planner, snapshot, plan_for, curves, target, example_inputs,
                                           macs_before, params_before)
         counts, plan = plan_for(tolerance)
-        planner.apply(plan)
+        kept = planner.apply(plan)
         snapshot.restore_flags(model)
         macs_after, params_after = measure(model, example_inputs)
+        if isinstance(example_inputs, torch.Tensor):
+            record_pruning(model, planner.history(), example_inputs)
     except BaseException:
         snapshot.restore()
         snapshot.restore_flags(model)
@@ -153,10 +161,13 @@ def prune(
     return PruneResult(
         model=model, scores=scores, report=report, counts=counts,
         removed={root: idxs.tolist() for root, idxs in plan.items()}, history=planner.history(), tolerance=float(tolerance),
+        kept=kept,
     )
 
 
-def _check_arguments(tolerance, target_macs, target_params, ranking, group_policy, dataloader, scores, example_inputs):
+def check_options(tolerance=0.05, target_macs=None, target_params=None, ranking="utilization",
+                  group_policy="min_count", observe="activation", samples_per_class=32, num_projections=128) -> dict:
+    """Validate pruning options (before anything is computed); return ``{"macs"|"params": fraction}``."""
     _check_tolerance(tolerance)
     if target_macs is not None and target_params is not None:
         raise ValueError("give target_macs or target_params, not both")
@@ -170,17 +181,21 @@ def _check_arguments(tolerance, target_macs, target_params, ranking, group_polic
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     if group_policy not in GROUP_POLICIES:
         raise ValueError(f"group_policy must be one of {GROUP_POLICIES}, got {group_policy!r}")
-    if dataloader is None and (scores is None or example_inputs is None):
-        raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
+    if observe not in OBSERVATION_POINTS:
+        raise ValueError(f"observe must be one of {OBSERVATION_POINTS}, got {observe!r}")
+    for key, value in (("samples_per_class", samples_per_class), ("num_projections", num_projections)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
     return target
 
 
 def _first_inputs(dataloader, unpack):
-    for batch in dataloader:
-        inputs, _ = unpack(batch)
-        if isinstance(inputs, torch.Tensor):
-            inputs = inputs[:1].clone()
-        return inputs
+    with torch.inference_mode(False):  # under trainer.validate: a normal tensor, usable for tracing
+        for batch in dataloader:
+            inputs, _ = unpack(batch)
+            if isinstance(inputs, torch.Tensor):
+                inputs = inputs[:1].clone()
+            return inputs
     raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
 
 

@@ -189,14 +189,35 @@ class DependencyPlanner:
         return removal_order(ranking, folded, seed=seed + zlib.crc32(group.root.encode()))
 
     # ------------------------------------------------------------------ removal
-    def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> None:
-        """Remove the planned channels, group by group (not atomic: see :func:`lightning_fair.prune`)."""
+    def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Remove the planned channels, group by group (not atomic: see :func:`lightning_fair.prune`).
+
+        Returns, for every module whose channels changed, the original indices it kept:
+        ``{module name: {"out": idxs, "in": idxs}}`` (used to carry optimizer state).
+        """
+        kept: Dict[tuple, List[int]] = {}
+        names = {id(m): n for n, m in self.modules.items()}
         for root, idxs in plan.items():
             module = self.modules[root]
             group = self.graph.get_pruning_group(module, _out_pruning_fn(self.graph, module), idxs.tolist())
             if not self.graph.check_pruning_group(group):
                 raise RuntimeError(f"torch-pruning refused to remove {len(idxs)} channels from {root!r}")
+            for item in group:
+                target = item.dep.target.module
+                if id(target) not in names:
+                    continue  # torch-pruning's own bookkeeping ops
+                side = "out" if self.graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+                key = (names[id(target)], side)
+                if key not in kept:
+                    size = (self.graph.get_out_channels if side == "out" else self.graph.get_in_channels)(target)
+                    kept[key] = list(range(size))
+                removed = set(int(i) for i in item.idxs)
+                kept[key] = [k for position, k in enumerate(kept[key]) if position not in removed]
             group.prune(record_history=record_history)
+        result: Dict[str, Dict[str, torch.Tensor]] = {}
+        for (name, side), indices in kept.items():
+            result.setdefault(name, {})[side] = torch.tensor(indices, dtype=torch.long)
+        return result
 
     def history(self) -> list:
         """torch-pruning's pruning history as plain data (``[name, is_out, idxs]`` rows)."""

@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from .layers import PRUNABLE_TYPES
@@ -88,15 +87,43 @@ def _si(value: float) -> str:
 
 
 def measure(model: nn.Module, example_inputs) -> tuple:
-    """``(MACs, params)`` of one forward on ``example_inputs`` (torch-pruning's counter)."""
+    """``(MACs, params)``: multiply-accumulates of every Conv and Linear layer in one forward of
+    ``example_inputs``, per sample, and the number of parameters.
+
+    Counted with forward hooks on the model itself (no copy, so a LightningModule attached to
+    a Trainer is fine); train/eval flags are restored.
+    """
+    macs = [0]
+
+    def hook(module, args, output):
+        batch = output.shape[0] if output.dim() > 1 else 1
+        if isinstance(module, nn.Linear):
+            macs[0] += output.numel() // batch * module.in_features
+        elif isinstance(module, nn.modules.conv._ConvTransposeNd):
+            macs[0] += args[0].numel() // batch * (module.out_channels // module.groups) * _prod(module.kernel_size)
+        else:
+            macs[0] += output.numel() // batch * (module.in_channels // module.groups) * _prod(module.kernel_size)
+
     training = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
     try:
+        model.eval()
         with torch.no_grad():
-            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+            model(example_inputs)
     finally:
+        for handle in handles:
+            handle.remove()
         for module, flag in training.items():
             module.training = flag
-    return int(macs), int(params)
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return int(macs[0]), int(params)
+
+
+def _prod(values) -> int:
+    result = 1
+    for v in values:
+        result *= int(v)
+    return result
 
 
 def unit_counts(model: nn.Module, names) -> Dict[str, int]:

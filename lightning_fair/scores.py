@@ -30,7 +30,8 @@ class FairScores:
         observed: ``{layer: "output" | "norm" | "activation"}``, the tensor U observed.
         output_layer: the model's output layer (never pruned).
         class_counts: images per class used for U.
-        config: how the scores were made (samples_per_class, num_projections, observe, seed, num_batches).
+        config: how the scores were made (samples_per_class, num_projections, observe, seed, num_batches),
+            and the model's mean loss and accuracy on the calibration batches while scoring.
     """
 
     utilization: Dict[str, torch.Tensor]
@@ -180,5 +181,7 @@ def scores_from_statistics(collector: StatisticsCollector) -> FairScores:
             "observe": collector.observe,
             "seed": int(collector.seed),
             "num_batches": int(collector.num_batches),
+            "calibration_loss": collector.loss_sum / max(collector.num_batches, 1),
+            "calibration_accuracy": collector.correct / max(collector.seen, 1),
         },
     )

@@ -101,6 +101,8 @@ class StatisticsCollector:
         self.layers: Dict[str, LayerStatistics] = {}
         self.class_counts: Optional[torch.Tensor] = None
         self.num_batches = 0
+        # calibration loss (sum of batch means) and top-1 hits, seen for free on the way
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
         self._modules = candidate_layers(self.model, self.ignored)
         self._projections: Dict[str, torch.Tensor] = {}
         self._device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
@@ -158,6 +160,9 @@ class StatisticsCollector:
                 stats = self.layers[name]
                 stats.taylor_sum += contribution.to(torch.float64)
             recorder.commit()
+        self.loss_sum += float(loss.detach())
+        self.correct += int((logits.detach().argmax(1) == target).sum())
+        self.seen += int(target.shape[0])
         self.num_batches += 1
 
     # ------------------------------------------------------------------ helpers

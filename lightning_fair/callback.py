@@ -1,0 +1,225 @@
+"""``FairPruneCallback``: FAIR pruning inside a Lightning ``Trainer``.
+
+The hook only decides *when*; the work is :func:`lightning_fair.prune` (scores -> counts ->
+removal -> report) followed by re-pointing the optimizers and logging.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from .checkpoint import CHECKPOINT_KEY, pruning_state
+from .evaluation import evaluate
+from .oneshot import check_options, prune
+from .optim import repoint_optimizer
+from .removal import ModelSnapshot
+from .statistics import default_unpack
+
+__all__ = ["FairPruneCallback"]
+
+_WHEN = ("fit_end", "validate")
+
+
+class FairPruneCallback(Callback):
+    r"""Prune the LightningModule with FAIR-Pruner at a chosen moment of ``fit`` or ``validate``.
+
+    Statistics come from one extra pass (one forward and one backward per batch) over the
+    validation dataloader, or ``dataloader``, with a progress bar. Units are removed through
+    torch-pruning's DependencyGraph; the optimizers are re-pointed at the new parameters (their
+    state carried over for kept channels, schedulers untouched), frozen parameters stay frozen
+    and train/eval flags are restored. MACs and params before/after, channels per layer,
+    the tolerance and the calibration loss/accuracy before and after are logged through the
+    Trainer's loggers; the report is printed on rank zero. The pruning history is written into
+    checkpoints (restore them with :class:`lightning_fair.FairPruningMixin`).
+
+    Args:
+        tolerance: tolerance of difference in [0, 1] (larger removes more).
+        target_macs: fraction of MACs to keep instead of a tolerance (e.g. 0.5).
+        target_params: fraction of parameters to keep instead of a tolerance.
+        prune_at: ``"fit_end"`` (default), an epoch number (prune at the end of that training
+            epoch; the following epochs fine-tune the pruned model), or ``"validate"`` (prune
+            a trained model when ``trainer.validate(...)`` ends).
+        max_batches: calibration batches to use (all by default).
+        samples_per_class, num_projections, observe, seed, ranking, group_policy: as in
+            :func:`lightning_fair.prune`.
+        ignored_layers: qualified module names (in the LightningModule) never pruned.
+        dataloader: calibration data; the Trainer's validation dataloader by default.
+        unpack: ``batch -> (inputs, labels)``; ``(x, y, ...)`` and ``{"x", "y"}`` batches by default.
+        loss_fn: ``loss_fn(logits, labels)``; cross-entropy by default.
+        progress: show a progress bar during the statistics pass.
+        verbose: print the per-layer report on rank zero.
+
+    Raises:
+        ValueError: a bad option, at construction.
+        MisconfigurationException: no calibration data at pruning time.
+
+    Example::
+
+        import lightning as L
+        from lightning_fair import FairPruneCallback
+
+        trainer = L.Trainer(max_epochs=5, callbacks=[FairPruneCallback(tolerance=0.05, prune_at=2)])
+        trainer.fit(model, datamodule=dm)   # epochs 3-5 fine-tune the pruned model
+    """
+
+    def __init__(
+        self,
+        tolerance: float = 0.05,
+        target_macs: Optional[float] = None,
+        target_params: Optional[float] = None,
+        prune_at: Union[int, str] = "fit_end",
+        max_batches: Optional[int] = None,
+        samples_per_class: int = 32,
+        num_projections: int = 128,
+        observe: str = "activation",
+        seed: int = 0,
+        ranking: str = "utilization",
+        group_policy: str = "min_count",
+        ignored_layers: Optional[List[str]] = None,
+        dataloader: Optional[Any] = None,
+        unpack: Optional[Callable] = None,
+        loss_fn: Optional[Callable] = None,
+        progress: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        check_options(tolerance, target_macs, target_params, ranking, group_policy, observe,
+                      samples_per_class, num_projections)
+        if not (prune_at in _WHEN or (isinstance(prune_at, int) and not isinstance(prune_at, bool) and prune_at >= 0)):
+            raise ValueError(f"prune_at must be 'fit_end', 'validate' or an epoch number >= 0, got {prune_at!r}")
+        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+            raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+        self.options = dict(
+            tolerance=tolerance, target_macs=target_macs, target_params=target_params,
+            samples_per_class=samples_per_class, num_projections=num_projections, observe=observe, seed=seed,
+            ranking=ranking, group_policy=group_policy, ignored_layers=ignored_layers, max_batches=max_batches,
+        )
+        self.prune_at = prune_at
+        self.dataloader = dataloader
+        self.unpack = unpack or default_unpack
+        self.loss_fn = loss_fn
+        self.progress = progress
+        self.verbose = verbose
+        #: one plain-data record per pruning event (persisted in checkpoints)
+        self.events: List[Dict[str, Any]] = []
+        self.last_result = None
+
+    # ------------------------------------------------------------------ when
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if isinstance(self.prune_at, int) and trainer.current_epoch == self.prune_at and not self._done("fit", trainer):
+            self.prune_now(trainer, pl_module, stage="fit")
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.prune_at == "fit_end" and not self._done("fit", trainer):
+            self.prune_now(trainer, pl_module, stage="fit")
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.prune_at == "validate" and trainer.state.fn == "validate":
+            self.prune_now(trainer, pl_module, stage="validate")
+
+    def _done(self, stage: str, trainer: Trainer) -> bool:
+        return any(e["stage"] == stage and e["epoch"] == trainer.current_epoch for e in self.events)
+
+    # ------------------------------------------------------------------ what
+    def prune_now(self, trainer: Trainer, pl_module: LightningModule, stage: str = "fit") -> None:
+        """Score, prune, re-point the optimizers and log, now. Atomic: on failure nothing changed."""
+        loader = self._calibration_loader(trainer, pl_module)
+        old_params = dict(pl_module.named_parameters())
+        optimizers = [(opt, [list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in trainer.optimizers]
+        snapshot = ModelSnapshot(pl_module)
+        with torch.inference_mode(False), torch.enable_grad():
+            try:
+                result = prune(pl_module, self._with_progress(loader, trainer), unpack=self.unpack,
+                               loss_fn=self.loss_fn, **self.options)
+                dropped = sum(repoint_optimizer(opt, old_params, pl_module, result.kept) for opt, _, _ in optimizers)
+            except BaseException:
+                snapshot.restore()
+                snapshot.restore_flags(pl_module)
+                for opt, groups, state in optimizers:
+                    for group, params in zip(opt.param_groups, groups):
+                        group["params"] = params
+                    opt.state.clear()
+                    opt.state.update(state)
+                raise
+        if dropped:
+            rank_zero_warn(f"lightning_fair: optimizer state of {dropped} pruned parameter(s) could not be mapped "
+                           "to the kept channels and was reset")
+        after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack,
+                         max_batches=self.options["max_batches"])
+        self.last_result = result
+        self._log(trainer, pl_module, result, after, stage)
+
+    def _calibration_loader(self, trainer: Trainer, pl_module: LightningModule):
+        if self.dataloader is not None:
+            return self.dataloader
+        loaders = trainer.val_dataloaders
+        if loaders is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "val_dataloader"):
+            loaders = trainer.datamodule.val_dataloader()
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            raise MisconfigurationException(
+                "FairPruneCallback needs labelled calibration data: give the Trainer validation data "
+                "(val_dataloaders or a datamodule with val_dataloader) or pass FairPruneCallback(dataloader=...)"
+            )
+        return loaders
+
+    def _with_progress(self, loader, trainer: Trainer):
+        if not self.progress or not trainer.is_global_zero:
+            return loader
+        from tqdm.auto import tqdm
+
+        total = len(loader) if hasattr(loader, "__len__") else None
+        if total is not None and self.options["max_batches"]:
+            total = min(total, self.options["max_batches"])
+        return tqdm(loader, total=total, desc="lightning_fair: scoring units", leave=False, dynamic_ncols=True)
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule, result, after: dict, stage: str) -> None:
+        report, config = result.report, result.scores.config
+        metrics = {
+            "fair/macs_before": report.macs_before, "fair/macs_after": report.macs_after,
+            "fair/macs_ratio": report.macs_ratio, "fair/params_before": report.params_before,
+            "fair/params_after": report.params_after, "fair/params_ratio": report.params_ratio,
+            "fair/tolerance": result.tolerance,
+            "fair/calibration_loss_before": config["calibration_loss"],
+            "fair/calibration_accuracy_before": config["calibration_accuracy"],
+            "fair/calibration_loss_after": after["loss"], "fair/calibration_accuracy_after": after["accuracy"],
+        }
+        metrics.update({f"fair/kept_channels/{row.name}": row.after for row in report.layers})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self.events.append({
+            "stage": stage, "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step),
+            "tolerance": float(result.tolerance), "macs_ratio": float(report.macs_ratio),
+            "params_ratio": float(report.params_ratio), "report": report.to_dict(),
+        })
+        if self.verbose:
+            rank_zero_info(
+                f"lightning_fair: pruned at epoch {trainer.current_epoch} ({stage})\n{report}\n"
+                f"calibration loss {config['calibration_loss']:.4f} -> {after['loss']:.4f}, "
+                f"accuracy {config['calibration_accuracy']:.2%} -> {after['accuracy']:.2%}"
+            )
+
+    # ------------------------------------------------------------------ persistence
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: Dict[str, Any]) -> None:
+        state = pruning_state(pl_module)
+        if state is not None:
+            checkpoint[CHECKPOINT_KEY] = state
+
+    @override
+    def state_dict(self) -> Dict[str, Any]:
+        return {"events": list(self.events)}
+
+    @override
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.events = list(state_dict.get("events", []))
