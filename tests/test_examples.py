@@ -1,0 +1,40 @@
+"""The README's demo and the plain-API example run end to end (small settings)."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name, args, capsys):
+    old_argv = sys.argv
+    sys.argv = [name, *args]
+    try:
+        runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    finally:
+        sys.argv = old_argv
+    return capsys.readouterr().out
+
+
+def test_lightning_demo_prints_report_and_accuracies(capsys):
+    out = run_example("demo.py", ["--epochs", "5", "--finetune-epochs", "1"], capsys)
+    assert "MACs" in out and "net.features.0.0" in out
+    line = next(l for l in out.splitlines() if l.startswith("held-out test accuracy"))
+    trained = float(line.split("trained ")[1].split("%")[0])
+    assert trained > 80.0, line
+
+
+def test_plain_api_demo(capsys):
+    out = run_example("prune_digits.py", ["--width", "8", "--target-macs", "0.8"], capsys)
+    assert "held-out accuracy" in out
+    kept = float(out.split("MACs kept ")[1].split("%")[0])
+    assert kept <= 80.0 + 1e-6, out
+
+
+@pytest.mark.parametrize("args", [["--quick", "--no-reference"]])
+def test_benchmark_smoke(args, capsys):
+    out = run_example("benchmarks/score_speed.py", args, capsys)
+    assert "small_cnn" in out and "ours/plain" in out
