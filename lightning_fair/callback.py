@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from .checkpoint import CHECKPOINT_KEY, pruning_state
 from .evaluation import evaluate
-from .oneshot import check_options, prune
+from .oneshot import _first_inputs, check_options, prune
 from .optim import repoint_optimizer
 from .removal import ModelSnapshot
 from .statistics import default_unpack
@@ -46,8 +46,12 @@ class FairPruneCallback(Callback):
             epoch; the following epochs fine-tune the pruned model), or ``"validate"`` (prune
             a trained model when ``trainer.validate(...)`` ends).
         max_batches: calibration batches to use (all by default).
-        samples_per_class, num_projections, observe, seed, ranking, group_policy: as in
-            :func:`lightning_fair.prune`.
+        samples_per_class: images per class kept for the utilization score (as in :func:`lightning_fair.prune`).
+        num_projections: random directions for the sliced W1 of conv channels.
+        observe: what the utilization score observes: ``"output"``, ``"norm"`` or ``"activation"``.
+        seed: seeds the projection directions.
+        ranking: which units a layer's count removes: ``"utilization"``, ``"l1"`` or ``"random"``.
+        group_policy: ``"min_count"`` or ``"joint"`` for coupled layers (residual adds, concatenation).
         ignored_layers: qualified module names (in the LightningModule) never pruned.
         dataloader: calibration data; the Trainer's validation dataloader by default.
         unpack: ``batch -> (inputs, labels)``; ``(x, y, ...)`` and ``{"x", "y"}`` batches by default.
@@ -138,8 +142,10 @@ class FairPruneCallback(Callback):
         snapshot = ModelSnapshot(pl_module)
         with torch.inference_mode(False), torch.enable_grad():
             try:
+                # example inputs from the plain loader: peeking at a progress bar would close it
+                example = _first_inputs(loader, self.unpack)
                 result = prune(pl_module, self._with_progress(loader, trainer), unpack=self.unpack,
-                               loss_fn=self.loss_fn, **self.options)
+                               loss_fn=self.loss_fn, example_inputs=example, **self.options)
                 dropped = sum(repoint_optimizer(opt, old_params, pl_module, result.kept) for opt, _, _ in optimizers)
             except BaseException:
                 snapshot.restore()
@@ -162,6 +168,8 @@ class FairPruneCallback(Callback):
         if self.dataloader is not None:
             return self.dataloader
         loaders = trainer.val_dataloaders
+        if loaders is None:  # validation has not run yet (no sanity check, check_val_every_n_epoch > 1)
+            loaders = self._attached_val_loader(trainer)
         if loaders is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "val_dataloader"):
             loaders = trainer.datamodule.val_dataloader()
         if isinstance(loaders, (list, tuple)):
@@ -173,8 +181,20 @@ class FairPruneCallback(Callback):
             )
         return loaders
 
+    @staticmethod
+    def _attached_val_loader(trainer: Trainer):
+        """The validation data given to ``fit``/``validate`` (loader, datamodule or module hook), or None."""
+        try:  # Lightning's private data source of the loop that will validate
+            loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop
+            source = loop._data_source
+            if source.instance is None or not source.is_defined():
+                return None
+            return source.dataloader()
+        except AttributeError:  # pragma: no cover - other Lightning versions
+            return None
+
     def _with_progress(self, loader, trainer: Trainer):
-        if not self.progress or not trainer.is_global_zero:
+        if not self.progress or not trainer.is_global_zero or trainer.progress_bar_callback is None:
             return loader
         from tqdm.auto import tqdm
 
@@ -210,6 +230,12 @@ class FairPruneCallback(Callback):
             )
 
     # ------------------------------------------------------------------ persistence
+    @property
+    @override
+    def state_key(self) -> str:
+        # one callback per moment: several may share a Trainer (e.g. prune at epochs 2 and 5)
+        return self._generate_state_key(prune_at=self.prune_at)
+
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: Dict[str, Any]) -> None:
         state = pruning_state(pl_module)

@@ -83,13 +83,40 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
         with torch.inference_mode(False), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
             snapshot.include(graph.module2node)
-            graph.load_pruning_history(rows)
+            for name, is_out, idxs in rows:
+                _replay_row(graph, modules[name], name, bool(is_out), [int(i) for i in idxs])
     except Exception as error:
         snapshot.restore()
         snapshot.restore_flags(model)
         raise ValueError(f"the pruning history does not fit this model: {error}") from error
     snapshot.restore_flags(model)
     model.__dict__[_ATTRIBUTE] = {**state, "history": list(state["history"])}
+
+
+def _replay_row(graph, module: nn.Module, name: str, is_out: bool, idxs: list) -> None:
+    # torch-pruning's load_pruning_history silently ignores indices that do not exist
+    # (the layer keeps a different number of channels than recorded): check them first.
+    size = (graph.get_out_channels if is_out else graph.get_in_channels)(module)
+    if size is not None and (not idxs or min(idxs) < 0 or max(idxs) >= size or len(set(idxs)) >= size
+                             or len(set(idxs)) != len(idxs)):
+        raise ValueError(f"row for {name!r} removes {'output' if is_out else 'input'} channels {idxs[:8]} "
+                         f"but the layer has {size}")
+    pruner = graph.get_pruner_of_module(module)
+    if pruner is None:
+        raise ValueError(f"torch-pruning cannot prune {name!r} ({type(module).__name__})")
+    function = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+    graph.get_pruning_group(module, function, idxs).prune(record_history=False)
+
+
+def _check_fits(model: nn.Module, state_dict: dict) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state_dict)
+                        if tuple(expected[k].shape) != tuple(state_dict[k].shape))
+    if missing or unexpected or mismatched:
+        raise ValueError(f"the saved weights do not fit the replayed model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]}")
 
 
 def save_pruned(model: nn.Module, path) -> None:
@@ -106,9 +133,19 @@ def save_pruned(model: nn.Module, path) -> None:
 
 
 def load_pruned(model: nn.Module, path, map_location=None) -> nn.Module:
-    """Replay the pruning saved by :func:`save_pruned` on a fresh ``model``, load its weights, return it."""
+    """Replay the pruning saved by :func:`save_pruned` on a fresh ``model``, load its weights, return it.
+
+    Raises ValueError, leaving ``model`` as it was, if the history or the weights do not fit it.
+    """
     data = torch.load(path, weights_only=True, map_location=map_location)
+    snapshot = ModelSnapshot(model)
     replay_pruning(model, data[CHECKPOINT_KEY])
+    try:
+        _check_fits(model, data["state_dict"])  # before load_state_dict writes into any tensor
+    except ValueError:
+        snapshot.restore()
+        snapshot.restore_flags(model)
+        raise
     model.load_state_dict(data["state_dict"])
     return model
 

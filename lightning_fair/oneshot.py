@@ -111,6 +111,8 @@ def prune(
     ignored = resolve_ignored(model, ignored_layers)
     if example_inputs is None:
         example_inputs = _first_inputs(dataloader, unpack)
+    if isinstance(example_inputs, torch.Tensor):  # trace and count on the model's device
+        example_inputs = example_inputs.to(next((p.device for p in model.parameters()), example_inputs.device))
     if scores is None:
         scores = compute_scores(
             model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,

@@ -1,0 +1,288 @@
+"""``lightning-fair``: LightningCLI with FAIR pruning (needs ``jsonargparse[signatures]``).
+
+Two additions to Lightning's own CLI (``fit``, ``validate``, ``test``, ``predict`` work as usual):
+
+- an optional ``--prune.*`` group: :class:`~lightning_fair.FairPruneCallback` is added to the
+  Trainer only when it is asked for: any ``--prune.OPTION=VALUE`` (e.g. ``--prune.tolerance=0.05``),
+  ``--prune=FairPruneCallback`` (all defaults) or a ``prune:`` section in a config file.
+  ``--prune=null`` switches off a section given in a config. Without any of these nothing is added.
+- a ``prune`` subcommand: prune a trained checkpoint one-shot on the validation data with
+  :func:`lightning_fair.prune` and write ``pruned.ckpt``, ``report.txt`` and ``report.json``::
+
+      lightning-fair fit --model=lightning_fair.demo.ImageClassifier --data=lightning_fair.demo.DigitsDataModule \
+          --trainer.max_epochs=10 --prune.tolerance=0.05 --prune.prune_at=5
+      lightning-fair prune -c config.yaml --ckpt_path=last.ckpt --tolerance=0.1 --output_dir=out
+      lightning-fair test -c config.yaml --ckpt_path=out/pruned.ckpt
+
+Plain LightningCLI needs nothing from this module to use the callback:
+``--trainer.callbacks+=lightning_fair.FairPruneCallback --trainer.callbacks.tolerance=0.05``.
+
+This module is imported only by the CLI: ``import lightning_fair`` does not import jsonargparse.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import Any, Dict, List, Literal, Optional
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from .callback import FairPruneCallback
+from .checkpoint import CHECKPOINT_KEY, FairPruningMixin, pruning_state, replay_pruning
+from .evaluation import evaluate
+from .oneshot import PruneResult, check_options
+from .oneshot import prune as fair_prune
+from .statistics import default_unpack
+
+__all__ = ["FairCLI", "FairTrainer", "main"]
+
+#: callback arguments that cannot come from a command line or a config file
+_GROUP_SKIP = {"dataloader"}
+_FILES = ("pruned.ckpt", "report.txt", "report.json")
+
+
+def prune_checkpoint(
+    self: Trainer,
+    model: LightningModule,
+    ckpt_path: str,
+    datamodule: Optional[LightningDataModule] = None,
+    output_dir: Optional[str] = None,
+    tolerance: float = 0.05,
+    target_macs: Optional[float] = None,
+    target_params: Optional[float] = None,
+    samples_per_class: int = 32,
+    num_projections: int = 128,
+    observe: Literal["activation", "output", "norm"] = "activation",
+    seed: int = 0,
+    ranking: Literal["utilization", "l1", "random"] = "utilization",
+    group_policy: Literal["min_count", "joint"] = "min_count",
+    ignored_layers: Optional[List[str]] = None,
+    max_batches: Optional[int] = None,
+    weights_only: Optional[bool] = None,
+) -> PruneResult:
+    r"""Prune a trained checkpoint one-shot with FAIR-Pruner and save the pruned checkpoint and a report.
+
+    The checkpoint is loaded into ``model`` (a pruned checkpoint too: its pruning history is
+    replayed first), the units are scored on the validation data, the model is pruned, and
+    ``pruned.ckpt``, ``report.txt`` and ``report.json`` are written to ``output_dir``. The
+    pruned checkpoint loads with ``Module.load_from_checkpoint`` when the module uses
+    ``lightning_fair.FairPruningMixin``, with ``torch.load(..., weights_only=True)``, and with
+    ``--ckpt_path`` of ``fit`` (fine-tune), ``validate`` and ``test``.
+
+    Args:
+        model: the LightningModule to load the checkpoint into (``--model``, or from the checkpoint's hyperparameters).
+        ckpt_path: the trained checkpoint to prune (required).
+        datamodule: its ``val_dataloader`` gives the calibration data (the model's own ``val_dataloader`` otherwise).
+        output_dir: where pruned.ckpt, report.txt and report.json go (default: ``<trainer.default_root_dir>/pruned``).
+        tolerance: tolerance of difference in [0, 1]; larger removes more.
+        target_macs: fraction of MACs to keep instead of a tolerance (e.g. 0.5); the tolerance is searched.
+        target_params: fraction of parameters to keep instead of a tolerance.
+        samples_per_class: images per class kept for the utilization score (n in the paper).
+        num_projections: random directions for the sliced W1 of conv channels (P in the paper).
+        observe: what the utilization score observes: the layer's output, the tensor after the following
+            norm layer, or after the following nonlinearity (activation).
+        seed: seeds the projection directions (and the random ranking).
+        ranking: which units a layer's count removes: FAIR utilization, smallest L1 weights, or random
+            (the paper's ablations).
+        group_policy: one decision for layers coupled by residual adds or concatenation: min_count (each
+            member's own count, the smallest wins) or joint (one count on the combined scores).
+        ignored_layers: qualified module names never pruned (the output layer never is).
+        max_batches: calibration batches to use (all by default).
+        weights_only: ``torch.load(ckpt_path, weights_only=...)``; None means True. Accepted also so that a
+            config file written by ``fit`` can be reused.
+
+    Returns:
+        The :class:`lightning_fair.PruneResult` (the model is pruned in place).
+    """
+    options = dict(
+        tolerance=tolerance, target_macs=target_macs, target_params=target_params,
+        samples_per_class=samples_per_class, num_projections=num_projections, observe=observe, seed=seed,
+        ranking=ranking, group_policy=group_policy, ignored_layers=ignored_layers, max_batches=max_batches,
+    )
+    check_options(tolerance, target_macs, target_params, ranking, group_policy, observe,
+                  samples_per_class, num_projections)
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    if not ckpt_path or not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"prune needs an existing checkpoint file (--ckpt_path), got {ckpt_path!r}")
+    if any(isinstance(c, FairPruneCallback) for c in self.callbacks):
+        rank_zero_warn("lightning_fair: FairPruneCallback (from --prune.* or trainer.callbacks) acts in fit/validate "
+                       "and is ignored by the prune subcommand, which takes --tolerance, --target_macs, ...")
+        self.callbacks = [c for c in self.callbacks if not isinstance(c, FairPruneCallback)]
+    output_dir = output_dir or os.path.join(self.default_root_dir, "pruned")
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True if weights_only is None else weights_only)
+    _restore(model, checkpoint)
+    model.to(self.strategy.root_device)
+    loader = _validation_loader(model, datamodule)
+    before = evaluate(model, loader)
+
+    example = default_unpack(next(iter(loader)))[0]
+    if isinstance(example, torch.Tensor):
+        example = example[:1].to(self.strategy.root_device)
+    calibration = loader
+    if self.progress_bar_callback is not None and self.is_global_zero:
+        from tqdm.auto import tqdm
+
+        total = len(loader) if hasattr(loader, "__len__") else None
+        calibration = tqdm(loader, total=min(total, max_batches) if total and max_batches else total,
+                           desc="lightning_fair: scoring units", leave=False, dynamic_ncols=True)
+    with torch.inference_mode(False), torch.enable_grad():
+        result = fair_prune(model, calibration, example_inputs=example, **options)
+    after = evaluate(model, loader)
+
+    paths = {name: os.path.join(output_dir, name) for name in _FILES}
+    if self.is_global_zero:
+        os.makedirs(output_dir, exist_ok=True)
+    self.strategy.barrier("lightning_fair.prune")
+    self.strategy.connect(model)
+    self.save_checkpoint(paths["pruned.ckpt"], weights_only=False)
+    if self.is_global_zero and not isinstance(model, FairPruningMixin):
+        # without the mixin nothing wrote the pruning history: add it, so the file stays restorable
+        saved = torch.load(paths["pruned.ckpt"], map_location="cpu", weights_only=True)
+        saved[CHECKPOINT_KEY] = pruning_state(model)
+        torch.save(saved, paths["pruned.ckpt"])
+        rank_zero_warn(f"lightning_fair: {type(model).__name__} does not use FairPruningMixin; "
+                       "add it to restore the pruned checkpoint with load_from_checkpoint")
+
+    report = result.report
+    data = {
+        "source_checkpoint": os.path.abspath(ckpt_path),
+        "checkpoint": os.path.abspath(paths["pruned.ckpt"]),
+        "options": options,
+        "tolerance": result.tolerance,
+        "validation": {"before": before, "after": after},
+        "calibration": {"loss": result.scores.config.get("calibration_loss"),
+                        "accuracy": result.scores.config.get("calibration_accuracy")},
+        "counts": result.counts,
+        "report": report.to_dict(),
+    }
+    text = (
+        f"lightning_fair: pruned {ckpt_path}\n{report}\n"
+        f"validation loss {before['loss']:.4f} -> {after['loss']:.4f}, "
+        f"accuracy {before['accuracy']:.2%} -> {after['accuracy']:.2%}\n"
+        f"pruned checkpoint: {paths['pruned.ckpt']}\n"
+    )
+    if self.is_global_zero:
+        with open(paths["report.txt"], "w") as handle:
+            handle.write(text)
+        with open(paths["report.json"], "w") as handle:
+            json.dump(data, handle, indent=2)
+        print(text, end="", flush=True)
+    return result
+
+
+def _restore(model: LightningModule, checkpoint: Dict[str, Any]) -> None:
+    """Load a Lightning checkpoint into ``model`` the way ``load_from_checkpoint`` does."""
+    if "state_dict" not in checkpoint:
+        raise ValueError("not a Lightning checkpoint: no 'state_dict' key")
+    model.on_load_checkpoint(checkpoint)  # FairPruningMixin replays the pruning history here
+    state = checkpoint.get(CHECKPOINT_KEY)
+    if state is not None:
+        replay_pruning(model, state)  # a no-op if the mixin already did it
+    model.load_state_dict(checkpoint["state_dict"])
+
+
+def _validation_loader(model: LightningModule, datamodule: Optional[LightningDataModule]):
+    if datamodule is not None:
+        datamodule.prepare_data()
+        datamodule.setup("validate")
+        loaders = datamodule.val_dataloader()
+    else:
+        try:
+            loaders = model.val_dataloader()
+        except (NotImplementedError, MisconfigurationException):
+            loaders = None
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    elif isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    if loaders is None:
+        raise MisconfigurationException(
+            "prune needs labelled validation data for calibration: give --data (a datamodule with "
+            "val_dataloader) or a model that defines val_dataloader"
+        )
+    return loaders
+
+
+class FairTrainer(Trainer):
+    """Lightning's ``Trainer``, plus the ``prune`` method behind the ``prune`` subcommand of :class:`FairCLI`."""
+
+    prune = prune_checkpoint
+
+
+def _group_help() -> str:
+    """Help of ``--prune``: how it switches on, and every option with its default."""
+    params = inspect.signature(FairPruneCallback.__init__).parameters
+    options = ", ".join(
+        f"--prune.{name} ({'null' if p.default is None else p.default})"
+        for name, p in params.items() if name != "self" and name not in _GROUP_SKIP
+    )
+    return (
+        "FAIR pruning during fit/validate with lightning_fair.FairPruneCallback; off unless asked for: "
+        "any --prune.OPTION=VALUE, --prune=FairPruneCallback (all defaults) or a 'prune:' config section "
+        f"switches it on, --prune=null off. Options (defaults): {options}. "
+        "Descriptions and types: --prune.help FairPruneCallback."
+    )
+
+
+class FairCLI(LightningCLI):
+    """``LightningCLI`` with an optional ``--prune.*`` group and a ``prune`` subcommand.
+
+    Use it like LightningCLI: ``FairCLI(MyModule, MyDataModule)`` in a script, or
+    ``FairCLI()`` (what ``lightning-fair`` runs) with ``--model=...``/``--data=...`` or a config.
+
+    - ``--prune.*``: :class:`~lightning_fair.FairPruneCallback`, added to the Trainer only if a
+      ``--prune.OPTION``, ``--prune=FairPruneCallback`` or a ``prune:`` config section is given
+      (``--prune=null`` removes one). It is accepted by every subcommand so that one config
+      file serves all of them; it acts in ``fit`` and, with ``--prune.prune_at=validate``, in
+      ``validate``.
+    - ``prune --ckpt_path=...``: post-training one-shot pruning of a checkpoint, see
+      :func:`prune_checkpoint` for its options and outputs.
+
+    The Trainer class must have a ``prune`` method: :class:`FairTrainer` by default; any other
+    ``trainer_class`` gets it mixed in.
+    """
+
+    def __init__(self, *args: Any, trainer_class: Any = FairTrainer, **kwargs: Any) -> None:
+        if isinstance(trainer_class, type) and not hasattr(trainer_class, "prune"):
+            trainer_class = type(f"Fair{trainer_class.__name__}", (trainer_class,), {"prune": prune_checkpoint})
+        super().__init__(*args, trainer_class=trainer_class, **kwargs)
+
+    @staticmethod
+    def subcommands() -> Dict[str, set]:
+        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_subclass_arguments(FairPruneCallback, "prune", required=False, fail_untyped=False,
+                                      skip=_GROUP_SKIP, help=_group_help())
+        parser.callback_keys.append("prune")
+
+    def _instantiate_trainer(self, config: Dict[str, Any], callbacks: list) -> Trainer:
+        # an absent --prune group is None: drop it, the Trainer does not accept None callbacks
+        callbacks = [c for c in callbacks if c is not None]
+        listed = config.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        if sum(isinstance(c, FairPruneCallback) for c in [*listed, *callbacks]) > 1:
+            # Lightning refuses two callbacks with the same state_key anyway; say what to change
+            raise MisconfigurationException(
+                "lightning_fair: FairPruneCallback is given twice (--prune.* / a 'prune:' section and "
+                "trainer.callbacks); keep one, e.g. override the listed one with --trainer.callbacks.tolerance=..."
+            )
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def main(args: Optional[List[str]] = None) -> None:
+    """Entry point of the ``lightning-fair`` command (also ``python -m lightning_fair.cli``)."""
+    FairCLI(args=args, parser_kwargs={"description": "LightningCLI with FAIR-Pruner structured pruning "
+                                      "(lightning_fair): --prune.* during fit, and the prune subcommand."})
+
+
+if __name__ == "__main__":
+    main()
