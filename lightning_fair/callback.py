@@ -124,6 +124,9 @@ class FairPruneCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.prune_at == "fit_end" and not self._done("fit", trainer):
             self.prune_now(trainer, pl_module, stage="fit")
+        elif isinstance(self.prune_at, int) and not any(e["epoch"] == self.prune_at for e in self.events):
+            rank_zero_warn(f"FairPruneCallback(prune_at={self.prune_at}) did not prune: training ended at epoch "
+                           f"{trainer.current_epoch}; use a smaller prune_at or prune_at='fit_end'")
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -548,3 +548,10 @@ def test_two_callbacks_prune_at_two_epochs(tmp_path):
     first_after = first.last_result.report.macs_after
     assert second.last_result.report.macs_before == first_after
     assert second.last_result.report.macs_after < first_after
+
+
+def test_epoch_never_reached_warns(tmp_path):
+    callback = FairPruneCallback(prune_at=5, tolerance=TOLERANCE, **FAST)
+    with pytest.warns(UserWarning, match="did not prune"):
+        trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2).fit(classifier(), datamodule=datamodule())
+    assert callback.events == []
