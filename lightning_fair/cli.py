@@ -269,11 +269,12 @@ class FairCLI(LightningCLI):
         callbacks = [c for c in callbacks if c is not None]
         listed = config.get("callbacks") or []
         listed = listed if isinstance(listed, list) else [listed]
-        if sum(isinstance(c, FairPruneCallback) for c in [*listed, *callbacks]) > 1:
+        keys = [c.state_key for c in [*listed, *callbacks] if isinstance(c, FairPruneCallback)]
+        if len(keys) != len(set(keys)):
             # Lightning refuses two callbacks with the same state_key anyway; say what to change
             raise MisconfigurationException(
-                "lightning_fair: FairPruneCallback is given twice (--prune.* / a 'prune:' section and "
-                "trainer.callbacks); keep one, e.g. override the listed one with --trainer.callbacks.tolerance=..."
+                "lightning_fair: two FairPruneCallbacks prune at the same moment (--prune.* / a 'prune:' section "
+                "and trainer.callbacks); keep one, or give them different prune_at"
             )
         return super()._instantiate_trainer(config, callbacks)
 

@@ -128,8 +128,11 @@ def test_example_config_and_prune_section(tmp_path):
     assert callback.options["tolerance"] == 0.2 and callback.prune_at == 3
     cli = FairCLI(args=[*MODEL, "-c", str(section), "--prune=null", *trainer_args(tmp_path)], run=False)
     assert not any(isinstance(c, FairPruneCallback) for c in cli.trainer.callbacks)
-    with pytest.raises(MisconfigurationException, match="given twice"):
-        FairCLI(args=["-c", example, "--prune.tolerance=0.1", *trainer_args(tmp_path)], run=False)
+    with pytest.raises(MisconfigurationException, match="same moment"):
+        FairCLI(args=["-c", example, "--prune.prune_at=5", *trainer_args(tmp_path)], run=False)
+    # at different moments, both act (e.g. prune at epoch 5 and again at the end of fit)
+    cli = FairCLI(args=["-c", example, "--prune.tolerance=0.1", *trainer_args(tmp_path)], run=False)
+    assert sorted(str(c.prune_at) for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)) == ["5", "fit_end"]
 
 
 def test_prune_subcommand(trained, tmp_path, capsys):
