@@ -38,3 +38,18 @@ def test_plain_api_demo(capsys):
 def test_benchmark_smoke(args, capsys):
     out = run_example("benchmarks/score_speed.py", args, capsys)
     assert "small_cnn" in out and "ours/plain" in out
+
+
+def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
+    """run_all.py --quick: the docs page and its plots are written, with the FAIR row."""
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    run_example("benchmarks/run_all.py", ["--quick", "--out", str(tmp_path)], capsys)
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "| FAIR (ours) |" in page
+    assert "## Accuracy after pruning" in page and "## Score-collection speed" in page
+    images = list((tmp_path / "img").glob("*.png"))
+    assert images, "no plot written"
+    for image in images:
+        assert f"img/{image.name}" in page

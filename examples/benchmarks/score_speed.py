@@ -13,6 +13,8 @@ Absolute times on shared machines are noisy; the ratios, measured side by side, 
 
 Run:  python examples/benchmarks/score_speed.py            (about a minute on 2 CPU cores)
       python examples/benchmarks/score_speed.py --quick    (smoke test)
+
+From Python: ``run(quick) -> dict`` and ``to_markdown(results) -> str`` (used by run_all.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -80,43 +83,115 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+DEFAULT_MODELS = ("small_cnn", "vgg_bn", "resnet")
+
+
+def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images: int = 640, batch_size: int = 64,
+        samples_per_class: int = 32, repeats: int = 3, reference: Optional[bool] = None,
+        threads: Optional[int] = None, verbose: bool = False) -> dict:
+    """Time plain / ours / reference per model; returns plain data (medians and every repeat).
+
+    ``quick``: small_cnn only, 320 digits at 8x8, 1 repeat. ``reference``: time network-pruner
+    (default: when installed). ``threads``: torch threads while timing (default: unchanged).
+    """
+    if quick:
+        models, images, repeats, image_size = ("small_cnn",), 320, 1, 8
+    if isinstance(models, str):
+        models = tuple(models.split(","))
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        loader = digits_loader(image_size, images, batch_size)
+        use_reference = have_reference() if reference is None else (reference and have_reference())
+        rows = []
+        for name in models:
+            torch.manual_seed(0)
+            model = zoo.MODELS[name]()
+            times = {"plain": [], "ours": [], "reference": []}
+            plain_pass(copy.deepcopy(model), loader)  # warm-up, untimed: first calls allocate and pick kernels
+            compute_scores(model, loader, samples_per_class=samples_per_class)
+            for _ in range(repeats):  # interleaved, so drift hits every method alike
+                times["plain"].append(timed(lambda: plain_pass(copy.deepcopy(model), loader)))
+                times["ours"].append(timed(lambda: compute_scores(model, loader, samples_per_class=samples_per_class)))
+                if use_reference:
+                    times["reference"].append(
+                        timed(lambda: reference_metrics(copy.deepcopy(model), loader, samples_per_class))
+                    )
+            med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
+            row = {"model": name, "plain": med["plain"], "ours": med["ours"], "reference": med["reference"],
+                   "ours_over_plain": med["ours"] / med["plain"], "reference_over_ours": med["reference"] / med["ours"],
+                   "times": times}
+            rows.append(row)
+            if verbose:
+                print(_line(row), flush=True)
+        return {
+            "config": {"models": list(models), "image_size": image_size, "images": images, "batch_size": batch_size,
+                       "samples_per_class": samples_per_class, "repeats": repeats, "reference": use_reference,
+                       "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": quick},
+            "rows": rows,
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+HEADER = f"{'model':<14}{'plain s':>9}{'ours s':>9}{'ref s':>9}{'ours/plain':>12}{'ref/ours':>10}"
+
+
+def _line(row: dict) -> str:
+    return (f"{row['model']:<14}{row['plain']:>9.3f}{row['ours']:>9.3f}{row['reference']:>9.3f}"
+            f"{row['ours_over_plain']:>12.2f}{row['reference_over_ours']:>10.1f}")
+
+
+def _num(value: float, fmt: str) -> str:
+    return "–" if value != value else format(value, fmt)  # NaN: not measured
+
+
+def to_markdown(results: dict) -> str:
+    """A markdown table of the medians and ratios, with the settings it was measured with."""
+    cfg = results["config"]
+    lines = [
+        f"{cfg['images']} sklearn digits resized to {cfg['image_size']}x{cfg['image_size']}, batch "
+        f"{cfg['batch_size']}, {cfg['images'] // cfg['batch_size']} batches, {cfg['samples_per_class']} "
+        f"samples/class, 128 projections; models from `lightning_fair.zoo` at default widths, seeded "
+        f"random init; torch {cfg['torch']}, {cfg['threads']} thread(s); medians of {cfg['repeats']} "
+        f"interleaved repeat(s)"
+        + ("." if cfg["reference"] else "; network-pruner not run (not installed or disabled)."),
+        "",
+        "| model | plain (s) | ours (s) | reference (s) | ours / plain | reference / ours |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(f"| {r['model']} | {r['plain']:.3f} | {r['ours']:.3f} | {_num(r['reference'], '.2f')} | "
+                     f"{r['ours_over_plain']:.2f} | {_num(r['reference_over_ours'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="small_cnn,vgg_bn,resnet", help="from lightning_fair.zoo.MODELS, e.g. add mobilenet_v2 (the reference takes minutes there)")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="from lightning_fair.zoo.MODELS, e.g. add mobilenet_v2 (the reference takes minutes there)")
     parser.add_argument("--image-size", type=int, default=16, help="digits are resized to this (8 = native)")
     parser.add_argument("--images", type=int, default=640, help="calibration images")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples-per-class", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-reference", action="store_true", help="skip network-pruner even if installed")
     parser.add_argument("--quick", action="store_true", help="tiny run: one model, 1 repeat")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.models, args.images, args.repeats, args.image_size = "small_cnn", 320, 1, 8
-
-    torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    loader = digits_loader(args.image_size, args.images, args.batch_size)
+    quick = args.quick
+    images, image_size, repeats = (320, 8, 1) if quick else (args.images, args.image_size, args.repeats)
     use_reference = have_reference() and not args.no_reference
-    print(f"calibration: {args.images} sklearn digits at {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-          f"{args.samples_per_class} samples/class; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    threads = args.threads or torch.get_num_threads()
+    print(f"calibration: {images} sklearn digits at {image_size}x{image_size}, batch {args.batch_size}, "
+          f"{args.samples_per_class} samples/class; torch {torch.__version__}, {threads} threads; "
           f"reference {'network-pruner' if use_reference else 'not installed (pip install --no-deps network-pruner)'}")
-    header = f"{'model':<14}{'plain s':>9}{'ours s':>9}{'ref s':>9}{'ours/plain':>12}{'ref/ours':>10}"
-    print(header)
-    print("-" * len(header))
-    for name in args.models.split(","):
-        model = zoo.MODELS[name]()
-        times = {"plain": [], "ours": [], "reference": []}
-        for _ in range(args.repeats):  # interleaved, so drift hits every method alike
-            times["plain"].append(timed(lambda: plain_pass(copy.deepcopy(model), loader)))
-            times["ours"].append(timed(lambda: compute_scores(model, loader, samples_per_class=args.samples_per_class)))
-            if use_reference:
-                times["reference"].append(
-                    timed(lambda: reference_metrics(copy.deepcopy(model), loader, args.samples_per_class))
-                )
-        med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
-        print(f"{name:<14}{med['plain']:>9.3f}{med['ours']:>9.3f}{med['reference']:>9.3f}"
-              f"{med['ours'] / med['plain']:>12.2f}{med['reference'] / med['ours']:>10.1f}")
+    print(HEADER)
+    print("-" * len(HEADER))
+    run(quick=quick, models=args.models, image_size=args.image_size, images=args.images, batch_size=args.batch_size,
+        samples_per_class=args.samples_per_class, repeats=args.repeats, reference=use_reference,
+        threads=args.threads, verbose=True)
 
 
 if __name__ == "__main__":
