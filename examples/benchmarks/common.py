@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fair import zoo
+from lightning_fair import evaluate, zoo
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / ".cache"
@@ -205,20 +205,10 @@ def finetune(model: nn.Module, split: Split, seed: int, lr: float = FINETUNE_LR,
     return train_epochs(model, split, 1, lr, batch_size, seed + 7919, limit=limit, one_cycle=False)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, split: Split, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent, eval mode (the model's flags are restored)."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    correct = 0
-    try:
-        for start in range(0, len(split), batch_size):
-            out = model(split.x[start:start + batch_size])
-            correct += int((out.argmax(1) == split.y[start:start + batch_size]).sum())
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-    return 100.0 * correct / len(split)
+    batches = ((split.x[i:i + batch_size], split.y[i:i + batch_size]) for i in range(0, len(split), batch_size))
+    return 100.0 * evaluate(model, batches)["accuracy"]
 
 
 def trained_model(task: Task, seed: int, verbose: bool = True) -> nn.Module:
