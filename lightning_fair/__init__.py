@@ -9,6 +9,7 @@ from .allocation import tod_curve, tolerance_count, tolerance_counts
 from .checkpoint import FairPruningMixin, load_pruned, save_pruned
 from .evaluation import evaluate
 from .oneshot import PruneResult, prune
+from .recalibration import recalibrate_bn
 from .report import PruneReport
 from .scores import FairScores, compute_scores
 
@@ -23,6 +24,7 @@ __all__ = [
     "evaluate",
     "load_pruned",
     "prune",
+    "recalibrate_bn",
     "save_pruned",
     "tod_curve",
     "tolerance_count",

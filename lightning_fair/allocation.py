@@ -16,10 +16,14 @@ from typing import Dict, Mapping
 
 import torch
 
-__all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", "RANKINGS"]
+__all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", "global_counts",
+           "global_thresholds", "RANKINGS", "ALLOCATIONS"]
 
 #: Rankings the ToD counts can be applied to: which units of a layer go first.
 RANKINGS = ("utilization", "l1", "random")
+#: How many units each layer loses: FAIR's per-layer ToD counts, or one global threshold on
+#: U normalised by its layer's mean (a variant for comparison; needs a MACs/params target).
+ALLOCATIONS = ("tod", "global")
 
 
 def _ranks(values: torch.Tensor, descending: bool) -> torch.Tensor:
@@ -116,3 +120,33 @@ def removal_order(
 def layer_curves(scores) -> Mapping[str, torch.Tensor]:
     """ToD curve of every scored layer, computed once for repeated allocation."""
     return {name: tod_curve(scores.utilization[name], scores.reconstruction[name]) for name in scores.layers}
+
+
+def _normalised_utilization(scores, name: str) -> torch.Tensor:
+    u = scores.utilization[name].double()
+    return u / u.mean().clamp_min(1e-12)
+
+
+def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
+    """``{layer: units whose U / mean U of the layer < threshold}``, at most ``floor(0.99 n)``
+    and always leaving one unit (the ``"global"`` allocation).
+
+    Example:
+        >>> from lightning_fair.scores import FairScores
+        >>> s = FairScores({"a": torch.tensor([1., 2., 3.]), "b": torch.tensor([1., 1.])}, {"a": torch.ones(3), "b": torch.ones(2)})
+        >>> global_counts(s, 0.9)   # a: 1/2 = 0.5 is below 0.9; b: all equal 1.0
+        {'a': 1, 'b': 0}
+    """
+    counts = {}
+    for name in layers if layers is not None else scores.layers:
+        normalised = _normalised_utilization(scores, name)
+        n = normalised.numel()
+        counts[name] = min(int((normalised < threshold).sum()), int(0.99 * n), n - 1)
+    return counts
+
+
+def global_thresholds(scores, layers=None) -> list:
+    """Every threshold at which :func:`global_counts` changes, ascending (search candidates)."""
+    values = torch.cat([_normalised_utilization(scores, n) for n in (layers if layers is not None else scores.layers)])
+    unique = torch.unique(values)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), unique, unique[-1:] + 1]).tolist()

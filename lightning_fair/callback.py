@@ -18,6 +18,7 @@ from .checkpoint import CHECKPOINT_KEY, pruning_state
 from .evaluation import evaluate
 from .oneshot import _first_inputs, check_options, prune
 from .optim import repoint_optimizer
+from .presets import resolve_preset
 from .removal import ModelSnapshot
 from .statistics import default_unpack
 
@@ -48,10 +49,16 @@ class FairPruneCallback(Callback):
         max_batches: calibration batches to use (all by default).
         samples_per_class: images per class kept for the utilization score (as in :func:`lightning_fair.prune`).
         num_projections: random directions for the sliced W1 of conv channels.
+        preset: ``"default"`` or ``"paper"`` (the method as published); the next six options
+            override it (None: the preset's value), as in :func:`lightning_fair.prune`.
         observe: what the utilization score observes: ``"output"``, ``"norm"`` or ``"activation"``.
+        reconstruction: ``"abs_of_sum"`` (paper) or ``"sum_of_abs"``.
+        group_policy: ``"min_count"`` or ``"joint"`` for coupled layers (residual adds, concatenation).
+        allocation: ``"tod"`` (per-layer counts) or ``"global"`` (needs a target).
+        recalibrate: re-estimate BatchNorm statistics on the calibration batches after removal.
+        compensate: fold the removed inputs' calibration means into the next layers' biases.
         seed: seeds the projection directions.
         ranking: which units a layer's count removes: ``"utilization"``, ``"l1"`` or ``"random"``.
-        group_policy: ``"min_count"`` or ``"joint"`` for coupled layers (residual adds, concatenation).
         ignored_layers: qualified module names (in the LightningModule) never pruned.
         dataloader: calibration data; the Trainer's validation dataloader by default.
         unpack: ``batch -> (inputs, labels)``; ``(x, y, ...)`` and ``{"x", "y"}`` batches by default.
@@ -81,10 +88,15 @@ class FairPruneCallback(Callback):
         max_batches: Optional[int] = None,
         samples_per_class: int = 32,
         num_projections: int = 128,
-        observe: str = "activation",
+        preset: str = "default",
+        observe: Optional[str] = None,
+        reconstruction: Optional[str] = None,
+        group_policy: Optional[str] = None,
+        allocation: Optional[str] = None,
+        recalibrate: Optional[bool] = None,
+        compensate: Optional[bool] = None,
         seed: int = 0,
         ranking: str = "utilization",
-        group_policy: str = "min_count",
         ignored_layers: Optional[List[str]] = None,
         dataloader: Optional[Any] = None,
         unpack: Optional[Callable] = None,
@@ -93,16 +105,20 @@ class FairPruneCallback(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        check_options(tolerance, target_macs, target_params, ranking, group_policy, observe,
-                      samples_per_class, num_projections)
+        pipeline = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
+                                  allocation=allocation, recalibrate=recalibrate, compensate=compensate)
+        check_options(tolerance, target_macs, target_params, ranking, pipeline["group_policy"], pipeline["observe"],
+                      samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"])
         if not (prune_at in _WHEN or (isinstance(prune_at, int) and not isinstance(prune_at, bool) and prune_at >= 0)):
             raise ValueError(f"prune_at must be 'fit_end', 'validate' or an epoch number >= 0, got {prune_at!r}")
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
         self.options = dict(
             tolerance=tolerance, target_macs=target_macs, target_params=target_params,
-            samples_per_class=samples_per_class, num_projections=num_projections, observe=observe, seed=seed,
-            ranking=ranking, group_policy=group_policy, ignored_layers=ignored_layers, max_batches=max_batches,
+            samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
+            ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
+            reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
+            compensate=compensate,
         )
         self.prune_at = prune_at
         self.dataloader = dataloader
@@ -199,12 +215,10 @@ class FairPruneCallback(Callback):
     def _with_progress(self, loader, trainer: Trainer):
         if not self.progress or not trainer.is_global_zero or trainer.progress_bar_callback is None:
             return loader
-        from tqdm.auto import tqdm
-
         total = len(loader) if hasattr(loader, "__len__") else None
         if total is not None and self.options["max_batches"]:
             total = min(total, self.options["max_batches"])
-        return tqdm(loader, total=total, desc="lightning_fair: scoring units", leave=False, dynamic_ncols=True)
+        return _Progress(loader, total)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, result, after: dict, stage: str) -> None:
         report, config = result.report, result.scores.config
@@ -252,3 +266,22 @@ class FairPruneCallback(Callback):
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.events = list(state_dict.get("events", []))
+
+
+class _Progress:
+    """A loader with a progress bar on every pass (scoring, then BatchNorm re-estimation)."""
+
+    def __init__(self, loader, total: Optional[int]):
+        self.loader, self.total, self.passes = loader, total, 0
+
+    def __iter__(self):
+        from tqdm.auto import tqdm
+
+        self.passes += 1
+        desc = "lightning_fair: scoring units" if self.passes == 1 else "lightning_fair: re-estimating BatchNorm"
+        with tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True) as bar:
+            for batch in self.loader:
+                if self.total is not None and bar.n >= self.total:
+                    return  # max_batches reached: the pass stops here anyway
+                bar.update(1)  # counts the batch being processed
+                yield batch

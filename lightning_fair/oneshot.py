@@ -9,12 +9,16 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
+from .allocation import (ALLOCATIONS, RANKINGS, _check_tolerance, count_from_curve, global_counts, global_thresholds,
+                         layer_curves)
 from .checkpoint import record_pruning
-from .allocation import RANKINGS, _check_tolerance, layer_curves, count_from_curve
+from .compensation import capture_consumers, fold_mean_replacement
 from .layers import OBSERVATION_POINTS, resolve_ignored
 from .removal import GROUP_POLICIES, DependencyPlanner, ModelSnapshot
 from .report import LayerRow, PruneReport, measure, unit_counts
-from .scores import FairScores, compute_scores
+from .presets import resolve_preset
+from .recalibration import recalibrate_bn
+from .scores import RECONSTRUCTIONS, FairScores, compute_scores
 from .statistics import default_unpack
 
 __all__ = ["PruneResult", "prune"]
@@ -53,13 +57,18 @@ def prune(
     target_macs: Optional[float] = None,
     target_params: Optional[float] = None,
     scores: Optional[FairScores] = None,
+    preset: str = "default",
+    observe: Optional[str] = None,
+    reconstruction: Optional[str] = None,
+    group_policy: Optional[str] = None,
+    allocation: Optional[str] = None,
+    recalibrate: Optional[bool] = None,
+    compensate: Optional[bool] = None,
     ranking: str = "utilization",
-    group_policy: str = "min_count",
     example_inputs=None,
     ignored_layers=None,
     samples_per_class: int = 32,
     num_projections: int = 128,
-    observe: str = "activation",
     seed: int = 0,
     loss_fn: Optional[Callable] = None,
     unpack: Callable = default_unpack,
@@ -77,14 +86,26 @@ def prune(
             the tolerance is searched to reach it and the achieved value is reported.
         target_params: the same for the parameter count.
         scores: precomputed :func:`compute_scores` output (skips the data pass).
-        ranking: which units a layer's ToD count removes: ``"utilization"`` (FAIR),
-            ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations).
+        preset: ``"default"`` (the configuration the benchmarks found best one-shot) or
+            ``"paper"`` (the method exactly as published: U on the raw layer output, no
+            BatchNorm re-estimation, no compensation); see :mod:`lightning_fair.presets`.
+            The six options below override it one by one (None: the preset's value).
+        observe: what U observes, ``"output"``, ``"norm"`` or ``"activation"``.
+        reconstruction: ``"abs_of_sum"`` (paper) or ``"sum_of_abs"``, see :func:`compute_scores`.
         group_policy: ``"min_count"`` or ``"joint"``, see :mod:`lightning_fair.removal`.
+        allocation: ``"tod"`` (per-layer ToD counts, FAIR) or ``"global"`` (one threshold on
+            layer-normalised U across all layers; needs ``target_macs``/``target_params``).
+        recalibrate: re-estimate the running statistics of every BatchNorm after removal on
+            the calibration batches (:func:`lightning_fair.recalibrate_bn`; needs ``dataloader``).
+        compensate: mean-replacement compensation: fold each removed input's calibration
+            mean into its consumer's bias, see :mod:`lightning_fair.compensation`.
+        ranking: which units a layer's count removes: ``"utilization"`` (FAIR),
+            ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations).
         example_inputs: inputs for tracing and counting MACs; default: the first
             calibration batch.
         ignored_layers: module names or modules never pruned (the output layer never is).
-        samples_per_class, num_projections, observe, seed, loss_fn, unpack, max_batches:
-            passed to :func:`compute_scores`.
+        samples_per_class, num_projections, seed, loss_fn, unpack, max_batches:
+            passed to :func:`compute_scores` (and ``unpack``, ``max_batches`` to the re-estimation).
         inplace: prune ``model`` itself (default, like torch-pruning) or a deep copy.
 
     Returns:
@@ -104,10 +125,15 @@ def prune(
         >>> result.report.macs_ratio <= 1.0
         True
     """
-    target = check_options(tolerance, target_macs, target_params, ranking, group_policy, observe,
-                           samples_per_class, num_projections)
+    options = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
+                             allocation=allocation, recalibrate=recalibrate, compensate=compensate)
+    target = check_options(tolerance, target_macs, target_params, ranking, options["group_policy"], options["observe"],
+                           samples_per_class, num_projections, options["reconstruction"], options["allocation"])
     if dataloader is None and (scores is None or example_inputs is None):
         raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
+    if options["recalibrate"] and dataloader is None and recalibrate:
+        raise ValueError("recalibrate=True re-estimates BatchNorm statistics on the calibration batches; "
+                         "pass dataloader=..., or recalibrate=False")
     ignored = resolve_ignored(model, ignored_layers)
     if example_inputs is None:
         example_inputs = _first_inputs(dataloader, unpack)
@@ -116,7 +142,8 @@ def prune(
     if scores is None:
         scores = compute_scores(
             model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
-            observe=observe, seed=seed, loss_fn=loss_fn, unpack=unpack, ignored_layers=ignored, max_batches=max_batches,
+            observe=options["observe"], reconstruction=options["reconstruction"], seed=seed, loss_fn=loss_fn,
+            unpack=unpack, ignored_layers=ignored, max_batches=max_batches,
         )
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
     protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}
@@ -127,6 +154,9 @@ def prune(
     if missing:
         raise ValueError(f"scores name layers the model does not have ({missing[:3]}); compute them on this model")
     scored = [n for n in scores.layers if n not in protected]
+    notes: List[str] = []
+    if options["recalibrate"] and dataloader is None:
+        notes.append("BatchNorm statistics not re-estimated: no calibration dataloader was given")
 
     snapshot = ModelSnapshot(model)
     try:
@@ -134,18 +164,39 @@ def prune(
         snapshot.include(planner.graph.module2node)  # concat/split ops keep channel sizes too
         macs_before, params_before = measure(model, example_inputs)
         before = unit_counts(model, scores.layers)
-        curves = layer_curves(scores)
+        policy = options["group_policy"]
+        if options["allocation"] == "global":
+            candidates = global_thresholds(scores, scored)
 
-        def plan_for(tol: float):
-            counts = {n: count_from_curve(curves[n], tol) for n in scored}
-            return counts, planner.plan(scores, counts, ranking=ranking, policy=group_policy, tolerance=tol, seed=seed)
+            def plan_for(level: float):
+                counts = global_counts(scores, level, scored)
+                return counts, planner.plan(scores, counts, ranking=ranking, policy="min_count", seed=seed)
+        else:
+            curves = layer_curves(scores)
+            candidates = _tod_candidates(curves)
+
+            def plan_for(level: float):
+                counts = {n: count_from_curve(curves[n], level) for n in scored}
+                return counts, planner.plan(scores, counts, ranking=ranking, policy=policy, tolerance=level, seed=seed)
 
         if target:
-            tolerance = _search_tolerance(planner, snapshot, plan_for, curves, target, example_inputs,
-                                          macs_before, params_before)
+            tolerance = _search_level(planner, snapshot, plan_for, candidates, target, example_inputs,
+                                      macs_before, params_before, options["allocation"])
         counts, plan = plan_for(tolerance)
+        consumers = capture_consumers(model, planner.graph) if options["compensate"] else {}
         kept = planner.apply(plan)
         snapshot.restore_flags(model)
+        compensated: Dict[str, int] = {}
+        if options["compensate"]:
+            if scores.input_means:
+                compensated, left = fold_mean_replacement(model, kept, scores.input_means, consumers)
+                notes.extend(f"mean replacement: {note}" for note in left)
+            else:
+                notes.append("mean replacement skipped: these scores carry no input means (recompute them)")
+        recalibrated: List[str] = []
+        if options["recalibrate"] and dataloader is not None:
+            _fresh_norm_buffers(model)  # re-estimation writes in place; the snapshot keeps the old tensors
+            recalibrated = recalibrate_bn(model, dataloader, max_batches=max_batches, unpack=unpack)
         macs_after, params_after = measure(model, example_inputs)
         if isinstance(example_inputs, torch.Tensor):
             record_pruning(model, planner.history(), example_inputs)
@@ -154,11 +205,12 @@ def prune(
         snapshot.restore_flags(model)
         raise
     after = unit_counts(model, scores.layers)
-    notes = [f"{g.root}: {g.blocked}" for g in planner.groups if g.blocked]
+    notes = [f"{g.root}: {g.blocked}" for g in planner.groups if g.blocked] + notes
     report = PruneReport(
         layers=[LayerRow(n, before[n], after[n], scores.observed.get(n, "")) for n in scores.layers if n in before],
         macs_before=macs_before, macs_after=macs_after, params_before=params_before, params_after=params_after,
-        tolerance=float(tolerance), target=target, notes=notes,
+        tolerance=float(tolerance) if options["allocation"] == "tod" else None, target=target, notes=notes,
+        options={"preset": preset, **options}, compensated=compensated, recalibrated=recalibrated,
     )
     return PruneResult(
         model=model, scores=scores, report=report, counts=counts,
@@ -167,8 +219,16 @@ def prune(
     )
 
 
+def _fresh_norm_buffers(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
+            module.running_mean = module.running_mean.clone()
+            module.running_var = module.running_var.clone()
+
+
 def check_options(tolerance=0.05, target_macs=None, target_params=None, ranking="utilization",
-                  group_policy="min_count", observe="activation", samples_per_class=32, num_projections=128) -> dict:
+                  group_policy="min_count", observe="activation", samples_per_class=32, num_projections=128,
+                  reconstruction="abs_of_sum", allocation="tod") -> dict:
     """Validate pruning options (before anything is computed); return ``{"macs"|"params": fraction}``."""
     _check_tolerance(tolerance)
     if target_macs is not None and target_params is not None:
@@ -185,6 +245,13 @@ def check_options(tolerance=0.05, target_macs=None, target_params=None, ranking=
         raise ValueError(f"group_policy must be one of {GROUP_POLICIES}, got {group_policy!r}")
     if observe not in OBSERVATION_POINTS:
         raise ValueError(f"observe must be one of {OBSERVATION_POINTS}, got {observe!r}")
+    if reconstruction not in RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if allocation == "global" and not target:
+        raise ValueError("allocation='global' ranks units across layers and needs a budget: pass target_macs=... "
+                         "or target_params=... (or use allocation='tod' with a tolerance)")
     for key, value in (("samples_per_class", samples_per_class), ("num_projections", num_projections)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -201,14 +268,19 @@ def _first_inputs(dataloader, unpack):
     raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
 
 
-def _search_tolerance(planner, snapshot, plan_for, curves, target, example_inputs, macs_before, params_before):
-    """Smallest tolerance whose pruned model keeps at most the target fraction (binary search)."""
-    key, goal = next(iter(target.items()))
+def _tod_candidates(curves) -> list:
     candidates = torch.unique(torch.cat([c for c in curves.values()] + [torch.tensor([0.0, 1.0], dtype=torch.float64)]))
-    candidates = candidates[(candidates >= 0) & (candidates <= 1)].tolist()
+    return candidates[(candidates >= 0) & (candidates <= 1)].tolist()
 
-    def kept(tol: float) -> float:
-        _, plan = plan_for(tol)
+
+def _search_level(planner, snapshot, plan_for, candidates, target, example_inputs, macs_before, params_before,
+                  allocation="tod"):
+    """Smallest level (tolerance, or global threshold) whose pruned model keeps at most the
+    target fraction (binary search over the ascending ``candidates``)."""
+    key, goal = next(iter(target.items()))
+
+    def kept(level: float) -> float:
+        _, plan = plan_for(level)
         try:
             planner.apply(plan, record_history=False)
             macs, params = measure(planner.model, example_inputs)
@@ -218,9 +290,11 @@ def _search_tolerance(planner, snapshot, plan_for, curves, target, example_input
 
     best = kept(candidates[-1])
     if best > goal + 1e-9:
+        how = ("at tolerance 1, where ToD removes up to 99% of each free layer" if allocation == "tod"
+               else "with every layer down to one unit")
         raise ValueError(
             f"target_{key}={goal} cannot be reached in one shot: at most {1 - best:.1%} of the {key} can be "
-            f"removed (kept {best:.3f} at tolerance 1, where ToD removes up to 99% of each free layer); "
+            f"removed (kept {best:.3f} {how}); "
             f"ask for target_{key}>={best:.3f}, or unfreeze layers listed in ignored_layers"
         )
     lo, hi = 0, len(candidates) - 1  # kept(candidates[hi]) <= goal

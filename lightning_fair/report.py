@@ -32,6 +32,9 @@ class PruneReport:
     """Per-layer units before/after and model totals. ``print(report)`` shows a table.
 
     ``macs_ratio`` and ``params_ratio`` are the fractions kept (after / before).
+    ``options`` is the resolved pipeline configuration (preset and its options),
+    ``compensated`` maps each layer whose bias (or following BatchNorm) took the mean of its
+    removed inputs to their number, ``recalibrated`` lists the norm layers re-estimated.
     """
 
     layers: List[LayerRow]
@@ -42,6 +45,9 @@ class PruneReport:
     tolerance: Optional[float] = None
     target: Dict[str, float] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    options: Dict[str, object] = field(default_factory=dict)
+    compensated: Dict[str, int] = field(default_factory=dict)
+    recalibrated: List[str] = field(default_factory=list)
 
     @property
     def macs_ratio(self) -> float:
@@ -75,6 +81,13 @@ class PruneReport:
             lines.append(f"tolerance of difference: {self.tolerance:.4g}")
         for key, value in self.target.items():
             lines.append(f"target {key}: {value:.3g} kept")
+        if self.options:
+            lines.append("pipeline: " + ", ".join(f"{k}={v}" for k, v in self.options.items()))
+        if self.compensated:
+            lines.append(f"mean replacement: removed inputs of {len(self.compensated)} layer(s) folded into a bias "
+                         f"({sum(self.compensated.values())} inputs)")
+        if self.recalibrated:
+            lines.append(f"BatchNorm statistics re-estimated: {len(self.recalibrated)} layer(s)")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 

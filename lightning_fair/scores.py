@@ -16,7 +16,11 @@ from .distances import max_pairwise_w1
 from .layers import resolve_ignored
 from .statistics import StatisticsCollector, default_unpack
 
-__all__ = ["FairScores", "compute_scores"]
+__all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
+
+#: How R aggregates dL/dz * z: the paper's absolute value of the total (``"abs_of_sum"``),
+#: or the sum over samples of each sample's absolute value (``"sum_of_abs"``).
+RECONSTRUCTIONS = ("abs_of_sum", "sum_of_abs")
 
 
 @dataclass
@@ -25,11 +29,15 @@ class FairScores:
 
     Attributes:
         utilization: ``{layer: U [C]}``, max over class pairs of the (sliced) W1 distance.
-        reconstruction: ``{layer: R [C]}``, ``|Σ dL/dz · z|`` over the calibration data.
+        reconstruction: ``{layer: R [C]}``, ``|Σ dL/dz · z|`` over the calibration data
+            (``config["reconstruction"] == "sum_of_abs"``: ``Σ_samples |Σ_positions dL/dz · z|``).
         taylor_sum: ``{layer: [C]}``, the signed sum before the absolute value.
         observed: ``{layer: "output" | "norm" | "activation"}``, the tensor U observed.
         output_layer: the model's output layer (never pruned).
         class_counts: images per class used for U.
+        input_means: ``{Conv/Linear: mean input [C_in, *spatial] or [in_features]}`` over the
+            calibration data, for mean-replacement compensation (every Conv/Linear that ran once
+            per forward, scored or not).
         config: how the scores were made (samples_per_class, num_projections, observe, seed, num_batches),
             and the model's mean loss and accuracy on the calibration batches while scoring.
     """
@@ -41,6 +49,7 @@ class FairScores:
     output_layer: str = ""
     class_counts: List[int] = field(default_factory=list)
     config: Dict[str, Union[int, str]] = field(default_factory=dict)
+    input_means: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def layers(self) -> List[str]:
@@ -67,6 +76,7 @@ class FairScores:
             "output_layer": self.output_layer,
             "class_counts": list(self.class_counts),
             "config": dict(self.config),
+            "input_means": {name: mean.detach().cpu() for name, mean in self.input_means.items()},
         }
 
     @classmethod
@@ -83,6 +93,7 @@ class FairScores:
             output_layer=state["output_layer"],
             class_counts=list(state["class_counts"]),
             config=dict(state["config"]),
+            input_means=dict(state.get("input_means", {})),
         )
 
     def save(self, path) -> None:
@@ -102,6 +113,7 @@ def compute_scores(
     samples_per_class: int = 32,
     num_projections: int = 128,
     observe: str = "activation",
+    reconstruction: str = "abs_of_sum",
     seed: int = 0,
     loss_fn: Optional[Callable] = None,
     unpack: Callable = default_unpack,
@@ -119,6 +131,8 @@ def compute_scores(
             ``"norm"``, or after the following nonlinearity (``"activation"``, the default;
             where no such module follows, the furthest point reached is used and recorded
             in ``scores.observed``).
+        reconstruction: ``"abs_of_sum"`` (the paper: ``R = |Σ dL/dz·z|`` over all samples and
+            positions) or ``"sum_of_abs"`` (``Σ_samples |Σ_positions dL/dz·z|``).
         seed: seeds the projection directions.
         loss_fn: ``loss_fn(logits, labels)``, cross-entropy by default.
         unpack: ``batch -> (inputs, labels)``.
@@ -138,6 +152,8 @@ def compute_scores(
         >>> scores.utilization["features.0.0"].shape
         torch.Size([16])
     """
+    if reconstruction not in RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
     ignored = resolve_ignored(model, ignored_layers)
     collector = StatisticsCollector(
         model,
@@ -149,10 +165,10 @@ def compute_scores(
         unpack=unpack,
         ignored=ignored,
     ).run(dataloader, max_batches=max_batches)
-    return scores_from_statistics(collector)
+    return scores_from_statistics(collector, reconstruction=reconstruction)
 
 
-def scores_from_statistics(collector: StatisticsCollector) -> FairScores:
+def scores_from_statistics(collector: StatisticsCollector, reconstruction: str = "abs_of_sum") -> FairScores:
     """Turn collected statistics into U and R (method.md §1.1-1.2)."""
     counts = collector.class_counts
     present = [k for k in range(counts.numel()) if counts[k] > 0]
@@ -161,16 +177,17 @@ def scores_from_statistics(collector: StatisticsCollector) -> FairScores:
             f"the calibration data holds {len(present)} class(es); the utilization score compares "
             "classes, so it needs labelled samples of at least two"
         )
-    utilization, reconstruction, taylor, observed = {}, {}, {}, {}
+    utilization, protection, taylor, observed = {}, {}, {}, {}
     for name, stats in collector.layers.items():
         per_class = [stats.samples[k, : int(counts[k])] for k in present]
         utilization[name] = max_pairwise_w1(per_class).cpu().float()
         taylor[name] = stats.taylor_sum.cpu()
-        reconstruction[name] = stats.taylor_sum.abs().cpu().float()
+        r = stats.taylor_sum.abs() if reconstruction == "abs_of_sum" else stats.taylor_abs_sum
+        protection[name] = r.cpu().float()
         observed[name] = stats.observed
     return FairScores(
         utilization=utilization,
-        reconstruction=reconstruction,
+        reconstruction=protection,
         taylor_sum=taylor,
         observed=observed,
         output_layer=collector.output_layer,
@@ -179,9 +196,11 @@ def scores_from_statistics(collector: StatisticsCollector) -> FairScores:
             "samples_per_class": int(collector.samples_per_class),
             "num_projections": int(collector.num_projections),
             "observe": collector.observe,
+            "reconstruction": reconstruction,
             "seed": int(collector.seed),
             "num_batches": int(collector.num_batches),
             "calibration_loss": collector.loss_sum / max(collector.num_batches, 1),
             "calibration_accuracy": collector.correct / max(collector.seen, 1),
         },
+        input_means=collector.input_means(),
     )

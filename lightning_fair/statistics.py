@@ -6,7 +6,10 @@ For every prunable layer, one forward and one backward per batch collect
   the first ``samples_per_class`` images of each class, each unit seen through
   ``num_projections`` seeded unit directions (conv maps) or as its scalar (Linear);
 * the signed sum over batches, samples and positions of ``dL/dz * z`` (for the
-  reconstruction score).
+  reconstruction score), and the sum over samples of its per-sample absolute value
+  (the ``"sum_of_abs"`` aggregation variant);
+* the sum over samples of the input every Conv/Linear receives (per input channel and
+  position), for mean-replacement compensation after removal.
 
 Both live in preallocated buffers, so memory does not grow with the number of batches.
 The model is scored in eval mode and handed back exactly as it was: weights, buffers,
@@ -30,7 +33,6 @@ from .layers import (
     NORM_TYPES,
     OBSERVATION_POINTS,
     PASS_THROUGH_TYPES,
-    batch_sum_per_unit,
     candidate_layers,
     units_view,
 )
@@ -68,6 +70,8 @@ class LayerStatistics:
     samples: Optional[torch.Tensor] = None
     #: ``[C]`` signed sum of dL/dz * z.
     taylor_sum: Optional[torch.Tensor] = None
+    #: ``[C]`` sum over samples of |sum over positions of dL/dz * z| (per-sample aggregation).
+    taylor_abs_sum: Optional[torch.Tensor] = None
     #: which tensor was observed: "output", "norm" or "activation".
     observed: str = "output"
     #: flattened size of a unit's output per image (1 for a scalar unit).
@@ -104,6 +108,11 @@ class StatisticsCollector:
         # calibration loss (sum of batch means) and top-1 hits, seen for free on the way
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
         self._modules = candidate_layers(self.model, self.ignored)
+        # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
+        self.input_sums: Dict[str, torch.Tensor] = {}
+        self.input_counts: Dict[str, int] = {}
+        self.input_calls: Dict[str, int] = {}
+        self._consumers = candidate_layers(self.model, set())
         self._projections: Dict[str, torch.Tensor] = {}
         self._device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
@@ -135,6 +144,7 @@ class StatisticsCollector:
             target = target.clone()
         recorder = _BatchRecorder(self, target)
         handles = recorder.attach()
+        handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self._consumers.items()]
         try:
             logits = self.model(inputs)
         finally:
@@ -156,9 +166,10 @@ class StatisticsCollector:
             for name, grad in zip(names, grads):
                 if grad is None:
                     continue
-                contribution = batch_sum_per_unit(grad * recorder.outputs[name], self._modules[name])
+                per_sample = units_view(grad * recorder.outputs[name], self._modules[name]).sum(2)  # [B, C]
                 stats = self.layers[name]
-                stats.taylor_sum += contribution.to(torch.float64)
+                stats.taylor_sum += per_sample.sum(0).to(torch.float64)
+                stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
             recorder.commit()
         self.loss_sum += float(loss.detach())
         self.correct += int((logits.detach().argmax(1) == target).sum())
@@ -188,6 +199,7 @@ class StatisticsCollector:
                 name=name,
                 num_units=channels,
                 taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
+                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
             )
         self.output_layer = output_layer
         if not self.layers:
@@ -195,6 +207,38 @@ class StatisticsCollector:
                 "the model has no prunable layer besides its output layer "
                 f"({output_layer!r}); check ignored_layers"
             )
+
+    def _input_hook(self, name: str):
+        def hook(module, args):
+            self.input_calls[name] = self.input_calls.get(name, 0) + 1
+            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+                return None
+            with torch.no_grad():
+                x = args[0].detach().to(torch.float64)
+                if isinstance(module, nn.Linear):
+                    total, count = x.reshape(-1, x.shape[-1]).sum(0), x.numel() // max(x.shape[-1], 1)
+                else:  # [B, C, *spatial] -> [C, *spatial]
+                    total, count = x.sum(0), x.shape[0]
+                if name in self.input_sums and self.input_sums[name].shape == total.shape:
+                    self.input_sums[name] += total
+                    self.input_counts[name] += count
+                elif name not in self.input_sums:
+                    self.input_sums[name], self.input_counts[name] = total, count
+                else:  # the input shape changes between batches: no single mean
+                    self.input_counts[name] = -1
+            return None
+
+        return hook
+
+    def input_means(self) -> Dict[str, torch.Tensor]:
+        """Mean input of every Conv/Linear that ran once per forward with a fixed input shape:
+        ``[C_in, *spatial]`` for a conv, ``[in_features]`` for a Linear (float64)."""
+        per_forward = self.num_batches
+        return {
+            name: (total / self.input_counts[name]).cpu()
+            for name, total in self.input_sums.items()
+            if self.input_counts[name] > 0 and self.input_calls.get(name) == per_forward
+        }
 
     def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:
         """The ``[map_size, P]`` seeded directions of a layer (None for scalar units)."""

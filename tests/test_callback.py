@@ -527,9 +527,11 @@ def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):
     trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2, enable_progress_bar=True).fit(
         model, datamodule=dm)
     ours = [bar for bar in bars if bar.desc.startswith("lightning_fair")]
-    assert len(ours) == 1 and ours[0].total == 3
+    assert callback.last_result.report.recalibrated, "the test model has BatchNorm: it is re-estimated"
+    assert [bar.desc for bar in ours] == ["lightning_fair: scoring units", "lightning_fair: re-estimating BatchNorm"]
+    assert all(bar.total == 3 for bar in ours)
     assert callback.last_result.scores.config["num_batches"] == 3
-    assert ours[0].n == 3, "the progress bar did not follow the statistics pass"
+    assert ours[0].n == 3 and ours[1].n == 3, "the progress bars did not follow the two passes"
 
     # a Trainer without progress bars gets none from us either
     bars.clear()

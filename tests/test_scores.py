@@ -556,6 +556,8 @@ def test_save_and_load_round_trip(trained_cnn, digits, tmp_path):
     assert loaded.output_layer == scores.output_layer == "classifier"
     assert loaded.class_counts == scores.class_counts
     assert loaded.config == scores.config
+    assert loaded.input_means.keys() == scores.input_means.keys() and scores.input_means
+    assert all(torch.equal(loaded.input_means[n], m) for n, m in scores.input_means.items())
     assert repr(loaded) == repr(scores)
     with pytest.raises(ValueError):
         FairScores.from_state_dict({"format": "something else"})
