@@ -152,7 +152,7 @@ def test_global_allocation_reaches_the_target_with_threshold_counts():
         assert set(idxs) == set(torch.sort(u.double(), stable=True).indices[: len(idxs)].tolist())
     # and it is a different allocation than ToD's at the same budget
     tod = prune(helpers.trained_small_cnn(), scores=scores, example_inputs=helpers.example_inputs(), target_macs=0.5,
-                recalibrate=False)
+                recalibrate=False, allocation="tod")
     assert tod.counts != result.counts
 
 
@@ -174,3 +174,11 @@ def test_input_means_equal_the_mean_input_of_every_layer():
     assert set(scores.input_means) == set(n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear)))
     for name in names:
         torch.testing.assert_close(scores.input_means[name], torch.cat(seen[name]).mean(0), rtol=1e-9, atol=1e-9)
+
+
+def test_default_allocation_is_global_under_a_target_and_tod_under_a_tolerance():
+    scores = helpers.trained_small_cnn_scores()
+    kwargs = dict(scores=scores, example_inputs=helpers.example_inputs(), recalibrate=False)
+    assert prune(helpers.trained_small_cnn(), target_macs=0.5, **kwargs).report.options["allocation"] == "global"
+    by_tolerance = prune(helpers.trained_small_cnn(), tolerance=0.1, **kwargs)
+    assert by_tolerance.report.options["allocation"] == "tod" and by_tolerance.report.tolerance == 0.1

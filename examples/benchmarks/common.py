@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fair import evaluate, zoo
+from lightning_fair import evaluate, recalibrate_bn, zoo
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / ".cache"
@@ -238,20 +238,12 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, split: Split, batch_size: int = 100) -> nn.Module:
-    """A copy whose BatchNorm running statistics are re-estimated from ``split`` (forward passes in
-    train mode, cumulative average, no labels, no weight update); the model itself is untouched."""
+    """A copy whose BatchNorm running statistics are re-estimated from ``split`` by the library's
+    ``lightning_fair.recalibrate_bn`` (batches of ``batch_size``, no labels, no weight update);
+    the model itself is untouched."""
     model = copy.deepcopy(model)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average over all batches
-    model.train()
-    for start in range(0, len(split), batch_size):
-        model(split.x[start:start + batch_size])
-    for bn in bns:
-        bn.momentum = 0.1
+    recalibrate_bn(model, loader(split, batch_size))
     return model.eval()
 
 
