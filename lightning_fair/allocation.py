@@ -21,9 +21,17 @@ __all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", 
 
 #: Rankings the ToD counts can be applied to: which units of a layer go first.
 RANKINGS = ("utilization", "l1", "random")
-#: How many units each layer loses: FAIR's per-layer ToD counts, or one global threshold on
-#: U normalised by its layer's mean (a variant for comparison; needs a MACs/params target).
-ALLOCATIONS = ("tod", "global")
+#: How many units each layer loses: FAIR's per-layer ToD counts (``"tod"``), one global
+#: threshold on U normalised by its layer's mean (``"global"``; needs a MACs/params target),
+#: or ``"auto"``: global under a target, ToD under a tolerance.
+ALLOCATIONS = ("auto", "tod", "global")
+
+
+def resolve_allocation(allocation: str, has_target: bool) -> str:
+    """``"auto"`` -> ``"global"`` when a MACs/params target is given, else ``"tod"``."""
+    if allocation == "auto":
+        return "global" if has_target else "tod"
+    return allocation
 
 
 def _ranks(values: torch.Tensor, descending: bool) -> torch.Tensor:

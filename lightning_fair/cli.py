@@ -33,11 +33,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from .callback import FairPruneCallback
+from .callback import FairPruneCallback, _Progress
 from .checkpoint import CHECKPOINT_KEY, FairPruningMixin, pruning_state, replay_pruning
 from .evaluation import evaluate
 from .oneshot import PruneResult, check_options
 from .oneshot import prune as fair_prune
+from .presets import resolve_preset
 from .statistics import default_unpack
 
 __all__ = ["FairCLI", "FairTrainer", "main"]
@@ -58,10 +59,15 @@ def prune_checkpoint(
     target_params: Optional[float] = None,
     samples_per_class: int = 32,
     num_projections: int = 128,
-    observe: Literal["activation", "output", "norm"] = "activation",
+    preset: Literal["default", "paper"] = "default",
+    observe: Optional[Literal["activation", "output", "norm"]] = None,
+    reconstruction: Optional[Literal["abs_of_sum", "sum_of_abs"]] = None,
+    group_policy: Optional[Literal["min_count", "joint"]] = None,
+    allocation: Optional[Literal["auto", "tod", "global"]] = None,
+    recalibrate: Optional[bool] = None,
+    compensate: Optional[bool] = None,
     seed: int = 0,
     ranking: Literal["utilization", "l1", "random"] = "utilization",
-    group_policy: Literal["min_count", "joint"] = "min_count",
     ignored_layers: Optional[List[str]] = None,
     max_batches: Optional[int] = None,
     weights_only: Optional[bool] = None,
@@ -85,13 +91,20 @@ def prune_checkpoint(
         target_params: fraction of parameters to keep instead of a tolerance.
         samples_per_class: images per class kept for the utilization score (n in the paper).
         num_projections: random directions for the sliced W1 of conv channels (P in the paper).
+        preset: default (the pipeline the benchmarks found best one-shot) or paper (the method exactly as
+            published); the next six options override it one by one (unset: the preset's value).
         observe: what the utilization score observes: the layer's output, the tensor after the following
             norm layer, or after the following nonlinearity (activation).
+        reconstruction: abs_of_sum (the paper's R) or sum_of_abs (per-sample absolute values).
+        group_policy: one decision for layers coupled by residual adds or concatenation: min_count (each
+            member's own count, the smallest wins) or joint (one count on the combined scores).
+        allocation: tod (per-layer tolerance-of-difference counts), global (one threshold on layer-normalised
+            utilization; needs a target) or auto (global with a target, tod with a tolerance).
+        recalibrate: re-estimate BatchNorm statistics on the calibration data after removal.
+        compensate: fold the removed inputs' calibration means into the next layers' biases.
         seed: seeds the projection directions (and the random ranking).
         ranking: which units a layer's count removes: FAIR utilization, smallest L1 weights, or random
             (the paper's ablations).
-        group_policy: one decision for layers coupled by residual adds or concatenation: min_count (each
-            member's own count, the smallest wins) or joint (one count on the combined scores).
         ignored_layers: qualified module names never pruned (the output layer never is).
         max_batches: calibration batches to use (all by default).
         weights_only: ``torch.load(ckpt_path, weights_only=...)``; None means True. Accepted also so that a
@@ -102,11 +115,15 @@ def prune_checkpoint(
     """
     options = dict(
         tolerance=tolerance, target_macs=target_macs, target_params=target_params,
-        samples_per_class=samples_per_class, num_projections=num_projections, observe=observe, seed=seed,
-        ranking=ranking, group_policy=group_policy, ignored_layers=ignored_layers, max_batches=max_batches,
+        samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
+        ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
+        reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
+        compensate=compensate,
     )
-    check_options(tolerance, target_macs, target_params, ranking, group_policy, observe,
-                  samples_per_class, num_projections)
+    pipeline = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
+                              allocation=allocation, recalibrate=recalibrate, compensate=compensate)
+    check_options(tolerance, target_macs, target_params, ranking, pipeline["group_policy"], pipeline["observe"],
+                  samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"])
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     if not ckpt_path or not os.path.isfile(ckpt_path):
@@ -128,11 +145,8 @@ def prune_checkpoint(
         example = example[:1].to(self.strategy.root_device)
     calibration = loader
     if self.progress_bar_callback is not None and self.is_global_zero:
-        from tqdm.auto import tqdm
-
         total = len(loader) if hasattr(loader, "__len__") else None
-        calibration = tqdm(loader, total=min(total, max_batches) if total and max_batches else total,
-                           desc="lightning_fair: scoring units", leave=False, dynamic_ncols=True)
+        calibration = _Progress(loader, min(total, max_batches) if total and max_batches else total)
     with torch.inference_mode(False), torch.enable_grad():
         result = fair_prune(model, calibration, example_inputs=example, **options)
     after = evaluate(model, loader)

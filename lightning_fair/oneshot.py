@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .allocation import (ALLOCATIONS, RANKINGS, _check_tolerance, count_from_curve, global_counts, global_thresholds,
-                         layer_curves)
+                         layer_curves, resolve_allocation)
 from .checkpoint import record_pruning
 from .compensation import capture_consumers, fold_mean_replacement
 from .layers import OBSERVATION_POINTS, resolve_ignored
@@ -93,8 +93,9 @@ def prune(
         observe: what U observes, ``"output"``, ``"norm"`` or ``"activation"``.
         reconstruction: ``"abs_of_sum"`` (paper) or ``"sum_of_abs"``, see :func:`compute_scores`.
         group_policy: ``"min_count"`` or ``"joint"``, see :mod:`lightning_fair.removal`.
-        allocation: ``"tod"`` (per-layer ToD counts, FAIR) or ``"global"`` (one threshold on
-            layer-normalised U across all layers; needs ``target_macs``/``target_params``).
+        allocation: ``"tod"`` (per-layer ToD counts, FAIR), ``"global"`` (one threshold on
+            layer-normalised U across all layers; needs ``target_macs``/``target_params``) or
+            ``"auto"`` (the default preset's: global under a target, ToD under a tolerance).
         recalibrate: re-estimate the running statistics of every BatchNorm after removal on
             the calibration batches (:func:`lightning_fair.recalibrate_bn`; needs ``dataloader``).
         compensate: mean-replacement compensation: fold each removed input's calibration
@@ -129,6 +130,7 @@ def prune(
                              allocation=allocation, recalibrate=recalibrate, compensate=compensate)
     target = check_options(tolerance, target_macs, target_params, ranking, options["group_policy"], options["observe"],
                            samples_per_class, num_projections, options["reconstruction"], options["allocation"])
+    options["allocation"] = resolve_allocation(options["allocation"], bool(target))
     if dataloader is None and (scores is None or example_inputs is None):
         raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
     if options["recalibrate"] and dataloader is None and recalibrate:

@@ -18,8 +18,10 @@ PRESETS: Dict[str, Dict[str, object]] = {
     # no BatchNorm re-estimation, no compensation.
     "paper": dict(observe="output", reconstruction="abs_of_sum", group_policy="min_count", allocation="tod",
                   recalibrate=False, compensate=False),
-    # chosen by evidence (docs/benchmarks.md)
-    "default": dict(observe="activation", reconstruction="abs_of_sum", group_policy="min_count", allocation="tod",
+    # chosen by evidence (docs/benchmarks.md, "Variant study"): U after the nonlinearity, a
+    # global U threshold when a MACs/params budget is given (ToD counts for a tolerance),
+    # BatchNorm re-estimation and mean-replacement compensation.
+    "default": dict(observe="activation", reconstruction="abs_of_sum", group_policy="min_count", allocation="auto",
                     recalibrate=True, compensate=True),
 }
 

@@ -84,8 +84,8 @@ class PruneReport:
         if self.options:
             lines.append("pipeline: " + ", ".join(f"{k}={v}" for k, v in self.options.items()))
         if self.compensated:
-            lines.append(f"mean replacement: removed inputs of {len(self.compensated)} layer(s) folded into a bias "
-                         f"({sum(self.compensated.values())} inputs)")
+            lines.append(f"mean replacement: the means of {sum(self.compensated.values())} removed inputs folded into "
+                         f"{len(self.compensated)} layer(s)' bias (or their BatchNorm's running mean)")
         if self.recalibrated:
             lines.append(f"BatchNorm statistics re-estimated: {len(self.recalibrated)} layer(s)")
         lines.extend(f"note: {note}" for note in self.notes)

@@ -70,6 +70,7 @@ def test_fit_with_prune_flags_prunes(tmp_path):
                         "--prune.prune_at=0", *FAST_PRUNE])
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert callback.prune_at == 0 and callback.options["tolerance"] == 0.05
+    assert callback.last_result.report.options["preset"] == "default" and callback.last_result.report.recalibrated
     assert [e["epoch"] for e in callback.events] == [0]  # pruned once, then fine-tuned an epoch
     assert sum(widths(cli.model)) < sum(WIDTHS)
     # the epoch-1 checkpoint holds the pruned model and its history
@@ -160,6 +161,24 @@ def test_prune_subcommand(trained, tmp_path, capsys):
     assert report["checkpoint"] == str(path.resolve())
     assert set(report["validation"]["after"]) == {"loss", "accuracy"}
     assert "net.head.0" in (out / "report.txt").read_text()
+    # the default pipeline: BatchNorm re-estimated, means folded in
+    assert report["report"]["recalibrated"] and report["report"]["compensated"]
+    assert report["report"]["options"]["preset"] == "default"
+
+
+def test_prune_subcommand_pipeline_flags(trained, tmp_path):
+    _, ckpt = trained
+    out = tmp_path / "out"
+    FairCLI(args=["prune", *MODEL, *trainer_args(tmp_path), f"--ckpt_path={ckpt}", f"--output_dir={out}",
+                  "--tolerance=0.1", "--num_projections=8", "--samples_per_class=8", "--max_batches=3",
+                  "--preset=paper", "--recalibrate=true"])
+    report = json.loads((out / "report.json").read_text())["report"]
+    assert report["options"] == {"preset": "paper", "observe": "output", "reconstruction": "abs_of_sum",
+                                 "group_policy": "min_count", "allocation": "tod", "recalibrate": True,
+                                 "compensate": False}
+    assert report["recalibrated"] and not report["compensated"]
+    with pytest.raises(SystemExit):  # a bad value is refused by the parser, before anything runs
+        FairCLI(args=["prune", *MODEL, *trainer_args(tmp_path), f"--ckpt_path={ckpt}", "--allocation=layerwise"])
 
 
 def test_prune_subcommand_on_pruned_checkpoint_with_fit_config(trained, tmp_path):
