@@ -74,6 +74,7 @@ def prune(
     unpack: Callable = default_unpack,
     max_batches: Optional[int] = None,
     inplace: bool = True,
+    distributed: bool = False,
 ) -> PruneResult:
     """Prune ``model`` with FAIR-Pruner in one shot, no fine-tuning.
 
@@ -108,6 +109,9 @@ def prune(
         samples_per_class, num_projections, seed, loss_fn, unpack, max_batches:
             passed to :func:`compute_scores` (and ``unpack``, ``max_batches`` to the re-estimation).
         inplace: prune ``model`` itself (default, like torch-pruning) or a deep copy.
+        distributed: call on every rank of a ``torch.distributed`` process group, each with its
+            own shard of the calibration data: the statistics (and BatchNorm re-estimation) are
+            merged across ranks, so every rank removes the same channels.
 
     Returns:
         :class:`PruneResult`. If anything fails, the model is left exactly as it was.
@@ -145,7 +149,7 @@ def prune(
         scores = compute_scores(
             model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
             observe=options["observe"], reconstruction=options["reconstruction"], seed=seed, loss_fn=loss_fn,
-            unpack=unpack, ignored_layers=ignored, max_batches=max_batches,
+            unpack=unpack, ignored_layers=ignored, max_batches=max_batches, distributed=distributed,
         )
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
     protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}
@@ -198,7 +202,8 @@ def prune(
         recalibrated: List[str] = []
         if options["recalibrate"] and dataloader is not None:
             _fresh_norm_buffers(model)  # re-estimation writes in place; the snapshot keeps the old tensors
-            recalibrated = recalibrate_bn(model, dataloader, max_batches=max_batches, unpack=unpack)
+            recalibrated = recalibrate_bn(model, dataloader, max_batches=max_batches, unpack=unpack,
+                                          distributed=distributed)
         macs_after, params_after = measure(model, example_inputs)
         if isinstance(example_inputs, torch.Tensor):
             record_pruning(model, planner.history(), example_inputs)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from .distributed import all_gather_tensor, is_distributed
 from .statistics import default_unpack
 
 __all__ = ["recalibrate_bn"]
@@ -45,7 +46,10 @@ class _Moments:
         dims = [d for d in range(x.dim()) if d != channel_dim]
         n = x.numel() // x.shape[channel_dim]
         var, mean = torch.var_mean(x, dim=dims, correction=0) if dims else (torch.zeros_like(x), x)
-        m2 = var * n
+        self.merge(n, mean, var * n)
+
+    def merge(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Pool in another set of ``n`` values per channel with its mean and M2 (Chan et al.)."""
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
@@ -54,6 +58,22 @@ class _Moments:
         self.mean = self.mean + delta * (n / total)
         self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
         self.count = total
+
+
+def _pool_across_ranks(norms: Dict[str, _NormBase], moments: Dict[str, "_Moments"]) -> None:
+    """Replace each rank's moments by the pooled moments of all ranks (merged in rank order)."""
+    for name in sorted(norms):
+        mo, template = moments[name], norms[name].running_mean
+        mean = mo.mean if mo.mean is not None else torch.zeros(template.shape, dtype=torch.float64)
+        m2 = mo.m2 if mo.m2 is not None else torch.zeros(template.shape, dtype=torch.float64)
+        packed = torch.cat([torch.tensor([float(mo.count)], dtype=torch.float64), mean.cpu(), m2.cpu()])
+        pooled = _Moments()
+        for part in all_gather_tensor(packed.to(template.device)):
+            part = part.cpu()
+            count, c = int(part[0]), template.numel()
+            if count:
+                pooled.merge(count, part[1:1 + c].reshape(template.shape), part[1 + c:].reshape(template.shape))
+        moments[name] = pooled
 
 
 def _tracked_norms(model: nn.Module) -> Dict[str, _NormBase]:
@@ -91,7 +111,7 @@ def _batch_inputs(batch, unpack: Optional[Callable]) -> torch.Tensor:
 
 
 def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] = None,
-                   unpack: Optional[Callable] = None) -> List[str]:
+                   unpack: Optional[Callable] = None, distributed: bool = False) -> List[str]:
     """Re-estimate, in place, the running mean/variance of every norm layer from calibration data.
 
     Every :class:`~torch.nn.modules.batchnorm._NormBase` module that tracks running statistics
@@ -115,6 +135,9 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
         max_batches: use at most this many batches (default: all).
         unpack: ``batch -> (inputs, target)`` (or ``-> inputs``) for other batch layouts;
             default :func:`lightning_fair.statistics.default_unpack`.
+        distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process
+            passes its own shard and the moments of all processes are pooled, so every rank ends
+            with the same statistics (collective: call on every rank).
 
     Returns:
         The qualified names of the re-estimated layers, in ``named_modules`` order. A norm layer
@@ -216,6 +239,8 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
                 batch = next(iterator, sentinel)
         finally:
             restore()
+        if distributed and is_distributed():
+            _pool_across_ranks(norms, moments)
 
         updated, stale = [], []
         for name, m in norms.items():

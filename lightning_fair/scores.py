@@ -119,6 +119,7 @@ def compute_scores(
     unpack: Callable = default_unpack,
     ignored_layers: Optional[Iterable[Union[str, nn.Module]]] = None,
     max_batches: Optional[int] = None,
+    distributed: bool = False,
 ) -> FairScores:
     """Score every prunable unit of ``model`` with one forward and one backward per batch.
 
@@ -138,6 +139,9 @@ def compute_scores(
         unpack: ``batch -> (inputs, labels)``.
         ignored_layers: module names or modules never scored (nor pruned).
         max_batches: stop after this many batches.
+        distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process passes
+            its own shard of the calibration data and the statistics of all processes are merged
+            before scoring, so every process gets the same scores (collective: call on every rank).
 
     Returns:
         :class:`FairScores`. The model is left exactly as it was.
@@ -164,6 +168,7 @@ def compute_scores(
         loss_fn=loss_fn,
         unpack=unpack,
         ignored=ignored,
+        distributed=distributed,
     ).run(dataloader, max_batches=max_batches)
     return scores_from_statistics(collector, reconstruction=reconstruction)
 

@@ -1,0 +1,48 @@
+"""Statistics across processes: 2 CPU processes (gloo) get the scores of one process on all data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(out)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)], torch.load(out / "single.pt",
+                                                                                             weights_only=True)
+
+
+def test_every_rank_gets_the_single_process_scores(ranks):
+    (r0, r1), single = ranks
+    for field in ("utilization", "reconstruction", "taylor_sum"):
+        for a, b, c in zip(r0["scores"][field], r1["scores"][field], single["scores"][field]):
+            assert torch.equal(a, b), field  # ranks agree bitwise
+            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-9)  # = one process on all the data
+    assert r0["scores"]["class_counts"] == r1["scores"]["class_counts"] == single["scores"]["class_counts"]
+    assert r0["scores"]["config"]["num_batches"] == single["scores"]["config"]["num_batches"] == 9
+    for name, mean in single["scores"]["input_means"].items():
+        assert torch.equal(r0["scores"]["input_means"][name], r1["scores"]["input_means"][name])
+        torch.testing.assert_close(r0["scores"]["input_means"][name], mean, rtol=1e-9, atol=1e-12)
+    for key in ("calibration_loss", "calibration_accuracy"):
+        assert r0["scores"]["config"][key] == pytest.approx(single["scores"]["config"][key], rel=1e-6)
+
+
+def test_every_rank_prunes_the_same_channels_as_one_process(ranks):
+    (r0, r1), single = ranks
+    assert r0["removed"] == r1["removed"] == single["removed"] and r0["removed"]
+    assert r0["state"].keys() == single["state"].keys()
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key  # weights, compensated biases, BatchNorm statistics
+        torch.testing.assert_close(value.double(), single["state"][key].double(), rtol=1e-5, atol=1e-6)
