@@ -70,6 +70,7 @@ def prune_checkpoint(
     ranking: Literal["utilization", "l1", "random"] = "utilization",
     ignored_layers: Optional[List[str]] = None,
     max_batches: Optional[int] = None,
+    memory_budget: Optional[str] = "4GiB",
     weights_only: Optional[bool] = None,
 ) -> PruneResult:
     r"""Prune a trained checkpoint one-shot with FAIR-Pruner and save the pruned checkpoint and a report.
@@ -107,6 +108,8 @@ def prune_checkpoint(
             (the paper's ablations).
         ignored_layers: qualified module names never pruned (the output layer never is).
         max_batches: calibration batches to use (all by default).
+        memory_budget: memory the statistics may take, e.g. 4GiB or 512MB (null: no limit); over it they are
+            collected in several passes over the validation data. The estimate is printed.
         weights_only: ``torch.load(ckpt_path, weights_only=...)``; None means True. Accepted also so that a
             config file written by ``fit`` can be reused.
 
@@ -118,7 +121,7 @@ def prune_checkpoint(
         samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
         ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
         reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
-        compensate=compensate,
+        compensate=compensate, memory_budget=memory_budget,
     )
     pipeline = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
                               allocation=allocation, recalibrate=recalibrate, compensate=compensate)
@@ -148,7 +151,7 @@ def prune_checkpoint(
         total = len(loader) if hasattr(loader, "__len__") else None
         calibration = _Progress(loader, min(total, max_batches) if total and max_batches else total)
     with torch.inference_mode(False), torch.enable_grad():
-        result = fair_prune(model, calibration, example_inputs=example, **options)
+        result = fair_prune(model, calibration, example_inputs=example, verbose=self.is_global_zero, **options)
     after = evaluate(model, loader)
 
     paths = {name: os.path.join(output_dir, name) for name in _FILES}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from .compensation import capture_consumers, fold_mean_replacement
 from .layers import OBSERVATION_POINTS, resolve_ignored
 from .removal import GROUP_POLICIES, DependencyPlanner, ModelSnapshot
 from .report import LayerRow, PruneReport, measure, unit_counts
+from .memory import DEFAULT_BUDGET, parse_bytes
 from .presets import resolve_preset
 from .recalibration import recalibrate_bn
 from .scores import RECONSTRUCTIONS, FairScores, compute_scores
@@ -75,6 +76,8 @@ def prune(
     max_batches: Optional[int] = None,
     inplace: bool = True,
     distributed: bool = False,
+    memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
+    verbose: bool = False,
 ) -> PruneResult:
     """Prune ``model`` with FAIR-Pruner in one shot, no fine-tuning.
 
@@ -112,6 +115,9 @@ def prune(
         distributed: call on every rank of a ``torch.distributed`` process group, each with its
             own shard of the calibration data: the statistics (and BatchNorm re-estimation) are
             merged across ranks, so every rank removes the same channels.
+        memory_budget: bytes (or ``"4GiB"``) the statistics may take; over it they are collected
+            in several passes (see :func:`compute_scores`).
+        verbose: print the statistics' memory estimate before scoring.
 
     Returns:
         :class:`PruneResult`. If anything fails, the model is left exactly as it was.
@@ -135,6 +141,7 @@ def prune(
     target = check_options(tolerance, target_macs, target_params, ranking, options["group_policy"], options["observe"],
                            samples_per_class, num_projections, options["reconstruction"], options["allocation"])
     options["allocation"] = resolve_allocation(options["allocation"], bool(target))
+    parse_bytes(memory_budget)  # a bad budget fails before anything runs
     if dataloader is None and (scores is None or example_inputs is None):
         raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
     if options["recalibrate"] and dataloader is None and recalibrate:
@@ -150,6 +157,7 @@ def prune(
             model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
             observe=options["observe"], reconstruction=options["reconstruction"], seed=seed, loss_fn=loss_fn,
             unpack=unpack, ignored_layers=ignored, max_batches=max_batches, distributed=distributed,
+            memory_budget=memory_budget, verbose=verbose,
         )
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
     protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}

@@ -14,6 +14,7 @@ from torch import nn
 
 from .distances import max_pairwise_w1
 from .layers import resolve_ignored
+from .memory import DEFAULT_BUDGET, parse_bytes
 from .statistics import StatisticsCollector, default_unpack
 
 __all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
@@ -120,6 +121,8 @@ def compute_scores(
     ignored_layers: Optional[Iterable[Union[str, nn.Module]]] = None,
     max_batches: Optional[int] = None,
     distributed: bool = False,
+    memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
+    verbose: bool = False,
 ) -> FairScores:
     """Score every prunable unit of ``model`` with one forward and one backward per batch.
 
@@ -142,6 +145,12 @@ def compute_scores(
         distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process passes
             its own shard of the calibration data and the statistics of all processes are merged
             before scoring, so every process gets the same scores (collective: call on every rank).
+        memory_budget: bytes (or a size like ``"4GiB"``; None: no limit) the utilization samples
+            may take. The need is estimated on the first batch from the layer shapes, classes,
+            ``samples_per_class`` and ``num_projections`` (:mod:`lightning_fair.memory`); over the
+            budget, units are split into chunks collected in further, forward-only passes over
+            ``dataloader`` (which must then be re-iterable). Same scores, given the same batches.
+        verbose: print the memory estimate (and the number of passes) after the first batch.
 
     Returns:
         :class:`FairScores`. The model is left exactly as it was.
@@ -158,34 +167,61 @@ def compute_scores(
     """
     if reconstruction not in RECONSTRUCTIONS:
         raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
+    budget = parse_bytes(memory_budget)
     ignored = resolve_ignored(model, ignored_layers)
-    collector = StatisticsCollector(
-        model,
-        samples_per_class=samples_per_class,
-        num_projections=num_projections,
-        observe=observe,
-        seed=seed,
-        loss_fn=loss_fn,
-        unpack=unpack,
-        ignored=ignored,
-        distributed=distributed,
-    ).run(dataloader, max_batches=max_batches)
-    return scores_from_statistics(collector, reconstruction=reconstruction)
+    options = dict(samples_per_class=samples_per_class, num_projections=num_projections, observe=observe, seed=seed,
+                   loss_fn=loss_fn, unpack=unpack, ignored=ignored, distributed=distributed)
+    collector = StatisticsCollector(model, memory_budget=budget, **options)
+    collector.on_plan = (lambda estimate: print(estimate.describe(budget), flush=True)) if verbose else None
+    collector.run(dataloader, max_batches=max_batches)
+    scores = scores_from_statistics(collector, reconstruction=reconstruction)
+    if len(collector.chunks) > 1 and iter(dataloader) is dataloader:
+        raise ValueError(
+            f"the statistics need {len(collector.chunks)} passes under memory_budget={memory_budget!r}, but the "
+            "dataloader is a one-shot iterator; pass a re-iterable dataloader (a DataLoader or a list), or a larger "
+            "memory_budget"
+        )
+    for chunk in collector.chunks[1:]:  # forward-only passes for the remaining units
+        later = StatisticsCollector(model, channels=chunk, reconstruction=False, **options)
+        later.run(dataloader, max_batches=max_batches)
+        for name, (start, stop) in chunk.items():
+            scores.utilization[name][start:stop] = _utilization(later, name)
+        del later
+    scores.config["passes"] = len(collector.chunks)
+    scores.config["memory_estimate"] = int(collector.estimate.total_bytes)
+    return scores
 
 
-def scores_from_statistics(collector: StatisticsCollector, reconstruction: str = "abs_of_sum") -> FairScores:
-    """Turn collected statistics into U and R (method.md §1.1-1.2)."""
-    counts = collector.class_counts
+def _present_classes(counts: torch.Tensor) -> List[int]:
     present = [k for k in range(counts.numel()) if counts[k] > 0]
     if len(present) < 2:
         raise ValueError(
             f"the calibration data holds {len(present)} class(es); the utilization score compares "
             "classes, so it needs labelled samples of at least two"
         )
+    return present
+
+
+def _utilization(collector: StatisticsCollector, name: str) -> torch.Tensor:
+    """U of the units of ``name`` whose samples this collector holds (its channel range)."""
+    counts = collector.class_counts
+    stats = collector.layers[name]
+    per_class = [stats.samples[k, : int(counts[k])] for k in _present_classes(counts)]
+    return max_pairwise_w1(per_class).cpu().float()
+
+
+def scores_from_statistics(collector: StatisticsCollector, reconstruction: str = "abs_of_sum") -> FairScores:
+    """Turn collected statistics into U and R (method.md §1.1-1.2). Units outside the
+    collector's channel ranges (a split collection) get U = 0 until their pass fills them in."""
+    counts = collector.class_counts
+    _present_classes(counts)
     utilization, protection, taylor, observed = {}, {}, {}, {}
     for name, stats in collector.layers.items():
-        per_class = [stats.samples[k, : int(counts[k])] for k in present]
-        utilization[name] = max_pairwise_w1(per_class).cpu().float()
+        utilization[name] = torch.zeros(stats.num_units)
+        if name in collector.channels:
+            start, stop = collector.channels[name]
+            utilization[name][start:stop] = _utilization(collector, name)
+            stats.samples = None  # scored: free the samples before the next layer
         taylor[name] = stats.taylor_sum.cpu()
         r = stats.taylor_sum.abs() if reconstruction == "abs_of_sum" else stats.taylor_abs_sum
         protection[name] = r.cpu().float()

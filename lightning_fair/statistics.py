@@ -22,13 +22,14 @@ from __future__ import annotations
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .distances import random_projections
 from .distributed import all_gather_tensor, all_reduce_sum, check_same_everywhere, is_distributed
+from .memory import MemoryEstimate, unit_bytes
 from .layers import (
     ACTIVATION_TYPES,
     NORM_TYPES,
@@ -97,6 +98,13 @@ class StatisticsCollector:
     #: merge the statistics of all processes of the default process group after the pass
     #: (DDP: each rank passes its own shard; see :mod:`lightning_fair.distributed`)
     distributed: bool = False
+    #: bytes the utilization samples of one pass may take (None: no limit); over it, this pass
+    #: collects the first chunk of units only and ``chunks`` lists the rest (see :mod:`.memory`)
+    memory_budget: Optional[int] = None
+    #: collect utilization samples only for these channel ranges ``{layer: (start, stop)}``
+    channels: Optional[Dict[str, Tuple[int, int]]] = None
+    #: also collect the reconstruction sums (one backward per batch); False: forward only
+    reconstruction: bool = True
 
     def __post_init__(self):
         if self.observe not in OBSERVATION_POINTS:
@@ -119,6 +127,8 @@ class StatisticsCollector:
         self._consumers = candidate_layers(self.model, set())
         self._projections: Dict[str, torch.Tensor] = {}
         self._device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self.on_plan: Optional[Callable] = None  # called with the MemoryEstimate after the first batch
+        self.chunks: List[Dict[str, Tuple[int, int]]] = []
 
     # ------------------------------------------------------------------ the pass
     def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
@@ -148,6 +158,11 @@ class StatisticsCollector:
         names = list(self.layers)
         check_same_everywhere([len(names), self.class_counts.numel()] + [self.layers[n].num_units for n in names],
                               "the scored layers")
+        check_same_everywhere([v for n in names if n in self.channels for v in self.channels[n]], "the chunk of units")
+        for name in names:
+            self.layers[name].taylor_sum = all_reduce_sum(self.layers[name].taylor_sum)
+            self.layers[name].taylor_abs_sum = all_reduce_sum(self.layers[name].taylor_abs_sum)
+        names = [n for n in names if n in self.channels]  # layers with utilization samples in this pass
         missing = all_reduce_sum(torch.tensor([float(sum(self.layers[n].samples is None for n in names))]))
         if missing.item() > 0:
             raise RuntimeError("lightning_fair: a process recorded no samples for some layer; calibration batches "
@@ -171,8 +186,6 @@ class StatisticsCollector:
             gathered = torch.stack(all_gather_tensor(stats.samples))  # [W, K, n, C, D]
             dev = gathered.device
             stats.samples = gathered[src_rank.to(dev), classes.to(dev), src_row.to(dev)]
-            stats.taylor_sum = all_reduce_sum(stats.taylor_sum)
-            stats.taylor_abs_sum = all_reduce_sum(stats.taylor_abs_sum)
         self.class_counts = merged_counts
         consumers = sorted(self.input_sums)
         check_same_everywhere([len(consumers)] + [self.input_sums[c].numel() for c in consumers], "the layer inputs")
@@ -214,6 +227,11 @@ class StatisticsCollector:
             )
         if self.num_batches == 0:
             self._first_batch(recorder, logits)
+        if not self.reconstruction:  # a later pass of a split collection: utilization samples only
+            with torch.no_grad():
+                recorder.commit()
+            self.num_batches += 1
+            return
         loss = self.loss_fn(logits, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the calibration loss is {loss.item()} on batch {self.num_batches}")
@@ -264,6 +282,21 @@ class StatisticsCollector:
                 "the model has no prunable layer besides its output layer "
                 f"({output_layer!r}); check ignored_layers"
             )
+        self.estimate = MemoryEstimate(
+            num_classes, int(self.samples_per_class), int(self.num_projections),
+            {name: (stats.num_units, unit_bytes(num_classes, int(self.samples_per_class),
+                                               units_view(recorder.outputs[name], self._modules[name]).shape[2],
+                                               int(self.num_projections)))
+             for name, stats in self.layers.items()},
+            8 * sum(t.numel() for t in self.input_sums.values()),
+        )
+        if self.channels is None:
+            self.chunks = self.estimate.chunks(self.memory_budget)
+            self.channels = self.chunks[0]
+        else:
+            self.chunks = [self.channels]
+        if self.on_plan is not None:
+            self.on_plan(self.estimate)
 
     def _input_hook(self, name: str):
         def hook(module, args):
@@ -397,8 +430,8 @@ class _BatchRecorder:
     def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
         if self.selected is None:
             return
-        if self.c.class_counts is not None and name not in self.c.layers:
-            return  # after the first batch, only scored layers are observed
+        if self.c.class_counts is not None and (name not in self.c.layers or name not in self.c.channels):
+            return  # after the first batch, only scored layers of this pass's chunk are observed
         with torch.no_grad():
             # A copy of the selected rows: later in-place ops cannot change it. Only the last
             # stage reached is projected, once, in commit().
@@ -420,10 +453,11 @@ class _BatchRecorder:
         labels_d = labels[keep].to(c._device)
         positions_d = positions[keep].to(c._device)
         for name, stats in c.layers.items():
-            if name not in self.observed:
+            if name not in self.observed or name not in c.channels:
                 continue
             stage, values = self.observed[name]
-            values = values[keep.to(values.device)].float()
+            start, stop = c.channels[name]
+            values = values[keep.to(values.device), start:stop].float()
             map_size = values.shape[2]
             theta = c.projection(name, map_size)
             projected = values if theta is None else values @ theta

@@ -181,17 +181,25 @@ def _shortcut(cin: int, cout: int, stride: int):
 
 
 def resnet(in_channels: int = 1, num_classes: int = 10, block: str = "basic",
-           layers: Sequence[int] = (1, 1, 1), width: int = 16) -> nn.Module:
-    """CIFAR-style ResNet with stages of width w, 2w, 4w (stride 2 at stages 2 and 3).
+           layers: Sequence[int] = (1, 1, 1), width: int = 16, stem: str = "cifar") -> nn.Module:
+    """ResNet with stages of width w, 2w, 4w, ... (stride 2 from the second stage on).
 
-    ``block`` is ``"basic"`` or ``"bottleneck"``.
+    ``block`` is ``"basic"`` or ``"bottleneck"``; ``stem`` is ``"cifar"`` (3x3 conv, full
+    resolution) or ``"imagenet"`` (7x7 stride-2 conv and a 3x3 stride-2 max-pool, as ResNet-50).
     Example: ``resnet(block="bottleneck", layers=(2, 2, 2))(torch.randn(2, 1, 32, 32))``.
     """
     blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
     if block not in blocks:
         raise ValueError(f"block must be one of {sorted(blocks)}, got {block!r}")
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
     cls = blocks[block]
-    stages, c = [_conv_bn_act(in_channels, width)], width
+    if stem == "imagenet":
+        stages = [nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                                nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))]
+    else:
+        stages = [_conv_bn_act(in_channels, width)]
+    c = width
     for i, n in enumerate(layers):
         planes = width * 2 ** i
         for j in range(n):
@@ -308,11 +316,18 @@ class GuardedCNN(nn.Module):
         return self.classifier(self.flatten(self.pool(h)))
 
 
+def resnet50(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    """ResNet-50 (ImageNet layout: 7x7/2 stem, max-pool, bottleneck stages 3-4-6-3 of width
+    64-512, 25.6 M parameters at 1000 classes) for 224x224 inputs."""
+    return resnet(in_channels, num_classes, block="bottleneck", layers=(3, 4, 6, 3), width=64, stem="imagenet")
+
+
 MODELS = {
     "mlp": mlp,
     "small_cnn": small_cnn,
     "vgg_bn": vgg_bn,
     "resnet": resnet,
+    "resnet50": resnet50,
     "mobilenet_v2": mobilenet_v2,
     "densenet": densenet,
     "grouped_cnn": grouped_cnn,

@@ -1,0 +1,106 @@
+"""Bounded memory: the statistics' memory is estimated up front and kept under a budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import helpers
+import lightning_fair.scores as scores_module
+from lightning_fair import compute_scores, zoo
+from lightning_fair.memory import DISTANCE_WORK_BYTES, estimate_memory, parse_bytes
+from lightning_fair.statistics import StatisticsCollector
+
+OPTIONS = dict(samples_per_class=16, num_projections=32)
+
+
+class Recording(StatisticsCollector):
+    """Remembers the bytes of utilization samples each pass held."""
+
+    held = []
+
+    def run(self, *args, **kwargs):
+        result = super().run(*args, **kwargs)
+        Recording.held.append(sum(s.samples.numel() * s.samples.element_size()
+                                  for s in self.layers.values() if s.samples is not None))
+        return result
+
+
+def test_estimate_equals_the_buffers_of_one_pass(monkeypatch):
+    model = helpers.trained_small_cnn()
+    Recording.held = []
+    monkeypatch.setattr(scores_module, "StatisticsCollector", Recording)
+    scores = compute_scores(model, helpers.calibration_loader(300, 100), memory_budget=None, **OPTIONS)
+    estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
+    assert Recording.held == [estimate.samples_bytes] and scores.config["passes"] == 1
+    assert scores.config["memory_estimate"] == estimate.total_bytes
+
+
+def test_a_small_budget_splits_the_pass_and_gives_the_same_scores(monkeypatch, capsys):
+    model = helpers.trained_small_cnn()
+    calibration = helpers.calibration_loader(300, 100)
+    whole = compute_scores(model, calibration, memory_budget=None, **OPTIONS)
+    estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
+    # room for about a quarter of the samples per pass: several passes, some layers split by channels
+    budget = DISTANCE_WORK_BYTES + estimate.reconstruction_bytes + estimate.input_bytes + estimate.samples_bytes // 2
+    chunks = estimate.chunks(budget)
+    assert len(chunks) >= 4 and any(stop - start < estimate.layers[n][0] for c in chunks for n, (start, stop) in c.items())
+    Recording.held = []
+    monkeypatch.setattr(scores_module, "StatisticsCollector", Recording)
+    split = compute_scores(model, calibration, memory_budget=budget, verbose=True, **OPTIONS)
+    assert split.config["passes"] == len(chunks) == len(Recording.held)
+    assert max(Recording.held) <= (budget - DISTANCE_WORK_BYTES - estimate.reconstruction_bytes - estimate.input_bytes) // 2
+    assert f"{len(chunks)} passes" in capsys.readouterr().out
+    for name in whole.layers:
+        assert torch.equal(split.utilization[name], whole.utilization[name]), name
+        assert torch.equal(split.reconstruction[name], whole.reconstruction[name]), name
+    assert split.config["num_batches"] == whole.config["num_batches"]
+
+
+def test_chunks_cover_every_unit_once_within_the_budget():
+    estimate = estimate_memory(zoo.resnet(width=8, layers=(1, 1, 1)), torch.randn(1, 1, 16, 16), **OPTIONS)
+    fixed = DISTANCE_WORK_BYTES + estimate.reconstruction_bytes + estimate.input_bytes
+    for budget in (fixed + 2 * 300_000, fixed + 2 * 1_000_000, fixed + estimate.samples_bytes):
+        covered = {name: [] for name in estimate.layers}
+        for chunk in estimate.chunks(budget):
+            held = sum((b - a) * estimate.layers[n][1] for n, (a, b) in chunk.items())
+            assert estimate.peak_bytes(held) <= budget
+            for name, (a, b) in chunk.items():
+                covered[name].extend(range(a, b))
+        assert all(sorted(units) == list(range(estimate.layers[n][0])) for n, units in covered.items())
+
+
+def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
+    estimate = estimate_memory(zoo.resnet50(), torch.randn(1, 3, 224, 224))  # defaults: 32 samples, 128 projections
+    assert len(estimate.layers) == 53 and estimate.num_classes == 1000
+    assert estimate.total_bytes > 100 * 2**30  # in one pass it would need hundreds of GiB
+    budget = parse_bytes("4GiB")
+    chunks = estimate.chunks(budget)
+    worst = max(estimate.peak_bytes(sum((b - a) * estimate.layers[n][1] for n, (a, b) in c.items())) for c in chunks)
+    assert worst <= budget
+    text = estimate.describe(budget)
+    assert f"{len(chunks)} passes" in text and "MiB" in text
+    # with a handful of samples per class it is a few passes
+    small = estimate_memory(zoo.resnet50(), torch.randn(1, 3, 224, 224), samples_per_class=2, num_projections=16)
+    assert len(small.chunks(budget)) <= 2
+
+
+def test_one_shot_iterator_cannot_be_passed_twice():
+    model = helpers.trained_small_cnn()
+    estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
+    budget = DISTANCE_WORK_BYTES + estimate.reconstruction_bytes + estimate.input_bytes + estimate.samples_bytes // 2
+    with pytest.raises(ValueError, match="re-iterable dataloader"):
+        compute_scores(model, iter(helpers.calibration_loader(200, 100)), memory_budget=budget, **OPTIONS)
+
+
+@pytest.mark.parametrize("value, match", [("4 parsecs", "memory_budget"), (-5, "positive"), ("0GiB", "positive")])
+def test_bad_budgets_are_refused(value, match):
+    with pytest.raises(ValueError, match=match):
+        compute_scores(helpers.trained_small_cnn(), helpers.calibration_loader(100, 100), memory_budget=value,
+                       **OPTIONS)
+
+
+def test_a_budget_below_one_unit_says_so():
+    with pytest.raises(ValueError, match="raise memory_budget"):
+        compute_scores(helpers.trained_small_cnn(), helpers.calibration_loader(100, 100),
+                       memory_budget=DISTANCE_WORK_BYTES, **OPTIONS)
