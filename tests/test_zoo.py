@@ -35,7 +35,7 @@ def _check_logits(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def test_models_registry_lists_every_builder():
-    expected = {"mlp", "small_cnn", "vgg_bn", "resnet", "mobilenet_v2",
+    expected = {"mlp", "small_cnn", "vgg_bn", "resnet", "resnet50", "mobilenet_v2",
                 "densenet", "grouped_cnn", "GuardedCNN"}
     assert set(zoo.MODELS) == expected
     assert zoo.MODELS["GuardedCNN"] is zoo.GuardedCNN
@@ -119,3 +119,10 @@ def test_dependency_graph_builds(name):
     model = builder(**kwargs).eval()
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(B, 1, 8, 8))
     assert dg is not None
+
+
+def test_resnet50_has_the_imagenet_layout():
+    model = zoo.resnet50()
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision's resnet50: 25,557,032
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
