@@ -32,7 +32,7 @@ __all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "DEFAULT_BUDGET"]
 #: Default ``memory_budget`` of the statistics pass.
 DEFAULT_BUDGET = "4GiB"
 #: Bytes of the bounded work buffers of one layer's distance computation (grid + distances).
-DISTANCE_WORK_BYTES = 3 * 2**25 * 8
+DISTANCE_WORK_BYTES = 4 * 2**25 * 4  # float32: stacked class grids, the grid, its weighted copy, the distances
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
