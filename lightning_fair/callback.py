@@ -14,15 +14,24 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from .checkpoint import CHECKPOINT_KEY, pruning_state
+from .checkpoint import CHECKPOINT_KEY, _check_callback_state, _to_plain, pruning_state
 from .evaluation import evaluate
 from .oneshot import _first_inputs, check_options, prune
 from .optim import repoint_optimizer
 from .presets import resolve_preset
 from .removal import ModelSnapshot
+from .scores import compute_scores
 from .statistics import default_unpack
 
-__all__ = ["FairPruneCallback"]
+__all__ = ["FairPruneCallback", "PruningError"]
+
+
+class PruningError(RuntimeError):
+    """Pruning inside a Trainer failed; the module and optimizers were put back as they were.
+
+    The original exception is ``__cause__``.
+    """
+
 
 _WHEN = ("fit_end", "validate")
 
@@ -154,32 +163,54 @@ class FairPruneCallback(Callback):
 
     # ------------------------------------------------------------------ what
     def prune_now(self, trainer: Trainer, pl_module: LightningModule, stage: str = "fit") -> None:
-        """Score, prune, re-point the optimizers and log, now. Atomic: on failure nothing changed."""
+        """Score, prune, re-point the optimizers and log, now.
+
+        Atomic: if scoring, removal, compensation, BatchNorm re-estimation, re-pointing the
+        optimizers or evaluating the pruned model fails, the module (the same parameter objects
+        with the same values, buffers, train/eval flags, ``requires_grad``) and the optimizers
+        (param groups and state) are put back exactly as they were, no event is recorded, and
+        :class:`PruningError` says at which step it failed (the original exception is its
+        ``__cause__``; KeyboardInterrupt and other BaseExceptions propagate unchanged, after the
+        same restore). Missing calibration data raises MisconfigurationException before anything
+        starts.
+        """
         loader = self._calibration_loader(trainer, pl_module)
-        old_params = dict(pl_module.named_parameters())
-        optimizers = [(opt, [list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in trainer.optimizers]
-        snapshot = ModelSnapshot(pl_module)
+        calibration = self._with_progress(loader, trainer)
+        options = self.options
+        step = "reading the first calibration batch"
         with torch.inference_mode(False), torch.enable_grad():
+            undo = _Undo(pl_module, trainer.optimizers)
             try:
                 # example inputs from the plain loader: peeking at a progress bar would close it
                 example = _first_inputs(loader, self.unpack)
-                result = prune(pl_module, self._with_progress(loader, trainer), unpack=self.unpack,
-                               loss_fn=self.loss_fn, example_inputs=example, **self.options)
-                dropped = sum(repoint_optimizer(opt, old_params, pl_module, result.kept) for opt, _, _ in optimizers)
-            except BaseException:
-                snapshot.restore()
-                snapshot.restore_flags(pl_module)
-                for opt, groups, state in optimizers:
-                    for group, params in zip(opt.param_groups, groups):
-                        group["params"] = params
-                    opt.state.clear()
-                    opt.state.update(state)
-                raise
+                step = "scoring units on the calibration data"
+                pipeline = resolve_preset(options["preset"], observe=options["observe"],
+                                          reconstruction=options["reconstruction"])
+                scores = compute_scores(
+                    pl_module, calibration, samples_per_class=options["samples_per_class"],
+                    num_projections=options["num_projections"], observe=pipeline["observe"],
+                    reconstruction=pipeline["reconstruction"], seed=options["seed"], loss_fn=self.loss_fn,
+                    unpack=self.unpack, ignored_layers=options["ignored_layers"], max_batches=options["max_batches"],
+                )
+                step = "removing units (lightning_fair.prune: removal, compensation, BatchNorm re-estimation)"
+                result = prune(pl_module, calibration, scores=scores, unpack=self.unpack, loss_fn=self.loss_fn,
+                               example_inputs=example, **options)
+                step = "re-pointing the optimizers at the pruned parameters"
+                dropped = sum(repoint_optimizer(opt, undo.params, pl_module, result.kept) for opt in undo.optimizers)
+                step = "evaluating the pruned model on the calibration data"
+                after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack,
+                                 max_batches=options["max_batches"])
+            except BaseException as error:
+                undo.restore()
+                if not isinstance(error, Exception):
+                    raise
+                raise PruningError(
+                    f"lightning_fair: pruning failed while {step}; the model and optimizers were left unchanged "
+                    f"({type(error).__name__}: {error})"
+                ) from error
         if dropped:
             rank_zero_warn(f"lightning_fair: optimizer state of {dropped} pruned parameter(s) could not be mapped "
                            "to the kept channels and was reset")
-        after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack,
-                         max_batches=self.options["max_batches"])
         self.last_result = result
         self._log(trainer, pl_module, result, after, stage)
 
@@ -232,13 +263,14 @@ class FairPruneCallback(Callback):
             "fair/calibration_loss_after": after["loss"], "fair/calibration_accuracy_after": after["accuracy"],
         }
         metrics.update({f"fair/kept_channels/{row.name}": row.after for row in report.layers})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        self.events.append({
+        # the event first: the model is pruned now, whatever a logger does
+        self.events.append(_to_plain({
             "stage": stage, "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step),
             "tolerance": float(result.tolerance), "macs_ratio": float(report.macs_ratio),
             "params_ratio": float(report.params_ratio), "report": report.to_dict(),
-        })
+        }, "event"))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
             rank_zero_info(
                 f"lightning_fair: pruned at epoch {trainer.current_epoch} ({stage})\n{report}\n"
@@ -261,11 +293,49 @@ class FairPruneCallback(Callback):
 
     @override
     def state_dict(self) -> Dict[str, Any]:
-        return {"events": list(self.events)}
+        """``{"events": [...]}``, plain data only (loads with ``torch.load(..., weights_only=True)``)."""
+        return {"events": _to_plain(self.events, "events")}
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.events = list(state_dict.get("events", []))
+        """Restore the events; ValueError (nothing changed) if the state is not one this callback writes."""
+        self.events = _check_callback_state(state_dict, owner=self.state_key)
+
+
+class _Undo:
+    """What :meth:`FairPruneCallback.prune_now` may change, to be put back exactly if it fails."""
+
+    def __init__(self, module: LightningModule, optimizers):
+        self.module = module
+        self.params = dict(module.named_parameters())
+        self.snapshot = ModelSnapshot(module)
+        # pruning replaces tensors rather than writing into them; a copy of the (small) buffers
+        # also undoes an in-place write, e.g. of a BatchNorm re-estimation cut short
+        self.buffers = [(b, b.detach().clone()) for b in module.buffers()]
+        self.optimizers = list(optimizers)
+        self.groups = [(opt, list(opt.param_groups), [(g, dict(g), list(g["params"])) for g in opt.param_groups])
+                       for opt in self.optimizers]
+        self.states = [(opt, {p: (s, dict(s)) for p, s in opt.state.items()}) for opt in self.optimizers]
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+        self.snapshot.restore_flags(self.module)
+        for buffer, saved in self.buffers:
+            if buffer.shape == saved.shape and not torch.equal(buffer, saved):
+                with torch.inference_mode(buffer.is_inference()), torch.no_grad():
+                    buffer.copy_(saved)
+        for opt, param_groups, groups in self.groups:
+            opt.param_groups[:] = param_groups
+            for group, items, params in groups:
+                group.clear()
+                group.update(items)
+                group["params"][:] = params  # the same list object, as it was
+        for opt, states in self.states:
+            opt.state.clear()
+            for param, (state, items) in states.items():
+                state.clear()
+                state.update(items)
+                opt.state[param] = state
 
 
 class _Progress:

@@ -13,7 +13,11 @@ files load with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-from typing import Optional
+import collections
+import copy
+import math
+import numbers
+from typing import Mapping, Optional
 
 import torch
 import torch_pruning as tp
@@ -35,6 +39,8 @@ __all__ = [
 CHECKPOINT_KEY = "lightning_fair"
 _FORMAT = "lightning_fair.pruning/1"
 _ATTRIBUTE = "_lightning_fair_pruning"
+#: FairPruningMixin: the undo of a replay, between on_load_checkpoint and Lightning's load_state_dict
+_PENDING = "_lightning_fair_pending_load"
 
 
 def pruning_state(model: nn.Module) -> Optional[dict]:
@@ -53,26 +59,109 @@ def record_pruning(model: nn.Module, history: list, example_inputs: torch.Tensor
     model.__dict__[_ATTRIBUTE] = state
 
 
+_FIX = ("the pruning state was edited by hand, damaged, or written for another architecture; load the file "
+        "as lightning_fair wrote it, into a module built with the architecture and arguments it was pruned from "
+        "(or prune the model again)")
+_KEYS = ("format", "history", "example_input")
+#: the example input is allocated to trace the model: refuse an edited shape that would exhaust memory
+_MAX_EXAMPLE_ELEMENTS = 2 ** 28
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _row_problem(row) -> Optional[str]:
+    """What is wrong with one history row (None if it is a well-formed ``[name, is_out, idxs]``)."""
+    if not isinstance(row, (list, tuple)) or len(row) != 3:
+        return "a row must be [layer name, is_out (bool), [channel indices]]"
+    name, is_out, idxs = row
+    if not isinstance(name, str):
+        return f"the layer name must be a string, got {type(name).__name__}"
+    if not isinstance(is_out, bool):
+        return f"is_out must be True or False, got {_short(is_out, 30)}"
+    if not isinstance(idxs, (list, tuple)) or not idxs:
+        return "the channel indices must be a non-empty list of integers"
+    bad = [i for i in idxs if not _is_int(i)]
+    if bad:
+        return f"channel indices must be integers, got {_short(bad[0], 30)} ({type(bad[0]).__name__})"
+    if min(idxs) < 0:
+        return f"channel indices must be >= 0, got {min(idxs)}"
+    if len(set(idxs)) != len(idxs):
+        duplicated = sorted(i for i, n in collections.Counter(idxs).items() if n > 1)
+        return f"channel indices repeat: {duplicated[:8]}"
+    return None
+
+
 def _check_state(state) -> dict:
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise ValueError(f"not a lightning_fair pruning state (expected format {_FORMAT!r})")
+    """Check the structure of a pruning state (plain data, nothing touched); ValueError if malformed."""
+    if not isinstance(state, dict):
+        raise ValueError(f"not a lightning_fair pruning state: expected a dict with format {_FORMAT!r}, "
+                         f"got {type(state).__name__}; {_FIX}")
+    if state.get("format") != _FORMAT:
+        raise ValueError(f"not a lightning_fair pruning state (expected format {_FORMAT!r}, got "
+                         f"{_short(state.get('format'), 40)}); {_FIX}")
+    missing = [key for key in _KEYS if key not in state]
+    if missing:
+        raise ValueError(f"the pruning state lacks the key(s) {missing}; {_FIX}")
+    history = state["history"]
+    if not isinstance(history, (list, tuple)):
+        raise ValueError(f"the pruning history must be a list of [layer, is_out, indices] rows, got "
+                         f"{type(history).__name__}; {_FIX}")
+    for number, row in enumerate(history):
+        problem = _row_problem(row)
+        if problem:
+            raise ValueError(f"pruning history row {number} {_short(row)}: {problem}; {_FIX}")
+    spec = state["example_input"]
+    shape = spec.get("shape") if isinstance(spec, dict) else None
+    dtype = spec.get("dtype") if isinstance(spec, dict) else None
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= 1 for d in shape):
+        raise ValueError(f"the pruning state's example_input shape must be a list of positive integers "
+                         f"(the input's shape without the batch dimension), got {_short(shape, 60)}; {_FIX}")
+    if math.prod(shape) > _MAX_EXAMPLE_ELEMENTS:
+        raise ValueError(f"the pruning state's example_input shape {list(shape)} is implausibly large (replaying "
+                         f"would allocate {math.prod(shape):,} elements); {_FIX}")
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"the pruning state's example_input dtype must name a torch dtype (e.g. 'float32'), "
+                         f"got {_short(dtype, 40)}; {_FIX}")
     return state
+
+
+def _rows(history) -> list:
+    return [[name, is_out, [int(i) for i in idxs]] for name, is_out, idxs in history]
 
 
 def replay_pruning(model: nn.Module, state: dict) -> None:
     """Bring ``model`` to the pruned shapes that ``state`` describes (rows already applied are skipped).
 
-    Atomic: if a row does not fit the model, the model is left as it was and ValueError is raised.
+    The whole state is checked before the model is touched: its structure (format, keys, every
+    row a ``[layer name, bool, [distinct indices >= 0]]``, the example input), that the model's own
+    history (if it was pruned already) is the beginning of this one, and that every remaining
+    row names a layer of the model. Atomic: if anything does not fit (e.g. an index out of range
+    for the layer at that point), the model is left exactly as it was and ValueError is raised,
+    naming the row.
     """
     state = _check_state(state)
-    done = len((pruning_state(model) or {"history": []})["history"])
-    rows = state["history"][done:]
+    history = _rows(state["history"])
+    mine = _rows((pruning_state(model) or {"history": []})["history"])
+    if history[: len(mine)] != mine:
+        raise ValueError(f"this model already carries a pruning history ({len(mine)} rows) that is not the "
+                         f"beginning of the one to replay ({len(history)} rows): it was pruned differently; "
+                         "replay the history on a freshly built model")
+    rows = history[len(mine):]
     if not rows:
         return
     modules = dict(model.named_modules())
-    unknown = sorted({row[0] for row in rows if row[0] not in modules})
-    if unknown:
-        raise ValueError(f"the pruning history names layers this model does not have: {unknown[:5]}")
+    for number, (name, _, _) in enumerate(rows, start=len(mine)):
+        if name not in modules:
+            unknown = sorted({row[0] for row in rows if row[0] not in modules})
+            raise ValueError(f"pruning history row {number} names the layer {name!r}, which this model does not "
+                             f"have (unknown layers: {unknown[:5]}); {_FIX}")
     spec = state["example_input"]
     example = torch.zeros(1, *spec["shape"], dtype=getattr(torch, spec["dtype"]),
                           device=next((p.device for p in model.parameters()), torch.device("cpu")))
@@ -83,24 +172,36 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
         with torch.inference_mode(False), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
             snapshot.include(graph.module2node)
-            for name, is_out, idxs in rows:
-                _replay_row(graph, modules[name], name, bool(is_out), [int(i) for i in idxs])
+            for number, (name, is_out, idxs) in enumerate(rows, start=len(mine)):
+                try:
+                    _replay_row(graph, modules[name], name, is_out, idxs)
+                except Exception as error:
+                    raise ValueError(f"pruning history row {number} ({name!r}): {error}") from error
     except Exception as error:
         snapshot.restore()
         snapshot.restore_flags(model)
-        raise ValueError(f"the pruning history does not fit this model: {error}") from error
+        raise ValueError(f"the pruning history does not fit this model, which was left as it was: {error}; "
+                         f"{_FIX}") from error
+    except BaseException:
+        snapshot.restore()
+        snapshot.restore_flags(model)
+        raise
     snapshot.restore_flags(model)
-    model.__dict__[_ATTRIBUTE] = {**state, "history": list(state["history"])}
+    model.__dict__[_ATTRIBUTE] = {**copy.deepcopy(state), "history": history}
 
 
 def _replay_row(graph, module: nn.Module, name: str, is_out: bool, idxs: list) -> None:
     # torch-pruning's load_pruning_history silently ignores indices that do not exist
     # (the layer keeps a different number of channels than recorded): check them first.
+    side = "output" if is_out else "input"
     size = (graph.get_out_channels if is_out else graph.get_in_channels)(module)
-    if size is not None and (not idxs or min(idxs) < 0 or max(idxs) >= size or len(set(idxs)) >= size
-                             or len(set(idxs)) != len(idxs)):
-        raise ValueError(f"row for {name!r} removes {'output' if is_out else 'input'} channels {idxs[:8]} "
-                         f"but the layer has {size}")
+    if size is None:
+        raise ValueError(f"torch-pruning does not see {side} channels of {name!r} ({type(module).__name__})")
+    if max(idxs) >= size:
+        raise ValueError(f"removes {side} channel {max(idxs)} but the layer has {size} {side} channels "
+                         "(index out of range)")
+    if len(idxs) >= size:
+        raise ValueError(f"removes {len(idxs)} {side} channels but the layer has only {size}")
     pruner = graph.get_pruner_of_module(module)
     if pruner is None:
         raise ValueError(f"torch-pruning cannot prune {name!r} ({type(module).__name__})")
@@ -108,15 +209,33 @@ def _replay_row(graph, module: nn.Module, name: str, is_out: bool, idxs: list) -
     graph.get_pruning_group(module, function, idxs).prune(record_history=False)
 
 
-def _check_fits(model: nn.Module, state_dict: dict) -> None:
+def _shape(tensor) -> Optional[tuple]:
+    if not isinstance(tensor, torch.Tensor) or isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+        return None  # lazy modules: nothing to compare yet
+    return tuple(tensor.shape)
+
+
+def _check_fits(model: nn.Module, state_dict: Mapping, keys: bool = True) -> None:
+    """ValueError unless every tensor of ``state_dict`` has the shape ``model`` has for it (and,
+    with ``keys``, the two name the same tensors). Nothing is written."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state_dict)
-                        if tuple(expected[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or mismatched:
-        raise ValueError(f"the saved weights do not fit the replayed model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]}")
+    mismatched = [(k, _shape(state_dict[k]), _shape(expected[k])) for k in expected if k in state_dict]
+    mismatched = [(k, saved, mine) for k, saved, mine in mismatched if saved != mine and None not in (saved, mine)]
+    missing = sorted(set(expected) - set(state_dict)) if keys else []
+    unexpected = sorted(set(state_dict) - set(expected)) if keys else []
+    if not (missing or unexpected or mismatched):
+        return
+    problems = [f"{k!r} is {list(saved)} in the checkpoint but {list(mine)} in the model"
+                for k, saved, mine in mismatched[:3]]
+    if len(mismatched) > 3:
+        problems.append(f"{len(mismatched) - 3} more tensors differ in shape")
+    if missing:
+        problems.append(f"missing from the checkpoint: {missing[:5]}")
+    if unexpected:
+        problems.append(f"not in the model: {unexpected[:5]}")
+    raise ValueError("the saved weights do not fit the model its pruning history gives (" + "; ".join(problems)
+                     + "): the weights or the history were edited, or come from different checkpoints; the model "
+                     "was left as it was; load an unedited file written by lightning_fair")
 
 
 def save_pruned(model: nn.Module, path) -> None:
@@ -135,18 +254,22 @@ def save_pruned(model: nn.Module, path) -> None:
 def load_pruned(model: nn.Module, path, map_location=None) -> nn.Module:
     """Replay the pruning saved by :func:`save_pruned` on a fresh ``model``, load its weights, return it.
 
-    Raises ValueError, leaving ``model`` as it was, if the history or the weights do not fit it.
+    Raises ValueError, leaving ``model`` exactly as it was, if the file is not one written by
+    :func:`save_pruned`, or its history or weights do not fit ``model``.
     """
     data = torch.load(path, weights_only=True, map_location=map_location)
+    if not isinstance(data, dict) or CHECKPOINT_KEY not in data or not isinstance(data.get("state_dict"), Mapping):
+        raise ValueError(f"{path} is not a file written by lightning_fair.save_pruned (expected a dict with "
+                         f"{CHECKPOINT_KEY!r} and 'state_dict')")
     snapshot = ModelSnapshot(model)
-    replay_pruning(model, data[CHECKPOINT_KEY])
+    replay_pruning(model, data[CHECKPOINT_KEY])  # atomic on its own
     try:
         _check_fits(model, data["state_dict"])  # before load_state_dict writes into any tensor
-    except ValueError:
+        model.load_state_dict(data["state_dict"])
+    except BaseException:
         snapshot.restore()
         snapshot.restore_flags(model)
         raise
-    model.load_state_dict(data["state_dict"])
     return model
 
 
@@ -156,6 +279,13 @@ class FairPruningMixin:
     Put it before ``LightningModule``: ``class Net(FairPruningMixin, L.LightningModule)``.
     Saving writes the pruning history into the checkpoint; loading replays it before the
     weights are loaded (``load_from_checkpoint`` and ``trainer.fit(..., ckpt_path=...)``).
+
+    Loading is checked before anything is kept: a history that does not fit the module
+    (unknown layer, index out of range, edited by hand), or weights whose shapes differ from
+    the shapes the history gives, raise ValueError and leave the module exactly as it was
+    (instead of Lightning's size-mismatch error on a half-reshaped module). If Lightning's
+    ``load_state_dict`` then fails anyway (e.g. a missing key under strict loading), the replay
+    is undone too. In a Trainer, the state of its FairPruneCallbacks is checked first.
     """
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -165,7 +295,162 @@ class FairPruningMixin:
         super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_fair_callback_states(checkpoint)
+        self.__dict__.pop(_PENDING, None)
         state = checkpoint.get(CHECKPOINT_KEY)
-        if state is not None:
-            replay_pruning(self, state)
-        super().on_load_checkpoint(checkpoint)
+        if state is None:
+            super().on_load_checkpoint(checkpoint)
+            return
+        snapshot = ModelSnapshot(self)
+        before = {id(t) for t in self.state_dict(keep_vars=True).values()}  # alive: the snapshot holds them
+        replay_pruning(self, state)  # atomic on its own
+        try:
+            super().on_load_checkpoint(checkpoint)
+            weights = checkpoint.get("state_dict")
+            if isinstance(weights, Mapping):
+                _check_fits(self, weights, keys=False)  # shapes; missing/unexpected keys: Lightning's strict=...
+                if self._loads_state_dict_next():  # then undo the replay if that load fails
+                    self.__dict__[_PENDING] = (snapshot, weights, before)
+        except BaseException:
+            snapshot.restore()
+            snapshot.restore_flags(self)
+            raise
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        pending = self.__dict__.pop(_PENDING, None)
+        if pending is None or pending[1] is not state_dict:
+            return super().load_state_dict(state_dict, *args, **kwargs)
+        snapshot, _, before = pending
+        # torch copies every tensor it can before it reports missing keys: keep the values of those the
+        # replay did not replace (the replaced ones come back with the snapshot)
+        with torch.no_grad():
+            kept = [(t, t.detach().clone()) for t in self.state_dict(keep_vars=True).values() if id(t) in before]
+        try:
+            return super().load_state_dict(state_dict, *args, **kwargs)
+        except BaseException:  # e.g. a missing key under strict loading: back to the module before the load
+            snapshot.restore()
+            snapshot.restore_flags(self)
+            with torch.no_grad():
+                for tensor, value in kept:
+                    tensor.copy_(value)
+            raise
+
+    def _loads_state_dict_next(self) -> bool:
+        """Whether ``self.load_state_dict(checkpoint["state_dict"])`` follows this hook: in
+        ``load_from_checkpoint`` and with strategies that load through the module (not FSDP,
+        DeepSpeed or ModelParallel, which load by themselves)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return True
+        from lightning.pytorch.strategies import Strategy
+
+        return type(trainer.strategy).load_model_state_dict is Strategy.load_model_state_dict
+
+    def _check_fair_callback_states(self, checkpoint: dict) -> None:
+        # Lightning restores callbacks after the module: check the state of the FairPruneCallbacks
+        # the attached Trainer will restore first, so that a malformed one fails before the module
+        # is reshaped and loaded.
+        trainer = getattr(self, "_trainer", None)
+        states = checkpoint.get("callbacks")
+        if trainer is None or not isinstance(states, Mapping):
+            return
+        from .callback import FairPruneCallback  # Lightning is there: a Trainer is attached
+
+        for callback in getattr(trainer, "callbacks", []):
+            if isinstance(callback, FairPruneCallback):
+                state = states.get(callback.state_key, states.get(callback._legacy_state_key))
+                if state:  # what Lightning passes to load_state_dict later
+                    _check_callback_state(state, owner=callback.state_key)
+
+
+# ---------------------------------------------------------------------- FairPruneCallback's state
+_EVENT_KEYS = ("stage", "epoch", "global_step", "tolerance", "macs_ratio", "params_ratio", "report")
+_STAGES = ("fit", "validate")
+
+
+def _to_plain(value, where: str = "state"):
+    """A copy of ``value`` made of None, bool, int, float, str, lists and str-keyed dicts only
+    (what ``torch.load(..., weights_only=True)`` reads); TypeError for anything else."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return _to_plain(value.tolist(), where)
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"{where} has a key that is not a string: not plain data")
+        return {str(k): _to_plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"{where} is a {type(value).__name__}, not plain data")
+
+
+def _plain_problem(value, where: str) -> Optional[str]:
+    """Where ``value`` holds something other than plain data (None if nothing)."""
+    if value is None or type(value) in (bool, int, float, str):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((p for i, v in enumerate(value) if (p := _plain_problem(v, f"{where}[{i}]"))), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a key that is not a string ({_short(key, 30)})"
+            problem = _plain_problem(item, f"{where}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    return f"{where} is a {type(value).__name__}, not plain data"
+
+
+def _check_callback_state(state, owner: str = "FairPruneCallback") -> list:
+    """Check a checkpointed FairPruneCallback state (``{"events": [...]}``); return a copy of its events.
+
+    ValueError, naming the entry, if it is not what the callback writes: a dict whose ``events``
+    is a list of plain-data records with ``stage`` ('fit' or 'validate'), ``epoch`` and
+    ``global_step`` (integers >= 0), ``tolerance``, ``macs_ratio`` and ``params_ratio`` (finite
+    numbers) and ``report`` (a dict). Other keys are allowed (plain data only).
+    """
+
+    def fail(problem: str):
+        raise ValueError(
+            f"{owner}: the callback state in the checkpoint is malformed ({problem}); it was edited or damaged. "
+            f"Use the checkpoint as it was written, or delete checkpoint['callbacks'][{owner!r}] to resume "
+            "without the record of past pruning (the callback then prunes again at its moment)")
+
+    if not isinstance(state, Mapping):
+        fail(f"expected a dict, got {type(state).__name__}")
+    if "events" not in state:
+        fail("no 'events' entry")
+    events = state["events"]
+    if not isinstance(events, (list, tuple)):
+        fail(f"'events' must be a list, got {type(events).__name__}")
+    for number, event in enumerate(events):
+        where = f"events[{number}]"
+        if not isinstance(event, Mapping):
+            fail(f"{where} must be a dict, got {type(event).__name__}")
+        missing = [key for key in _EVENT_KEYS if key not in event]
+        if missing:
+            fail(f"{where} lacks {missing}")
+        if event["stage"] not in _STAGES:
+            fail(f"{where}['stage'] must be one of {_STAGES}, got {_short(event['stage'], 30)}")
+        for key in ("epoch", "global_step"):
+            if not _is_int(event[key]) or event[key] < 0:
+                fail(f"{where}[{key!r}] must be an integer >= 0, got {_short(event[key], 30)}")
+        for key in ("tolerance", "macs_ratio", "params_ratio"):
+            value = event[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(f"{where}[{key!r}] must be a finite number, got {_short(value, 30)}")
+        if not isinstance(event["report"], Mapping):
+            fail(f"{where}['report'] must be a dict, got {type(event['report']).__name__}")
+    problem = _plain_problem(dict(state), "the state")
+    if problem:
+        fail(problem)
+    return copy.deepcopy([dict(event) for event in events])
+

@@ -14,6 +14,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 import lightning_fair.callback
+import lightning_fair.oneshot
+from lightning_fair.callback import PruningError
 from lightning_fair.removal import DependencyPlanner
 from lightning_fair.report import measure
 
@@ -364,6 +366,72 @@ def test_adam_state_is_sliced_to_the_kept_channels(tmp_path):
 
 
 # ------------------------------------------------------------------ 6: atomic
+class FlakyLoss:
+    """cross-entropy that raises on its ``fail_at``-th call (the scoring pass calls it once per batch)."""
+
+    def __init__(self, fail_at: int):
+        self.fail_at, self.calls = fail_at, 0
+
+    def __call__(self, logits, target):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ValueError("flaky loss on batch 2")
+        return nn.functional.cross_entropy(logits, target)
+
+
+def _partial_apply(monkeypatch):
+    original = DependencyPlanner.apply
+
+    def apply(self, plan, record_history=True):
+        assert len(plan) > 1, "the test needs a plan with several groups"
+        original(self, dict(list(plan.items())[:1]), record_history)  # one group removed, then a failure
+        raise RuntimeError("boom in apply")
+
+    monkeypatch.setattr(DependencyPlanner, "apply", apply)
+
+
+def _failing_recalibration(monkeypatch):
+    def recalibrate_bn(model, dataloader, **kwargs):  # writes in place, then fails
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.running_mean.add_(1.0)
+                    module.running_var.mul_(2.0)
+                    module.num_batches_tracked.add_(7)
+        raise RuntimeError("boom in BatchNorm re-estimation")
+
+    monkeypatch.setattr(lightning_fair.oneshot, "recalibrate_bn", recalibrate_bn)
+
+
+def _failing_real_recalibration(monkeypatch):
+    original = lightning_fair.oneshot.recalibrate_bn
+
+    def recalibrate_bn(model, dataloader, **kwargs):  # the real pass, on data that breaks at batch 2
+        def batches():
+            for number, batch in enumerate(dataloader):
+                if number == 1:
+                    raise OSError("boom: calibration data unreadable")
+                yield batch
+        return original(model, batches(), **kwargs)
+
+    monkeypatch.setattr(lightning_fair.oneshot, "recalibrate_bn", recalibrate_bn)
+
+
+def _failing_compensation(monkeypatch):
+    monkeypatch.setattr(lightning_fair.oneshot, "fold_mean_replacement",
+                        _raise_after(lightning_fair.oneshot.fold_mean_replacement, "boom in compensation"))
+
+
+def _failing_repoint(monkeypatch):
+    monkeypatch.setattr(lightning_fair.callback, "repoint_optimizer",
+                        _raise_after(lightning_fair.callback.repoint_optimizer, "boom in repoint"))
+
+
+def _failing_evaluation(monkeypatch):
+    monkeypatch.setattr(lightning_fair.callback, "evaluate", _raise_after(lightning_fair.callback.evaluate,
+                                                                          "boom in evaluate"))
+
+
 def _raise_after(original, message):
     def wrapper(*args, **kwargs):
         original(*args, **kwargs)
@@ -372,34 +440,101 @@ def _raise_after(original, message):
     return wrapper
 
 
-@pytest.mark.parametrize("where", ["repoint_optimizer", "DependencyPlanner.apply"])
+FAILURES = {
+    # name: (inject, callback options, step named in the message, type of the original error)
+    "scoring": (None, {"loss_fn": "flaky"}, "scoring units", ValueError),
+    "removal": (_partial_apply, {}, "removing units", RuntimeError),
+    "compensation": (_failing_compensation, {"compensate": True}, "removing units", RuntimeError),
+    "bn_reestimation": (_failing_recalibration, {"recalibrate": True}, "removing units", RuntimeError),
+    "bn_reestimation_real_pass": (_failing_real_recalibration, {"recalibrate": True}, "removing units", OSError),
+    "optimizer_repointing": (_failing_repoint, {}, "re-pointing the optimizers", RuntimeError),
+    "evaluation": (_failing_evaluation, {}, "evaluating the pruned model", RuntimeError),
+}
+
+
+def _hooks(model) -> dict:
+    return {n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for n, m in model.named_modules()}
+
+
+class Guarded(FairPruneCallback):
+    """Records everything prune_now may touch, and compares it inside the hook when pruning fails."""
+
+    def prune_now(self, trainer, pl_module, stage="fit"):
+        (optimizer,) = trainer.optimizers
+        before = {
+            "epoch": trainer.current_epoch, "step": trainer.global_step,
+            "params": dict(pl_module.named_parameters()), "buffers": dict(pl_module.named_buffers()),
+            "state": state_copy(pl_module),
+            "grads": {n: (p.grad, None if p.grad is None else p.grad.clone()) for n, p in pl_module.named_parameters()},
+            "training": {n: m.training for n, m in pl_module.named_modules()},
+            "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+            "optimizer": optimizer_copy(optimizer), "group_lists": [g["params"] for g in optimizer.param_groups],
+            "hooks": _hooks(pl_module), "attributes": set(pl_module.__dict__),
+        }
+        try:
+            super().prune_now(trainer, pl_module, stage)
+        except BaseException as error:
+            self.error = error
+            # right after the failure, inside the hook: nothing else has had a chance to act
+            assert (trainer.current_epoch, trainer.global_step) == (before["epoch"], before["step"])
+            assert dict(pl_module.named_parameters()).keys() == before["params"].keys()
+            assert all(pl_module.get_parameter(n) is p for n, p in before["params"].items())
+            assert all(pl_module.get_buffer(n) is b for n, b in before["buffers"].items())
+            assert_same_state(state_copy(pl_module), before["state"])
+            for name, param in pl_module.named_parameters():
+                grad, value = before["grads"][name]
+                assert param.grad is grad and (grad is None or torch.equal(grad, value)), name
+            assert {n: m.training for n, m in pl_module.named_modules()} == before["training"]
+            assert {n: p.requires_grad for n, p in pl_module.named_parameters()} == before["requires_grad"]
+            assert_same_optimizer(optimizer, before["optimizer"])
+            assert all(g["params"] is lst for g, lst in zip(optimizer.param_groups, before["group_lists"]))
+            assert _hooks(pl_module) == before["hooks"]
+            assert set(pl_module.__dict__) == before["attributes"]
+            self.checked = True
+            raise
+
+
+@pytest.mark.parametrize("where", sorted(FAILURES))
 def test_failed_pruning_changes_nothing(tmp_path, monkeypatch, where):
-    if where == "repoint_optimizer":
-        monkeypatch.setattr(lightning_fair.callback, "repoint_optimizer",
-                            _raise_after(lightning_fair.callback.repoint_optimizer, "boom in repoint"))
-    else:
-        monkeypatch.setattr(DependencyPlanner, "apply", _raise_after(DependencyPlanner.apply, "boom in apply"))
+    inject, options, step, original_type = FAILURES[where]
+    if inject is not None:
+        inject(monkeypatch)
+    if options.get("loss_fn") == "flaky":
+        options = {**options, "loss_fn": FlakyLoss(fail_at=2)}
     model, dm = classifier(), datamodule()
-    callback = Capturing(prune_at=0, tolerance=TOLERANCE, **FAST)
-    fit = trainer(tmp_path, [callback], max_epochs=2)
-    with pytest.raises(RuntimeError, match="boom in"):
+    model.net.features[0][0].weight.requires_grad_(False)  # a frozen parameter stays frozen
+    callback = Guarded(prune_at=0, tolerance=0.3, max_batches=3, **{**FAST, **options})
+    fit = trainer(tmp_path, [callback], max_epochs=2, limit_train_batches=2)
+    with pytest.raises(PruningError, match=f"lightning_fair: pruning failed while {step}.*left unchanged") as caught:
         fit.fit(model, datamodule=dm)
-    before, failure = callback.before, callback.failure
-    assert "boom in" in str(failure["error"])
-    # inside the hook, right after the failure (the optimizer was compared there too)
-    assert failure["shapes"] == before["shapes"]
-    assert_same_state(failure["state"], before["state"])
-    assert all(failure["params"][n] is p for n, p in before["params"].items())
-    assert failure["params"].keys() == before["params"].keys()
-    # and after the Trainer gave up
-    assert_same_state(state_copy(model), before["state"])
-    assert all(model.get_parameter(n) is p for n, p in before["params"].items())
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before["requires_grad"]
-    assert_same_optimizer(fit.optimizers[0], before["optimizer"])
+    assert getattr(callback, "checked", False), "the failure was not the pruning's"
+    error = caught.value
+    assert error is callback.error and isinstance(error, RuntimeError)
+    assert type(error.__cause__) is original_type
+    assert str(error.__cause__) in str(error) and ("boom" in str(error) or "flaky" in str(error))
     assert callback.events == [] and callback.last_result is None
     assert "_lightning_fair_pruning" not in model.__dict__
+    # and after the Trainer gave up
+    assert shapes(model) == shapes(classifier())
+    assert fit.global_step == 2  # the two training steps of epoch 0, nothing more
     with torch.no_grad():
         assert model.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_keyboard_interrupt_restores_and_propagates_unchanged(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lightning_fair.oneshot, "fold_mean_replacement", interrupted)
+    model, dm = classifier(), datamodule()
+    callback = Guarded(prune_at=0, tolerance=0.3, max_batches=3, compensate=True, **FAST)
+    fit = trainer(tmp_path, [callback], max_epochs=2, limit_train_batches=2)
+    with pytest.raises(SystemExit):  # Lightning shuts down gracefully on an interrupt, then exits
+        fit.fit(model, datamodule=dm)
+    assert type(callback.error) is KeyboardInterrupt and callback.checked  # not wrapped
+    assert fit.interrupted and callback.events == []
+    assert shapes(model) == shapes(classifier())
 
 
 # ------------------------------------------------------------------ 7: bad options
@@ -506,6 +641,77 @@ def test_callback_state_round_trips_through_a_checkpoint(tmp_path):
     # the list is a copy: later events do not leak into the checkpointed dict
     restored.events.append({"stage": "fit", "epoch": 9})
     assert data["callbacks"][key]["events"] == callback.events
+    # plain data only (weights_only=True above refuses anything else; checked here by type as well)
+    assert _plain(data["callbacks"][key]) and _plain(data["lightning_fair"])
+    # what state_dict gives is plain even if an event picked up tensors or numpy numbers
+    numpy = pytest.importorskip("numpy")
+    callback.events[0]["extra"] = {"ratio": numpy.float64(0.5), "kept": torch.tensor([1, 2]), "n": numpy.int64(3)}
+    plain = callback.state_dict()
+    assert _plain(plain) and plain["events"][0]["extra"] == {"ratio": 0.5, "kept": [1, 2], "n": 3}
+    buffer = io.BytesIO()
+    torch.save(plain, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == plain
+
+
+def _plain(value) -> bool:
+    if value is None or type(value) in (bool, int, float, str):
+        return True
+    if type(value) in (list, tuple):
+        return all(_plain(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    return False
+
+
+def _event(**changes):
+    event = {"stage": "fit", "epoch": 1, "global_step": 20, "tolerance": 0.1, "macs_ratio": 0.5,
+             "params_ratio": 0.6, "report": {"layers": [], "macs_before": 10}}
+    event.update(changes)
+    return {k: v for k, v in event.items() if v is not _DROP}
+
+
+_DROP = object()
+
+MALFORMED_STATES = {
+    "not_a_dict": ([_event()], r"expected a dict, got list"),
+    "no_events": ({}, r"no 'events' entry"),
+    "events_not_a_list": ({"events": "fit@1"}, r"'events' must be a list, got str"),
+    "event_not_a_dict": ({"events": [["fit", 1]]}, r"events\[0\] must be a dict, got list"),
+    "event_missing_keys": ({"events": [_event(epoch=_DROP, report=_DROP)]}, r"events\[0\] lacks \['epoch', 'report'\]"),
+    "unknown_stage": ({"events": [_event(), _event(stage="test")]}, r"events\[1\]\['stage'\] must be one of"),
+    "epoch_a_string": ({"events": [_event(epoch="1")]}, r"events\[0\]\['epoch'\] must be an integer >= 0, got '1'"),
+    "epoch_a_float": ({"events": [_event(epoch=1.0)]}, r"events\[0\]\['epoch'\] must be an integer >= 0, got 1.0"),
+    "epoch_a_bool": ({"events": [_event(epoch=True)]}, r"events\[0\]\['epoch'\] must be an integer >= 0, got True"),
+    "negative_step": ({"events": [_event(global_step=-5)]}, r"\['global_step'\] must be an integer >= 0, got -5"),
+    "ratio_a_string": ({"events": [_event(macs_ratio="0.5")]}, r"\['macs_ratio'\] must be a finite number"),
+    "ratio_nan": ({"events": [_event(params_ratio=float("nan"))]}, r"\['params_ratio'\] must be a finite number"),
+    "report_not_a_dict": ({"events": [_event(report="table")]}, r"\['report'\] must be a dict, got str"),
+    "object_inside": ({"events": [_event(report={"device": torch.device("cpu")})]},
+                      r"events.*\['device'\] is a device, not plain data"),
+    "tensor_inside": ({"events": [_event()], "extra": torch.zeros(2)}, r"\['extra'\] is a Tensor, not plain data"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_STATES))
+def test_load_state_dict_refuses_a_malformed_state(case):
+    state, message = MALFORMED_STATES[case]
+    callback = FairPruneCallback(prune_at=1, tolerance=TOLERANCE, **FAST)
+    callback.load_state_dict({"events": [_event()]})
+    before = callback.state_dict()
+    with pytest.raises(ValueError, match=message) as error:
+        callback.load_state_dict(state)
+    assert callback.state_key in str(error.value) and "edited or damaged" in str(error.value)
+    assert callback.state_dict() == before  # nothing half-loaded
+
+
+def test_load_state_dict_accepts_what_state_dict_wrote_and_extra_plain_keys():
+    callback = FairPruneCallback(prune_at=1, tolerance=TOLERANCE, **FAST)
+    state = {"events": [_event(), _event(stage="validate", epoch=0, tolerance=0, note=None)], "future": {"a": [1]}}
+    callback.load_state_dict(state)
+    assert callback.events == state["events"] and callback.events is not state["events"]
+    callback.events[0]["report"]["macs_before"] = 0  # a deep copy: the loaded dict is not touched
+    assert state["events"][0]["report"]["macs_before"] == 10
 
 
 def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):

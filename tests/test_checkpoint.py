@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import lightning as L
@@ -72,6 +73,7 @@ def test_checkpoint_after_pruning_restores_the_pruned_model(pruned_run):
     assert shapes(restored) != shapes(classifier())
     # the restored model carries the history: it can be saved and restored again
     assert pruning_state(restored)["history"] == pruning_state(model)["history"]
+    assert "_lightning_fair_pending_load" not in restored.__dict__  # the undo went with the load
 
     # the epoch-1 checkpoint was written after pruning too (ModelCheckpoint runs after the callback)
     (epoch1,) = directory.glob("epoch=1-*.ckpt")
@@ -112,6 +114,7 @@ def test_fit_resumes_from_a_pruned_checkpoint(pruned_run, tmp_path):
     assert seen["epoch"] == 2
     assert seen["shapes"] == pruned_shapes and shapes(fresh) == pruned_shapes
     assert seen["ids"]
+    assert "_lightning_fair_pending_load" not in fresh.__dict__
     # optimizer state restored: same entries, same values as in the checkpoint
     assert seen["state"].keys() == saved_state.keys() and seen["state"]
     for index, state in saved_state.items():
@@ -136,6 +139,137 @@ def test_residual_network_checkpoint_round_trip(tmp_path):
     restored = ImageClassifier.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     x = next(iter(dm.val_dataloader()))[0]
     assert torch.equal(outputs(restored, x), outputs(model, x))
+
+
+# ------------------------------------------------------------------ Lightning checkpoints that do not fit
+def _widened(data):  # the stem conv saved one channel wider than its history gives
+    key = "net.features.0.0.weight"
+    data["state_dict"][key] = torch.cat([data["state_dict"][key], data["state_dict"][key][:1]])
+
+
+def _unknown_layer_ckpt(data):
+    data[CHECKPOINT_KEY]["history"][0][0] = "net.no_such_layer"
+
+
+def _out_of_range_ckpt(data):
+    data[CHECKPOINT_KEY]["history"][-1][2] = [999]
+
+
+def _string_index_ckpt(data):
+    data[CHECKPOINT_KEY]["history"][0][2] = ["1"]
+
+
+def _missing_weight(data):
+    del data["state_dict"]["net.head.0.bias"]
+
+
+def _callback_state_edited(data):
+    (key,) = [k for k in data["callbacks"] if k.startswith("FairPruneCallback")]
+    data["callbacks"][key]["events"][0]["epoch"] = "one"
+
+
+CKPT_CASES = {
+    "weights_wider_than_history": (
+        _widened, r"saved weights do not fit .*'net.features.0.0.weight' is \[\d+, 1, 3, 3\] in the checkpoint "
+                  r"but \[\d+, 1, 3, 3\] in the model"),
+    "unknown_layer": (_unknown_layer_ckpt, r"row 0 names the layer 'net.no_such_layer'"),
+    "index_out_of_range": (_out_of_range_ckpt, r"row \d+ \('net[\w.]+'\): removes \w+ channel 999 .*out of range"),
+    "string_index": (_string_index_ckpt, r"row 0 .*indices must be integers, got '1'"),
+    # in a Trainer: a malformed callback state is refused before the module is reshaped too
+    "callback_state_edited": (_callback_state_edited, r"events\[0\]\['epoch'\] must be an integer >= 0, got 'one'"),
+    # Lightning's own strict-loading error, after the replay: the replay is undone
+    "missing_weight": (_missing_weight, r"Missing key\(s\) in state_dict: \"net.head.0.bias\""),
+}
+
+
+def _edited_checkpoint(source, tmp_path, edit):
+    data = torch.load(source, weights_only=True)
+    edit(data)
+    path = tmp_path / "edited.ckpt"
+    torch.save(data, path)
+    return path
+
+
+def _module_record(model):
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "shapes": shapes(model),
+            "params": dict(model.named_parameters()), "buffers": dict(model.named_buffers()),
+            "training": {n: m.training for n, m in model.named_modules()},
+            "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()}}
+
+
+def assert_module_untouched(model, record):
+    assert shapes(model) == record["shapes"]
+    assert_same_state(model.state_dict(), record["state"])
+    assert all(model.get_parameter(n) is p for n, p in record["params"].items())
+    assert dict(model.named_parameters()).keys() == record["params"].keys()
+    assert all(model.get_buffer(n) is b for n, b in record["buffers"].items())
+    assert {n: m.training for n, m in model.named_modules()} == record["training"]
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == record["requires_grad"]
+    assert pruning_state(model) is None
+
+
+@pytest.mark.parametrize("case", ["weights_wider_than_history", "unknown_layer", "index_out_of_range", "string_index"])
+def test_load_from_checkpoint_refuses_a_checkpoint_that_does_not_fit(pruned_run, tmp_path, case):
+    edit, message = CKPT_CASES[case]
+    path = _edited_checkpoint(pruned_run["dir"] / "last.ckpt", tmp_path, edit)
+    with pytest.raises(ValueError, match=message):  # not Lightning's size-mismatch RuntimeError
+        ImageClassifier.load_from_checkpoint(path)
+
+
+def test_load_from_checkpoint_strict_false_still_allows_missing_keys(pruned_run, tmp_path):
+    path = _edited_checkpoint(pruned_run["dir"] / "last.ckpt", tmp_path, _missing_weight)
+    restored = ImageClassifier.load_from_checkpoint(path, strict=False)
+    assert shapes(restored) == shapes(pruned_run["model"])
+    with pytest.raises(RuntimeError, match="Missing key"):  # strict (the default): Lightning says so
+        ImageClassifier.load_from_checkpoint(path)
+
+
+@pytest.mark.parametrize("case", sorted(CKPT_CASES))
+def test_fit_from_a_checkpoint_that_does_not_fit_leaves_the_module_alone(pruned_run, tmp_path, case):
+    edit, message = CKPT_CASES[case]
+    path = _edited_checkpoint(pruned_run["dir"] / "last.ckpt", tmp_path, edit)
+    model = classifier(seed=1)
+    model.net.features[0][0].weight.requires_grad_(False)
+    record = _module_record(model)
+    callback = FairPruneCallback(prune_at=1, tolerance=0.1, **FAST)  # the state_key of the one that saved
+    fit = trainer(tmp_path, [callback], max_epochs=3)
+    with pytest.raises(RuntimeError if case == "missing_weight" else ValueError, match=message):
+        fit.fit(model, datamodule=pruned_run["dm"], ckpt_path=str(path))
+    assert_module_untouched(model, record)
+    assert callback.events == []
+    assert fit.global_step == 0
+
+
+def test_a_failing_load_state_dict_undoes_the_replay(pruned_run):
+    """load_from_checkpoint's order (hook, then load_state_dict) by hand, with a key missing."""
+    data = torch.load(pruned_run["dir"] / "last.ckpt", weights_only=True)
+    _missing_weight(data)
+    model = classifier(seed=1)
+    record = _module_record(model)
+    model.on_load_checkpoint(data)
+    assert shapes(model) == shapes(pruned_run["model"])  # replayed, waiting for the weights
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(data["state_dict"])
+    assert_module_untouched(model, record)
+    # non-strict: loads, and the pending undo is gone (a later failing load does not roll back)
+    model.on_load_checkpoint(data)
+    model.load_state_dict(data["state_dict"], strict=False)
+    pruned = _module_record(model)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(data["state_dict"])
+    assert shapes(model) == pruned["shapes"]
+    assert all(model.get_parameter(n) is p for n, p in pruned["params"].items())
+
+
+def test_on_load_checkpoint_outside_a_trainer_is_atomic(pruned_run, tmp_path):
+    """The hook alone (as lightning-fair prune uses it): replayed, then refused, and undone."""
+    data = torch.load(pruned_run["dir"] / "last.ckpt", weights_only=True)
+    _widened(data)
+    model = classifier(seed=1)
+    record = _module_record(model)
+    with pytest.raises(ValueError, match="saved weights do not fit"):
+        model.on_load_checkpoint(data)
+    assert_module_untouched(model, record)
 
 
 # ------------------------------------------------------------------ plain nn.Module
@@ -206,29 +340,171 @@ def _last_row_lost(history):
     del history[-1]  # the history fits the model, the saved weights do not
 
 
-@pytest.mark.parametrize("edit, replay_fails", [
-    (_unknown_layer, True), (_out_of_range, True), (_too_many, True), (_last_row_lost, False),
+def _fresh_with_record(seed: int = 2):
+    """A fresh resnet and a record of everything about it, by identity and by value."""
+    fresh = resnet(seed=seed)
+    fresh.layer_frozen = None  # an attribute that must survive
+    fresh.features[0][0].weight.requires_grad_(False)  # a frozen parameter stays frozen
+    record = {"state": {k: v.clone() for k, v in fresh.state_dict().items()}, "shapes": shapes(fresh),
+              "params": dict(fresh.named_parameters()), "buffers": dict(fresh.named_buffers()),
+              "training": {n: m.training for n, m in fresh.named_modules()},
+              "requires_grad": {n: p.requires_grad for n, p in fresh.named_parameters()},
+              "pruning": pruning_state(fresh)}
+    return fresh, record
+
+
+def assert_untouched(model, record):
+    assert shapes(model) == record["shapes"]
+    assert_same_state(model.state_dict(), record["state"])
+    assert dict(model.named_parameters()).keys() == record["params"].keys()
+    assert all(model.get_parameter(n) is p for n, p in record["params"].items())
+    assert all(model.get_buffer(n) is b for n, b in record["buffers"].items())
+    assert {n: m.training for n, m in model.named_modules()} == record["training"]
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == record["requires_grad"]
+    assert pruning_state(model) == record["pruning"]
+    assert "layer_frozen" in model.__dict__
+    assert outputs(model, helpers.example_inputs(2)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("edit, replay_fails, message", [
+    (_unknown_layer, True, r"row 0 names the layer 'net.no_such_layer', which this model does not have"),
+    (_out_of_range, True, r"row \d+ \('[\w.]+'\): removes \w+ channel 999 .*out of range"),
+    (_too_many, True, r"row \d+ \('[\w.]+'\): removes \w+ channel 63 .*out of range"),
+    (_last_row_lost, False, r"weights do not fit .* is \[\d+(, \d+)*\] in the checkpoint but"),
 ], ids=["unknown_layer", "index_out_of_range", "too_many_indices", "weights_do_not_fit"])
-def test_a_history_that_does_not_fit_leaves_the_model_alone(twice_pruned, tmp_path, edit, replay_fails):
+def test_a_history_that_does_not_fit_leaves_the_model_alone(twice_pruned, tmp_path, edit, replay_fails, message):
     path = _rewritten(twice_pruned["path"], tmp_path, edit)
     loaders = [lambda m: load_pruned(m, path)]
     if replay_fails:
         loaders.append(lambda m: replay_pruning(m, torch.load(path, weights_only=True)[CHECKPOINT_KEY]))
     for load in loaders:
-        fresh = resnet(seed=2)
-        before_state, before_shapes = {k: v.clone() for k, v in fresh.state_dict().items()}, shapes(fresh)
-        before_params = dict(fresh.named_parameters())
-        before_training = {n: m.training for n, m in fresh.named_modules()}
-        fresh.layer_frozen = None  # an attribute that must survive
-        with pytest.raises(ValueError):
+        fresh, record = _fresh_with_record()
+        with pytest.raises(ValueError, match=message):
             load(fresh)
-        assert shapes(fresh) == before_shapes
-        assert_same_state(fresh.state_dict(), before_state)
-        assert all(fresh.get_parameter(n) is p for n, p in before_params.items())
-        assert {n: m.training for n, m in fresh.named_modules()} == before_training
-        assert all(p.requires_grad for p in fresh.parameters())
-        assert pruning_state(fresh) is None
-        assert outputs(fresh, helpers.example_inputs(2)).shape == (2, 10)
+        assert_untouched(fresh, record)
+
+
+# hand-edited or damaged pruning states: refused before the model is touched, naming what is wrong
+def _set_row(index, value):
+    def edit(state):
+        state["history"][index] = value
+    return edit
+
+
+def _set_indices(value):
+    def edit(state):
+        state["history"][-1][2] = value
+    return edit
+
+
+def _set(path, value):
+    def edit(state):
+        target = state
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return edit
+
+
+def _delete(key):
+    def edit(state):
+        del state[key]
+    return edit
+
+
+MALFORMED = {
+    "negative_index": (_set_indices([3, -1]), r"row \d+ .*indices must be >= 0, got -1"),
+    "duplicate_indices": (_set_indices([2, 5, 2]), r"row \d+ .*indices repeat: \[2\]"),
+    "string_index": (_set_indices(["1"]), r"row \d+ .*indices must be integers, got '1' \(str\)"),
+    "float_index": (_set_indices([1.0]), r"row \d+ .*indices must be integers, got 1.0 \(float\)"),
+    "bool_index": (_set_indices([True]), r"row \d+ .*indices must be integers, got True \(bool\)"),
+    "nested_junk": (_set_indices([[1, 2], {"a": 1}]), r"row \d+ .*indices must be integers, got \[1, 2\] \(list\)"),
+    "empty_indices": (_set_indices([]), r"row \d+ .*non-empty list"),
+    "indices_not_a_list": (_set_indices(3), r"row \d+ .*non-empty list"),
+    "row_not_a_list": (_set_row(0, "features.0.0"), r"row 0 'features.0.0': a row must be \[layer name, is_out"),
+    "row_too_short": (_set_row(1, ["features.0.0", True]), r"row 1 .*a row must be \[layer name"),
+    "row_too_long": (_set_row(1, ["features.0.0", True, [0], 1]), r"row 1 .*a row must be \[layer name"),
+    "name_not_a_string": (_set_row(0, [7, True, [0]]), r"row 0 .*layer name must be a string, got int"),
+    "is_out_not_a_bool": (_set_row(0, ["features.0.0", "yes", [0]]), r"row 0 .*is_out must be True or False"),
+    "is_out_an_int": (_set_row(0, ["features.0.0", 1, [0]]), r"row 0 .*is_out must be True or False, got 1"),
+    "wrong_format": (_set(["format"], "lightning_fair.pruning/2"), r"expected format 'lightning_fair.pruning/1'"),
+    "no_format": (_delete("format"), r"format"),
+    "no_history": (_delete("history"), r"lacks the key\(s\) \['history'\]"),
+    "no_example_input": (_delete("example_input"), r"lacks the key\(s\) \['example_input'\]"),
+    "history_not_a_list": (_set(["history"], "rows"), r"history must be a list of \[layer, is_out, indices\] rows"),
+    "shape_entry_a_string": (_set(["example_input", "shape"], [1, "8", 8]), r"example_input shape must be a list"),
+    "shape_entry_a_float": (_set(["example_input", "shape"], [1, 8.0, 8]), r"example_input shape must be a list"),
+    "shape_not_a_list": (_set(["example_input", "shape"], "1x8x8"), r"example_input shape must be a list"),
+    "shape_huge": (_set(["example_input", "shape"], [3, 100000, 100000]), r"implausibly large"),
+    "example_input_not_a_dict": (_set(["example_input"], [1, 8, 8]), r"example_input shape"),
+    "dtype_not_a_dtype": (_set(["example_input", "dtype"], "load"), r"dtype must name a torch dtype.*'load'"),
+    "no_dtype": (_set(["example_input", "dtype"], None), r"dtype must name a torch dtype"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_pruning_state_is_refused_before_anything_changes(twice_pruned, tmp_path, case):
+    edit, message = MALFORMED[case]
+    data = torch.load(twice_pruned["path"], weights_only=True)
+    edit(data[CHECKPOINT_KEY])
+    path = tmp_path / "edited.pt"
+    torch.save(data, path)
+    for load in (lambda m: load_pruned(m, path),
+                 lambda m: replay_pruning(m, torch.load(path, weights_only=True)[CHECKPOINT_KEY])):
+        fresh, record = _fresh_with_record()
+        with pytest.raises(ValueError, match=message) as error:
+            load(fresh)
+        assert "edited by hand" in str(error.value)  # and what to do about it
+        assert_untouched(fresh, record)
+
+
+@pytest.mark.parametrize("state", [None, [], "lightning_fair.pruning/1", {"history": []}])
+def test_something_that_is_not_a_state_is_refused(state):
+    fresh, record = _fresh_with_record()
+    with pytest.raises(ValueError, match="not a lightning_fair pruning state"):
+        replay_pruning(fresh, state)
+    assert_untouched(fresh, record)
+
+
+def test_removing_every_channel_of_a_layer_is_refused(twice_pruned):
+    state = torch.load(twice_pruned["path"], weights_only=True)[CHECKPOINT_KEY]
+    fresh, record = _fresh_with_record()
+    width = fresh.features[0][0].out_channels
+    state["history"] = [["features.0.0", True, list(range(width))]]
+    with pytest.raises(ValueError, match=f"row 0 \\('features.0.0'\\): removes {width} output channels but the layer "
+                                         f"has only {width}"):
+        replay_pruning(fresh, state)
+    assert_untouched(fresh, record)
+
+
+def test_a_model_pruned_differently_is_refused(twice_pruned):
+    state = torch.load(twice_pruned["path"], weights_only=True)[CHECKPOINT_KEY]
+    first = {**state, "history": state["history"][:1]}
+    fresh = resnet(seed=2)
+    replay_pruning(fresh, first)
+    assert pruning_state(fresh)["history"] == state["history"][:1]
+    record = {"state": {k: v.clone() for k, v in fresh.state_dict().items()}, "shapes": shapes(fresh),
+              "params": dict(fresh.named_parameters())}
+    other = copy.deepcopy(state)
+    other["history"][0][2] = [i for i in range(8) if i not in state["history"][0][2]][:1]
+    for bad in (other, {**state, "history": []}):  # different first row; shorter than what was applied
+        with pytest.raises(ValueError, match="already carries a pruning history"):
+            replay_pruning(fresh, bad)
+        assert shapes(fresh) == record["shapes"]
+        assert_same_state(fresh.state_dict(), record["state"])
+        assert all(fresh.get_parameter(n) is p for n, p in record["params"].items())
+        assert pruning_state(fresh)["history"] == state["history"][:1]
+    replay_pruning(fresh, state)  # the rest of the same history still applies
+    assert shapes(fresh) == shapes(twice_pruned["model"])
+
+
+def test_a_file_that_is_not_from_save_pruned_is_refused(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(resnet().state_dict(), path)
+    fresh, record = _fresh_with_record()
+    with pytest.raises(ValueError, match="not a file written by lightning_fair.save_pruned"):
+        load_pruned(fresh, path)
+    assert_untouched(fresh, record)
 
 
 def test_a_file_that_is_not_a_pruning_state_is_refused(tmp_path):

@@ -207,13 +207,13 @@ def _child(spec: dict) -> dict:
         collector = StatisticsCollector(model, samples_per_class=spec["samples_per_class"],
                                         num_projections=spec["num_projections"]).run(batches())
         hwm_pass = _hwm_kib()
+        out.update(buffer_bytes(collector))  # before scoring, which frees each layer's samples once used
         hwm_ok = hwm_ok and _reset_hwm()  # the distance step's own peak, from the RSS it starts at
         scores = scores_from_statistics(collector)
         hwm_distances = _hwm_kib()
         if hwm_ok and None not in (hwm_pass, hwm_distances, rss_before):
             out["pass_peak_delta_mib"] = (hwm_pass - rss_before) / 1024
             out["distance_peak_delta_mib"] = (hwm_distances - rss_before) / 1024
-        out.update(buffer_bytes(collector))
         out["class_counts"] = list(scores.class_counts)
         out["num_batches_seen"] = int(scores.config["num_batches"])
     else:  # a plain forward + backward of the loss per batch: the floor
