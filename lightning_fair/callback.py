@@ -15,7 +15,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from .checkpoint import CHECKPOINT_KEY, _check_callback_state, _to_plain, pruning_state
+from .distributed import all_reduce_sum, is_distributed
 from .evaluation import evaluate
+from .memory import DEFAULT_BUDGET, parse_bytes
 from .oneshot import _first_inputs, check_options, prune
 from .optim import repoint_optimizer
 from .presets import resolve_preset
@@ -66,6 +68,8 @@ class FairPruneCallback(Callback):
         allocation: ``"tod"`` (per-layer counts) or ``"global"`` (needs a target).
         recalibrate: re-estimate BatchNorm statistics on the calibration batches after removal.
         compensate: fold the removed inputs' calibration means into the next layers' biases.
+        memory_budget: memory the statistics may take (bytes or ``"4GiB"``; None: no limit); over
+            it they are collected in several passes (the estimate is printed when ``verbose``).
         seed: seeds the projection directions.
         ranking: which units a layer's count removes: ``"utilization"``, ``"l1"`` or ``"random"``.
         ignored_layers: qualified module names (in the LightningModule) never pruned.
@@ -104,6 +108,7 @@ class FairPruneCallback(Callback):
         allocation: Optional[str] = None,
         recalibrate: Optional[bool] = None,
         compensate: Optional[bool] = None,
+        memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
         seed: int = 0,
         ranking: str = "utilization",
         ignored_layers: Optional[List[str]] = None,
@@ -127,8 +132,9 @@ class FairPruneCallback(Callback):
             samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
             ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
             reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
-            compensate=compensate,
+            compensate=compensate, memory_budget=memory_budget,
         )
+        parse_bytes(memory_budget)
         self.prune_at = prune_at
         self.dataloader = dataloader
         self.unpack = unpack or default_unpack
@@ -177,6 +183,9 @@ class FairPruneCallback(Callback):
         loader = self._calibration_loader(trainer, pl_module)
         calibration = self._with_progress(loader, trainer)
         options = self.options
+        # DDP (one or many nodes): every rank scores its shard; the statistics are merged so all
+        # ranks remove the same channels (lightning_fair.distributed)
+        distributed = trainer.world_size > 1 and is_distributed()
         step = "reading the first calibration batch"
         with torch.inference_mode(False), torch.enable_grad():
             undo = _Undo(pl_module, trainer.optimizers)
@@ -191,17 +200,25 @@ class FairPruneCallback(Callback):
                     num_projections=options["num_projections"], observe=pipeline["observe"],
                     reconstruction=pipeline["reconstruction"], seed=options["seed"], loss_fn=self.loss_fn,
                     unpack=self.unpack, ignored_layers=options["ignored_layers"], max_batches=options["max_batches"],
+                    distributed=distributed, memory_budget=options["memory_budget"],
+                    verbose=self.verbose and trainer.is_global_zero,
                 )
                 step = "removing units (lightning_fair.prune: removal, compensation, BatchNorm re-estimation)"
                 result = prune(pl_module, calibration, scores=scores, unpack=self.unpack, loss_fn=self.loss_fn,
-                               example_inputs=example, **options)
+                               example_inputs=example, distributed=distributed, **options)
                 step = "re-pointing the optimizers at the pruned parameters"
                 dropped = sum(repoint_optimizer(opt, undo.params, pl_module, result.kept) for opt in undo.optimizers)
                 step = "evaluating the pruned model on the calibration data"
                 after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack,
                                  max_batches=options["max_batches"])
+                if distributed:  # the mean over every rank's shard
+                    after = _mean_over_ranks(trainer, after)
+                step = "wrapping the pruned model for distributed training again"
+                _rewrap(trainer, pl_module, undo)
             except BaseException as error:
                 undo.restore()
+                if undo.wrapped is not None:
+                    trainer.strategy.model = undo.wrapped
                 if not isinstance(error, Exception):
                     raise
                 raise PruningError(
@@ -302,6 +319,26 @@ class FairPruneCallback(Callback):
         self.events = _check_callback_state(state_dict, owner=self.state_key)
 
 
+def _rewrap(trainer: Trainer, pl_module: LightningModule, undo: "_Undo") -> None:
+    """Under DDP, wrap the pruned module in a new DistributedDataParallel (the old one's
+    reducer still holds the old parameters), as the strategy did at setup."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    strategy = trainer.strategy
+    if not isinstance(strategy.model, DistributedDataParallel) or not hasattr(strategy, "_setup_model"):
+        return
+    undo.wrapped = strategy.model
+    strategy.model = strategy._setup_model(pl_module)
+    if hasattr(strategy, "_register_ddp_hooks"):
+        strategy._register_ddp_hooks()
+
+
+def _mean_over_ranks(trainer: Trainer, metrics: Dict[str, float]) -> Dict[str, float]:
+    values = torch.tensor([metrics["loss"], metrics["accuracy"]], dtype=torch.float64)
+    values = all_reduce_sum(values) / trainer.world_size
+    return {"loss": float(values[0]), "accuracy": float(values[1])}
+
+
 class _Undo:
     """What :meth:`FairPruneCallback.prune_now` may change, to be put back exactly if it fails."""
 
@@ -313,6 +350,7 @@ class _Undo:
         # also undoes an in-place write, e.g. of a BatchNorm re-estimation cut short
         self.buffers = [(b, b.detach().clone()) for b in module.buffers()]
         self.optimizers = list(optimizers)
+        self.wrapped = None  # the strategy's DDP wrapper, while a new one is being made
         self.groups = [(opt, list(opt.param_groups), [(g, dict(g), list(g["params"])) for g in opt.param_groups])
                        for opt in self.optimizers]
         self.states = [(opt, {p: (s, dict(s)) for p, s in opt.state.items()}) for opt in self.optimizers]

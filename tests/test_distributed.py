@@ -46,3 +46,52 @@ def test_every_rank_prunes_the_same_channels_as_one_process(ranks):
     for key, value in r0["state"].items():
         assert torch.equal(value, r1["state"][key]), key  # weights, compensated biases, BatchNorm statistics
         torch.testing.assert_close(value.double(), single["state"][key].double(), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------- FairPruneCallback under Lightning DDP
+@pytest.fixture(scope="module")
+def lightning_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_lightning")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_lightning_worker.py"), str(out)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(out / f"lightning_rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def test_ddp_validate_scores_equal_one_process_on_all_the_validation_data(lightning_ranks):
+    from lightning_fair import compute_scores
+    from lightning_fair.demo import DigitsDataModule, ImageClassifier
+
+    r0, r1 = lightning_ranks
+    assert r0["world_size"] == 2
+    model = ImageClassifier(width=8)
+    model.load_state_dict(r0["initial"])
+    data = DigitsDataModule(batch_size=64, val_size=256)
+    data.setup("validate")
+    single = compute_scores(model, data.val_dataloader(), samples_per_class=64, num_projections=16, seed=5)
+    assert r0["scores"]["config"]["num_batches"] == single.config["num_batches"] == 4  # 2 per rank
+    for i, name in enumerate(single.layers):
+        for field in ("utilization", "reconstruction"):
+            assert torch.equal(r0["scores"][field][i], r1["scores"][field][i]), (field, name)
+            torch.testing.assert_close(r0["scores"][field][i], getattr(single, field)[name], rtol=1e-5, atol=1e-8)
+    assert r0["removed"] == r1["removed"] and r0["removed"]
+    for key, value in r0["pruned_state"].items():  # each rank's own pruning, before DDP re-wraps
+        assert torch.equal(value, r1["pruned_state"][key]), key
+
+
+def test_ddp_fit_prunes_the_same_channels_then_keeps_training(lightning_ranks):
+    r0, r1 = lightning_ranks
+    assert r0["fit_removed"] == r1["fit_removed"] and r0["fit_removed"]
+    assert [e["epoch"] for e in r0["fit_events"]] == [0]
+    for key, value in r0["fit_pruned_state"].items():
+        assert torch.equal(value, r1["fit_pruned_state"][key]), key
+    # two more epochs under DDP: the ranks stay identical, and the weights moved
+    moved = False
+    for key, value in r0["fit_final_state"].items():
+        assert torch.equal(value, r1["fit_final_state"][key]), key
+        assert value.shape == r0["fit_pruned_state"][key].shape
+        moved |= value.is_floating_point() and not torch.equal(value, r0["fit_pruned_state"][key])
+    assert moved
+    # the optimizer and the new DDP wrapper hold exactly the pruned model's parameters
+    assert r0["optimizer_params"] == r0["model_params"] == r0["wrapped_params"]
