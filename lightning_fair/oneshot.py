@@ -152,6 +152,7 @@ def prune(
         example_inputs = _first_inputs(dataloader, unpack)
     if isinstance(example_inputs, torch.Tensor):  # trace and count on the model's device
         example_inputs = example_inputs.to(next((p.device for p in model.parameters()), example_inputs.device))
+    _check_example_inputs(model, example_inputs)
     if scores is None:
         scores = compute_scores(
             model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
@@ -232,6 +233,28 @@ def prune(
         removed={root: idxs.tolist() for root, idxs in plan.items()}, history=planner.history(), tolerance=float(tolerance),
         kept=kept,
     )
+
+
+def _check_example_inputs(model: nn.Module, example_inputs) -> None:
+    """One eval-mode forward of ``example_inputs``: a clear error now instead of one from deep
+    inside the dependency tracer (flags restored; eval mode leaves BatchNorm statistics alone)."""
+    flags = {m: m.training for m in model.modules()}
+    shape = tuple(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else type(example_inputs).__name__
+    try:
+        model.eval()
+        with torch.no_grad(), torch.inference_mode(False):
+            output = model(example_inputs)
+    except Exception as error:
+        raise ValueError(
+            f"example_inputs ({shape}) do not run through the model ({type(error).__name__}: {error}); pass one "
+            "batch shaped like the calibration inputs, e.g. example_inputs=x[:1]"
+        ) from error
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(f"the model's output must be class logits of shape [batch, num_classes], got {got}")
 
 
 def _fresh_norm_buffers(model: nn.Module) -> None:

@@ -6,6 +6,7 @@ answers any tolerance, ratio or MACs target afterwards without touching data aga
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
@@ -187,6 +188,12 @@ def compute_scores(
         for name, (start, stop) in chunk.items():
             scores.utilization[name][start:stop] = _utilization(later, name)
         del later
+    short = {k: int(c) for k, c in enumerate(collector.class_counts.tolist()) if 0 < c < samples_per_class}
+    if short:
+        warnings.warn(
+            f"{len(short)} class(es) have fewer calibration samples than samples_per_class={samples_per_class} "
+            f"(class: samples {dict(list(short.items())[:8])}); their utilization distances use what there is. "
+            "Pass more calibration data or a smaller samples_per_class to silence this.", stacklevel=2)
     scores.config["passes"] = len(collector.chunks)
     scores.config["memory_estimate"] = int(collector.estimate.total_bytes)
     return scores

@@ -242,6 +242,12 @@ class StatisticsCollector:
                 if grad is None:
                     continue
                 per_sample = units_view(grad * recorder.outputs[name], self._modules[name]).sum(2)  # [B, C]
+                if not torch.isfinite(per_sample).all():
+                    raise FloatingPointError(
+                        f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
+                        f"calibration batch {self.num_batches}; check the inputs and the model's numerics "
+                        "(e.g. a division by zero, fp16 overflow) before pruning"
+                    )
                 stats = self.layers[name]
                 stats.taylor_sum += per_sample.sum(0).to(torch.float64)
                 stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
@@ -458,6 +464,11 @@ class _BatchRecorder:
             stage, values = self.observed[name]
             start, stop = c.channels[name]
             values = values[keep.to(values.device), start:stop].float()
+            if not torch.isfinite(values).all():
+                raise FloatingPointError(
+                    f"the activations U observes for layer {name!r} ({_STAGE_NAME[stage]}) are not finite (NaN/inf) "
+                    f"on calibration batch {c.num_batches}; check the inputs and the model's numerics before pruning"
+                )
             map_size = values.shape[2]
             theta = c.projection(name, map_size)
             projected = values if theta is None else values @ theta
