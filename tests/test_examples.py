@@ -47,8 +47,9 @@ def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
     pytest.importorskip("sklearn")
     run_example("benchmarks/run_all.py", ["--quick", "--out", str(tmp_path)], capsys)
     page = (tmp_path / "benchmarks.md").read_text()
-    assert "| FAIR (ours) |" in page
+    assert "| FAIR (ours, default pipeline) |" in page
     assert "## Accuracy after pruning" in page and "## Score-collection speed" in page
+    assert "### Variant study" in page and "best torch-pruning baseline (+ BatchNorm re-estimation)" in page
     images = list((tmp_path / "img").glob("*.png"))
     assert images, "no plot written"
     for image in images:

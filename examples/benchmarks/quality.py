@@ -692,8 +692,11 @@ def to_markdown(results: dict, headline_targets=(0.5, 0.3)) -> str:
     baseline_labels = ", ".join(METHODS[b][0] for b in BASELINES)
     for t in heads:
         lines += [f"### FAIR vs the best torch-pruning baseline at kept MACs {t}", "",
-                  "No fine-tuning: BatchNorm models with their BatchNorm statistics re-estimated (every method "
-                  "alike), the others one-shot. Best baseline: the highest mean of " + baseline_labels +
+                  "No fine-tuning. FAIR: its default pipeline (`prune` with its defaults: global U threshold, "
+                  "mean-replacement compensation, BatchNorm re-estimation). Baselines: on the BatchNorm models "
+                  "with their BatchNorm statistics re-estimated by the same `recalibrate_bn`, on the others "
+                  "one-shot (re-estimation has nothing to do there). Best baseline: the highest mean of "
+                  + baseline_labels +
                   " (uniform random, network-pruner and ModelPruning are not counted). Top-1 %, mean ± std over "
                   "the seeds, <sub>(kept MACs reached)</sub>; difference in points, FAIR minus best baseline.", "",
                   "| model | column | FAIR (ours) | best baseline | its accuracy | FAIR − best |",
@@ -710,7 +713,10 @@ def to_markdown(results: dict, headline_targets=(0.5, 0.3)) -> str:
         lines.append("")
     for t in heads:
         lines += [f"### One-shot accuracy at kept MACs {t} (no fine-tuning)", "",
-                  "Held-out top-1 %, mean ± std over the seeds; <sub>(kept MACs reached)</sub>.", "",
+                  "Held-out top-1 %, mean ± std over the seeds; <sub>(kept MACs reached)</sub>. No BatchNorm "
+                  "re-estimation for any row: the FAIR rows are pruned with `recalibrate=False` (for "
+                  f"{METHODS['fair'][0]}: the default pipeline minus re-estimation, mean replacement still on; "
+                  "on models without BatchNorm that is the default pipeline itself).", "",
                   "| method | " + " | ".join(m["label"] for m in models.values()) + " |",
                   "|---|" + "---:|" * len(models)]
         lines.append("| trained model (100% MACs) | " + " | ".join(_fmt(m["baseline"]) for m in models.values()) + " |")
@@ -724,7 +730,8 @@ def to_markdown(results: dict, headline_targets=(0.5, 0.3)) -> str:
         lines += ["### The same with BatchNorm statistics re-estimated (still no training)", "",
                   "Every method's pruned model gets its BatchNorm running mean/variance re-estimated by "
                   "`lightning_fair.recalibrate_bn` from forward passes over the 500 (digits: 300) calibration "
-                  "images; no labels, no weight update.", "",
+                  f"images; no labels, no weight update. The {METHODS['fair'][0]} row here is the default "
+                  "pipeline exactly (`prune`'s own re-estimation does the same).", "",
                   "| method | " + " | ".join(f"{m['label'].split(' /')[0]}, {t}" for m, t in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for method, label, _ in present:
@@ -742,6 +749,9 @@ def to_markdown(results: dict, headline_targets=(0.5, 0.3)) -> str:
             if key == "recal" and not m.get("batchnorm"):
                 continue
             cols = targets
+            if key == "oneshot" and m.get("batchnorm"):
+                title = ("one-shot (no fine-tuning, no BatchNorm re-estimation for any row; FAIR's default "
+                         "pipeline is its row in the next table)")
             if key == "finetuned":
                 cols = [t for t in targets if t in _ft_targets(settings)]
                 if not cols:

@@ -3,7 +3,8 @@
     python examples/benchmarks/run_all.py              # full: docs/benchmarks.md (~15 min on 2 cores, models cached)
     python examples/benchmarks/run_all.py --quick --out /tmp/bench    # smoke test, well under a minute
 
-Sections: accuracy after pruning (quality.py), score-collection speed (score_speed.py), and,
+Sections: accuracy after pruning (quality.py) with the variant study of the FAIR pipeline's
+options (variants.py), score-collection speed (score_speed.py), and,
 when their modules are there and import, peak memory of scoring (memory.py) and CPU latency of
 the pruned models (latency.py, timed on the very models quality.py pruned). Needs the ``bench``
 extra (``pip install -e '.[bench]'``: matplotlib, mlxtend, scikit-learn); the authors'
@@ -28,6 +29,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 import quality  # noqa: E402
 import score_speed  # noqa: E402
+import variants  # noqa: E402
 
 REPO = HERE.parents[1]
 
@@ -53,7 +55,13 @@ def _m(row, key):
 
 STRUCTURED = [m for m in quality.METHODS if m not in ("fair", "modelpruning")]  # every structured row but FAIR
 BASELINES = list(quality.BASELINES)  # the torch-pruning rows FAIR is compared against
+TOD_ROWS = ("fair_tod", "fair_paper")  # FAIR rows with per-layer ToD counts
 KEY_TITLES = {"oneshot": "one-shot", "recal": "one-shot + BN re-estimated", "finetuned": "fine-tuned 1 epoch"}
+HEADLINE = "headline"  # pseudo column: BatchNorm re-estimated on BatchNorm models, one-shot otherwise
+
+
+def _key(m: dict, key: str) -> str:
+    return quality.headline_key(m) if key == HEADLINE else key
 
 
 def _compare(m: dict, t: float, key: str):
@@ -71,33 +79,121 @@ def _span(low: float, high: float) -> str:
     return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
-def quality_reading(results: dict, focus=(0.5, 0.3)) -> str:
+def _diffs(models: dict, targets, a: str, key_a: str, b: str, key_b: str, bn_only: bool = False):
+    """``[(model, target, a's mean minus b's mean)]`` over the cells both reached; ``key_*`` may be
+    :data:`HEADLINE`."""
+    out = []
+    for name, m in models.items():
+        if bn_only and not m.get("batchnorm"):
+            continue
+        for t in targets:
+            x = _m(m["methods"].get(a, {}).get(str(t)), _key(m, key_a))
+            y = _m(m["methods"].get(b, {}).get(str(t)), _key(m, key_b))
+            if x and y:
+                out.append((name, t, x[0] - y[0]))
+    return out
+
+
+def _summary(diffs, what: str = "better") -> str:
+    d = [x[2] for x in diffs]
+    text = f"{what} in {sum(x > 0 for x in d)} of {len(d)} cells, mean {sum(d) / len(d):+.1f} points"
+    return text + (f" (range {min(d):+.1f} to {max(d):+.1f})" if len(d) > 1 else "")
+
+
+def overshoot(models: dict, targets, methods=("fair",) + TOD_ROWS, margin: float = 0.03):
+    """``{method: [(model, target, kept)]}``: cells where a FAIR row kept well below the target."""
+    out = {}
+    for method in methods:
+        for name, m in models.items():
+            for t in targets:
+                row = m["methods"].get(method, {}).get(str(t))
+                if row and row.get("status") == "ok":
+                    kept = common.mean_std(row["kept"])[0]
+                    if t - kept > margin:
+                        out.setdefault(method, []).append((name, t, kept))
+    return out
+
+
+def deficit_notes(m: dict, t: float, variants_results=None) -> str:
+    """What the numbers say about one cell where FAIR's default is behind the best baseline:
+    the gap against the seeds' spread, the kept MACs, the best variant there, and fine-tuning."""
+    key = quality.headline_key(m)
+    row = m["methods"]["fair"][str(t)]
+    ours, spread = common.mean_std(row[key])
+    meth, best = quality.best_baseline(m, t, key)
+    brow = m["methods"][meth][str(t)]
+    b_spread = common.mean_std(brow[key])[1]
+    notes = []
+    if len(row[key]) > 1:
+        within = best - ours <= max(spread, b_spread)
+        notes.append(f"{'within' if within else 'larger than'} the seeds' spread (std {spread:.1f} for FAIR, "
+                     f"{b_spread:.1f} for the baseline)")
+    kept, b_kept = common.mean_std(row["kept"])[0], common.mean_std(brow["kept"])[0]
+    if b_kept - kept > 0.01:
+        notes.append(f"FAIR kept {kept:.2f} of the MACs, the baseline {b_kept:.2f}")
+    others = {meth2: v for meth2 in ("fair_tod", "fair_paper")
+              for v in [_m(m["methods"].get(meth2, {}).get(str(t)), key)] if v}
+    ahead = [f"{quality.METHODS[k][0]} {v[0]:.1f}%" for k, v in others.items() if v[0] >= best]
+    if ahead:
+        notes.append("other FAIR rows at or above the baseline (same column): " + ", ".join(ahead))
+    if variants_results:
+        name = next((k for k, vm in variants_results["models"].items() if vm["label"] == m["label"]), None)
+        if name is not None:
+            means = {v: variants.mean_of(variants_results["models"][name]["methods"][v].get(str(t)))
+                     for v in variants_results["variants"]}
+            means = {v: x for v, x in means.items() if x is not None}
+            if means:
+                top = max(means, key=means.get)
+                if top != "default":
+                    notes.append(f"best variant there: \"{variants_results['variants'][top]}\" at "
+                                 f"{means[top]:.1f}% ({'at or above' if means[top] >= best else 'still below'} "
+                                 "the baseline)")
+                else:
+                    notes.append("no variant of the study does better there")
+    ft_ours = _m(row, "finetuned")
+    ft_base = _m(brow, "finetuned")
+    if ft_ours and ft_base:
+        notes.append(f"after one epoch of fine-tuning {ft_ours[0]:.1f}% vs {ft_base[0]:.1f}%")
+    return "; ".join(notes)
+
+
+def quality_reading(results: dict, focus=(0.5, 0.3), variants_results=None) -> str:
     """Numbers-driven reading of the quality tables: where FAIR wins, where it loses, by how much."""
     models, targets = results["models"], results["settings"]["targets"]
     label = {k: v[0] for k, v in quality.METHODS.items()}
     short = {name: m["label"].split(" /")[0] for name, m in models.items()}
+    any_bn = any(m.get("batchnorm") for m in models.values())
     lines = []
     # 0. the goal: at the focus targets, on the headline column, FAIR at or above the best baseline
     focus = [t for t in focus if t in targets]
-    keys = [k for k in KEY_TITLES if k != "recal" or any(m.get("batchnorm") for m in models.values())]
+    keys = [k for k in KEY_TITLES if k != "recal" or any_bn]
     goal = [(name, t) + c for name, m in models.items() for t in focus
             for c in [_compare(m, t, quality.headline_key(m))] if c]
     if goal:
         behind = [g for g in goal if g[2] < g[5]]
         text = (f"**Against the best torch-pruning baseline** (the tables \"FAIR vs the best torch-pruning "
-                f"baseline\": BatchNorm statistics re-estimated for the BatchNorm models, one-shot otherwise; "
-                f"kept MACs {' and '.join(map(str, focus))}): FAIR is at or above it in "
+                f"baseline\"; FAIR is its default pipeline, which includes mean-replacement compensation and "
+                f"BatchNorm re-estimation; every baseline has its BatchNorm statistics re-estimated on the "
+                f"BatchNorm models, and is one-shot on the others; kept MACs {' and '.join(map(str, focus))}, "
+                f"mean of {len(results['settings']['seeds'])} seed(s)): FAIR is at or above it in "
                 f"{len(goal) - len(behind)} of {len(goal)} (model, target) cells")
         if behind:
-            text += "; behind in " + "; ".join(
-                f"{short[n]} at {t} ({ours:.1f}% vs {best:.1f}%, {label[meth]})"
-                for n, t, ours, kept, meth, best in behind)
-        lines += [text + ".", ""]
+            text += ", behind in " + str(len(behind)) + ":"
+            lines += [text, ""]
+            for n, t, ours, kept, meth, best in behind:
+                lines.append(f"* {short[n]} at {t}: {ours:.1f}% vs {best:.1f}% ({label[meth]}), "
+                             f"{ours - best:+.1f} points; " + deficit_notes(models[n], t, variants_results) + ".")
+            lines.append("")
+        else:
+            lines += [text + ".", ""]
     # 1. FAIR minus the best torch-pruning baseline, at the focus targets, every column
     if focus:
         cols = [(k, t) for k in keys for t in focus]
         lines += ["FAIR minus the best torch-pruning baseline (" + ", ".join(label[b] for b in BASELINES) +
-                  ") at the same target, in accuracy points (mean over seeds; which baseline in brackets):", "",
+                  ") at the same target and in the same column, in accuracy points (mean over seeds; which "
+                  "baseline in brackets). FAIR's one-shot column is its default pipeline minus the BatchNorm "
+                  "re-estimation (mean replacement still on), its re-estimated column the default pipeline "
+                  "itself:", "",
                   "| model | " + " | ".join(f"{KEY_TITLES[k]}, {t}" for k, t in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for name, m in models.items():
@@ -135,69 +231,64 @@ def quality_reading(results: dict, focus=(0.5, 0.3)) -> str:
         if lags:
             text += " Largest deficits: " + "; ".join(fmt(i) for i in lags) + "."
         lines += [text, ""]
-    # 3. overshoot: targets FAIR can only reach by removing more
-    over = []
-    for name, m in models.items():
-        for t in targets:
-            row = m["methods"].get("fair", {}).get(str(t))
-            if row and row.get("status") == "ok":
-                kept = common.mean_std(row["kept"])[0]
-                if t - kept > 0.03:
-                    over.append(f"{short[name]} {t} → {kept:.2f}")
-    if over:
-        lines += ["**Granularity.** Where FAIR's kept MACs lie well below the target, no tolerance gives a value "
-                  "in between: already at tolerance 0, ToD removes in each layer the largest set of low-U units "
-                  "that shares no unit with the same number of high-R units, often a third to half of a narrow "
-                  "layer (and coupled residual groups move together). Those cells compare FAIR at fewer MACs "
-                  "than the others: " + "; ".join(over) + ".", ""]
-
-    def mean_diff(a, b, key="oneshot"):
-        diffs = []
-        for m in models.values():
-            if key == "recal" and not m.get("batchnorm"):
-                continue
-            for t in targets:
-                x, y = _m(m["methods"].get(a, {}).get(str(t)), key), _m(m["methods"].get(b, {}).get(str(t)), key)
-                if x and y:
-                    diffs.append(x[0] - y[0])
-        return diffs
-
-    d = mean_diff("fair", "fair_output")
+    # 3. the FAIR rows against each other, against network-pruner
+    d = _diffs(models, targets, "fair", HEADLINE, "fair_paper", "oneshot")
     if d:
-        d2 = mean_diff("fair", "fair_output", "recal")
-        lines += [f"**Observed tensor.** U after the activation (the default) minus U on the raw layer output "
-                  f"(`observe=\"output\"`): one-shot better in {sum(x > 0 for x in d)} of {len(d)} cells, mean "
-                  f"{sum(d) / len(d):+.1f} points (range {min(d):+.1f} to {max(d):+.1f})"
-                  + (f"; on the BatchNorm models with their statistics re-estimated better in "
-                     f"{sum(x > 0 for x in d2)} of {len(d2)}, mean {sum(d2) / len(d2):+.1f}" if d2 else "") + ".", ""]
-    d = mean_diff("fair", "fair_l1")
+        text = (f"**Default pipeline vs paper-exact** (what the pipeline adds over the method as published): the "
+                f"default pipeline (re-estimated column) minus `preset=\"paper\"` one-shot: {_summary(d)}")
+        d2 = _diffs(models, targets, "fair", "recal", "fair_paper", "recal", bn_only=True)
+        if d2:
+            text += (f"; against the paper-exact model with its BatchNorm statistics re-estimated too (so the "
+                     f"difference is U after the nonlinearity, the global threshold and mean replacement), "
+                     f"on the BatchNorm models: {_summary(d2)}")
+        lines += [text + ".", ""]
+    d = _diffs(models, targets, "fair", HEADLINE, "fair_tod", HEADLINE)
     if d:
-        d2 = mean_diff("fair", "fair_l1", "recal")
-        lines += [f"**Ranking.** Same FAIR per-layer counts, units ranked by U minus ranked by L1 norm: one-shot "
-                  f"better in {sum(x > 0 for x in d)} of {len(d)} cells, mean {sum(d) / len(d):+.1f} points"
-                  + (f"; on the BatchNorm models with their statistics re-estimated better in {sum(x > 0 for x in d2)} of {len(d2)}, mean "
-                     f"{sum(d2) / len(d2):+.1f}" if d2 else "") + ".", ""]
-    d = mean_diff("fair", "reference")
+        text = (f"**Global threshold vs ToD counts** (same U, same mean replacement and re-estimation; only "
+                f"how many units each layer loses differs): the default minus `allocation=\"tod\"`: {_summary(d)}")
+        d2 = _diffs(models, focus, "fair", HEADLINE, "fair_tod", HEADLINE)
+        if d2 and len(d2) < len(d):
+            text += f"; at kept MACs {' and '.join(map(str, focus))} alone {_summary(d2)}"
+        lines += [text + ".", ""]
+    d = _diffs(models, targets, "fair_paper", "oneshot", "reference", "oneshot")
     if d:
+        d2 = _diffs(models, targets, "fair", HEADLINE, "reference", HEADLINE)
         lines += [f"**Against the authors' network-pruner** (its nearest ToD sweep point; compare the kept MACs "
-                  f"reached): FAIR ahead in {sum(x > 0 for x in d)} of {len(d)} cells one-shot, mean "
-                  f"{sum(d) / len(d):+.1f} points.", ""]
+                  f"reached): our paper-exact pipeline minus it, both one-shot: {_summary(d, 'ahead')}; our "
+                  f"default pipeline minus it (re-estimated on the BatchNorm models, for both): "
+                  f"{_summary(d2, 'ahead')}.", ""]
+    # 4. overshoot: targets the ToD rows can only reach by removing more
+    over = overshoot(models, targets)
+    tod_over = {k: v for k, v in over.items() if k in TOD_ROWS}
+    if tod_over:
+        lines += ["**Granularity of ToD counts.** Where a ToD row's kept MACs lie well below the target, no "
+                  "tolerance gives a value in between: the counts jump as the tolerance grows, and even at "
+                  "tolerance 0 ToD removes in each layer the largest set of low-U units that shares no unit with "
+                  "the same number of high-R units (coupled residual groups move together). Those cells compare "
+                  "it at fewer MACs than the others: " + "; ".join(
+                      f"{label[k]}: " + ", ".join(f"{short[n]} {t} → {kept:.2f}" for n, t, kept in v)
+                      for k, v in tod_over.items()) + ".", ""]
+    if "fair" in over:
+        lines += ["**Kept MACs of the default well below the target** (the threshold is found by bisection over "
+                  "the candidate levels; channels go whole, coupled ones together): " + ", ".join(
+                      f"{short[n]} {t} → {kept:.2f}" for n, t, kept in over["fair"]) + ".", ""]
+
+    # 5. what re-estimation adds
     def lift(methods):
         return [(common.mean_std(r["recal"])[0] - common.mean_std(r["oneshot"])[0])
                 for m in models.values() if m.get("batchnorm") for t in targets for meth in methods
                 for r in [m["methods"].get(meth, {}).get(str(t))] if r and r.get("status") == "ok"]
 
-    d, d_base = lift(["fair"]), lift(BASELINES)
-    if d:
-        text = (f"**BatchNorm statistics.** Re-estimating them (no training, `lightning_fair.recalibrate_bn`) changes "
-                f"FAIR's one-shot accuracy on the BatchNorm models by {min(d):+.1f} to {max(d):+.1f} points (mean "
-                f"{sum(d) / len(d):+.1f})")
-        if max(abs(x) for x in d) < 0.05:
-            text += ": its one-shot pipeline (`prune`'s default preset) already re-estimates them"
-        if d_base:
-            text += (f"; the torch-pruning baselines' by {min(d_base):+.1f} to {max(d_base):+.1f} "
-                     f"(mean {sum(d_base) / len(d_base):+.1f})")
-        lines += [text + ".", ""]
+    parts = [(what, lift(methods)) for what, methods in
+             (("FAIR's default (from its one-shot column, mean replacement on)", ["fair"]),
+              ("FAIR with ToD counts", ["fair_tod"]), ("paper-exact FAIR", ["fair_paper"]),
+              ("the torch-pruning baselines", BASELINES))]
+    parts = [(what, d) for what, d in parts if d]
+    if parts:
+        lines += ["**BatchNorm statistics.** Re-estimating them (no training, `lightning_fair.recalibrate_bn`) "
+                  "changes the accuracy on the BatchNorm models by: " + "; ".join(
+                      f"{what} {min(d):+.1f} to {max(d):+.1f} points (mean {sum(d) / len(d):+.1f})"
+                      for what, d in parts) + ".", ""]
     mp = [common.mean_std(r["kept"])[0] for m in models.values() for t in targets
           for r in [m["methods"].get("modelpruning", {}).get(str(t))] if r and r.get("status") == "ok"]
     if mp:
@@ -211,55 +302,167 @@ def quality_reading(results: dict, focus=(0.5, 0.3)) -> str:
 def why(results: dict) -> str:
     """The explanatory bullets; the claims in them are checked against the numbers."""
     models, targets = results["models"], results["settings"]["targets"]
-    bn = [m for m in models.values() if m.get("batchnorm")]
-    plain = [m for m in models.values() if not m.get("batchnorm")]
+    bn = {k: m for k, m in models.items() if m.get("batchnorm")}
+    low = [t for t in targets if t <= 0.5]
 
-    def values(ms, method, key, low=0.0, high=1.0):
-        return [v[0] for m in ms for t in targets if low <= t <= high
+    def values(ms, method, key, ts):
+        return [v[0] for m in ms.values() for t in ts
                 for v in [_m(m["methods"].get(method, {}).get(str(t)), key)] if v]
 
-    def diff(ms, key):
-        d = [a - b for a, b in zip(values(ms, "fair", key), values(ms, "fair_l1", key))]
-        return sum(d) / len(d) if d else None
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
 
     bullets = []
-    low = [t for t in targets if t <= 0.5]
-    best_bn = max((v for meth in STRUCTURED + ["fair"] for v in values(bn, meth, "oneshot", 0, 0.5)), default=None)
-    if bn and low and best_bn is not None:
+    one = {meth: max(values(bn, meth, "oneshot", low), default=None) for meth in STRUCTURED + ["fair"]}
+    one = {k: v for k, v in one.items() if v is not None}
+    if bn and low and one:
+        structured = [v for k, v in one.items() if k not in ("fair", "fair_tod")]  # no mean replacement
+        ours = [v for k, v in one.items() if k in ("fair", "fair_tod")]
+        rec = [a - b for meth in BASELINES + ["fair_paper"] for a, b in
+               zip(values(bn, meth, "recal", low), values(bn, meth, "oneshot", low))]
+        ft = [a - b for meth in BASELINES + ["fair"] for t in low if t in quality._ft_targets(results["settings"])
+              for a, b in zip(values(bn, meth, "finetuned", [t]), values(bn, meth, "recal", [t]))]
+        text = ("* **BatchNorm networks.** Removing a channel removes its (BatchNorm-shifted, ReLU-ed) mean "
+                "contribution from every unit of the next layer; that layer's BatchNorm still normalises with "
+                "the statistics of the unpruned network, so the shift propagates and compounds with depth.")
+        if structured:
+            text += (f" On the BatchNorm models at kept MACs 0.5 and below, no method without mean replacement "
+                     f"averages more than {max(structured):.0f}% one-shot in any cell (chance is 10%)")
+            if ours:
+                text += (f"; FAIR's mean replacement (the removed channels' calibration means folded into the next "
+                         f"layer's bias) reaches up to {max(ours):.0f}% before any re-estimation")
+            text += "."
+        if rec:
+            text += (f" Re-estimating the running statistics on the calibration images (no training) changes those "
+                     f"cells by {mean(rec):+.1f} points on average for the methods without mean replacement")
+            text += (f"; one epoch of fine-tuning changes the re-estimated accuracy by a further {mean(ft):+.1f} "
+                     "(the torch-pruning baselines and FAIR's default)." if ft else ".")
+        text += (" The \"BatchNorm re-estimated\" columns apply `lightning_fair.recalibrate_bn` to every "
+                 "method's pruned model alike; they are where the rankings are compared on their merits, and "
+                 "FAIR's default pipeline does the re-estimation itself.")
+        bullets.append(text)
+    # allocation: FAIR global vs ToD; torch-pruning global vs uniform, same importance
+    pairs = [("FAIR (U)", "fair", "fair_tod"), ("L1", "global_l1", "l1"), ("L2", "global_l2", "l2"),
+             ("Taylor", "global_taylor", "taylor")]
+    found = []
+    for what, a, b in pairs:
+        d = [x[2] for x in _diffs(models, targets, a, HEADLINE, b, HEADLINE)]
+        if d:
+            found.append(f"{what} {mean(d):+.1f} (better in {sum(x > 0 for x in d)} of {len(d)})")
+    if found:
         bullets.append(
-            "* **BatchNorm networks one-shot.** Removing a channel removes its (BatchNorm-shifted, ReLU-ed) mean "
-            "contribution from every unit of the next layer; that layer's BatchNorm still normalises with the "
-            "statistics of the unpruned network, so the shift propagates and compounds with depth. On the "
-            f"BatchNorm models at kept MACs 0.5 and below no structured method averages more than {best_bn:.0f}% "
-            "one-shot (chance is 10%), so those columns mostly rank noise. Re-estimating the running statistics on "
-            "the calibration images (no training) recovers much of it, and one epoch of fine-tuning more. "
-            "The \"BatchNorm re-estimated\" columns apply `lightning_fair.recalibrate_bn` to every method's "
-            "pruned model alike; they are where the rankings are compared on their merits.")
-    text = ("* **Allocation vs ranking.** \"FAIR counts + L1 ranking\" keeps FAIR's per-layer counts and changes "
-            "only which units go, so FAIR against that row isolates the utilization ranking; the torch-pruning rows "
-            "keep a ranking family (L1, L2, Taylor, random) and change the allocation, uniform (one ratio for "
-            "every layer) or global (one threshold on layer-normalised scores; LAMP's own normalisation).")
-    d_plain, d_bn = diff(plain, "oneshot"), diff(bn, "recal")
-    if d_plain is not None:
-        text += (f" Without BatchNorm (LeNet) the U ranking is {'behind' if d_plain < 0 else 'ahead of'} L1 by "
-                 f"{abs(d_plain):.1f} points on average one-shot")
-        if d_bn is not None:
-            text += (f"; on the BatchNorm models with their statistics re-estimated it is "
-                     f"{'ahead' if d_bn > 0 else 'behind'} by {abs(d_bn):.1f}")
-        text += "."
-    bullets.append(text)
-    bullets.append(
-        "* **Granularity.** FAIR cannot prune \"a little\" in one pass (see above): at a mild target it removes "
-        "more than asked, which costs it accuracy in those cells and shows as a point further right in the plots.")
+            "* **Allocation.** How many units each layer loses is decided either per layer (FAIR's ToD counts; "
+            "torch-pruning's uniform ratio) or by one global threshold on layer-normalised scores (FAIR's "
+            "default: U divided by its layer's mean; torch-pruning's `normalizer=\"mean\"`). Global minus per-layer "
+            "allocation with the same scores, mean over all models and targets on the re-estimated column "
+            "(one-shot without BatchNorm), in points: " + "; ".join(found) + ".")
+    over = overshoot(models, targets)
+    tod_over = {k: v for k, v in over.items() if k in TOD_ROWS}
+    if tod_over:
+        bullets.append(
+            "* **Granularity.** ToD counts cannot prune \"a little\" in one pass (see above): at a mild target "
+            f"they remove more than asked ({sum(len(v) for v in tod_over.values())} cells of the ToD rows), which "
+            "costs accuracy in those cells and shows as a point further right in the plots."
+            + (" The global threshold of the default has no such floor (its lowest level removes nothing) and "
+               "reached every target within 0.03 here." if "fair" not in over else ""))
     bullets.append(
         "* **The authors' code** cannot be asked for a MACs target; its sweep points land where they land, so "
-        "compare at the kept MACs reached (brackets, plots). On identical U and R, our per-layer ToD counts equal "
-        "its `get_ratios` (checked while building this page); its scores differ from ours mainly in R, which it "
-        "computes in train mode (BatchNorm on batch statistics).")
+        "compare at the kept MACs reached (brackets, plots). It computes R in train mode (BatchNorm on batch "
+        "statistics; see docs/method.md).")
     return "Why it comes out this way (our reading of the numbers above):\n\n" + "\n".join(bullets) + "\n"
 
 
+def variants_baseline_rows(q: dict, v: dict) -> dict:
+    """``extra_rows`` for :func:`variants.to_markdown`: per target, the best torch-pruning baseline of
+    the quality benchmark in the same column FAIR is judged on (BatchNorm re-estimated on BatchNorm
+    models, one-shot otherwise), method and mean ± std per model."""
+    rows = {}
+    for t in v["settings"]["targets"]:
+        cells, means = {}, []
+        for name in v["models"]:
+            m = q["models"].get(name)
+            best = quality.best_baseline(m, t, quality.headline_key(m)) if m else None
+            if best:
+                cells[name] = (f"{quality.METHODS[best[0]][0]}: "
+                               f"{quality.cell(m['methods'][best[0]][str(t)], quality.headline_key(m))}")
+                means.append(best[1])
+        if len(means) == len(v["models"]):
+            cells["mean"] = f"{sum(means) / len(means):.1f}"
+        rows[t] = [("best torch-pruning baseline (+ BatchNorm re-estimation)", cells)]
+    return rows
+
+
+def variants_reading(v: dict, q=None) -> str:
+    """The generated reading of the variant study: per option the mean difference and the best
+    setting; the default against the best baseline cell by cell."""
+    lines = ["Each option against the variant it departs from, mean over models and targets (one-shot, "
+             "accuracy points; \"better in\" counts the (model, target) cells):", "", variants.reading(v), ""]
+    default = variants.cell_means(v, "default")
+    if q:
+        same = [abs(x - _m(q["models"][n]["methods"]["fair"][str(t)], quality.headline_key(q["models"][n]))[0])
+                for (n, t), x in default.items()
+                if n in q["models"] and _m(q["models"][n]["methods"].get("fair", {}).get(str(t)), "oneshot")]
+        if same:
+            lines += [("The default row equals FAIR (ours) in the tables above (same scores, same prune)."
+                       if max(same) < 0.05 else
+                       f"The default row differs from FAIR (ours) in the tables above by up to {max(same):.1f} "
+                       "points."), ""]
+        cells, behind = 0, []
+        for (n, t), x in default.items():
+            m = q["models"].get(n)
+            best = quality.best_baseline(m, t, quality.headline_key(m)) if m else None
+            if best is None:
+                continue
+            cells += 1
+            if x < best[1]:
+                top = max(v["variants"], key=lambda k: variants.cell_means(v, k).get((n, t), -1))
+                top_mean = variants.cell_means(v, top)[(n, t)]
+                behind.append(f"{v['models'][n]['label'].split(' /')[0]} at {t} ({x - best[1]:+.1f}; " + (
+                    "no variant does better" if top_mean <= x else
+                    f"best variant there: \"{v['variants'][top]}\", {top_mean - best[1]:+.1f}") + ")")
+        if cells:
+            lines += [f"Against the best torch-pruning baseline (last row): the default is at or above it in "
+                      f"{cells - len(behind)} of {cells} cells" + (", behind in " + "; ".join(behind) if behind
+                                                                   else "") + ".", ""]
+    return "\n".join(lines).rstrip()
+
+
 # ----------------------------------------------------------------------------- page
+def variant_section(v, q, quick: bool) -> list:
+    """The "Variant study" subsection (inside "Accuracy after pruning")."""
+    lines = ["### Variant study", ""]
+    if not isinstance(v, dict):
+        return lines + [f"Not run: {v}", ""]
+    st = v["settings"]
+    n = len(st["seeds"])
+    lines += [
+        "Which configuration of `lightning_fair.prune` gives the best one-shot accuracy, option by option. "
+        "Regenerate on its own with",
+        "",
+        "```bash",
+        "python examples/benchmarks/variants.py" + (" --quick" if quick else "") + "   # prints the tables below",
+        "```",
+        "",
+        f"Setup: the same trained models, seed{'s' if n > 1 else ''} {', '.join(map(str, st['seeds']))} and "
+        "calibration split as above; each variant prunes a copy of the trained model with "
+        f"`prune(copy, calib, target_macs=t, **options)` at kept MACs {' and '.join(map(str, st['targets']))} and "
+        "is scored on the held-out test split, **no fine-tuning** (BatchNorm re-estimation, where a variant has "
+        "it, uses the calibration images only). Every variant changes one thing against the default pipeline "
+        "(**bold**), or, for the options that act only through ToD counts (R's aggregation, the coupled-group "
+        "policy), against \"ToD counts instead of the global U threshold\"; plus the paper-exact pipeline. "
+        "Scores are computed once per (model, seed, observation point, R aggregation) and shared by the variants "
+        "that need the same ones (`prune(..., scores=...)`), so the variants differ only where they say they do. "
+        "The last row is the best torch-pruning baseline of the tables above in the column FAIR is judged on "
+        "(BatchNorm re-estimated on BatchNorm models, one-shot otherwise; same seeds)"
+        + (" — quick mode: three variants only." if st.get("quick") else "."),
+        "",
+        variants.to_markdown(v, extra_rows=variants_baseline_rows(q, v) if q else None),
+        variants_reading(v, q),
+        "",
+    ]
+    return lines
+
+
 def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, timings: dict,
             total: float) -> str:
     q = sections.get("quality")
@@ -283,7 +486,8 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         "images that no method ever sees (scores and calibration use a separate calibration split). "
         "Nothing here is asserted by the test suite (except that the quick run writes this page).",
         "",
-        "Contents: [accuracy after pruning](#accuracy-after-pruning) · "
+        "Contents: [accuracy after pruning](#accuracy-after-pruning)"
+        + (" ([variant study](#variant-study))" if "variants" in sections else "") + " · "
         "[score-collection speed](#score-collection-speed)"
         + (" · [memory](#memory-of-score-collection)" if "memory" in sections else "")
         + (" · [latency](#latency-of-pruned-models)" if "latency" in sections else ""),
@@ -327,12 +531,22 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             "",
             "| row | what runs |",
             "|---|---|",
-            "| FAIR (ours) | `compute_scores(model, calib, seed=s)` once per model and seed (U after the activation, "
-            "32 samples/class, 128 projections), then `lightning_fair.prune(copy, calib, target_macs=t, scores=...)` "
-            "per target (tolerance searched) |",
-            "| FAIR, observe=output | the same with scores from `compute_scores(..., observe=\"output\")` |",
-            "| FAIR counts + L1 ranking | `prune(..., ranking=\"l1\")`: FAIR's ToD per-layer counts, smallest-L1 "
-            "channels removed (the paper's ablation) |",
+            f"| {quality.METHODS['fair'][0]} | **the default pipeline**, `lightning_fair.prune(copy, calib, "
+            "target_macs=t, scores=...)` with every option at its default (`preset=\"default\"`), on scores from "
+            "`compute_scores(model, calib, seed=s)` computed once per model and seed (U after the nonlinearity, "
+            "32 samples/class, 128 projections): one global threshold on layer-mean-normalised U, searched to "
+            "reach the target; **mean-replacement compensation** (each removed input's calibration mean folded "
+            "into the next layer's bias); **BatchNorm re-estimation** on the calibration images. Its "
+            "\"one-shot\" column is the same prune with `recalibrate=False` (the default pipeline minus "
+            "re-estimation; identical to the default on models without BatchNorm); its \"BatchNorm "
+            "re-estimated\" column is the default pipeline itself |",
+            f"| {quality.METHODS['fair_tod'][0]} | the same with `allocation=\"tod\"`: FAIR's per-layer ToD counts, "
+            "the tolerance searched to reach the target (mean replacement on; re-estimation in the re-estimated "
+            "column) |",
+            f"| {quality.METHODS['fair_paper'][0]} | `prune(..., preset=\"paper\")` on scores from "
+            "`compute_scores(..., observe=\"output\")`: the method exactly as published (U on the raw layer "
+            "output, R = abs of the summed dL/dz·z, ToD counts, no compensation, no re-estimation); its "
+            "re-estimated column adds BatchNorm re-estimation only |",
             "| uniform L1 / L2 / Taylor / random | torch-pruning 1.6 `MetaPruner`, `MagnitudeImportance(p=1)` / "
             "`MagnitudeImportance(p=2)` / `TaylorImportance()` (gradients of the summed calibration "
             "cross-entropy) / `RandomImportance()` (torch-pruning defaults: scores averaged over the coupled "
@@ -366,9 +580,15 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             img = images.get(f"quality_{name}")
             if img:
                 lines += [f"![accuracy vs kept MACs, {q['models'][name]['label']}]({img})", ""]
-        lines += ["### Reading", "", quality_reading(q), "", why(q), ""]
+        v = sections.get("variants")
+        lines += ["### Reading", "", quality_reading(q, variants_results=v if isinstance(v, dict) else None), "",
+                  why(q), ""]
     else:
         lines += [f"Not run: {q}", ""]
+    # ---- variant study
+    v = sections.get("variants")
+    if v is not None:
+        lines += variant_section(v, q if isinstance(q, dict) else None, quick)
     # ---- speed
     s = sections.get("speed")
     lines += ["## Score-collection speed", "",
@@ -419,8 +639,8 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         if key == "memory" and not res["config"].get("measure_rss", True):
             lines += ["Quick mode: statistics buffers measured in-process only (no peak-RSS subprocesses).", ""]
         if key == "latency":
-            lines += ["The FAIR rows time the very models of the accuracy section (seed 0, pruned to kept MACs "
-                      "0.5 one-shot) against their unpruned originals; the unstructured row is "
+            lines += ["The FAIR rows time the very models of the accuracy section (seed 0, FAIR's default "
+                      "pipeline at kept MACs 0.5, BatchNorm re-estimation included) against their unpruned originals; the unstructured row is "
                       "`torch.nn.utils.prune.l1_unstructured` at 50% (what ModelPruning applies), made permanent.",
                       ""]
         text = module.to_markdown(res)
@@ -440,7 +660,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test, well under a minute)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="where benchmarks.md and img/ go (default: docs)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,speed,memory,latency")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,speed,memory,latency")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     img_dir = out / "img"
@@ -464,6 +684,18 @@ def main(argv=None) -> None:
         for path in quality.plot(q, img_dir):
             images[Path(path).stem] = _rel(Path(path), out)
         timings["quality"] = time.perf_counter() - start
+    if "variants" not in skip:
+        start = stage("variants")
+        q = sections.get("quality")
+        try:
+            sections["variants"] = raw["variants"] = variants.run(
+                args.quick, seeds=q["settings"]["seeds"] if isinstance(q, dict) else None,
+                models=list(q["models"]) if isinstance(q, dict) else None)
+        except Exception:
+            text = traceback.format_exc(limit=3)
+            print(text, file=sys.stderr)
+            sections["variants"] = f"failed in this run: `{text.strip().splitlines()[-1]}`"
+        timings["variants"] = time.perf_counter() - start
     if "speed" not in skip:
         start = stage("speed")
         sections["speed"] = raw["speed"] = score_speed.run(

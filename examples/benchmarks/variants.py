@@ -130,7 +130,8 @@ def to_markdown(results: dict, extra_rows=None) -> str:
     """One table per target: variants (rows) x models (columns), one-shot held-out top-1 %.
 
     ``extra_rows``: ``{target: [(label, {model: cell text})]}`` appended below the variants
-    (e.g. the best torch-pruning baseline from the quality benchmark)."""
+    (e.g. the best torch-pruning baseline from the quality benchmark); an entry ``"mean"`` fills
+    the mean column."""
     models, targets = results["models"], results["settings"]["targets"]
     lines = []
     for t in targets:
@@ -141,11 +142,91 @@ def to_markdown(results: dict, extra_rows=None) -> str:
             rows = [m["methods"][variant].get(str(t)) for m in models.values()]
             means = [mean_of(r) for r in rows]
             avg = f"{sum(means) / len(means):.1f}" if all(v is not None for v in means) else "–"
+            label = label.replace("|", "\\|")  # a pipe inside a table cell must be escaped
             name = f"**{label}**" if variant == "default" else label
             lines.append(f"| {name} | " + " | ".join(_cell(r) for r in rows) + f" | {avg} |")
         for label, cells in (extra_rows or {}).get(t, []):
-            lines.append(f"| {label} | " + " | ".join(cells.get(k, "–") for k in models) + " | |")
+            lines.append(f"| {label} | " + " | ".join(cells.get(k, "–").replace("|", "\\|") for k in models) +
+                         f" | {cells.get('mean', '')} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+#: The options the study varies, for :func:`reading`: (option, the variant it is compared
+#: against, what that variant has, {variant: what it has instead}). Reconstruction aggregation
+#: and group policy only act through ToD counts (the global threshold uses U alone and always
+#: the smallest member count), so they are varied, and compared, under ``allocation="tod"``.
+OPTIONS = (
+    ("allocation", "default", "global U threshold", {"tod": "ToD counts"}),
+    ("U observes", "default", "after the nonlinearity", {"observe_output": "the layer output",
+                                                          "observe_norm": "after the norm"}),
+    ("mean-replacement compensation", "default", "on", {"no_comp": "off"}),
+    ("mean-replacement compensation under ToD counts", "tod", "on", {"tod_no_comp": "off"}),
+    ("BatchNorm re-estimation", "default", "on", {"no_recal": "off"}),
+    ("re-estimation and compensation", "default", "both", {"neither": "neither"}),
+    ("reconstruction aggregation (ToD counts)", "tod", "abs of the sum, |Σ_samples Σ dL/dz·z|",
+     {"tod_sum_of_abs": "sum of abs, Σ_samples |Σ dL/dz·z|"}),
+    ("coupled-group policy (ToD counts)", "tod", "smallest member count", {"tod_joint": "joint ToD"}),
+    ("all together", "default", "default pipeline", {"paper": "paper-exact"}),
+)
+
+
+def cell_means(results: dict, variant: str) -> Dict[tuple, float]:
+    """``{(model, target): mean one-shot accuracy}`` over the cells where ``variant`` reached the target."""
+    out = {}
+    for name, m in results["models"].items():
+        for t in results["settings"]["targets"]:
+            value = mean_of(m["methods"].get(variant, {}).get(str(t)))
+            if value is not None:
+                out[(name, t)] = value
+    return out
+
+
+def option_effects(results: dict):
+    """Per option of :data:`OPTIONS` present in ``results``: ``(option, reference variant, its
+    setting, reference mean, [(variant, setting, mean, mean difference, cells better, cells
+    changed, cells, lowest difference, highest difference)])`` over the (model, target) cells
+    both reached; means over models and targets."""
+    effects = []
+    for option, ref, ref_label, alternatives in OPTIONS:
+        alts = [a for a in alternatives if a in results["variants"]]
+        if ref not in results["variants"] or not alts:
+            continue
+        base = cell_means(results, ref)
+        rows = []
+        for alt in alts:
+            other = cell_means(results, alt)
+            cells = [c for c in base if c in other]
+            if not cells:
+                continue
+            diffs = [other[c] - base[c] for c in cells]
+            rows.append((alt, alternatives[alt], sum(other[c] for c in cells) / len(cells), sum(diffs) / len(diffs),
+                         sum(d > 0 for d in diffs), sum(abs(d) > 1e-9 for d in diffs), len(cells),
+                         min(diffs), max(diffs)))
+        if rows:
+            cells = [c for c in base if all(c in cell_means(results, r[0]) for r in rows)]
+            effects.append((option, ref, ref_label, sum(base[c] for c in cells) / len(cells), rows))
+    return effects
+
+
+def reading(results: dict) -> str:
+    """Per option: each alternative minus the variant it departs from (mean over models and
+    targets, in accuracy points), and which setting has the highest mean."""
+    label = results["variants"]
+    lines = []
+    for option, ref, ref_label, ref_mean, rows in option_effects(results):
+        parts = []
+        for alt, alt_label, mean, diff, better, changed, n, low, high in rows:
+            text = f"{alt_label}: {diff:+.1f} points (better in {better} of {n} cells"
+            if changed < n:
+                text += f", identical in {n - changed}"
+            text += f"; {low:+.1f} to {high:+.1f})" if n > 1 else ")"
+            parts.append(text)
+        best = max([(ref_mean, ref_label)] + [(r[2], r[1]) for r in rows], key=lambda x: x[0])
+        where = "the default" if ref == "default" else f"in \"{label[ref]}\""
+        verdict = f"Best: **{best[1]}**" + (" (the default's)" if best[1] == ref_label and ref == "default" else "")
+        lines.append(f"* **{option}**: {ref_label} ({where}): {ref_mean:.1f}%; " + "; ".join(parts) +
+                     f". {verdict}.")
     return "\n".join(lines)
 
 
@@ -158,6 +239,7 @@ def main(argv=None) -> None:
     results = run(args.quick, seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
                   models=args.models.split(",") if args.models else None)
     print(to_markdown(results))
+    print(reading(results))
     print(f"total {results['timing']['total']:.0f}s")
 
 
