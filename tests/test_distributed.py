@@ -11,6 +11,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.distributed
 
 
 @pytest.fixture(scope="module")
