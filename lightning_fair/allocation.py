@@ -17,20 +17,21 @@ from typing import Dict, Mapping
 import torch
 
 __all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", "global_counts",
-           "global_thresholds", "RANKINGS", "ALLOCATIONS"]
+           "global_thresholds", "uniform_counts", "uniform_ratios", "RANKINGS", "ALLOCATIONS"]
 
 #: Rankings the ToD counts can be applied to: which units of a layer go first.
 RANKINGS = ("utilization", "l1", "random")
 #: How many units each layer loses: FAIR's per-layer ToD counts (``"tod"``), one global
 #: threshold on U normalised by its layer's mean (``"global"``; needs a MACs/params target),
-#: or ``"auto"``: global under a target, ToD under a tolerance.
-ALLOCATIONS = ("auto", "tod", "global")
+#: the same fraction of every layer (``"uniform"``; a ``ratio`` or a target), or ``"auto"``:
+#: global under a target, ToD under a tolerance, uniform with a ratio.
+ALLOCATIONS = ("auto", "tod", "global", "uniform")
 
 
-def resolve_allocation(allocation: str, has_target: bool) -> str:
-    """``"auto"`` -> ``"global"`` when a MACs/params target is given, else ``"tod"``."""
+def resolve_allocation(allocation: str, has_target: bool, has_ratio: bool = False) -> str:
+    """``"auto"`` -> ``"uniform"`` with a ratio, ``"global"`` with a MACs/params target, else ``"tod"``."""
     if allocation == "auto":
-        return "global" if has_target else "tod"
+        return "uniform" if has_ratio else "global" if has_target else "tod"
     return allocation
 
 
@@ -158,3 +159,31 @@ def global_thresholds(scores, layers=None) -> list:
     values = torch.cat([_normalised_utilization(scores, n) for n in (layers if layers is not None else scores.layers)])
     unique = torch.unique(values)
     return torch.cat([torch.zeros(1, dtype=torch.float64), unique, unique[-1:] + 1]).tolist()
+
+
+def _uniform_count(ratio: float, n: int) -> int:
+    return min(int(ratio * n + 1e-9), int(0.99 * n), n - 1)
+
+
+def uniform_counts(scores, ratio: float, layers=None) -> Dict[str, int]:
+    """``{layer: floor(ratio * n)}``: the same fraction of every layer's units (the ``"uniform"``
+    allocation), at most ``floor(0.99 n)`` and always leaving one unit.
+
+    Example:
+        >>> from lightning_fair.scores import FairScores
+        >>> s = FairScores({"a": torch.rand(10), "b": torch.rand(3)}, {"a": torch.ones(10), "b": torch.ones(3)})
+        >>> uniform_counts(s, 0.5)
+        {'a': 5, 'b': 1}
+    """
+    ratio = float(ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {ratio}")
+    return {name: _uniform_count(ratio, scores.utilization[name].numel())
+            for name in (layers if layers is not None else scores.layers)}
+
+
+def uniform_ratios(scores, layers=None) -> list:
+    """Every ratio at which :func:`uniform_counts` changes, ascending (search candidates)."""
+    sizes = {scores.utilization[n].numel() for n in (layers if layers is not None else scores.layers)}
+    ratios = {j / n for n in sizes for j in range(n)}
+    return sorted(ratios | {0.0, 1.0 - 1e-9})

@@ -65,13 +65,20 @@ class FairPruneCallback(Callback):
         observe: what the utilization score observes: ``"output"``, ``"norm"`` or ``"activation"``.
         reconstruction: ``"abs_of_sum"`` (paper) or ``"sum_of_abs"``.
         group_policy: ``"min_count"`` or ``"joint"`` for coupled layers (residual adds, concatenation).
-        allocation: ``"tod"`` (per-layer counts) or ``"global"`` (needs a target).
+        allocation: ``"tod"`` (per-layer counts), ``"global"`` (needs a target), ``"uniform"`` (the same
+            fraction of every layer: ``ratio``, or searched for a target) or ``"auto"``.
         recalibrate: re-estimate BatchNorm statistics on the calibration batches after removal.
         compensate: fold the removed inputs' calibration means into the next layers' biases.
         memory_budget: memory the statistics may take (bytes or ``"4GiB"``; None: no limit); over
             it they are collected in several passes (the estimate is printed when ``verbose``).
         seed: seeds the projection directions.
-        ranking: which units a layer's count removes: ``"utilization"``, ``"l1"`` or ``"random"``.
+        ranking: which units a layer's count removes: ``"utilization"`` (the criterion's score), ``"l1"``
+            or ``"random"``.
+        criterion: what ranks the units: ``"fair"`` (FAIR's U and R) or ``"screening"`` (class-separation
+            F-statistic combined with the filter norm, see :mod:`lightning_fair.screening`).
+        screening_weight: weight of the F-statistic against the filter norm, in [0, 1] (``"screening"``).
+        ratio: fraction of every layer's units to remove (``allocation="uniform"``), instead of a
+            tolerance or a target.
         ignored_layers: qualified module names (in the LightningModule) never pruned.
         dataloader: calibration data; the Trainer's validation dataloader by default.
         unpack: ``batch -> (inputs, labels)``; ``(x, y, ...)`` and ``{"x", "y"}`` batches by default.
@@ -111,6 +118,9 @@ class FairPruneCallback(Callback):
         memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
         seed: int = 0,
         ranking: str = "utilization",
+        criterion: str = "fair",
+        screening_weight: float = 0.5,
+        ratio: Optional[float] = None,
         ignored_layers: Optional[List[str]] = None,
         dataloader: Optional[Any] = None,
         unpack: Optional[Callable] = None,
@@ -122,7 +132,8 @@ class FairPruneCallback(Callback):
         pipeline = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
                                   allocation=allocation, recalibrate=recalibrate, compensate=compensate)
         check_options(tolerance, target_macs, target_params, ranking, pipeline["group_policy"], pipeline["observe"],
-                      samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"])
+                      samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"],
+                      criterion=criterion, screening_weight=screening_weight, ratio=ratio)
         if not (prune_at in _WHEN or (isinstance(prune_at, int) and not isinstance(prune_at, bool) and prune_at >= 0)):
             raise ValueError(f"prune_at must be 'fit_end', 'validate' or an epoch number >= 0, got {prune_at!r}")
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
@@ -132,7 +143,8 @@ class FairPruneCallback(Callback):
             samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
             ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
             reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
-            compensate=compensate, memory_budget=memory_budget,
+            compensate=compensate, memory_budget=memory_budget, criterion=criterion,
+            screening_weight=screening_weight, ratio=ratio,
         )
         parse_bytes(memory_budget)
         self.prune_at = prune_at
@@ -201,7 +213,7 @@ class FairPruneCallback(Callback):
                     reconstruction=pipeline["reconstruction"], seed=options["seed"], loss_fn=self.loss_fn,
                     unpack=self.unpack, ignored_layers=options["ignored_layers"], max_batches=options["max_batches"],
                     distributed=distributed, memory_budget=options["memory_budget"],
-                    verbose=self.verbose and trainer.is_global_zero,
+                    verbose=self.verbose and trainer.is_global_zero, screening=options["criterion"] == "screening",
                 )
                 step = "removing units (lightning_fair.prune: removal, compensation, BatchNorm re-estimation)"
                 result = prune(pl_module, calibration, scores=scores, unpack=self.unpack, loss_fn=self.loss_fn,

@@ -63,11 +63,14 @@ def prune_checkpoint(
     observe: Optional[Literal["activation", "output", "norm"]] = None,
     reconstruction: Optional[Literal["abs_of_sum", "sum_of_abs"]] = None,
     group_policy: Optional[Literal["min_count", "joint"]] = None,
-    allocation: Optional[Literal["auto", "tod", "global"]] = None,
+    allocation: Optional[Literal["auto", "tod", "global", "uniform"]] = None,
     recalibrate: Optional[bool] = None,
     compensate: Optional[bool] = None,
     seed: int = 0,
     ranking: Literal["utilization", "l1", "random"] = "utilization",
+    criterion: Literal["fair", "screening"] = "fair",
+    screening_weight: float = 0.5,
+    ratio: Optional[float] = None,
     ignored_layers: Optional[List[str]] = None,
     max_batches: Optional[int] = None,
     memory_budget: Optional[str] = "4GiB",
@@ -100,12 +103,17 @@ def prune_checkpoint(
         group_policy: one decision for layers coupled by residual adds or concatenation: min_count (each
             member's own count, the smallest wins) or joint (one count on the combined scores).
         allocation: tod (per-layer tolerance-of-difference counts), global (one threshold on layer-normalised
-            utilization; needs a target) or auto (global with a target, tod with a tolerance).
+            scores; needs a target), uniform (the same fraction of every layer: ratio, or searched for a target)
+            or auto (global with a target, tod with a tolerance, uniform with a ratio).
         recalibrate: re-estimate BatchNorm statistics on the calibration data after removal.
         compensate: fold the removed inputs' calibration means into the next layers' biases.
         seed: seeds the projection directions (and the random ranking).
-        ranking: which units a layer's count removes: FAIR utilization, smallest L1 weights, or random
-            (the paper's ablations).
+        ranking: which units a layer's count removes: the criterion's score (utilization), smallest L1
+            weights, or random (the paper's ablations).
+        criterion: fair (FAIR's utilization and reconstruction scores) or screening (the class-separation
+            F-statistic of each unit combined with its filter norm).
+        screening_weight: weight of the F-statistic against the filter norm, in [0, 1] (criterion screening).
+        ratio: fraction of every layer's units to remove (allocation uniform), instead of a tolerance or target.
         ignored_layers: qualified module names never pruned (the output layer never is).
         max_batches: calibration batches to use (all by default).
         memory_budget: memory the statistics may take, e.g. 4GiB or 512MB (null: no limit); over it they are
@@ -121,12 +129,14 @@ def prune_checkpoint(
         samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
         ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
         reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
-        compensate=compensate, memory_budget=memory_budget,
+        compensate=compensate, memory_budget=memory_budget, criterion=criterion,
+        screening_weight=screening_weight, ratio=ratio,
     )
     pipeline = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
                               allocation=allocation, recalibrate=recalibrate, compensate=compensate)
     check_options(tolerance, target_macs, target_params, ranking, pipeline["group_policy"], pipeline["observe"],
-                  samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"])
+                  samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"],
+                  criterion=criterion, screening_weight=screening_weight, ratio=ratio)
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     if not ckpt_path or not os.path.isfile(ckpt_path):

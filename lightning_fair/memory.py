@@ -6,7 +6,9 @@ scalar (Linear): ``K * n * C * D`` float32 values. That grows with the number of
 channels, not with the number of batches. Everything else is small: the reconstruction sums
 (``2 * C`` float64 per layer) and the mean input of every Conv/Linear (``C_in * spatial``
 float64). Scoring a layer briefly needs a sorted copy of its samples plus a bounded work
-buffer (:func:`lightning_fair.distances.max_pairwise_w1`).
+buffer (:func:`lightning_fair.distances.max_pairwise_w1`). With ``screening=True`` the
+screening criterion adds, per scored layer and per Conv/Linear input, a per-class count, sum
+and sum of squares: ``16 * K * C + 8 * K`` bytes (float64).
 
 When the estimate exceeds ``memory_budget``, the units are split into chunks (whole layers
 where they fit, channel ranges of a layer that alone does not) and the utilization samples
@@ -27,7 +29,7 @@ from torch import nn
 
 from .layers import candidate_layers, resolve_ignored, units_view
 
-__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "DEFAULT_BUDGET"]
+__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "screening_bytes", "DEFAULT_BUDGET"]
 
 #: Default ``memory_budget`` of the statistics pass.
 DEFAULT_BUDGET = "4GiB"
@@ -67,6 +69,12 @@ def unit_bytes(num_classes: int, samples_per_class: int, map_size: int, num_proj
     return 4 * num_classes * samples_per_class * (1 if map_size == 1 else num_projections)
 
 
+def screening_bytes(num_classes: int, units: List[int], input_widths: List[int]) -> int:
+    """Bytes of the screening statistics: per-class count, sum and sum of squares (float64) of every
+    scored layer's units and every Conv/Linear's input channels / features."""
+    return sum(16 * num_classes * c + 8 * num_classes for c in list(units) + list(input_widths))
+
+
 @dataclass
 class MemoryEstimate:
     """Memory of the statistics pass, per layer and in total (bytes)."""
@@ -78,6 +86,8 @@ class MemoryEstimate:
     layers: Dict[str, Tuple[int, int]] = field(default_factory=dict)
     #: bytes of the mean inputs of every Conv/Linear (for compensation)
     input_bytes: int = 0
+    #: bytes of the screening statistics (0 unless ``screening=True``)
+    screening_bytes: int = 0
 
     @property
     def samples_bytes(self) -> int:
@@ -92,7 +102,7 @@ class MemoryEstimate:
         held = self.samples_bytes if chunk_bytes is None else chunk_bytes
         largest = max((c * b for c, b in self.layers.values()), default=0)
         copy = min(held, largest)  # the sorted copy of the layer being scored
-        return held + copy + DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes
+        return held + copy + DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -104,7 +114,7 @@ class MemoryEstimate:
         everything = {name: (0, c) for name, (c, _) in self.layers.items()}
         if budget is None or self.peak_bytes() <= budget:
             return [everything]
-        fixed = DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes
+        fixed = DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
         capacity = (budget - fixed) // 2  # samples held + the sorted copy of one layer
         smallest = min((b for _, b in self.layers.values()), default=1)
         if capacity < smallest:
@@ -146,10 +156,12 @@ class MemoryEstimate:
 
 
 def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
-                    samples_per_class: int = 32, num_projections: int = 128, ignored_layers=None) -> MemoryEstimate:
+                    samples_per_class: int = 32, num_projections: int = 128, ignored_layers=None,
+                    screening: bool = False) -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
-    ``num_classes`` defaults to the width of the model's output.
+    ``num_classes`` defaults to the width of the model's output; ``screening=True`` counts the
+    screening criterion's statistics too (as ``compute_scores(..., screening=True)``).
 
     Example:
         >>> from lightning_fair import zoo
@@ -160,7 +172,7 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
     ignored = resolve_ignored(model, ignored_layers)
     modules = candidate_layers(model, ignored)
     consumers = candidate_layers(model, set())
-    shapes, order, calls, inputs = {}, [], {}, {}
+    shapes, order, calls, inputs, widths = {}, [], {}, {}, {}
 
     def out_hook(name):
         def hook(module, args, output):
@@ -176,6 +188,7 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
             if args and isinstance(args[0], torch.Tensor):
                 x = args[0]
                 inputs[name] = x.shape[-1] if isinstance(module, nn.Linear) else x[0].numel()
+                widths[name] = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
         return hook
 
     handles = [m.register_forward_hook(out_hook(n)) for n, m in modules.items()]
@@ -194,4 +207,5 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
     executed = list(dict.fromkeys(order))
     layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))
               for name in executed[:-1] if calls[name] == 1 and name in shapes}
-    return MemoryEstimate(classes, samples_per_class, num_projections, layers, 8 * sum(inputs.values()))
+    extra = screening_bytes(classes, [c for c, _ in layers.values()], list(widths.values())) if screening else 0
+    return MemoryEstimate(classes, samples_per_class, num_projections, layers, 8 * sum(inputs.values()), extra)

@@ -1,4 +1,9 @@
-"""One-shot FAIR pruning of any ``nn.Module``: scores -> counts -> removal -> report."""
+"""One-shot structured pruning of any ``nn.Module``: scores -> counts -> removal -> report.
+
+The units are ranked by FAIR's utilization score (``criterion="fair"``) or by the screening
+score (``criterion="screening"``, :mod:`lightning_fair.screening`); allocation, removal,
+compensation and re-estimation are the same for both.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 from torch import nn
 
 from .allocation import (ALLOCATIONS, RANKINGS, _check_tolerance, count_from_curve, global_counts, global_thresholds,
-                         layer_curves, resolve_allocation)
+                         layer_curves, resolve_allocation, uniform_counts, uniform_ratios)
 from .checkpoint import record_pruning
 from .compensation import capture_consumers, fold_mean_replacement
 from .layers import OBSERVATION_POINTS, resolve_ignored
@@ -20,6 +25,7 @@ from .memory import DEFAULT_BUDGET, parse_bytes
 from .presets import resolve_preset
 from .recalibration import recalibrate_bn
 from .scores import RECONSTRUCTIONS, FairScores, compute_scores
+from .screening import check_criterion, ranked_by_screening
 from .statistics import default_unpack
 
 __all__ = ["PruneResult", "prune"]
@@ -37,7 +43,9 @@ class PruneResult:
         removed: root-channel indices removed per coupled group.
         history: torch-pruning's pruning history (plain data, replayable).
         kept: original indices each changed module kept, ``{name: {"out": idxs, "in": idxs}}``.
-        tolerance: the tolerance of difference used (found by search for a target).
+        tolerance: the tolerance of difference used (found by search for a target); with
+            ``allocation="global"`` the threshold on layer-normalised scores, with
+            ``"uniform"`` the per-layer ratio.
     """
 
     model: nn.Module
@@ -66,6 +74,9 @@ def prune(
     recalibrate: Optional[bool] = None,
     compensate: Optional[bool] = None,
     ranking: str = "utilization",
+    criterion: str = "fair",
+    screening_weight: float = 0.5,
+    ratio: Optional[float] = None,
     example_inputs=None,
     ignored_layers=None,
     samples_per_class: int = 32,
@@ -79,7 +90,8 @@ def prune(
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
     verbose: bool = False,
 ) -> PruneResult:
-    """Prune ``model`` with FAIR-Pruner in one shot, no fine-tuning.
+    """Prune ``model``'s units (channels, features) in one shot, no fine-tuning: FAIR-Pruner by
+    default, or the screening criterion.
 
     Args:
         model: any ``nn.Module`` mapping inputs to class logits (a LightningModule too).
@@ -98,14 +110,25 @@ def prune(
         reconstruction: ``"abs_of_sum"`` (paper) or ``"sum_of_abs"``, see :func:`compute_scores`.
         group_policy: ``"min_count"`` or ``"joint"``, see :mod:`lightning_fair.removal`.
         allocation: ``"tod"`` (per-layer ToD counts, FAIR), ``"global"`` (one threshold on
-            layer-normalised U across all layers; needs ``target_macs``/``target_params``) or
-            ``"auto"`` (the default preset's: global under a target, ToD under a tolerance).
+            layer-normalised U across all layers; needs ``target_macs``/``target_params``),
+            ``"uniform"`` (the same fraction of every layer: ``ratio``, or searched for a
+            target) or ``"auto"`` (the default preset's: global under a target, ToD under a
+            tolerance, uniform with a ``ratio``).
         recalibrate: re-estimate the running statistics of every BatchNorm after removal on
             the calibration batches (:func:`lightning_fair.recalibrate_bn`; needs ``dataloader``).
         compensate: mean-replacement compensation: fold each removed input's calibration
             mean into its consumer's bias, see :mod:`lightning_fair.compensation`.
-        ranking: which units a layer's count removes: ``"utilization"`` (FAIR),
-            ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations).
+        ranking: which units a layer's count removes: ``"utilization"`` (the criterion's
+            score: FAIR's U, or the screening score), ``"l1"`` (smallest weights) or
+            ``"random"`` (the paper's ablations).
+        criterion: what ranks the units: ``"fair"`` (U, with R as ToD's protection) or
+            ``"screening"`` (``screening_weight * F / mean F + (1 - screening_weight) * m / mean m``
+            per layer: the class-separation F-statistic of the unit's spatially averaged output and
+            its filter's L2 norm, see :mod:`lightning_fair.screening`; the global threshold, the
+            uniform ratio and ToD, with R as protection, use it in place of U).
+        screening_weight: the weight of F against the filter magnitude, in [0, 1].
+        ratio: the fraction of every layer's units to remove (``allocation="uniform"``), in [0, 1);
+            instead of a tolerance or a target.
         example_inputs: inputs for tracing and counting MACs; default: the first
             calibration batch.
         ignored_layers: module names or modules never pruned (the output layer never is).
@@ -139,8 +162,9 @@ def prune(
     options = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
                              allocation=allocation, recalibrate=recalibrate, compensate=compensate)
     target = check_options(tolerance, target_macs, target_params, ranking, options["group_policy"], options["observe"],
-                           samples_per_class, num_projections, options["reconstruction"], options["allocation"])
-    options["allocation"] = resolve_allocation(options["allocation"], bool(target))
+                           samples_per_class, num_projections, options["reconstruction"], options["allocation"],
+                           criterion=criterion, screening_weight=screening_weight, ratio=ratio)
+    options["allocation"] = resolve_allocation(options["allocation"], bool(target), ratio is not None)
     parse_bytes(memory_budget)  # a bad budget fails before anything runs
     if dataloader is None and (scores is None or example_inputs is None):
         raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
@@ -158,8 +182,10 @@ def prune(
             model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
             observe=options["observe"], reconstruction=options["reconstruction"], seed=seed, loss_fn=loss_fn,
             unpack=unpack, ignored_layers=ignored, max_batches=max_batches, distributed=distributed,
-            memory_budget=memory_budget, verbose=verbose,
+            memory_budget=memory_budget, verbose=verbose, screening=criterion == "screening",
         )
+    # what ranks the units: U, or the screening score in its place (same allocation and removal)
+    ranked = ranked_by_screening(scores, screening_weight) if criterion == "screening" else scores
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
     protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}
     if not inplace:
@@ -180,20 +206,23 @@ def prune(
         macs_before, params_before = measure(model, example_inputs)
         before = unit_counts(model, scores.layers)
         policy = options["group_policy"]
-        if options["allocation"] == "global":
-            candidates = global_thresholds(scores, scored)
+        if options["allocation"] in ("global", "uniform"):
+            global_allocation = options["allocation"] == "global"
+            candidates = global_thresholds(ranked, scored) if global_allocation else uniform_ratios(ranked, scored)
 
             def plan_for(level: float):
-                counts = global_counts(scores, level, scored)
-                return counts, planner.plan(scores, counts, ranking=ranking, policy="min_count", seed=seed)
+                counts = (global_counts if global_allocation else uniform_counts)(ranked, level, scored)
+                return counts, planner.plan(ranked, counts, ranking=ranking, policy="min_count", seed=seed)
         else:
-            curves = layer_curves(scores)
+            curves = layer_curves(ranked)
             candidates = _tod_candidates(curves)
 
             def plan_for(level: float):
                 counts = {n: count_from_curve(curves[n], level) for n in scored}
-                return counts, planner.plan(scores, counts, ranking=ranking, policy=policy, tolerance=level, seed=seed)
+                return counts, planner.plan(ranked, counts, ranking=ranking, policy=policy, tolerance=level, seed=seed)
 
+        if ratio is not None:
+            tolerance = float(ratio)
         if target:
             tolerance = _search_level(planner, snapshot, plan_for, candidates, target, example_inputs,
                                       macs_before, params_before, options["allocation"])
@@ -226,7 +255,9 @@ def prune(
         layers=[LayerRow(n, before[n], after[n], scores.observed.get(n, "")) for n in scores.layers if n in before],
         macs_before=macs_before, macs_after=macs_after, params_before=params_before, params_after=params_after,
         tolerance=float(tolerance) if options["allocation"] == "tod" else None, target=target, notes=notes,
-        options={"preset": preset, **options}, compensated=compensated, recalibrated=recalibrated,
+        options={"preset": preset, **options, "criterion": criterion,
+                 **({"screening_weight": float(screening_weight)} if criterion == "screening" else {})},
+        compensated=compensated, recalibrated=recalibrated,
     )
     return PruneResult(
         model=model, scores=scores, report=report, counts=counts,
@@ -266,9 +297,11 @@ def _fresh_norm_buffers(model: nn.Module) -> None:
 
 def check_options(tolerance=0.05, target_macs=None, target_params=None, ranking="utilization",
                   group_policy="min_count", observe="activation", samples_per_class=32, num_projections=128,
-                  reconstruction="abs_of_sum", allocation="tod") -> dict:
+                  reconstruction="abs_of_sum", allocation="tod", *, criterion="fair", screening_weight=0.5,
+                  ratio=None) -> dict:
     """Validate pruning options (before anything is computed); return ``{"macs"|"params": fraction}``."""
     _check_tolerance(tolerance)
+    check_criterion(criterion, screening_weight)
     if target_macs is not None and target_params is not None:
         raise ValueError("give target_macs or target_params, not both")
     target = {}
@@ -290,6 +323,17 @@ def check_options(tolerance=0.05, target_macs=None, target_params=None, ranking=
     if allocation == "global" and not target:
         raise ValueError("allocation='global' ranks units across layers and needs a budget: pass target_macs=... "
                          "or target_params=... (or use allocation='tod' with a tolerance)")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+            raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {ratio!r}")
+        if allocation not in ("uniform", "auto"):
+            raise ValueError(f"ratio= sets the per-layer fraction of allocation='uniform', not of allocation={allocation!r}; "
+                             "pass allocation='uniform' (or leave it unset), or drop ratio")
+        if target:
+            raise ValueError("give ratio or a target (target_macs/target_params), not both")
+    elif allocation == "uniform" and not target:
+        raise ValueError("allocation='uniform' removes the same fraction of every layer: pass ratio=... (e.g. 0.3), "
+                         "or target_macs=.../target_params=... to search it")
     for key, value in (("samples_per_class", samples_per_class), ("num_projections", num_projections)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")

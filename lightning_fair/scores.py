@@ -16,6 +16,7 @@ from torch import nn
 from .distances import max_pairwise_w1
 from .layers import resolve_ignored
 from .memory import DEFAULT_BUDGET, parse_bytes
+from .screening import filter_norms, screening_scores
 from .statistics import StatisticsCollector, default_unpack
 
 __all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
@@ -42,6 +43,11 @@ class FairScores:
             per forward, scored or not).
         config: how the scores were made (samples_per_class, num_projections, observe, seed, num_batches),
             and the model's mean loss and accuracy on the calibration batches while scoring.
+        f_statistic: ``{layer: F [C]}`` (``screening=True`` only), the one-way ANOVA F-statistic across
+            classes of each unit's spatially averaged observed tensor (:mod:`lightning_fair.screening`).
+        filter_norm: ``{layer: [C]}`` (``screening=True`` only), the L2 norm of each unit's filter.
+        input_f_statistic: ``{Conv/Linear: F [C_in]}`` (``screening=True`` only), the F-statistic of
+            each input feature / spatially averaged input channel, for unstructured screening.
     """
 
     utilization: Dict[str, torch.Tensor]
@@ -52,6 +58,9 @@ class FairScores:
     class_counts: List[int] = field(default_factory=list)
     config: Dict[str, Union[int, str]] = field(default_factory=dict)
     input_means: Dict[str, torch.Tensor] = field(default_factory=dict)
+    f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
+    filter_norm: Dict[str, torch.Tensor] = field(default_factory=dict)
+    input_f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def layers(self) -> List[str]:
@@ -60,6 +69,11 @@ class FairScores:
 
     def __getitem__(self, layer: str) -> Dict[str, torch.Tensor]:
         return {"utilization": self.utilization[layer], "reconstruction": self.reconstruction[layer]}
+
+    def screening(self, weight: float = 0.5) -> Dict[str, torch.Tensor]:
+        """``{layer: screening score [C]}``, ``weight * F / mean F + (1 - weight) * m / mean m`` per
+        layer (scores computed with ``screening=True``; see :func:`lightning_fair.screening.screening_scores`)."""
+        return screening_scores(self, weight)
 
     def __repr__(self) -> str:
         units = sum(u.numel() for u in self.utilization.values())
@@ -79,6 +93,9 @@ class FairScores:
             "class_counts": list(self.class_counts),
             "config": dict(self.config),
             "input_means": {name: mean.detach().cpu() for name, mean in self.input_means.items()},
+            "f_statistic": [self.f_statistic[n].detach().cpu() for n in self.layers] if self.f_statistic else [],
+            "filter_norm": [self.filter_norm[n].detach().cpu() for n in self.layers] if self.filter_norm else [],
+            "input_f_statistic": {name: f.detach().cpu() for name, f in self.input_f_statistic.items()},
         }
 
     @classmethod
@@ -96,6 +113,10 @@ class FairScores:
             class_counts=list(state["class_counts"]),
             config=dict(state["config"]),
             input_means=dict(state.get("input_means", {})),
+            # absent from scores saved before the screening criterion existed
+            f_statistic=dict(zip(names, state["f_statistic"])) if state.get("f_statistic") else {},
+            filter_norm=dict(zip(names, state["filter_norm"])) if state.get("filter_norm") else {},
+            input_f_statistic=dict(state.get("input_f_statistic", {})),
         )
 
     def save(self, path) -> None:
@@ -124,6 +145,7 @@ def compute_scores(
     distributed: bool = False,
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
     verbose: bool = False,
+    screening: bool = False,
 ) -> FairScores:
     """Score every prunable unit of ``model`` with one forward and one backward per batch.
 
@@ -152,6 +174,10 @@ def compute_scores(
             budget, units are split into chunks collected in further, forward-only passes over
             ``dataloader`` (which must then be re-iterable). Same scores, given the same batches.
         verbose: print the memory estimate (and the number of passes) after the first batch.
+        screening: also collect, in the same pass, what the screening criterion needs
+            (``FairScores.f_statistic``, ``filter_norm``, ``input_f_statistic``; per class, the count,
+            sum and sum of squares of every unit's spatially averaged observed tensor and every
+            Conv/Linear's input: ``16 K C`` bytes per layer). ``prune(criterion="screening")`` sets it.
 
     Returns:
         :class:`FairScores`. The model is left exactly as it was.
@@ -172,7 +198,7 @@ def compute_scores(
     ignored = resolve_ignored(model, ignored_layers)
     options = dict(samples_per_class=samples_per_class, num_projections=num_projections, observe=observe, seed=seed,
                    loss_fn=loss_fn, unpack=unpack, ignored=ignored, distributed=distributed)
-    collector = StatisticsCollector(model, memory_budget=budget, **options)
+    collector = StatisticsCollector(model, memory_budget=budget, screening=bool(screening), **options)
     collector.on_plan = (lambda estimate: print(estimate.describe(budget), flush=True)) if verbose else None
     collector.run(dataloader, max_batches=max_batches)
     scores = scores_from_statistics(collector, reconstruction=reconstruction)
@@ -223,6 +249,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
     counts = collector.class_counts
     _present_classes(counts)
     utilization, protection, taylor, observed = {}, {}, {}, {}
+    f_stat, norms = {}, {}
     for name, stats in collector.layers.items():
         utilization[name] = torch.zeros(stats.num_units)
         if name in collector.channels:
@@ -233,6 +260,10 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         r = stats.taylor_sum.abs() if reconstruction == "abs_of_sum" else stats.taylor_abs_sum
         protection[name] = r.cpu().float()
         observed[name] = stats.observed
+        if stats.moments is not None:
+            f_stat[name] = stats.moments.f_statistic().cpu()
+            norms[name] = filter_norms(collector._modules[name]).cpu()
+    inputs = {name: moments.f_statistic().cpu() for name, moments in collector.input_class_moments().items()}
     return FairScores(
         utilization=utilization,
         reconstruction=protection,
@@ -251,4 +282,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
             "calibration_accuracy": collector.correct / max(collector.seen, 1),
         },
         input_means=collector.input_means(),
+        f_statistic=f_stat,
+        filter_norm=norms,
+        input_f_statistic=inputs,
     )

@@ -9,7 +9,11 @@ For every prunable layer, one forward and one backward per batch collect
   reconstruction score), and the sum over samples of its per-sample absolute value
   (the ``"sum_of_abs"`` aggregation variant);
 * the sum over samples of the input every Conv/Linear receives (per input channel and
-  position), for mean-replacement compensation after removal.
+  position), for mean-replacement compensation after removal;
+* with ``screening=True``, per class: the number of images, and the sum and sum of squares of
+  each unit's spatially averaged observed tensor (the tensor U observes, all images of the
+  batch, not only the ones kept for U) and of every Conv/Linear's spatially averaged input
+  (for the screening criterion's F-statistic, :mod:`lightning_fair.screening`), float64.
 
 Both live in preallocated buffers, so memory does not grow with the number of batches.
 The model is scored in eval mode and handed back exactly as it was: weights, buffers,
@@ -29,7 +33,8 @@ from torch import nn
 
 from .distances import random_projections
 from .distributed import all_gather_tensor, all_reduce_sum, check_same_everywhere, is_distributed
-from .memory import MemoryEstimate, unit_bytes
+from .memory import MemoryEstimate, screening_bytes, unit_bytes
+from .screening import ClassMoments
 from .layers import (
     ACTIVATION_TYPES,
     NORM_TYPES,
@@ -78,6 +83,9 @@ class LayerStatistics:
     observed: str = "output"
     #: flattened size of a unit's output per image (1 for a scalar unit).
     map_size: int = 1
+    #: screening statistics (``screening=True``): per class, the count, sum and sum of squares of
+    #: each unit's spatially averaged observed tensor.
+    moments: Optional[ClassMoments] = None
 
 
 @dataclass
@@ -105,6 +113,9 @@ class StatisticsCollector:
     channels: Optional[Dict[str, Tuple[int, int]]] = None
     #: also collect the reconstruction sums (one backward per batch); False: forward only
     reconstruction: bool = True
+    #: also collect the screening statistics (per-class count, sum and sum of squares of each
+    #: unit's and each Conv/Linear input's spatially averaged values; only with ``reconstruction``)
+    screening: bool = False
 
     def __post_init__(self):
         if self.observe not in OBSERVATION_POINTS:
@@ -125,6 +136,9 @@ class StatisticsCollector:
         self.input_counts: Dict[str, int] = {}
         self.input_calls: Dict[str, int] = {}
         self._consumers = candidate_layers(self.model, set())
+        #: per Conv/Linear: moments of its spatially averaged input, None if its width varied (screening)
+        self.input_moments: Dict[str, Optional[ClassMoments]] = {}
+        self._pooled_inputs: Dict[str, torch.Tensor] = {}
         self._projections: Dict[str, torch.Tensor] = {}
         self._device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self.on_plan: Optional[Callable] = None  # called with the MemoryEstimate after the first batch
@@ -162,6 +176,8 @@ class StatisticsCollector:
         for name in names:
             self.layers[name].taylor_sum = all_reduce_sum(self.layers[name].taylor_sum)
             self.layers[name].taylor_abs_sum = all_reduce_sum(self.layers[name].taylor_abs_sum)
+        if self._collects_screening:
+            self._synchronize_screening(names)
         names = [n for n in names if n in self.channels]  # layers with utilization samples in this pass
         missing = all_reduce_sum(torch.tensor([float(sum(self.layers[n].samples is None for n in names))]))
         if missing.item() > 0:
@@ -203,6 +219,23 @@ class StatisticsCollector:
             self.input_counts[name] = -1 if tallies[4 + 2 * k + i] > 0 else int(tallies[4 + i])
             self.input_calls[name] = int(tallies[4 + k + i])
 
+    def _synchronize_screening(self, names: List[str]) -> None:
+        """All-reduce the per-class counts, sums and sums of squares (layers, then layer inputs)."""
+        for name in names:
+            self.layers[name].moments = ClassMoments(*map(all_reduce_sum, self.layers[name].moments.tensors()))
+        consumers = sorted(self.input_moments)
+        check_same_everywhere([len(consumers)], "the layer inputs")
+        invalid = all_reduce_sum(torch.tensor([float(self.input_moments[c] is None) for c in consumers]))
+        valid = [c for c, bad in zip(consumers, invalid.tolist()) if bad == 0]
+        check_same_everywhere([self.input_moments[c].total.numel() for c in valid], "the layer input widths")
+        for name in consumers:
+            self.input_moments[name] = (ClassMoments(*map(all_reduce_sum, self.input_moments[name].tensors()))
+                                        if name in valid else None)
+
+    @property
+    def _collects_screening(self) -> bool:
+        return bool(self.screening) and bool(self.reconstruction)
+
     def update(self, batch) -> None:
         """One forward and one backward over ``batch`` (the model must already be in eval mode)."""
         inputs, target = self.unpack(batch)
@@ -213,6 +246,7 @@ class StatisticsCollector:
         if target.is_inference():
             target = target.clone()
         recorder = _BatchRecorder(self, target)
+        self._pooled_inputs = {}
         handles = recorder.attach()
         handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self._consumers.items()]
         try:
@@ -252,10 +286,47 @@ class StatisticsCollector:
                 stats.taylor_sum += per_sample.sum(0).to(torch.float64)
                 stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
             recorder.commit()
+            if self._collects_screening:
+                self._accumulate_screening(recorder, target)
         self.loss_sum += float(loss.detach())
         self.correct += int((logits.detach().argmax(1) == target).sum())
         self.seen += int(target.shape[0])
         self.num_batches += 1
+
+    def _accumulate_screening(self, recorder: "_BatchRecorder", target: torch.Tensor) -> None:
+        """Add this batch's per-class count, sum and sum of squares of every pooled value."""
+        labels = target.detach().long().flatten()
+        num_classes = self.class_counts.numel()
+        if labels.numel() and int(labels.max()) >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs")
+        for name, stats in self.layers.items():
+            if name not in recorder.pooled:
+                continue
+            stage, values = recorder.pooled[name]
+            if not torch.isfinite(values).all():
+                raise FloatingPointError(
+                    f"the activations observed for layer {name!r} ({_STAGE_NAME[stage]}) are not finite (NaN/inf) "
+                    f"on calibration batch {self.num_batches}; check the inputs and the model's numerics before pruning"
+                )
+            stats.moments.add(labels, values)
+        for name, values in self._pooled_inputs.items():
+            moments = self.input_moments.get(name, False)
+            if moments is None:
+                continue
+            if values.shape[0] != labels.numel() or (moments and moments.total.shape[1] != values.shape[1]):
+                # its first dimension is not the batch, or its width varies: no per-feature statistic
+                self.input_moments[name] = None
+                continue
+            if not moments:
+                moments = self.input_moments[name] = ClassMoments.zeros(num_classes, values.shape[1], values.device)
+            moments.add(labels, values)
+        self._pooled_inputs = {}
+
+    def input_class_moments(self) -> Dict[str, ClassMoments]:
+        """Moments of the spatially averaged input of every Conv/Linear that ran once per forward with a
+        fixed input width (``screening=True``)."""
+        return {name: moments for name, moments in self.input_moments.items()
+                if moments is not None and self.input_calls.get(name) == self.num_batches}
 
     # ------------------------------------------------------------------ helpers
     def _first_batch(self, recorder: "_BatchRecorder", logits: torch.Tensor) -> None:
@@ -282,6 +353,8 @@ class StatisticsCollector:
                 taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
                 taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
             )
+            if self._collects_screening:
+                self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self._device)
         self.output_layer = output_layer
         if not self.layers:
             raise ValueError(
@@ -295,6 +368,8 @@ class StatisticsCollector:
                                                int(self.num_projections)))
              for name, stats in self.layers.items()},
             8 * sum(t.numel() for t in self.input_sums.values()),
+            screening_bytes(num_classes, [s.num_units for s in self.layers.values()],
+                            [v.shape[1] for v in self._pooled_inputs.values()]) if self._collects_screening else 0,
         )
         if self.channels is None:
             self.chunks = self.estimate.chunks(self.memory_budget)
@@ -322,6 +397,13 @@ class StatisticsCollector:
                     self.input_sums[name], self.input_counts[name] = total, count
                 else:  # the input shape changes between batches: no single mean
                     self.input_counts[name] = -1
+                if self._collects_screening:  # one value per sample and input feature / channel
+                    if isinstance(module, nn.Linear):
+                        pooled = x.reshape(x.shape[0], -1, x.shape[-1]).mean(1) if x.dim() > 1 else None
+                    else:
+                        pooled = x.reshape(x.shape[0], x.shape[1], -1).mean(2) if x.dim() > 2 else None
+                    if pooled is not None:
+                        self._pooled_inputs[name] = pooled
             return None
 
         return hook
@@ -359,6 +441,7 @@ class _BatchRecorder:
         # id(tensor) -> (layer name, stage, tensor) for tensors derived from a layer output
         self.chain: Dict[int, tuple] = {}
         self.observed: Dict[str, tuple] = {}  # name -> (stage, projected [m, C, D])
+        self.pooled: Dict[str, tuple] = {}  # name -> (stage, spatially averaged [B, C] float64), screening
         self.selected = self._select(target)
 
     def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
@@ -434,6 +517,10 @@ class _BatchRecorder:
         return hook
 
     def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
+        if self.c._collects_screening and (self.c.class_counts is None or name in self.c.layers):
+            with torch.no_grad():  # every image of the batch; only the last stage reached is kept
+                view = units_view(tensor.detach(), self.c._modules[name])
+                self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
         if self.selected is None:
             return
         if self.c.class_counts is not None and (name not in self.c.layers or name not in self.c.channels):

@@ -175,7 +175,7 @@ def test_prune_subcommand_pipeline_flags(trained, tmp_path):
     report = json.loads((out / "report.json").read_text())["report"]
     assert report["options"] == {"preset": "paper", "observe": "output", "reconstruction": "abs_of_sum",
                                  "group_policy": "min_count", "allocation": "tod", "recalibrate": True,
-                                 "compensate": False}
+                                 "compensate": False, "criterion": "fair"}
     assert report["recalibrated"] and not report["compensated"]
     with pytest.raises(SystemExit):  # a bad value is refused by the parser, before anything runs
         FairCLI(args=["prune", *MODEL, *trainer_args(tmp_path), f"--ckpt_path={ckpt}", "--allocation=layerwise"])

@@ -27,7 +27,8 @@ def ranks(tmp_path_factory):
 
 def test_every_rank_gets_the_single_process_scores(ranks):
     (r0, r1), single = ranks
-    for field in ("utilization", "reconstruction", "taylor_sum"):
+    for field in ("utilization", "reconstruction", "taylor_sum", "f_statistic", "filter_norm"):
+        assert len(r0["scores"][field]) == len(single["scores"][field]) > 0, field
         for a, b, c in zip(r0["scores"][field], r1["scores"][field], single["scores"][field]):
             assert torch.equal(a, b), field  # ranks agree bitwise
             torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-9)  # = one process on all the data
@@ -36,6 +37,10 @@ def test_every_rank_gets_the_single_process_scores(ranks):
     for name, mean in single["scores"]["input_means"].items():
         assert torch.equal(r0["scores"]["input_means"][name], r1["scores"]["input_means"][name])
         torch.testing.assert_close(r0["scores"]["input_means"][name], mean, rtol=1e-9, atol=1e-12)
+    assert r0["scores"]["input_f_statistic"].keys() == single["scores"]["input_f_statistic"].keys()
+    for name, f in single["scores"]["input_f_statistic"].items():  # screening sums merged across ranks
+        assert torch.equal(r0["scores"]["input_f_statistic"][name], r1["scores"]["input_f_statistic"][name])
+        torch.testing.assert_close(r0["scores"]["input_f_statistic"][name], f, rtol=1e-6, atol=1e-9)
     for key in ("calibration_loss", "calibration_accuracy"):
         assert r0["scores"]["config"][key] == pytest.approx(single["scores"]["config"][key], rel=1e-6)
 

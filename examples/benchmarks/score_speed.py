@@ -71,10 +71,10 @@ def reference_metrics(model: torch.nn.Module, loader: DataLoader, samples_per_cl
 
 def have_reference() -> bool:
     try:
-        from Network_Pruner import FAIR_Pruner  # noqa: F401
+        from Network_Pruner import FAIR_Pruner
     except Exception:
         return False
-    return True
+    return FAIR_Pruner is not None
 
 
 def timed(fn) -> float:
