@@ -1,7 +1,9 @@
 """lightning_fair: FAIR-Pruner structured channel pruning for PyTorch and PyTorch Lightning.
 
 The data flows one way: calibration batches -> statistics -> scores -> per-layer counts
-(tolerance of difference) -> dependency-aware removal -> report.
+(tolerance of difference) -> dependency-aware removal -> report. ``criterion="screening"``
+ranks units by an ANOVA F-statistic and filter norm instead; ``prune_connections`` prunes
+single weights with it.
 """
 
 from . import zoo
@@ -12,18 +14,21 @@ from .oneshot import PruneResult, prune
 from .recalibration import recalibrate_bn
 from .report import PruneReport
 from .scores import FairScores, compute_scores
+from .unstructured import prune_connections
 
 __version__ = "0.1.0"
 __all__ = [
     "FairPruneCallback",
     "FairPruningMixin",
     "FairScores",
+    "OnTheFlyPruning",
     "PruneReport",
     "PruneResult",
     "compute_scores",
     "evaluate",
     "load_pruned",
     "prune",
+    "prune_connections",
     "recalibrate_bn",
     "save_pruned",
     "tod_curve",
@@ -39,4 +44,8 @@ def __getattr__(name):
         from .callback import FairPruneCallback
 
         return FairPruneCallback
+    if name == "OnTheFlyPruning":
+        from .onthefly_callback import OnTheFlyPruning
+
+        return OnTheFlyPruning
     raise AttributeError(f"module 'lightning_fair' has no attribute {name!r}")
