@@ -8,6 +8,7 @@ single weights with it.
 
 from . import zoo
 from .allocation import tod_curve, tolerance_count, tolerance_counts
+from .memory import estimate_memory
 from .checkpoint import FairPruningMixin, load_pruned, save_pruned
 from .evaluation import evaluate
 from .oneshot import PruneResult, prune
@@ -24,7 +25,9 @@ __all__ = [
     "OnTheFlyPruning",
     "PruneReport",
     "PruneResult",
+    "PruningError",
     "compute_scores",
+    "estimate_memory",
     "evaluate",
     "load_pruned",
     "prune",
@@ -44,6 +47,10 @@ def __getattr__(name):
         from .callback import FairPruneCallback
 
         return FairPruneCallback
+    if name == "PruningError":
+        from .callback import PruningError
+
+        return PruningError
     if name == "OnTheFlyPruning":
         from .onthefly_callback import OnTheFlyPruning
 
