@@ -242,7 +242,8 @@ def test_unstructured_masks_are_exact_lowest_and_permanent(lenet, allocation, tm
     model = fresh(state)
     params = dict(model.named_parameters())
     macs_before = measure(model, batches[0][0][:1])[0]
-    result = prune_connections(model, batches, sparsity=0.7, allocation=allocation, screening_weight=0.4, **FAST)
+    result = prune_connections(model, batches, sparsity=0.7, allocation=allocation, screening_weight=0.4,
+                               include_output=True, **FAST)
     layers = {"features.1": model.features[1], "features.3": model.features[3], "classifier": model.classifier}
     total = sum(m.weight.numel() for m in layers.values())
     zeros = {n: int((m.weight == 0).sum()) for n, m in layers.items()}
@@ -275,6 +276,16 @@ def test_unstructured_masks_are_exact_lowest_and_permanent(lenet, allocation, tm
     x = helpers.example_inputs(5)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x)) and torch.isfinite(model(x)).all()
+
+
+def test_unstructured_leaves_the_output_layer_dense_by_default(lenet):
+    state, batches, _ = lenet
+    model = fresh(state)
+    classifier = model.classifier.weight.detach().clone()
+    result = prune_connections(model, batches, sparsity=0.8, **FAST)
+    assert torch.equal(model.classifier.weight, classifier) and "classifier" not in result.masks
+    hidden = [model.features[1].weight, model.features[3].weight]
+    assert sum(int((w == 0).sum()) for w in hidden) == int(0.8 * sum(w.numel() for w in hidden))
 
 
 def test_unstructured_with_precomputed_scores_and_a_copy(lenet):

@@ -15,7 +15,12 @@ after one epoch of fine-tuning on the train split, for
 * ``fair_tod``: the same with ``allocation="tod"`` (FAIR's per-layer ToD counts, tolerance searched);
 * ``fair_paper``: ``preset="paper"``, the method exactly as published (U on the raw layer output,
   ToD counts, no compensation; its "recal" column adds BatchNorm re-estimation only)
-  (these three rows are :func:`fair_rows`; the variant study is variants.py);
+* ``screening``: the same default pipeline with ``criterion="screening"`` (units ranked by
+  ``0.5 * F / mean F + 0.5 * ||filter|| / mean ||filter||`` per layer, F the one-way ANOVA
+  F-statistic across classes; global threshold, compensation, re-estimation as for ``fair``)
+  (these four rows are :func:`fair_rows`; they share one ``compute_scores(..., screening=True)``
+  per model and seed for the observation point after the nonlinearity -- the screening
+  statistics leave U and R bitwise unchanged; the variant study is variants.py);
 * ``l1`` / ``l2`` / ``taylor`` / ``random``: torch-pruning ``MetaPruner`` with the same
   ``pruning_ratio`` for every layer (output layer ignored) and ``MagnitudeImportance(p=1)`` /
   ``MagnitudeImportance(p=2)`` / ``TaylorImportance()`` (gradients of the calibration loss) /
@@ -80,6 +85,7 @@ METHODS = {  # key: (label, fine-tuned?)
     "fair": ("FAIR (ours, default pipeline)", True),
     "fair_tod": ("FAIR, ToD counts (allocation=\"tod\")", True),
     "fair_paper": ("FAIR paper-exact (preset=\"paper\")", True),
+    "screening": ("screening criterion (criterion=\"screening\")", True),
     "l1": ("uniform L1 magnitude", True),
     "l2": ("uniform L2 magnitude", True),
     "taylor": ("uniform Taylor", True),
@@ -385,6 +391,7 @@ FAIR_ROWS = {
     "fair": ("activation", {}),
     "fair_tod": ("activation", {"allocation": "tod"}),
     "fair_paper": ("output", {"preset": "paper"}),
+    "screening": ("activation", {"criterion": "screening"}),
 }
 
 
@@ -394,7 +401,9 @@ def fair_rows(run: SeedRun) -> None:
     scores = {}
     for observe in sorted({o for o, _ in FAIR_ROWS.values()}):
         start = time.perf_counter()
-        scores[observe] = compute_scores(model, calib, observe=observe, seed=seed)
+        # screening=True adds the F-statistics to the same pass; U and R are bitwise what they are without
+        needs = any(o == observe and opts.get("criterion") == "screening" for o, opts in FAIR_ROWS.values())
+        scores[observe] = compute_scores(model, calib, observe=observe, seed=seed, screening=needs)
         timing["fair_scores"] += time.perf_counter() - start
     for method, (observe, options) in FAIR_ROWS.items():
         for t in run.targets:
@@ -779,6 +788,7 @@ METHOD_STYLE = {
     "fair": dict(color="C3", marker="o", linewidth=2.2),
     "fair_tod": dict(color="C1", marker="s", linestyle="--"),
     "fair_paper": dict(color="C5", marker="^", linestyle="--"),
+    "screening": dict(color="maroon", marker="h", linestyle=(0, (5, 1)), linewidth=1.6),
     "l1": dict(color="C0", marker="v"),
     "l2": dict(color="C9", marker="<"),
     "taylor": dict(color="C2", marker="D"),

@@ -4,7 +4,8 @@
     python examples/benchmarks/run_all.py --quick --out /tmp/bench    # smoke test, well under a minute
 
 Sections: accuracy after pruning (quality.py) with the variant study of the FAIR pipeline's
-options (variants.py), score-collection speed (score_speed.py), and,
+options (variants.py) and the related methods, unstructured screening and on-the-fly pruning
+(related.py), score-collection speed (score_speed.py), and,
 when their modules are there and import, peak memory of scoring (memory.py) and CPU latency of
 the pruned models (latency.py, timed on the very models quality.py pruned). Needs the ``bench``
 extra (``pip install -e '.[bench]'``: matplotlib, mlxtend, scikit-learn); the authors'
@@ -28,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 import quality  # noqa: E402
+import related  # noqa: E402
 import score_speed  # noqa: E402
 import variants  # noqa: E402
 
@@ -250,6 +252,30 @@ def quality_reading(results: dict, focus=(0.5, 0.3), variants_results=None) -> s
         if d2 and len(d2) < len(d):
             text += f"; at kept MACs {' and '.join(map(str, focus))} alone {_summary(d2)}"
         lines += [text + ".", ""]
+    d = _diffs(models, targets, "screening", HEADLINE, "fair", HEADLINE)
+    if d:
+        text = (f"**Screening criterion vs U** (same pipeline: global threshold, mean replacement, re-estimation; only "
+                f"what ranks the units differs): `criterion=\"screening\"` minus the default (U): {_summary(d)}")
+        d2 = _diffs(models, focus, "screening", HEADLINE, "fair", HEADLINE)
+        if d2 and len(d2) < len(d):
+            text += f"; at kept MACs {' and '.join(map(str, focus))} alone {_summary(d2)}"
+        vs = []
+        for n, m in models.items():
+            for t in focus:
+                ours = _m(m["methods"].get("screening", {}).get(str(t)), quality.headline_key(m))
+                best = quality.best_baseline(m, t, quality.headline_key(m))
+                if ours and best:
+                    vs.append(ours[0] - best[1])
+        if vs:
+            text += (f". Against the best torch-pruning baseline at kept MACs {' and '.join(map(str, focus))} "
+                     f"(same column as FAIR): at or above it in {sum(x >= 0 for x in vs)} of {len(vs)} cells, "
+                     f"mean {sum(vs) / len(vs):+.1f} points")
+        low = overshoot(models, targets, methods=("screening",)).get("screening")
+        if low:
+            text += ("; its kept MACs lie well below the target in " + ", ".join(
+                f"{short[n]} {t} → {kept:.2f}" for n, t, kept in low) + " (channels go whole, coupled ones "
+                "together: compare those cells at the kept MACs reached)")
+        lines += [text + ".", ""]
     d = _diffs(models, targets, "fair_paper", "oneshot", "reference", "oneshot")
     if d:
         d2 = _diffs(models, targets, "fair", HEADLINE, "reference", HEADLINE)
@@ -316,7 +342,7 @@ def why(results: dict) -> str:
     one = {meth: max(values(bn, meth, "oneshot", low), default=None) for meth in STRUCTURED + ["fair"]}
     one = {k: v for k, v in one.items() if v is not None}
     if bn and low and one:
-        structured = [v for k, v in one.items() if k not in ("fair", "fair_tod")]  # no mean replacement
+        structured = [v for k, v in one.items() if k not in ("fair", "fair_tod", "screening")]  # no mean replacement
         ours = [v for k, v in one.items() if k in ("fair", "fair_tod")]
         rec = [a - b for meth in BASELINES + ["fair_paper"] for a, b in
                zip(values(bn, meth, "recal", low), values(bn, meth, "oneshot", low))]
@@ -428,6 +454,53 @@ def variants_reading(v: dict, q=None) -> str:
 
 
 # ----------------------------------------------------------------------------- page
+def related_section(r, quick: bool) -> list:
+    """The "Related methods" subsection: unstructured screening and on-the-fly pruning (related.py)."""
+    lines = ["### Related methods: screening (unstructured) and on-the-fly", ""]
+    if not isinstance(r, dict):
+        return lines + [f"Not run: {r}", ""]
+    st = r["settings"]
+    n = len(st["seeds"])
+    u = r["unstructured"]
+    lines += [
+        "Two related methods the library implements (our reconstructions from the papers' abstracts; see "
+        "docs/method.md \"Screening\" and \"On-the-fly pruning\"); both leave the weights dense, so MACs and "
+        "latency do not change. Regenerate on its own with",
+        "",
+        "```bash",
+        "python examples/benchmarks/related.py" + (" --quick" if quick else "") + "   # prints the tables below",
+        "```",
+        "",
+        f"Setup: seed{'s' if n > 1 else ''} {', '.join(map(str, st['seeds']))}, the data splits above, "
+        f"{st['threads']} torch thread(s); held-out accuracy, **no fine-tuning** anywhere.",
+        "",
+        f"* **Unstructured screening** on {u['label']}, the screening paper's setting (the same trained models as "
+        "above): `lightning_fair.prune_connections(copy, scores=s, sparsity=..., allocation=..., "
+        "screening_weight=w)` on scores `s = compute_scores(model, calib, screening=True)` computed once per seed "
+        "(every Linear is pruned but the output layer, the library's default, unless a row says otherwise); "
+        "connection score `w F_i / mean F + (1 - w) |W_oi| / mean |W|` in its layer, F the ANOVA F-statistic of "
+        "the connection's input across classes. `w = 0` is layer-normalised magnitude alone. Against torch's "
+        "global L1 magnitude (`torch.nn.utils.prune.global_unstructured` with `L1Unstructured`, what Lightning's "
+        "`ModelPruning(\"l1_unstructured\")` applies) on the same layers, made permanent.",
+        "* **On-the-fly** (`lightning_fair.onthefly`, the plain functions the `OnTheFlyPruning` callback calls): "
+        "each model trained from scratch with the schedule of the models above (`common.train_epochs`: Adam, "
+        "one-cycle lr peaking at 3e-3, batch 64, same seed and data order) but hyperspherical "
+        "(`make_hyperspherical` before the optimizer is built: every Conv/Linear but the output layer) and with "
+        f"the polarising penalty's gradient (`add_polarization_grad`, penalty {st['penalty']:g}, beta "
+        f"{st['beta']:g}: the callback's defaults) added before every optimizer step, the penalty aimed at the "
+        "pruning ratio (so each ratio is its own training); then `prune_on_the_fly(model, ratio, recovery)`. "
+        "Against it, the same model trained plainly (`common.train_epochs`, i.e. the models above) and pruned by "
+        "the same per-layer zeroing of the smallest `|w| / ||filter||` (`prune_on_the_fly(..., layers=...)` on "
+        "the plain layers), zeroed or with channel-mean recovery. Plain and on-the-fly training of each seed "
+        "run back to back in one process (order alternating between seeds, after an untimed warm-up); the "
+        "training cost is the ratio of their wall times."
+        + (" Quick mode: 1 seed, the quick models, sparsities 0.5 and 0.9." if st["quick"] else ""),
+        "",
+        related.to_markdown(r),
+    ]
+    return lines
+
+
 def variant_section(v, q, quick: bool) -> list:
     """The "Variant study" subsection (inside "Accuracy after pruning")."""
     lines = ["### Variant study", ""]
@@ -487,7 +560,9 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         "Nothing here is asserted by the test suite (except that the quick run writes this page).",
         "",
         "Contents: [accuracy after pruning](#accuracy-after-pruning)"
-        + (" ([variant study](#variant-study))" if "variants" in sections else "") + " · "
+        + (" ([variant study](#variant-study))" if "variants" in sections else "")
+        + (" · [related methods](#related-methods-screening-unstructured-and-on-the-fly)" if "related" in sections
+           else "") + " · "
         "[score-collection speed](#score-collection-speed)"
         + (" · [memory](#memory-of-score-collection)" if "memory" in sections else "")
         + (" · [latency](#latency-of-pruned-models)" if "latency" in sections else ""),
@@ -547,6 +622,13 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             "`compute_scores(..., observe=\"output\")`: the method exactly as published (U on the raw layer "
             "output, R = abs of the summed dL/dz·z, ToD counts, no compensation, no re-estimation); its "
             "re-estimated column adds BatchNorm re-estimation only |",
+            f"| {quality.METHODS['screening'][0]} | the default pipeline with `criterion=\"screening\"` (screening "
+            "weight 0.5): each unit ranked by `0.5 F / mean F + 0.5 m / mean m` in its layer, F the one-way ANOVA "
+            "F-statistic across classes of the unit's spatially averaged activation over the calibration images, "
+            "m its filter's L2 norm (our reconstruction of arXiv 2502.07189, see docs/method.md \"Screening\"); "
+            "global threshold, mean replacement and re-estimation as in the default; its two columns as for the "
+            "default. Scores: the same `compute_scores` pass as the default row, with `screening=True` (which leaves "
+            "U and R bitwise unchanged) |",
             "| uniform L1 / L2 / Taylor / random | torch-pruning 1.6 `MetaPruner`, `MagnitudeImportance(p=1)` / "
             "`MagnitudeImportance(p=2)` / `TaylorImportance()` (gradients of the summed calibration "
             "cross-entropy) / `RandomImportance()` (torch-pruning defaults: scores averaged over the coupled "
@@ -589,6 +671,10 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
     v = sections.get("variants")
     if v is not None:
         lines += variant_section(v, q if isinstance(q, dict) else None, quick)
+    # ---- related methods
+    r = sections.get("related")
+    if r is not None:
+        lines += related_section(r, quick)
     # ---- speed
     s = sections.get("speed")
     lines += ["## Score-collection speed", "",
@@ -660,7 +746,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test, well under a minute)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="where benchmarks.md and img/ go (default: docs)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,speed,memory,latency")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,related,speed,memory,latency")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     img_dir = out / "img"
@@ -696,6 +782,15 @@ def main(argv=None) -> None:
             print(text, file=sys.stderr)
             sections["variants"] = f"failed in this run: `{text.strip().splitlines()[-1]}`"
         timings["variants"] = time.perf_counter() - start
+    if "related" not in skip:
+        start = stage("related")
+        try:
+            sections["related"] = raw["related"] = related.run(args.quick)
+        except Exception:
+            text = traceback.format_exc(limit=3)
+            print(text, file=sys.stderr)
+            sections["related"] = f"failed in this run: `{text.strip().splitlines()[-1]}`"
+        timings["related"] = time.perf_counter() - start
     if "speed" not in skip:
         start = stage("speed")
         sections["speed"] = raw["speed"] = score_speed.run(
