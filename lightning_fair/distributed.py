@@ -21,7 +21,9 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size", "all_reduce_sum", "all_gather_tensor"]
+from .screening import ClassMoments
+
+__all__ = ["is_distributed", "world_size", "all_reduce_sum", "all_gather_tensor", "merge_ranks"]
 
 
 def is_distributed() -> bool:
@@ -57,12 +59,82 @@ def all_gather_tensor(tensor: torch.Tensor) -> List[torch.Tensor]:
 def check_same_everywhere(values: List[int], what: str) -> None:
     """Raise on every rank if ranks disagree on small integers (shapes, layer counts)."""
     mine = torch.tensor(values, dtype=torch.long)
-    low = mine.clone()
-    high = mine.clone()
-    dev = _collective_device(mine)
-    low, high = low.to(dev), high.to(dev)
+    low = mine.to(_collective_device(mine))
+    high = low.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
         raise RuntimeError(f"lightning_fair: the processes disagree on {what} ({values} here); every rank must run "
                            "the same model on batches of the same structure")
+
+
+def merge_ranks(col) -> None:
+    """Merge every rank's statistics into the StatisticsCollector ``col``, in place; all ranks
+    end bitwise equal (collective: call on every rank)."""
+    empty = all_reduce_sum(torch.tensor([float(col.num_batches == 0)]))
+    if empty.item() > 0:
+        raise ValueError(f"{int(empty.item())} process(es) got no calibration batch; give every rank data "
+                         "(a DistributedSampler over at least world_size batches)")
+    names = list(col.layers)
+    check_same_everywhere([len(names), col.class_counts.numel()] + [col.layers[n].num_units for n in names],
+                          "the scored layers")
+    check_same_everywhere([v for n in names if n in col.channels for v in col.channels[n]], "the chunk of units")
+    for name in names:
+        col.layers[name].taylor_sum = all_reduce_sum(col.layers[name].taylor_sum)
+        col.layers[name].taylor_abs_sum = all_reduce_sum(col.layers[name].taylor_abs_sum)
+    if col._collects_screening:
+        _merge_screening(col, names)
+    names = [n for n in names if n in col.channels]  # layers with utilization samples in this pass
+    missing = all_reduce_sum(torch.tensor([float(sum(col.layers[n].samples is None for n in names))]))
+    if missing.item() > 0:
+        raise RuntimeError("lightning_fair: a process recorded no samples for some layer; calibration batches "
+                           "must not be empty")
+    counts = torch.stack(all_gather_tensor(col.class_counts))  # [W, K]
+    n = col.samples_per_class
+    # for each class, the first n rows over the ranks' valid rows, in rank order
+    num_classes = counts.shape[1]
+    src_rank = torch.zeros(num_classes, n, dtype=torch.long)
+    src_row = torch.zeros(num_classes, n, dtype=torch.long)
+    merged_counts = torch.zeros(num_classes, dtype=torch.long)
+    for k in range(num_classes):
+        ranks = torch.repeat_interleave(torch.arange(counts.shape[0]), counts[:, k])
+        rows = torch.cat([torch.arange(int(c)) for c in counts[:, k]]) if counts[:, k].sum() else ranks
+        take = min(n, ranks.numel())
+        src_rank[k, :take], src_row[k, :take] = ranks[:take], rows[:take]
+        merged_counts[k] = take
+    classes = torch.arange(num_classes).unsqueeze(1).expand(-1, n)
+    for name in names:
+        stats = col.layers[name]
+        gathered = torch.stack(all_gather_tensor(stats.samples))  # [W, K, n, C, D]
+        dev = gathered.device
+        stats.samples = gathered[src_rank.to(dev), classes.to(dev), src_row.to(dev)]
+    col.class_counts = merged_counts
+    consumers = sorted(col.input_sums)
+    check_same_everywhere([len(consumers)] + [col.input_sums[c].numel() for c in consumers], "the layer inputs")
+    for name in consumers:
+        col.input_sums[name] = all_reduce_sum(col.input_sums[name])
+    tallies = torch.tensor([col.loss_sum, col.correct, col.seen, col.num_batches]
+                           + [max(col.input_counts[c], 0) for c in consumers]
+                           + [col.input_calls.get(c, 0) for c in consumers]
+                           + [float(col.input_counts[c] < 0) for c in consumers], dtype=torch.float64)
+    tallies = all_reduce_sum(tallies).tolist()
+    col.loss_sum, col.correct, col.seen, col.num_batches = tallies[0], int(tallies[1]), int(tallies[2]), int(tallies[3])
+    k = len(consumers)
+    for i, name in enumerate(consumers):
+        # a rank that saw the input shape vary marked it -1: no single mean anywhere then
+        col.input_counts[name] = -1 if tallies[4 + 2 * k + i] > 0 else int(tallies[4 + i])
+        col.input_calls[name] = int(tallies[4 + k + i])
+
+
+def _merge_screening(col, names: List[str]) -> None:
+    """All-reduce the per-class counts, sums and sums of squares (layers, then layer inputs)."""
+    for name in names:
+        col.layers[name].moments = ClassMoments(*map(all_reduce_sum, col.layers[name].moments.tensors()))
+    consumers = sorted(col.input_moments)
+    check_same_everywhere([len(consumers)], "the layer inputs")
+    invalid = all_reduce_sum(torch.tensor([float(col.input_moments[c] is None) for c in consumers]))
+    valid = [c for c, bad in zip(consumers, invalid.tolist()) if bad == 0]
+    check_same_everywhere([col.input_moments[c].total.numel() for c in valid], "the layer input widths")
+    for name in consumers:
+        col.input_moments[name] = (ClassMoments(*map(all_reduce_sum, col.input_moments[name].tensors()))
+                                    if name in valid else None)

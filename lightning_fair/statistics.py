@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .distances import random_projections
-from .distributed import all_gather_tensor, all_reduce_sum, check_same_everywhere, is_distributed
+from .distributed import is_distributed, merge_ranks
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
 from .screening import ClassMoments
 from .layers import (
@@ -158,79 +158,10 @@ class StatisticsCollector:
         finally:
             _restore(self.model, state)
         if self.distributed and is_distributed():
-            self._synchronize()
+            merge_ranks(self)
         if self.num_batches == 0:
             raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
         return self
-
-    def _synchronize(self) -> None:
-        """Merge every rank's statistics (all ranks end bitwise equal, see :mod:`.distributed`)."""
-        empty = all_reduce_sum(torch.tensor([float(self.num_batches == 0)]))
-        if empty.item() > 0:
-            raise ValueError(f"{int(empty.item())} process(es) got no calibration batch; give every rank data "
-                             "(a DistributedSampler over at least world_size batches)")
-        names = list(self.layers)
-        check_same_everywhere([len(names), self.class_counts.numel()] + [self.layers[n].num_units for n in names],
-                              "the scored layers")
-        check_same_everywhere([v for n in names if n in self.channels for v in self.channels[n]], "the chunk of units")
-        for name in names:
-            self.layers[name].taylor_sum = all_reduce_sum(self.layers[name].taylor_sum)
-            self.layers[name].taylor_abs_sum = all_reduce_sum(self.layers[name].taylor_abs_sum)
-        if self._collects_screening:
-            self._synchronize_screening(names)
-        names = [n for n in names if n in self.channels]  # layers with utilization samples in this pass
-        missing = all_reduce_sum(torch.tensor([float(sum(self.layers[n].samples is None for n in names))]))
-        if missing.item() > 0:
-            raise RuntimeError("lightning_fair: a process recorded no samples for some layer; calibration batches "
-                               "must not be empty")
-        counts = torch.stack(all_gather_tensor(self.class_counts))  # [W, K]
-        n = self.samples_per_class
-        # for each class, the first n rows over the ranks' valid rows, in rank order
-        num_classes = counts.shape[1]
-        src_rank = torch.zeros(num_classes, n, dtype=torch.long)
-        src_row = torch.zeros(num_classes, n, dtype=torch.long)
-        merged_counts = torch.zeros(num_classes, dtype=torch.long)
-        for k in range(num_classes):
-            ranks = torch.repeat_interleave(torch.arange(counts.shape[0]), counts[:, k])
-            rows = torch.cat([torch.arange(int(c)) for c in counts[:, k]]) if counts[:, k].sum() else ranks
-            take = min(n, ranks.numel())
-            src_rank[k, :take], src_row[k, :take] = ranks[:take], rows[:take]
-            merged_counts[k] = take
-        classes = torch.arange(num_classes).unsqueeze(1).expand(-1, n)
-        for name in names:
-            stats = self.layers[name]
-            gathered = torch.stack(all_gather_tensor(stats.samples))  # [W, K, n, C, D]
-            dev = gathered.device
-            stats.samples = gathered[src_rank.to(dev), classes.to(dev), src_row.to(dev)]
-        self.class_counts = merged_counts
-        consumers = sorted(self.input_sums)
-        check_same_everywhere([len(consumers)] + [self.input_sums[c].numel() for c in consumers], "the layer inputs")
-        for name in consumers:
-            self.input_sums[name] = all_reduce_sum(self.input_sums[name])
-        tallies = torch.tensor([self.loss_sum, self.correct, self.seen, self.num_batches]
-                               + [max(self.input_counts[c], 0) for c in consumers]
-                               + [self.input_calls.get(c, 0) for c in consumers]
-                               + [float(self.input_counts[c] < 0) for c in consumers], dtype=torch.float64)
-        tallies = all_reduce_sum(tallies).tolist()
-        self.loss_sum, self.correct, self.seen, self.num_batches = tallies[0], int(tallies[1]), int(tallies[2]), int(tallies[3])
-        k = len(consumers)
-        for i, name in enumerate(consumers):
-            # a rank that saw the input shape vary marked it -1: no single mean anywhere then
-            self.input_counts[name] = -1 if tallies[4 + 2 * k + i] > 0 else int(tallies[4 + i])
-            self.input_calls[name] = int(tallies[4 + k + i])
-
-    def _synchronize_screening(self, names: List[str]) -> None:
-        """All-reduce the per-class counts, sums and sums of squares (layers, then layer inputs)."""
-        for name in names:
-            self.layers[name].moments = ClassMoments(*map(all_reduce_sum, self.layers[name].moments.tensors()))
-        consumers = sorted(self.input_moments)
-        check_same_everywhere([len(consumers)], "the layer inputs")
-        invalid = all_reduce_sum(torch.tensor([float(self.input_moments[c] is None) for c in consumers]))
-        valid = [c for c, bad in zip(consumers, invalid.tolist()) if bad == 0]
-        check_same_everywhere([self.input_moments[c].total.numel() for c in valid], "the layer input widths")
-        for name in consumers:
-            self.input_moments[name] = (ClassMoments(*map(all_reduce_sum, self.input_moments[name].tensors()))
-                                        if name in valid else None)
 
     @property
     def _collects_screening(self) -> bool:
