@@ -23,7 +23,7 @@ from .optim import repoint_optimizer
 from .presets import resolve_preset
 from .removal import ModelSnapshot
 from .report import measure
-from .schedule import check_prune_at, relative_target, scheduled_fraction, step_of
+from .schedule import check_prune_at, step_options
 from .scores import compute_scores
 from .statistics import default_unpack
 
@@ -59,11 +59,12 @@ class FairPruneCallback(Callback):
             of epochs (gradual pruning, e.g. ``[2, 4, 6]``: one step at the end of each, with
             fresh statistics each time). With a list and ``target_macs``/``target_params``, step
             ``i`` of ``n`` keeps ``1 - (1 - target) * i / n`` of the **original** model's MACs
-            (params): linear in the removed fraction, the last step reaches the target; a step
-            the model already meets (something else pruned it further) is skipped with a note.
-            With a list and a tolerance (or ``ratio``), every step applies it to the model as it
-            is then, so the removal compounds. A single epoch's target, like every
-            callback's when several are chained, is relative to the model it sees.
+            (params): linear in the removed fraction, the last step's is the target (each step
+            keeps at most its fraction, less by up to one unit's share); a step the model
+            already meets (something else pruned it further) is skipped with a note. With a
+            list and a tolerance (or ``ratio``), every step applies it to the model as it is
+            then, so the removal compounds. A single epoch's target, like every callback's when
+            several are chained, is relative to the model it sees.
         max_batches: calibration batches to use (all by default).
         samples_per_class: images per class kept for the utilization score (as in :func:`lightning_fair.prune`).
         num_projections: random directions for the sliced W1 of conv channels.
@@ -200,31 +201,16 @@ class FairPruneCallback(Callback):
         return (self.prune_at,) if isinstance(self.prune_at, int) else ()
 
     def _options_now(self, trainer: Trainer, pl_module: LightningModule, example) -> Tuple[Optional[dict], dict]:
-        """The options for :func:`lightning_fair.prune` now, and the schedule's record of this step.
-
-        At an epoch of a list ``prune_at`` with a target, the step's scheduled fraction of the
-        original model (the one the first event started from) becomes a target relative to the
-        current model; the options are None if the model already meets it (the step is skipped).
-        """
-        step = step_of(self.prune_at, trainer.current_epoch)
-        if step is None:
-            return dict(self.options), {}
-        record: Dict[str, Any] = {"step": step[0], "steps": step[1]}
-        key = next((k for k in ("macs", "params") if self.options[f"target_{k}"] is not None), None)
-        if key is None:  # a tolerance or ratio: applied to the model as it is (it compounds)
-            return dict(self.options), record
+        """The options for :func:`lightning_fair.prune` now and the schedule's record of this step
+        (:func:`lightning_fair.schedule.step_options`); None (and an info note) for a step already met."""
         if isinstance(example, torch.Tensor):
             example = example.to(pl_module.device)
-        current = measure(pl_module, example)[0 if key == "macs" else 1]
-        original = self.events[0]["report"][f"{key}_before"] if self.events else current
-        record["scheduled"] = scheduled_fraction(self.options[f"target_{key}"], *step)
-        target = relative_target(record["scheduled"], current, original)
-        if target is None:
-            rank_zero_info(f"lightning_fair: step {step[0]} of {step[1]} (epoch {trainer.current_epoch}) skipped: the "
-                           f"model keeps {current / original:.1%} of the original {key}, at or below this step's "
-                           f"{record['scheduled']:.1%}")
-            return None, record
-        return {**self.options, f"target_{key}": target}, record
+        original = self.events[0]["report"] if self.events else None
+        options, record = step_options(self.options, self.prune_at, trainer.current_epoch, original,
+                                       lambda: measure(pl_module, example))
+        if options is None:
+            rank_zero_info(f"lightning_fair: {record['skipped']}")
+        return options, record
 
     # ------------------------------------------------------------------ what
     def prune_now(self, trainer: Trainer, pl_module: LightningModule, stage: str = "fit") -> None:
