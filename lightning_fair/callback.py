@@ -6,7 +6,7 @@ removal -> report) followed by re-pointing the optimizers and logging.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -23,6 +23,8 @@ from .optim import repoint_optimizer
 from .presets import resolve_preset
 from .recalibration import recalibrate_bn
 from .removal import ModelSnapshot
+from .report import measure
+from .schedule import check_prune_at, step_options
 from .scores import compute_scores
 from .statistics import default_unpack
 
@@ -35,8 +37,6 @@ class PruningError(RuntimeError):
     The original exception is ``__cause__``.
     """
 
-
-_WHEN = ("fit_end", "validate")
 
 #: training batches used to re-estimate BatchNorm statistics before each validation after a
 #: pruning (``recalibrate_each_epoch``): pycls' "precise BN" uses 8192 images, about this many batches.
@@ -60,8 +60,17 @@ class FairPruneCallback(Callback):
         target_macs: fraction of MACs to keep instead of a tolerance (e.g. 0.5).
         target_params: fraction of parameters to keep instead of a tolerance.
         prune_at: ``"fit_end"`` (default), an epoch number (prune at the end of that training
-            epoch; the following epochs fine-tune the pruned model), or ``"validate"`` (prune
-            a trained model when ``trainer.validate(...)`` ends).
+            epoch; the following epochs fine-tune the pruned model), ``"validate"`` (prune
+            a trained model when ``trainer.validate(...)`` ends), or a strictly increasing list
+            of epochs (gradual pruning, e.g. ``[2, 4, 6]``: one step at the end of each, with
+            fresh statistics each time). With a list and ``target_macs``/``target_params``, step
+            ``i`` of ``n`` keeps ``1 - (1 - target) * i / n`` of the **original** model's MACs
+            (params): linear in the removed fraction, the last step's is the target (each step
+            keeps at most its fraction, less by up to one unit's share); a step the model
+            already meets (something else pruned it further) is skipped with a note. With a
+            list and a tolerance (or ``ratio``), every step applies it to the model as it is
+            then, so the removal compounds. A single epoch's target, like every callback's when
+            several are chained, is relative to the model it sees.
         max_batches: calibration batches to use (all by default).
         samples_per_class: images per class kept for the utilization score (as in :func:`lightning_fair.prune`).
         num_projections: random directions for the sliced W1 of conv channels.
@@ -115,7 +124,7 @@ class FairPruneCallback(Callback):
         tolerance: float = 0.05,
         target_macs: Optional[float] = None,
         target_params: Optional[float] = None,
-        prune_at: Union[int, str] = "fit_end",
+        prune_at: Union[int, str, List[int]] = "fit_end",
         max_batches: Optional[int] = None,
         samples_per_class: int = 32,
         num_projections: int = 128,
@@ -146,8 +155,7 @@ class FairPruneCallback(Callback):
         check_options(tolerance, target_macs, target_params, ranking, pipeline["group_policy"], pipeline["observe"],
                       samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"],
                       criterion=criterion, screening_weight=screening_weight, ratio=ratio)
-        if not (prune_at in _WHEN or (isinstance(prune_at, int) and not isinstance(prune_at, bool) and prune_at >= 0)):
-            raise ValueError(f"prune_at must be 'fit_end', 'validate' or an epoch number >= 0, got {prune_at!r}")
+        prune_at = check_prune_at(prune_at)  # a list becomes a tuple
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
         self.options = dict(
@@ -175,7 +183,7 @@ class FairPruneCallback(Callback):
     # ------------------------------------------------------------------ when
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if isinstance(self.prune_at, int) and trainer.current_epoch == self.prune_at and not self._done("fit", trainer):
+        if trainer.current_epoch in self._epochs() and not self._done("fit", trainer):
             self.prune_now(trainer, pl_module, stage="fit")
 
     @override
@@ -185,6 +193,14 @@ class FairPruneCallback(Callback):
         elif isinstance(self.prune_at, int) and not any(e["epoch"] == self.prune_at for e in self.events):
             rank_zero_warn(f"FairPruneCallback(prune_at={self.prune_at}) did not prune: training ended at epoch "
                            f"{trainer.current_epoch}; use a smaller prune_at or prune_at='fit_end'")
+        elif isinstance(self.prune_at, tuple):
+            # epochs whose end training never reached (a step skipped because it was met was reached)
+            missed = [e for e in self.prune_at if e >= trainer.current_epoch and not any(
+                event["epoch"] == e for event in self.events)]
+            if missed:
+                rank_zero_warn(f"FairPruneCallback(prune_at={list(self.prune_at)}) did not prune at epoch(s) {missed}: "
+                               f"training ran {trainer.current_epoch} epoch(s), so the schedule's last step(s) never "
+                               "came; give epochs below max_epochs (or a larger max_epochs)")
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -214,6 +230,24 @@ class FairPruneCallback(Callback):
     def _done(self, stage: str, trainer: Trainer) -> bool:
         return any(e["stage"] == stage and e["epoch"] == trainer.current_epoch for e in self.events)
 
+    def _epochs(self) -> Tuple[int, ...]:
+        """The epochs at whose end this callback prunes (none for 'fit_end' and 'validate')."""
+        if isinstance(self.prune_at, tuple):
+            return self.prune_at
+        return (self.prune_at,) if isinstance(self.prune_at, int) else ()
+
+    def _options_now(self, trainer: Trainer, pl_module: LightningModule, example) -> Tuple[Optional[dict], dict]:
+        """The options for :func:`lightning_fair.prune` now and the schedule's record of this step
+        (:func:`lightning_fair.schedule.step_options`); None (and an info note) for a step already met."""
+        if isinstance(example, torch.Tensor):
+            example = example.to(pl_module.device)
+        original = self.events[0]["report"] if self.events else None
+        options, record = step_options(self.options, self.prune_at, trainer.current_epoch, original,
+                                       lambda: measure(pl_module, example))
+        if options is None:
+            rank_zero_info(f"lightning_fair: {record['skipped']}")
+        return options, record
+
     # ------------------------------------------------------------------ what
     def prune_now(self, trainer: Trainer, pl_module: LightningModule, stage: str = "fit") -> None:
         """Score, prune, re-point the optimizers and log, now.
@@ -226,10 +260,13 @@ class FairPruneCallback(Callback):
         ``__cause__``; KeyboardInterrupt and other BaseExceptions propagate unchanged, after the
         same restore). Missing calibration data raises MisconfigurationException before anything
         starts.
+
+        At an epoch of a list ``prune_at`` with a target, it prunes to that step's scheduled
+        fraction of the original model, or does nothing (an info note) if the model already
+        keeps no more than that.
         """
         loader = self._calibration_loader(trainer, pl_module)
         calibration = self._with_progress(loader, trainer)
-        options = self.options
         # DDP (one or many nodes): every rank scores its shard; the statistics are merged so all
         # ranks remove the same channels (lightning_fair.distributed)
         distributed = trainer.world_size > 1 and is_distributed()
@@ -239,6 +276,10 @@ class FairPruneCallback(Callback):
             try:
                 # example inputs from the plain loader: peeking at a progress bar would close it
                 example = _first_inputs(loader, self.unpack)
+                step = "measuring the model for the pruning schedule"
+                options, schedule = self._options_now(trainer, pl_module, example)
+                if options is None:  # this step of the schedule is already met: nothing to do
+                    return
                 step = "scoring units on the calibration data"
                 pipeline = resolve_preset(options["preset"], observe=options["observe"],
                                           reconstruction=options["reconstruction"])
@@ -276,7 +317,7 @@ class FairPruneCallback(Callback):
             rank_zero_warn(f"lightning_fair: optimizer state of {dropped} pruned parameter(s) could not be mapped "
                            "to the kept channels and was reset")
         self.last_result = result
-        self._log(trainer, pl_module, result, after, stage)
+        self._log(trainer, pl_module, result, after, stage, schedule)
 
     def _calibration_loader(self, trainer: Trainer, pl_module: LightningModule):
         if self.dataloader is not None:
@@ -315,8 +356,13 @@ class FairPruneCallback(Callback):
             total = min(total, self.options["max_batches"])
         return _Progress(loader, total)
 
-    def _log(self, trainer: Trainer, pl_module: LightningModule, result, after: dict, stage: str) -> None:
+    def _log(self, trainer: Trainer, pl_module: LightningModule, result, after: dict, stage: str,
+             schedule: Optional[dict] = None) -> None:
         report, config = result.report, result.scores.config
+        # MACs/params kept of the model this callback first pruned (several steps: the product so far)
+        first = self.events[0]["report"] if self.events else report.to_dict()
+        of_original = {"macs_of_original": report.macs_after / max(first["macs_before"], 1),
+                       "params_of_original": report.params_after / max(first["params_before"], 1)}
         metrics = {
             "fair/macs_before": report.macs_before, "fair/macs_after": report.macs_after,
             "fair/macs_ratio": report.macs_ratio, "fair/params_before": report.params_before,
@@ -325,19 +371,24 @@ class FairPruneCallback(Callback):
             "fair/calibration_loss_before": config["calibration_loss"],
             "fair/calibration_accuracy_before": config["calibration_accuracy"],
             "fair/calibration_loss_after": after["loss"], "fair/calibration_accuracy_after": after["accuracy"],
+            **{f"fair/{key}": value for key, value in of_original.items()},
         }
         metrics.update({f"fair/kept_channels/{row.name}": row.after for row in report.layers})
         # the event first: the model is pruned now, whatever a logger does
         self.events.append(_to_plain({
             "stage": stage, "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step),
             "tolerance": float(result.tolerance), "macs_ratio": float(report.macs_ratio),
-            "params_ratio": float(report.params_ratio), "report": report.to_dict(),
+            "params_ratio": float(report.params_ratio), "report": report.to_dict(), **of_original, **(schedule or {}),
         }, "event"))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
+            where = f", step {schedule['step']} of {schedule['steps']}" if schedule else ""
+            goal = f" (scheduled {schedule['scheduled']:.1%})" if schedule and "scheduled" in schedule else ""
             rank_zero_info(
-                f"lightning_fair: pruned at epoch {trainer.current_epoch} ({stage})\n{report}\n"
+                f"lightning_fair: pruned at epoch {trainer.current_epoch} ({stage}{where})\n{report}\n"
+                f"kept of the original model: MACs {of_original['macs_of_original']:.1%}{goal}, "
+                f"params {of_original['params_of_original']:.1%}\n"
                 f"calibration loss {config['calibration_loss']:.4f} -> {after['loss']:.4f}, "
                 f"accuracy {config['calibration_accuracy']:.2%} -> {after['accuracy']:.2%}"
             )
@@ -346,8 +397,10 @@ class FairPruneCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        # one callback per moment: several may share a Trainer (e.g. prune at epochs 2 and 5)
-        return self._generate_state_key(prune_at=self.prune_at)
+        # one callback per moment: several may share a Trainer (e.g. prune at epochs 2 and 5); a list of
+        # epochs is written as a list, so that [2, 4] and (2, 4) resume from the same entry
+        prune_at = list(self.prune_at) if isinstance(self.prune_at, tuple) else self.prune_at
+        return self._generate_state_key(prune_at=prune_at)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: Dict[str, Any]) -> None:

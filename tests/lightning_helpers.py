@@ -91,6 +91,17 @@ def assert_same_optimizer(optimizer: torch.optim.Optimizer, before) -> None:
                 assert value == old[key], key
 
 
+def assert_optimizer_matches_model(optimizer, model) -> None:
+    """The optimizer holds exactly the model's current trainable parameters (none lost, none stale)."""
+    model_params = {id(p) for p in model.parameters()}
+    in_optimizer = [p for g in optimizer.param_groups for p in g["params"]]
+    assert all(id(p) in model_params for p in in_optimizer), "the optimizer holds a parameter the model lost"
+    listed = {id(p) for p in in_optimizer}
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in listed]
+    assert not missing, f"parameters not optimized: {missing}"
+    assert all(id(p) in model_params for p in optimizer.state), "optimizer state keyed by a stale parameter"
+
+
 def read_metrics(log_dir) -> List[dict]:
     with open(Path(log_dir) / "metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -101,6 +112,7 @@ def finite(value) -> bool:
 
 
 __all__ = [
-    "CONVS", "FAST", "FairPruneCallback", "assert_same_optimizer", "assert_same_state", "classifier", "datamodule",
-    "finite", "optimizer_copy", "read_metrics", "shapes", "state_copy", "trainer",
+    "CONVS", "FAST", "FairPruneCallback", "assert_optimizer_matches_model", "assert_same_optimizer",
+    "assert_same_state", "classifier", "datamodule", "finite", "optimizer_copy", "read_metrics", "shapes",
+    "state_copy", "trainer",
 ]

@@ -20,8 +20,8 @@ from lightning_fair.removal import DependencyPlanner
 from lightning_fair.report import measure
 
 from lightning_helpers import (
-    CONVS, FAST, FairPruneCallback, assert_same_optimizer, assert_same_state, classifier, datamodule, finite,
-    optimizer_copy, read_metrics, shapes, state_copy, trainer,
+    CONVS, FAST, FairPruneCallback, assert_optimizer_matches_model, assert_same_optimizer, assert_same_state,
+    classifier, datamodule, finite, optimizer_copy, read_metrics, shapes, state_copy, trainer,
 )
 
 TOLERANCE = 0.1
@@ -94,16 +94,6 @@ class EpochRecorder(L.Callback):
 def conv_channels(model) -> dict:
     modules = dict(model.named_modules())
     return {name: modules[name].out_channels for name in CONVS}
-
-
-def assert_optimizer_matches_model(optimizer, model) -> None:
-    model_params = {id(p) for p in model.parameters()}
-    in_optimizer = [p for g in optimizer.param_groups for p in g["params"]]
-    assert all(id(p) in model_params for p in in_optimizer), "the optimizer holds a parameter the model lost"
-    listed = {id(p) for p in in_optimizer}
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in listed]
-    assert not missing, f"parameters not optimized: {missing}"
-    assert all(id(p) in model_params for p in optimizer.state), "optimizer state keyed by a stale parameter"
 
 
 # ------------------------------------------------------------------ 1, 2: prune mid-fit, then fine-tune

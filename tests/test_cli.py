@@ -86,6 +86,25 @@ def test_prune_group_with_defaults(tmp_path, flag):
     assert callback.prune_at == "fit_end" and callback.options["tolerance"] == 0.05
 
 
+def test_prune_at_takes_a_list_of_epochs(tmp_path):
+    """Gradual pruning from the command line and from YAML; a single epoch and 'fit_end' still parse."""
+    args = [*MODEL, *trainer_args(tmp_path), "--prune.target_macs=0.5"]
+    cli = FairCLI(args=[*args, "--prune.prune_at=[1,2]"], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
+    assert callback.prune_at == (1, 2) and callback.state_key == FairPruneCallback(prune_at=[1, 2]).state_key
+    section = tmp_path / "prune.yaml"
+    section.write_text("prune:\n  target_macs: 0.5\n  prune_at: [0, 3, 6]\n")
+    cli = FairCLI(args=[*MODEL, "-c", str(section), *trainer_args(tmp_path)], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
+    assert callback.prune_at == (0, 3, 6)
+    for flag, value in (("2", 2), ("fit_end", "fit_end")):
+        cli = FairCLI(args=[*args, f"--prune.prune_at={flag}"], run=False)
+        (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
+        assert callback.prune_at == value
+    with pytest.raises(ValueError, match="strictly increasing"):  # the callback's own check, before any fit
+        FairCLI(args=[*args, "--prune.prune_at=[2,1]"], run=False)
+
+
 def test_plain_lightningcli_callback_flags(tmp_path):
     cli = LightningCLI(ImageClassifier, DigitsDataModule, args=[
         "fit", "--model.width=8", *trainer_args(tmp_path),
