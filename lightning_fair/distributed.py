@@ -129,7 +129,8 @@ def merge_ranks(col) -> None:
 def _merge_screening(col, names: List[str]) -> None:
     """All-reduce the per-class counts, sums and sums of squares (layers, then layer inputs)."""
     for name in names:
-        col.layers[name].moments = ClassMoments(*map(all_reduce_sum, col.layers[name].moments.tensors()))
+        if col.layers[name].moments is not None:  # not on the entries observing a layer's input
+            col.layers[name].moments = ClassMoments(*map(all_reduce_sum, col.layers[name].moments.tensors()))
     consumers = sorted(col.input_moments)
     check_same_everywhere([len(consumers)], "the layer inputs")
     invalid = all_reduce_sum(torch.tensor([float(col.input_moments[c] is None) for c in consumers]))

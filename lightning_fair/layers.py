@@ -15,6 +15,8 @@ __all__ = [
     "OBSERVATION_POINTS",
     "is_depthwise",
     "resolve_ignored",
+    "input_key",
+    "consumer_of",
 ]
 
 #: Modules whose output channels / features are FAIR units.
@@ -95,3 +97,17 @@ def batch_sum_per_unit(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Sum of a layer-output-shaped tensor over everything but the unit dimension."""
     return units_view(tensor, module).sum(dim=(0, 2))
 
+
+
+#: suffix of the statistics entry that observes a Conv/Linear's input (see :func:`input_key`)
+_INPUT_SUFFIX = "<input>"
+
+
+def input_key(consumer: str) -> str:
+    """The key under which the statistics of ``consumer``'s input are kept beside the layers' (statistics, memory)."""
+    return consumer + _INPUT_SUFFIX
+
+
+def consumer_of(key: str) -> Optional[str]:
+    """The consumer whose input ``key`` observes, or None for a layer's own entry."""
+    return key[: -len(_INPUT_SUFFIX)] if key.endswith(_INPUT_SUFFIX) else None

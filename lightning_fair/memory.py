@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .layers import candidate_layers, resolve_ignored, units_view
+from .layers import (ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, candidate_layers, input_key,
+                     resolve_ignored, units_view)
 
 __all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "screening_bytes", "DEFAULT_BUDGET"]
 
@@ -157,22 +158,30 @@ class MemoryEstimate:
 
 def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
                     samples_per_class: int = 32, num_projections: int = 128, ignored_layers=None,
-                    screening: bool = False) -> MemoryEstimate:
+                    screening: bool = False, observe: str = "activation") -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
     ``num_classes`` defaults to the width of the model's output; ``screening=True`` counts the
-    screening criterion's statistics too (as ``compute_scores(..., screening=True)``).
+    screening criterion's statistics too (as ``compute_scores(..., screening=True)``); ``observe``
+    as in ``compute_scores`` (it decides which layer inputs are observed apart, see
+    :mod:`lightning_fair.statistics`).
 
     Example:
         >>> from lightning_fair import zoo
         >>> est = estimate_memory(zoo.small_cnn(width=8), torch.randn(1, 1, 8, 8))
-        >>> sorted(est.layers), est.num_classes
-        (['features.0.0', 'features.1.0', 'features.3.0', 'head.0'], 10)
+        >>> list(est.layers), est.num_classes   # scored layers, then inputs observed apart (after pooling)
+        (['features.0.0', 'features.1.0', 'features.3.0', 'head.0', 'features.3.0<input>', 'head.0<input>'], 10)
     """
     ignored = resolve_ignored(model, ignored_layers)
     modules = candidate_layers(model, ignored)
     consumers = candidate_layers(model, set())
     shapes, order, calls, inputs, widths = {}, [], {}, {}, {}
+    # tensors a layer's U observes (its output, then through the norm / activation that follow):
+    # a consumer reading one of them adds nothing; any other input is observed apart
+    # chain, read: id -> tensor, kept alive so ids are not reused
+    chain, read, seen_inputs, input_calls = {}, {}, {}, {}
+    follow = {"output": (), "norm": NORM_TYPES + PASS_THROUGH_TYPES,
+              "activation": NORM_TYPES + ACTIVATION_TYPES + PASS_THROUGH_TYPES}[observe]
 
     def out_hook(name):
         def hook(module, args, output):
@@ -181,7 +190,13 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
             if isinstance(output, torch.Tensor):
                 view = units_view(output, module)
                 shapes[name] = (view.shape[1], view.shape[2])
+                chain[id(output)] = output
         return hook
+
+    def follow_hook(module, args, output):
+        if args and isinstance(output, torch.Tensor) and chain.get(id(args[0])) is args[0] \
+                and output.shape == args[0].shape:
+            chain[id(output)] = output
 
     def in_hook(name):
         def hook(module, args):
@@ -189,9 +204,17 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
                 x = args[0]
                 inputs[name] = x.shape[-1] if isinstance(module, nn.Linear) else x[0].numel()
                 widths[name] = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
+                if chain.get(id(x)) is not x and x is not example_inputs and x.is_floating_point() and x.dim() >= 2:
+                    if read.get(id(x)) is x:
+                        return  # a consumer before read this very tensor: observed once
+                    read[id(x)] = x
+                    input_calls[name] = input_calls.get(name, 0) + 1
+                    view = units_view(x, module)
+                    seen_inputs[name] = (view.shape[1], view.shape[2])
         return hook
 
     handles = [m.register_forward_hook(out_hook(n)) for n, m in modules.items()]
+    handles += [m.register_forward_hook(follow_hook) for m in model.modules() if isinstance(m, follow)]
     handles += [m.register_forward_pre_hook(in_hook(n)) for n, m in consumers.items()]
     training = {m: m.training for m in model.modules()}
     try:
@@ -208,4 +231,6 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
     layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))
               for name in executed[:-1] if calls[name] == 1 and name in shapes}
     extra = screening_bytes(classes, [c for c, _ in layers.values()], list(widths.values())) if screening else 0
+    layers.update({input_key(name): (c, unit_bytes(classes, samples_per_class, m, num_projections))
+                   for name, (c, m) in seen_inputs.items() if input_calls[name] == 1})
     return MemoryEstimate(classes, samples_per_class, num_projections, layers, 8 * sum(inputs.values()), extra)

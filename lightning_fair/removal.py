@@ -11,11 +11,20 @@ shortcut conv) gets one decision:
 
 * ``"min_count"`` (default, the reference's policy: prune less, not more): each member
   layer gets its own ToD count; the group removes the smallest of them (as a fraction of
-  its channels), and ranks channels by the largest of the members' utilization scores,
-  each normalised by its layer's mean, so a channel goes only if it is unused everywhere.
-* ``"joint"``: ToD is applied once to the group's combined scores: the normalised-max U
+  its channels).
+
+* ``"joint"``: ToD is applied once to the group's combined scores: the group's U
   above and ``R = |Σ_members Σ dL/dz·z|`` (the first-order loss change of removing the
   channel from every member at once).
+
+Which channels of such a group go: a channel shared through residual adds is one channel of
+the residual stream; removing it takes it away from every layer that *reads* the stream, not
+from one member's branch. So the group's channels are ranked by the utilization score of
+what its consumers receive (``FairScores.input_utilization``: U of each consumer's input
+channels, e.g. the block outputs after the add and the nonlinearity), each consumer's scores
+normalised by their mean and averaged over the consumers. Where no consumer input was
+observed (scores from an older version), the largest of the members' own normalised U is
+used, so a channel goes only if it is unused everywhere.
 
 A group that would touch the output channels of the output layer, of an ignored layer or
 of a layer that was not scored is left whole.
@@ -47,6 +56,8 @@ class CoupledGroup:
     num_channels: int
     #: {scored layer: (member channel idxs, root idxs)}
     members: Dict[str, tuple] = field(default_factory=dict)
+    #: {Conv/Linear reading the channels: (its input channel idxs, root idxs)}
+    consumers: Dict[str, tuple] = field(default_factory=dict)
     #: equal-size channel groups imposed by grouped convs (1 if none)
     channel_groups: int = 1
     #: why the group is never pruned ("" if it may be)
@@ -133,6 +144,8 @@ class DependencyPlanner:
                 out_side = self.graph.is_out_channel_pruning_fn(item.dep.handler)
                 if isinstance(target, nn.modules.conv._ConvNd) and target.groups > 1 and not is_depthwise(target):
                     group.channel_groups = max(group.channel_groups, target.groups)
+                if not out_side and isinstance(target, PRUNABLE_TYPES) and target_name is not None:
+                    group.consumers[target_name] = (torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
                 if not (out_side and isinstance(target, PRUNABLE_TYPES)):
                     continue
                 if target_name in scored_set:
@@ -230,6 +243,10 @@ def _normalised(values: torch.Tensor) -> torch.Tensor:
 
 
 def _combine_utilization(group: CoupledGroup, scores) -> torch.Tensor:
+    if len(group.members) > 1:
+        seen = _consumers_utilization(group, scores)
+        if seen is not None:
+            return seen
     if len(group.members) == 1:
         name, (idxs, roots) = next(iter(group.members.items()))
         combined = torch.zeros(group.num_channels, dtype=torch.float64)
@@ -239,6 +256,23 @@ def _combine_utilization(group: CoupledGroup, scores) -> torch.Tensor:
     for name, (idxs, roots) in group.members.items():
         combined[roots] = torch.maximum(combined[roots], _normalised(scores.utilization[name])[idxs])
     return combined
+
+
+def _consumers_utilization(group: CoupledGroup, scores) -> Optional[torch.Tensor]:
+    """Mean over the group's consumers of their input channels' normalised U, per root channel
+    (None if no consumer's input was observed)."""
+    observed = getattr(scores, "input_utilization", None) or {}
+    total = torch.zeros(group.num_channels, dtype=torch.float64)
+    weight = torch.zeros(group.num_channels, dtype=torch.float64)
+    for name, (idxs, roots) in group.consumers.items():
+        values = observed.get(name)
+        if values is None or idxs.numel() == 0 or int(idxs.max()) >= values.numel():
+            continue
+        total.index_add_(0, roots, _normalised(values)[idxs])
+        weight.index_add_(0, roots, torch.ones(len(idxs), dtype=torch.float64))
+    if not bool((weight > 0).all()):
+        return None
+    return total / weight
 
 
 def _combine_taylor(group: CoupledGroup, scores) -> torch.Tensor:

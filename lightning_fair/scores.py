@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from .distances import max_pairwise_w1
-from .layers import resolve_ignored
 from .memory import DEFAULT_BUDGET, parse_bytes
 from .screening import filter_norms, screening_scores
+from .layers import consumer_of, resolve_ignored
 from .statistics import StatisticsCollector, default_unpack
 
 __all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
@@ -48,6 +48,11 @@ class FairScores:
         filter_norm: ``{layer: [C]}`` (``screening=True`` only), the L2 norm of each unit's filter.
         input_f_statistic: ``{Conv/Linear: F [C_in]}`` (``screening=True`` only), the F-statistic of
             each input feature / spatially averaged input channel, for unstructured screening.
+        input_utilization: ``{Conv/Linear: U [C_in]}``, the utilization score of each input channel of
+            every Conv/Linear (scored or not, the output layer too) whose input is not simply one scored
+            layer's observed tensor (it comes through a residual add, a pooling, a concatenation, ...),
+            in execution order: what the consumers of channels shared through residual adds see
+            (used for coupled groups, :mod:`lightning_fair.removal`).
     """
 
     utilization: Dict[str, torch.Tensor]
@@ -61,6 +66,7 @@ class FairScores:
     f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
     filter_norm: Dict[str, torch.Tensor] = field(default_factory=dict)
     input_f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
+    input_utilization: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def layers(self) -> List[str]:
@@ -96,6 +102,8 @@ class FairScores:
             "f_statistic": [self.f_statistic[n].detach().cpu() for n in self.layers] if self.f_statistic else [],
             "filter_norm": [self.filter_norm[n].detach().cpu() for n in self.layers] if self.filter_norm else [],
             "input_f_statistic": {name: f.detach().cpu() for name, f in self.input_f_statistic.items()},
+            "input_utilization_layers": list(self.input_utilization),
+            "input_utilization": [u.detach().cpu() for u in self.input_utilization.values()],
         }
 
     @classmethod
@@ -117,6 +125,8 @@ class FairScores:
             f_statistic=dict(zip(names, state["f_statistic"])) if state.get("f_statistic") else {},
             filter_norm=dict(zip(names, state["filter_norm"])) if state.get("filter_norm") else {},
             input_f_statistic=dict(state.get("input_f_statistic", {})),
+            # absent from scores saved before coupled groups used their consumers' inputs
+            input_utilization=dict(zip(state.get("input_utilization_layers", []), state.get("input_utilization", []))),
         )
 
     def save(self, path) -> None:
@@ -212,7 +222,9 @@ def compute_scores(
         later = StatisticsCollector(model, channels=chunk, reconstruction=False, **options)
         later.run(dataloader, max_batches=max_batches)
         for name, (start, stop) in chunk.items():
-            scores.utilization[name][start:stop] = _utilization(later, name)
+            consumer = consumer_of(name)
+            target = scores.utilization[name] if consumer is None else scores.input_utilization[consumer]
+            target[start:stop] = _utilization(later, name)
         del later
     short = {k: int(c) for k, c in enumerate(collector.class_counts.tolist()) if 0 < c < samples_per_class}
     if short:
@@ -249,13 +261,18 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
     counts = collector.class_counts
     _present_classes(counts)
     utilization, protection, taylor, observed = {}, {}, {}, {}
-    f_stat, norms = {}, {}
+    f_stat, norms, inputs_u = {}, {}, {}
     for name, stats in collector.layers.items():
-        utilization[name] = torch.zeros(stats.num_units)
+        consumer = consumer_of(name)
+        u = utilization[name] = torch.zeros(stats.num_units)
+        if consumer is not None:
+            u = inputs_u[consumer] = utilization.pop(name)
         if name in collector.channels:
             start, stop = collector.channels[name]
-            utilization[name][start:stop] = _utilization(collector, name)
+            u[start:stop] = _utilization(collector, name)
             stats.samples = None  # scored: free the samples before the next layer
+        if consumer is not None:
+            continue
         taylor[name] = stats.taylor_sum.cpu()
         r = stats.taylor_sum.abs() if reconstruction == "abs_of_sum" else stats.taylor_abs_sum
         protection[name] = r.cpu().float()
@@ -263,6 +280,10 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         if stats.moments is not None:
             f_stat[name] = stats.moments.f_statistic().cpu()
             norms[name] = filter_norms(collector._modules[name]).cpu()
+    for alias, first in collector.input_aliases.items():  # consumers reading the same tensor share its U
+        if first in inputs_u:
+            inputs_u[alias] = inputs_u[first]
+    inputs_u = {name: inputs_u[name] for name in dict.fromkeys(collector.input_order) if name in inputs_u}
     inputs = {name: moments.f_statistic().cpu() for name, moments in collector.input_class_moments().items()}
     return FairScores(
         utilization=utilization,
@@ -285,4 +306,5 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         f_statistic=f_stat,
         filter_norm=norms,
         input_f_statistic=inputs,
+        input_utilization=inputs_u,
     )

@@ -10,6 +10,10 @@ For every prunable layer, one forward and one backward per batch collect
   (the ``"sum_of_abs"`` aggregation variant);
 * the sum over samples of the input every Conv/Linear receives (per input channel and
   position), for mean-replacement compensation after removal;
+* the projected per-class samples of the input of every Conv/Linear whose input is not simply
+  one scored layer's observed tensor (it comes through a residual add, a pooling, a
+  concatenation, ...): what the *consumers* of a coupled group's channels see, for the
+  utilization score of channels shared through residual adds (:mod:`lightning_fair.removal`);
 * with ``screening=True``, per class: the number of images, and the sum and sum of squares of
   each unit's spatially averaged observed tensor (the tensor U observes, all images of the
   batch, not only the ones kept for U) and of every Conv/Linear's spatially averaged input
@@ -41,6 +45,8 @@ from .layers import (
     OBSERVATION_POINTS,
     PASS_THROUGH_TYPES,
     candidate_layers,
+    consumer_of,
+    input_key,
     units_view,
 )
 
@@ -136,6 +142,12 @@ class StatisticsCollector:
         self.input_counts: Dict[str, int] = {}
         self.input_calls: Dict[str, int] = {}
         self._consumers = candidate_layers(self.model, set())
+        #: calls per forward of each consumer input observed for U (first batch)
+        self.input_observed_calls: Dict[str, int] = {}
+        #: {consumer: an earlier consumer reading the very same tensor}: observed once, under the first
+        self.input_aliases: Dict[str, str] = {}
+        #: consumers whose input is observed apart (aliases too), in execution order (first batch)
+        self.input_order: List[str] = []
         #: per Conv/Linear: moments of its spatially averaged input, None if its width varied (screening)
         self.input_moments: Dict[str, Optional[ClassMoments]] = {}
         self._pooled_inputs: Dict[str, torch.Tensor] = {}
@@ -177,6 +189,7 @@ class StatisticsCollector:
         if target.is_inference():
             target = target.clone()
         recorder = _BatchRecorder(self, target)
+        recorder.model_input = inputs
         self._pooled_inputs = {}
         handles = recorder.attach()
         handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self._consumers.items()]
@@ -286,8 +299,18 @@ class StatisticsCollector:
             )
             if self._collects_screening:
                 self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self._device)
+        for name, shape in recorder.input_shapes.items():
+            if self.input_observed_calls.get(name) != 1:
+                continue  # runs more than once per forward: no single input distribution
+            key = input_key(name)
+            channels = shape[1]
+            self.layers[key] = LayerStatistics(
+                name=key, num_units=channels,
+                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
+                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
+            )
         self.output_layer = output_layer
-        if not self.layers:
+        if not [n for n in self.layers if consumer_of(n) is None]:
             raise ValueError(
                 "the model has no prunable layer besides its output layer "
                 f"({output_layer!r}); check ignored_layers"
@@ -295,11 +318,10 @@ class StatisticsCollector:
         self.estimate = MemoryEstimate(
             num_classes, int(self.samples_per_class), int(self.num_projections),
             {name: (stats.num_units, unit_bytes(num_classes, int(self.samples_per_class),
-                                               units_view(recorder.outputs[name], self._modules[name]).shape[2],
-                                               int(self.num_projections)))
+                                               recorder.map_sizes[name], int(self.num_projections)))
              for name, stats in self.layers.items()},
             8 * sum(t.numel() for t in self.input_sums.values()),
-            screening_bytes(num_classes, [s.num_units for s in self.layers.values()],
+            screening_bytes(num_classes, [s.num_units for s in self.layers.values() if s.moments is not None],
                             [v.shape[1] for v in self._pooled_inputs.values()]) if self._collects_screening else 0,
         )
         if self.channels is None:
@@ -349,6 +371,11 @@ class StatisticsCollector:
             if self.input_counts[name] > 0 and self.input_calls.get(name) == per_forward
         }
 
+    def unit_module(self, key: str) -> nn.Module:
+        """The module whose units a statistics entry holds: the layer, or the consumer of an input."""
+        consumer = consumer_of(key)
+        return self._modules[key] if consumer is None else self._consumers[consumer]
+
     def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:
         """The ``[map_size, P]`` seeded directions of a layer (None for scalar units)."""
         if map_size == 1:
@@ -373,6 +400,10 @@ class _BatchRecorder:
         self.chain: Dict[int, tuple] = {}
         self.observed: Dict[str, tuple] = {}  # name -> (stage, projected [m, C, D])
         self.pooled: Dict[str, tuple] = {}  # name -> (stage, spatially averaged [B, C] float64), screening
+        self.model_input: Optional[torch.Tensor] = None
+        self.inputs_seen: Dict[int, tuple] = {}  # id -> (first consumer, tensor) of observed inputs (first batch)
+        self.input_shapes: Dict[str, tuple] = {}  # consumer -> [B, C, M] shape of its observed input (first batch)
+        self.map_sizes: Dict[str, int] = {}  # statistics key -> flattened size of one unit's observed map
         self.selected = self._select(target)
 
     def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
@@ -411,7 +442,38 @@ class _BatchRecorder:
                 else:
                     continue
                 handles.append(module.register_forward_hook(self._follow_hook(stage, target_stage)))
+        for name, module in self.c._consumers.items():
+            handles.append(module.register_forward_pre_hook(self._consumer_hook(name)))
         return handles
+
+    def _consumer_hook(self, name: str):
+        """Observe a Conv/Linear's input unless it is a scored layer's observed tensor itself."""
+        def hook(module, args):
+            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+                return None
+            x = args[0]
+            entry = self.chain.get(id(x))
+            if (entry is not None and entry[2] is x) or x is self.model_input:
+                return None  # the producer's own U observes this very tensor; or no unit made it
+            if self.c.class_counts is None:
+                first = self.inputs_seen.get(id(x))
+                self.c.input_order.append(name)
+                if first is not None and first[1] is x:
+                    self.c.input_aliases[name] = first[0]
+                    return None
+                self.inputs_seen[id(x)] = (name, x)
+            elif name in self.c.input_aliases:
+                return None
+            if self.c.class_counts is None:
+                calls = self.c.input_observed_calls
+                calls[name] = calls.get(name, 0) + 1
+                if x.dim() < 2:
+                    return None
+                self.input_shapes[name] = tuple(units_view(x, module).shape)
+            self._observe(input_key(name), 0, x)
+            return None
+
+        return hook
 
     def _layer_hook(self, name: str):
         def hook(module, args, output):
@@ -448,9 +510,13 @@ class _BatchRecorder:
         return hook
 
     def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
-        if self.c._collects_screening and (self.c.class_counts is None or name in self.c.layers):
+        module = self.c.unit_module(name)
+        if self.c.class_counts is None:
+            self.map_sizes[name] = units_view(tensor, module).shape[2]
+        if self.c._collects_screening and consumer_of(name) is None and (
+                self.c.class_counts is None or name in self.c.layers):
             with torch.no_grad():  # every image of the batch; only the last stage reached is kept
-                view = units_view(tensor.detach(), self.c._modules[name])
+                view = units_view(tensor.detach(), module)
                 self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
         if self.selected is None:
             return
@@ -459,7 +525,7 @@ class _BatchRecorder:
         with torch.no_grad():
             # A copy of the selected rows: later in-place ops cannot change it. Only the last
             # stage reached is projected, once, in commit().
-            values = units_view(tensor.detach()[self.selected], self.c._modules[name])
+            values = units_view(tensor.detach()[self.selected], module)
         self.observed[name] = (stage, values)
 
     def commit(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from lightning_fair.layers import consumer_of
 import torch
 
 import helpers
@@ -72,7 +74,9 @@ def test_chunks_cover_every_unit_once_within_the_budget():
 
 def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
     estimate = estimate_memory(zoo.resnet50(), torch.randn(1, 3, 224, 224))  # defaults: 32 samples, 128 projections
-    assert len(estimate.layers) == 53 and estimate.num_classes == 1000
+    # 53 scored layers, and the inputs of the Conv/Linear layers that read a residual stream (observed apart)
+    assert len([n for n in estimate.layers if consumer_of(n) is None]) == 53 and estimate.num_classes == 1000
+    assert len(estimate.layers) == 53 + 17  # a stage's first block and shortcut read one tensor: observed once
     assert estimate.total_bytes > 100 * 2**30  # in one pass it would need hundreds of GiB
     budget = parse_bytes("4GiB")
     chunks = estimate.chunks(budget)
@@ -80,9 +84,10 @@ def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
     assert worst <= budget
     text = estimate.describe(budget)
     assert f"{len(chunks)} passes" in text and "MiB" in text
-    # with a handful of samples per class it is a few passes
+    # with a handful of samples per class it is a few passes (3: the residual streams' consumer inputs, observed
+    # for the coupled groups' ranking, add 15k units to the 26.5k channels; 2 passes before they were observed)
     small = estimate_memory(zoo.resnet50(), torch.randn(1, 3, 224, 224), samples_per_class=2, num_projections=16)
-    assert len(small.chunks(budget)) <= 2
+    assert len(small.chunks(budget)) <= 3
 
 
 def test_one_shot_iterator_cannot_be_passed_twice():

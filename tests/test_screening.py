@@ -385,17 +385,20 @@ def test_cli_flags_reach_the_callback(monkeypatch):
 
 
 def test_screening_memory_is_k_by_c_and_in_the_estimate():
+    from lightning_fair.layers import consumer_of
     from lightning_fair.memory import estimate_memory
     from lightning_fair.statistics import StatisticsCollector
 
     model, batches = helpers.trained_small_cnn(), helpers.calibration_loader(300, 100)
     collector = StatisticsCollector(model, screening=True, **FAST).run(batches)
-    held = sum(s.moments.nbytes for s in collector.layers.values()) + sum(
+    # the scored layers (the entries observing layer inputs for U carry no screening statistics)
+    layers = [s for name, s in collector.layers.items() if consumer_of(name) is None]
+    held = sum(s.moments.nbytes for s in layers) + sum(
         m.nbytes for m in collector.input_moments.values())
     estimate = estimate_memory(model, helpers.example_inputs(1), screening=True, **FAST)
     assert held == estimate.screening_bytes == collector.estimate.screening_bytes > 0
-    units = sum(s.num_units for s in collector.layers.values())
-    assert held == 16 * 10 * (units + 1 + 16 + 16 + 32 + 64) + 8 * 10 * (len(collector.layers) + 5)  # K * (C + C_in)
+    units = sum(s.num_units for s in layers)
+    assert held == 16 * 10 * (units + 1 + 16 + 16 + 32 + 64) + 8 * 10 * (len(layers) + 5)  # K * (C + C_in)
     scores = compute_scores(model, batches, screening=True, **FAST)
     assert scores.config["memory_estimate"] == estimate.total_bytes
 

@@ -106,17 +106,33 @@ def buffer_bytes(collector) -> dict:
 def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
     """What the formula needs, from one forward with hooks (independent of the collector):
     ``{"num_classes": K, "layers": {name: (C_l, map_size_l)}}`` for every Conv/Linear layer
-    except the last one to run (the output layer, never scored)."""
-    from lightning_fair.layers import PRUNABLE_TYPES, units_view
+    except the last one to run (the output layer, never scored), then for every Conv/Linear whose
+    input is not a layer's output seen through the norms and activations after it (a residual
+    add, a pooling, ...: U observes such inputs apart) the input's ``(channels, map size)``."""
+    from lightning_fair.layers import ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, PRUNABLE_TYPES, units_view
 
-    seen = {}
+    seen, inputs, observed = {}, {}, {}  # id -> tensor: kept alive, so ids are not reused
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
             def hook(mod, args, out, name=name):
                 view = units_view(out, mod)
                 seen[name] = (int(view.shape[1]), int(view.shape[2]))
+                observed[id(out)] = out
+
+            def pre_hook(mod, args, name=name):
+                x = args[0]
+                if observed.get(id(x)) is not x and x is not example_input:
+                    observed[id(x)] = x  # the next consumer of the same tensor adds nothing
+                    view = units_view(x, mod)
+                    inputs[name + "<input>"] = (int(view.shape[1]), int(view.shape[2]))
             handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        elif isinstance(module, NORM_TYPES + ACTIVATION_TYPES + PASS_THROUGH_TYPES):
+            def follow(mod, args, out):
+                if id(args[0]) in observed:
+                    observed[id(out)] = out
+            handles.append(module.register_forward_hook(follow))
     training = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -128,6 +144,7 @@ def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
         for m, flag in training.items():
             m.training = flag
     layers = dict(list(seen.items())[:-1])  # dicts keep execution order; the last is the output layer
+    layers.update(inputs)
     return {"num_classes": int(logits.shape[1]), "layers": layers}
 
 
