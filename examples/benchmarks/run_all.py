@@ -1,6 +1,7 @@
 """Run every benchmark and write the docs page: ``<out>/benchmarks.md`` and ``<out>/img/*.png``.
 
-    python examples/benchmarks/run_all.py              # full: docs/benchmarks.md (~15 min on 2 cores, models cached)
+    python examples/benchmarks/run_all.py              # full: docs/benchmarks.md (~15 min on 2 cores, models cached,
+                                                       # plus the standard architectures: standard.py --estimate)
     python examples/benchmarks/run_all.py --quick --out /tmp/bench    # smoke test, well under a minute
 
 Sections: accuracy after pruning (quality.py) with the variant study of the FAIR pipeline's

@@ -440,28 +440,32 @@ def to_markdown(results: dict) -> str:
 
 def setup_markdown(results: dict) -> str:
     """The section's setup paragraph, with the chosen numbers."""
-    st = results["settings"]
-    epochs = ", ".join(f"{m['label']} {m['epochs']} (peak lr {m['lr']:g})" for m in results["models"].values())
+    st, timing = results["settings"], results["timing"]
+    epochs = "; ".join(f"{m['label']}: {m['epochs']} epochs, peak lr {m['lr']:g}, held-out {m['baseline']:.1f}%"
+                       for m in results["models"].values())
     return "\n".join([
         f"* Data: the MNIST splits above (train 3500 / calibration 500 / test 1000), **one seed** ({st['seeds'][0]}) "
-        "for every model: each model is trained once; differences of a point or two are within what another seed "
-        "could change.",
+        "for every model: each model is trained and pruned once, so differences of a point or two are within what "
+        "another seed could change.",
         f"* Training (cached): SGD, momentum {st['sgd_momentum']:g}, Nesterov, weight decay {st['sgd_weight_decay']:g}, "
-        f"batch 64, one-cycle learning rate; epochs: {epochs}.",
+        f"batch {st['batch_size']}, one-cycle learning rate; {epochs}.",
         "* Pruning to kept MACs " + " and ".join(map(str, st["targets"])) + ": FAIR's default pipeline "
         "(`lightning_fair.prune(copy, calib, target_macs=t, scores=s)`, `s = compute_scores(model, calib)` once per "
         "model) against torch-pruning 1.6 uniform L2 / uniform Taylor (one ratio for every layer, searched to the "
-        "target) and global L2 / LAMP (one threshold over layers, no layer losing more than "
+        "target) and global L2 / LAMP (one threshold over all layers, no layer losing more than "
         f"{quality.GLOBAL_MAX_RATIO:g} of its channels), the functions of the quality benchmark, each followed by "
         "BatchNorm re-estimation on the calibration images (`recalibrate_bn`).",
-        f"* Fine-tuning on the first {st['ft_images']} training images per epoch (the train split has 3500; a full epoch "
-        "for every schedule, method and model would not fit the time budget), batch 64, train mode; SGD as in "
-        "training (momentum, Nesterov, weight decay) or Adam: " + "; ".join(f"({k}) {v}" for k, v in st["finetunes"].items())
-        + ". Each one starts from the same pruned model. Fine-tuned: FAIR, uniform L2 and the baseline best one-shot "
-        "at that target. \"+ BN\": the fine-tuned model with its BatchNorm statistics re-estimated on "
-        f"{st['bn_images']} training images (no weight update).",
-        f"* {st['threads']} torch thread(s); this section took {results['timing']['total'] / 60:.1f} min"
-        + (" — **quick mode**: tiny models trained on 1000 images, 500 test images, numbers are a smoke test only." if st["quick"] else "."),
+        "* Fine-tuning, each schedule from the same pruned model, batch 64, model in train mode; an \"epoch\" is the "
+        "first images of the train split only (a full epoch of 3500 for every schedule, method and model would not "
+        "fit the section's time budget); SGD as in training (momentum, Nesterov, weight decay) or Adam: "
+        + "; ".join(f"({k}) {v}" for k, v in st["finetunes"].items())
+        + ". Fine-tuned at each target: FAIR, uniform L2 and the baseline best one-shot there. \"+ BN\": the "
+        f"fine-tuned model with its BatchNorm statistics re-estimated on {st['bn_images']} training images (no "
+        "weight update), to show running statistics that lag the weights.",
+        f"* {st['threads']} torch thread(s); this section took {timing['total'] / 60:.1f} min"
+        + (f", training {timing['train'] / 60:.1f} min of it" if timing.get("train", 0) > 1 else " (models cached)")
+        + (" — **quick mode**: tiny models trained on 1000 images, 500 test images; the numbers are a smoke test "
+           "only." if st["quick"] else "."),
         "",
     ])
 
