@@ -18,12 +18,19 @@ every baseline followed by BatchNorm re-estimation on the calibration split
 one-shot, then after each fine-tuning schedule of :data:`FINETUNES` (train mode while training,
 eval mode for accuracy), and after that fine-tune with the BatchNorm statistics re-estimated on
 training images (so running statistics that lag the weights show). Fine-tuned: FAIR, uniform L2
-and the best baseline one-shot at that target (fine-tuning is most of the run time).
+and the best baseline one-shot at that target (fine-tuning is most of the run time). An epoch of
+fine-tuning is the first 1000 training images of the 3500 (schedule (b): 500; ``--ft-images``,
+``--ft-b-images``), one seed only: the time budget.
 
 Gradual vs one step, at kept MACs 0.3, for FAIR and uniform L2: three steps to kept
 ``1 - 0.7 * i / 3`` of the original MACs, each pruning the current model to ``step / kept now``
 (FAIR: scores recomputed on the current model; L2: ratio searched on it), fine-tune (a) after
 every step (the last one is the final fine-tune), against one step + (a) and one step + (b).
+
+Cost: ``--estimate`` times a few batches of each model and prints the expected run time
+(standard_estimate.py); on the 2-core development machine, shared with other jobs, it said about
+7 min of training (cached after the first run) and 22 min of pruning, fine-tuning and evaluation,
+MobileNetV2 nearly half of it.
 
 Run:  python examples/benchmarks/standard.py [--quick] [--models resnet20] [--estimate]
 """
@@ -418,10 +425,10 @@ def to_markdown(results: dict) -> str:
     n_steps, final = st["gradual_steps"], st["gradual_target"]
     levels = ", ".join(f"{1 - (1 - final) * i / n_steps:.3g}" for i in range(1, n_steps + 1))
     lines += [f"#### Gradual vs one step (kept MACs {final})", "",
-              f"{n_steps} steps to kept {levels} of the original MACs, each pruning the current model (FAIR: scores recomputed on it; L2: ratio searched "
-              "on it) and followed by fine-tune (a), the last being the final fine-tune; against one step + (a) (one "
-              "epoch of fine-tuning in all) and one step + (b) (three epochs, as many as the steps). Top-1 %, "
-              "\"ft / ft + BN re-estimated\"; kept MACs reached in brackets.", "",
+              f"{n_steps} steps to kept {levels} of the original MACs, each pruning the current model (FAIR: scores "
+              "recomputed on it; L2: ratio searched on it) and followed by fine-tune (a), the last one being the final "
+              f"fine-tune ({n_steps} times (a) in all); against one step + (a) and one step + (b) (schedules as above). "
+              "Top-1 %, \"ft / ft + BN re-estimated\"; kept MACs reached in brackets.", "",
               "| model | method | one step + (a) | one step + (b) | three steps, (a) after each | per step: kept → "
               "pruned → after (a) |", "|---|---|---:|---:|---:|---|"]
     for name, m in models_.items():
