@@ -41,7 +41,7 @@ def test_benchmark_smoke(args, capsys):
 
 
 def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
-    """run_all.py --quick: the docs page and its plots are written, with the FAIR row."""
+    """run_all.py --quick: the docs page and its plots are written, with the FAIR row and every section."""
     pytest.importorskip("mlxtend")
     pytest.importorskip("matplotlib")
     pytest.importorskip("sklearn")
@@ -50,6 +50,9 @@ def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
     assert "| FAIR (ours, default pipeline) |" in page
     assert "## Accuracy after pruning" in page and "## Score-collection speed" in page
     assert "### Variant study" in page and "best torch-pruning baseline (+ BatchNorm re-estimation)" in page
+    # standard architectures (standard.py): per-model tables with fine-tuning columns, gradual vs one step
+    assert "## Standard architectures, with fine-tuning" in page and "#### FAIR minus the best baseline" in page
+    assert "| method | one-shot 0.5 | one-shot 0.3 | (a) 0.5 |" in page and "#### Gradual vs one step" in page
     images = list((tmp_path / "img").glob("*.png"))
     assert images, "no plot written"
     for image in images:

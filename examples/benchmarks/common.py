@@ -11,7 +11,8 @@ Data (both bundled with pip packages, nothing is downloaded):
 The test split is only ever used to report accuracy; pruning scores and every method's
 calibration use the calibration split, fine-tuning uses the train split.
 
-Models are trained with fixed seeds (Adam) and their ``state_dict`` is cached under
+Models are trained with fixed seeds (Adam; standard.py's with SGD, through ``Task.train``) and
+their ``state_dict`` is cached under
 ``examples/benchmarks/.cache/`` (gitignored), keyed by task, seed and a hash of the whole
 training configuration, so a second run skips training.
 """
@@ -136,6 +137,10 @@ class Task:
     def build(self) -> nn.Module:
         return zoo.MODELS[self.builder](**dict(self.kwargs))
 
+    def train(self, model: nn.Module, split: Split, seed: int) -> nn.Module:
+        """How :func:`trained_model` trains a fresh model: Adam, one-cycle learning rate peaking at ``lr``."""
+        return train_epochs(model, split, self.epochs, self.lr, self.batch_size, seed, limit=self.train_limit)
+
     def config_hash(self) -> str:
         config = {"task": asdict(self), "split_seed": SPLIT_SEED, "data_version": DATA_VERSION,
                   "torch": torch.__version__.split("+")[0]}
@@ -173,22 +178,41 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
 
 
+SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.9, 5e-4  # optimizer="sgd": Nesterov momentum, weight decay
+
+
 def train_epochs(model: nn.Module, split: Split, epochs: int, lr: float, batch_size: int, seed: int,
-                 limit: Optional[int] = None, one_cycle: bool = True) -> nn.Module:
-    """Adam on cross-entropy with seeded shuffling; learning rate: one-cycle schedule peaking at
-    ``lr`` (or constant ``lr``). Returns the model in eval mode."""
+                 limit: Optional[int] = None, one_cycle: bool = True, optimizer: str = "adam",
+                 schedule: Optional[str] = None) -> nn.Module:
+    """Cross-entropy with seeded shuffling, ``optimizer`` ``"adam"`` or ``"sgd"`` (momentum
+    ``SGD_MOMENTUM``, Nesterov, weight decay ``SGD_WEIGHT_DECAY``); learning rate per step:
+    ``schedule`` ``"one_cycle"`` (peaking at ``lr``), ``"cosine"`` (from ``lr`` to 0) or
+    ``"constant"`` (default: one-cycle if ``one_cycle`` else constant). Returns the model in eval mode."""
     set_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM, nesterov=True,
+                              weight_decay=SGD_WEIGHT_DECAY)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     n = len(split) if limit is None else min(limit, len(split))
     steps = epochs * ((n + batch_size - 1) // batch_size)
-    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
-                 if one_cycle else None)
+    schedule = schedule or ("one_cycle" if one_cycle else "constant")
+    if schedule == "one_cycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    elif schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.0)
+    elif schedule == "constant":
+        scheduler = None
+    else:
+        raise ValueError(f"schedule must be 'one_cycle', 'cosine' or 'constant', got {schedule!r}")
     model.train()
     for epoch in range(epochs):
         for x, y in loader(split, batch_size, shuffle=True, seed=seed * 1000 + epoch, limit=limit):
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
-            optimizer.step()
+            opt.step()
             if scheduler is not None:
                 scheduler.step()
     model.eval()
@@ -221,7 +245,7 @@ def trained_model(task: Task, seed: int, verbose: bool = True) -> nn.Module:
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     data = load_data(task.data)
-    train_epochs(model, data.train, task.epochs, task.lr, task.batch_size, seed, limit=task.train_limit)
+    task.train(model, data.train, seed)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
