@@ -209,8 +209,12 @@ class FairPruneCallback(Callback):
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (self.recalibrate_each_epoch and trainer.state.fn == "fit" and not trainer.sanity_checking
-                and any(e["stage"] == "fit" for e in self.events)):
+        if not self.recalibrate_each_epoch or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        # several FairPruneCallbacks (pruning at different moments): the first one that re-estimates acts
+        mine = [cb for cb in trainer.callbacks if isinstance(cb, FairPruneCallback) and cb.recalibrate_each_epoch]
+        pruned = any(e["stage"] == "fit" for cb in mine for e in cb.events)
+        if pruned and mine[0] is self:
             self.recalibrate_now(trainer, pl_module)
 
     def recalibrate_now(self, trainer: Trainer, pl_module: LightningModule) -> List[str]:

@@ -455,16 +455,16 @@ class _BatchRecorder:
             entry = self.chain.get(id(x))
             if (entry is not None and entry[2] is x) or x is self.model_input:
                 return None  # the producer's own U observes this very tensor; or no unit made it
-            if self.c.class_counts is None:
-                first = self.inputs_seen.get(id(x))
+            if self.c.class_counts is not None:  # later batches: what the first one decided
+                if name in self.c.input_aliases:
+                    return None
+            else:
                 self.c.input_order.append(name)
-                if first is not None and first[1] is x:
+                first = self.inputs_seen.get(id(x))
+                if first is not None and first[1] is x:  # an earlier consumer read this very tensor
                     self.c.input_aliases[name] = first[0]
                     return None
                 self.inputs_seen[id(x)] = (name, x)
-            elif name in self.c.input_aliases:
-                return None
-            if self.c.class_counts is None:
                 calls = self.c.input_observed_calls
                 calls[name] = calls.get(name, 0) + 1
                 if x.dim() < 2:

@@ -128,3 +128,16 @@ def test_no_re_estimation_before_any_pruning(tmp_path, monkeypatch):
 def test_recalibrate_each_epoch_must_be_a_bool():
     with pytest.raises(ValueError, match="recalibrate_each_epoch"):
         FairPruneCallback(recalibrate_each_epoch="yes")
+
+
+def test_two_callbacks_re_estimate_once_per_validation(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(lightning_fair.callback, "recalibrate_bn", lambda *a, **k: calls.append(1) or [])
+    first = FairPruneCallback(target_macs=0.7, prune_at=0, samples_per_class=8, num_projections=16,
+                              progress=False, verbose=False)
+    second = FairPruneCallback(target_macs=0.7, prune_at=1, samples_per_class=8, num_projections=16,
+                               progress=False, verbose=False)
+    torch.manual_seed(0)
+    trainer(tmp_path, [first, second], max_epochs=3).fit(ResidualNet(), datamodule=DigitsDataModule())
+    assert len(first.events) == len(second.events) == 1
+    assert len(calls) == 2  # the validations of epochs 1 and 2, once each
