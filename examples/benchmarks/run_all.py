@@ -800,36 +800,24 @@ def main(argv=None) -> None:
         for path in quality.plot(q, img_dir):
             images[Path(path).stem] = _rel(Path(path), out)
         timings["quality"] = time.perf_counter() - start
-    if "variants" not in skip:
-        start = stage("variants")
-        q = sections.get("quality")
+    def guarded(name, run):
+        """Run one section; a failure is written into the page instead of stopping the others."""
+        if name in skip:
+            return
+        start = stage(name)
         try:
-            sections["variants"] = raw["variants"] = variants.run(
-                args.quick, seeds=q["settings"]["seeds"] if isinstance(q, dict) else None,
-                models=list(q["models"]) if isinstance(q, dict) else None)
+            sections[name] = raw[name] = run()
         except Exception:
             text = traceback.format_exc(limit=3)
             print(text, file=sys.stderr)
-            sections["variants"] = f"failed in this run: `{text.strip().splitlines()[-1]}`"
-        timings["variants"] = time.perf_counter() - start
-    if "related" not in skip:
-        start = stage("related")
-        try:
-            sections["related"] = raw["related"] = related.run(args.quick)
-        except Exception:
-            text = traceback.format_exc(limit=3)
-            print(text, file=sys.stderr)
-            sections["related"] = f"failed in this run: `{text.strip().splitlines()[-1]}`"
-        timings["related"] = time.perf_counter() - start
-    if "standard" not in skip:
-        start = stage("standard")
-        try:
-            sections["standard"] = raw["standard"] = standard.run(args.quick)
-        except Exception:
-            text = traceback.format_exc(limit=3)
-            print(text, file=sys.stderr)
-            sections["standard"] = f"failed in this run: `{text.strip().splitlines()[-1]}`"
-        timings["standard"] = time.perf_counter() - start
+            sections[name] = f"failed in this run: `{text.strip().splitlines()[-1]}`"
+        timings[name] = time.perf_counter() - start
+
+    q = sections.get("quality")
+    guarded("variants", lambda: variants.run(args.quick, seeds=q["settings"]["seeds"] if isinstance(q, dict) else None,
+                                             models=list(q["models"]) if isinstance(q, dict) else None))
+    guarded("related", lambda: related.run(args.quick))
+    guarded("standard", lambda: standard.run(args.quick))
     if "speed" not in skip:
         start = stage("speed")
         sections["speed"] = raw["speed"] = score_speed.run(
