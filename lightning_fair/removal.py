@@ -261,7 +261,7 @@ def _combine_utilization(group: CoupledGroup, scores) -> torch.Tensor:
 def _consumers_utilization(group: CoupledGroup, scores) -> Optional[torch.Tensor]:
     """Mean over the group's consumers of their input channels' normalised U, per root channel
     (None if no consumer's input was observed)."""
-    observed = getattr(scores, "input_utilization", None) or {}
+    observed = scores.input_utilization
     total = torch.zeros(group.num_channels, dtype=torch.float64)
     weight = torch.zeros(group.num_channels, dtype=torch.float64)
     for name, (idxs, roots) in group.consumers.items():

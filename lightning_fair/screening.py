@@ -193,9 +193,11 @@ def ranked_by_screening(scores, weight: float = 0.5):
     """A shallow copy of ``scores`` whose removal signal (``utilization``) is the screening score.
 
     Allocation (global threshold, uniform ratio, ToD with R as protection) and removal read
-    ``utilization`` as "lowest goes first", so they run unchanged on this copy.
+    ``utilization`` as "lowest goes first", so they run unchanged on this copy. The consumers'
+    input U (FAIR's ranking of residual groups) is dropped: coupled groups are ranked by their
+    members' screening scores.
     """
-    return dataclasses.replace(scores, utilization=screening_scores(scores, weight))
+    return dataclasses.replace(scores, utilization=screening_scores(scores, weight), input_utilization={})
 
 
 def _input_index(module: nn.Module) -> Optional[torch.Tensor]:

@@ -139,3 +139,18 @@ def test_resnet20_residual_groups_ranked_by_their_consumers_beat_uniform_l2():
     l2 = common.accuracy(common.recalibrate_batchnorm(l2, data.calib), data.test)
     assert common.accuracy(model, data.test) > 95
     assert fair > l2 + 3 and fair > before + 3, (fair, before, l2)
+
+
+def test_screening_ranks_residual_groups_by_its_own_scores():
+    """criterion="screening" keeps ranking coupled groups by the members' screening scores, not by FAIR's
+    consumer-input U."""
+    torch.manual_seed(0)
+    model = zoo.resnet(width=8, layers=(2, 2)).eval()
+    data = [(torch.randn(60, 1, 8, 8), torch.arange(60) % 10) for _ in range(2)]
+    scores = compute_scores(model, data, samples_per_class=4, num_projections=8, screening=True)
+    assert scores.input_utilization
+    options = dict(scores=scores, example_inputs=data[0][0][:1], criterion="screening", target_macs=0.6,
+                   inplace=False, recalibrate=False)
+    with_inputs = prune(model, data, **options)
+    without = prune(model, data, **{**options, "scores": FairScores(**{**scores.__dict__, "input_utilization": {}})})
+    assert with_inputs.removed == without.removed
