@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     print(f"held-out test accuracy: trained {trained:.2%} | pruned one-shot {one_shot:.2%} | "
           f"after {args.finetune_epochs} fine-tuning epochs {finetuned:.2%}")
     print(f"MACs kept {result.report.macs_ratio:.1%}, parameters kept {result.report.params_ratio:.1%}, "
-          f"tolerance {result.tolerance:.4g}")
+          f"{result.level_name} {result.level:.4g}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     print()
     print(f"held-out accuracy: {before:.2%} before, {after:.2%} after one-shot pruning (no fine-tuning)")
     print(f"MACs kept {result.report.macs_ratio:.1%}, parameters kept {result.report.params_ratio:.1%}, "
-          f"tolerance {result.tolerance:.4g}")
+          f"{result.level_name} {result.level:.4g}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from . import zoo
 from .allocation import tod_curve, tolerance_count, tolerance_counts
 from .memory import estimate_memory
 from .checkpoint import FairPruningMixin, load_pruned, save_pruned
+from .config import PruneConfig
 from .evaluation import evaluate
 from .oneshot import PruneResult, prune
 from .recalibration import recalibrate_bn
@@ -23,6 +24,7 @@ __all__ = [
     "FairPruningMixin",
     "FairScores",
     "OnTheFlyPruning",
+    "PruneConfig",
     "PruneReport",
     "PruneResult",
     "PruningError",

@@ -17,7 +17,8 @@ from typing import Dict, Mapping
 import torch
 
 __all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", "global_counts",
-           "global_thresholds", "uniform_counts", "uniform_ratios", "RANKINGS", "ALLOCATIONS"]
+           "global_thresholds", "uniform_counts", "uniform_ratios", "RANKINGS", "ALLOCATIONS", "Allocation",
+           "ToDAllocation", "GlobalAllocation", "UniformAllocation", "allocation_for"]
 
 #: Rankings the ToD counts can be applied to: which units of a layer go first.
 RANKINGS = ("utilization", "l1", "random")
@@ -66,7 +67,7 @@ def tod_curve(utilization: torch.Tensor, reconstruction: torch.Tensor) -> torch.
     return overlap / torch.arange(1, limit + 1, dtype=torch.float64)
 
 
-def _check_tolerance(tolerance: float) -> float:
+def check_tolerance(tolerance: float) -> float:
     tolerance = float(tolerance)
     if not 0.0 <= tolerance <= 1.0:
         raise ValueError(f"tolerance must lie in [0, 1] (a fraction of overlap), got {tolerance}")
@@ -75,7 +76,7 @@ def _check_tolerance(tolerance: float) -> float:
 
 def count_from_curve(curve: torch.Tensor, tolerance: float) -> int:
     """Largest m with ``curve[m-1] <= tolerance`` (0 if none)."""
-    passing = (curve <= _check_tolerance(tolerance) + 1e-12).nonzero()
+    passing = (curve <= check_tolerance(tolerance) + 1e-12).nonzero()
     return int(passing[-1]) + 1 if passing.numel() else 0
 
 
@@ -95,7 +96,7 @@ def tolerance_counts(scores, tolerance: float) -> Dict[str, int]:
     Example:
         ``counts = tolerance_counts(scores, 0.05)``; a second tolerance reuses the same scores.
     """
-    _check_tolerance(tolerance)
+    check_tolerance(tolerance)
     return {
         name: tolerance_count(scores.utilization[name], scores.reconstruction[name], tolerance)
         for name in scores.layers
@@ -131,9 +132,18 @@ def layer_curves(scores) -> Mapping[str, torch.Tensor]:
     return {name: tod_curve(scores.utilization[name], scores.reconstruction[name]) for name in scores.layers}
 
 
+def layer_normalised(values: torch.Tensor) -> torch.Tensor:
+    """``values / mean(values)`` (the mean floored at 1e-12): one layer's scores on a common scale.
+
+    Example:
+        >>> layer_normalised(torch.tensor([1.0, 3.0])).tolist()
+        [0.5, 1.5]
+    """
+    return values / values.mean().clamp_min(1e-12)
+
+
 def _normalised_utilization(scores, name: str) -> torch.Tensor:
-    u = scores.utilization[name].double()
-    return u / u.mean().clamp_min(1e-12)
+    return layer_normalised(scores.utilization[name].double())
 
 
 def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
@@ -187,3 +197,85 @@ def uniform_ratios(scores, layers=None) -> list:
     sizes = {scores.utilization[n].numel() for n in (layers if layers is not None else scores.layers)}
     ratios = {j / n for n in sizes for j in range(n)}
     return sorted(ratios | {0.0, 1.0 - 1e-9})
+
+
+class Allocation:
+    """How many units each layer loses at a *level*: the two questions a target search asks.
+
+    ``levels()`` are the ascending levels at which the counts change (search candidates);
+    ``counts(level)`` is ``{layer: units to remove}``. ``level_name`` says what a level is;
+    ``group_policy`` is how coupled groups combine their members' counts; ``tolerance(level)``
+    is what the ``"joint"`` group policy needs (a ToD tolerance, or None).
+    """
+
+    level_name = "level"
+
+    def __init__(self, scores, layers, group_policy: str = "min_count"):
+        self.scores, self.layers, self.group_policy = scores, list(layers), group_policy
+
+    def levels(self) -> list:
+        raise NotImplementedError
+
+    def counts(self, level: float) -> Dict[str, int]:
+        raise NotImplementedError
+
+    def tolerance(self, level: float):
+        return None
+
+
+class ToDAllocation(Allocation):
+    """FAIR's per-layer counts: the largest m with ``ToD(m) <= tolerance`` in every layer."""
+
+    level_name = "tolerance"
+
+    def __init__(self, scores, layers, group_policy: str = "min_count"):
+        super().__init__(scores, layers, group_policy)
+        self.curves = layer_curves(scores)
+
+    def levels(self) -> list:
+        curves = list(self.curves.values()) + [torch.tensor([0.0, 1.0], dtype=torch.float64)]
+        candidates = torch.unique(torch.cat(curves))
+        return candidates[(candidates >= 0) & (candidates <= 1)].tolist()
+
+    def counts(self, level: float) -> Dict[str, int]:
+        return {name: count_from_curve(self.curves[name], level) for name in self.layers}
+
+    def tolerance(self, level: float):
+        return level
+
+
+class GlobalAllocation(Allocation):
+    """One threshold on layer-normalised scores across all layers (:func:`global_counts`)."""
+
+    level_name = "threshold"
+
+    def levels(self) -> list:
+        return global_thresholds(self.scores, self.layers)
+
+    def counts(self, level: float) -> Dict[str, int]:
+        return global_counts(self.scores, level, self.layers)
+
+
+class UniformAllocation(Allocation):
+    """The same fraction of every layer (:func:`uniform_counts`); the level is that ratio."""
+
+    level_name = "ratio"
+
+    def levels(self) -> list:
+        return uniform_ratios(self.scores, self.layers)
+
+    def counts(self, level: float) -> Dict[str, int]:
+        return uniform_counts(self.scores, level, self.layers)
+
+
+def allocation_for(name: str, scores, layers, group_policy: str = "min_count") -> Allocation:
+    """The :class:`Allocation` called ``name`` (``"tod"``, ``"global"`` or ``"uniform"``; resolve
+    ``"auto"`` first with :func:`resolve_allocation`). Global and uniform counts are per layer
+    already, so their coupled groups always take the smallest member count."""
+    if name == "tod":
+        return ToDAllocation(scores, layers, group_policy)
+    if name == "global":
+        return GlobalAllocation(scores, layers)
+    if name == "uniform":
+        return UniformAllocation(scores, layers)
+    raise ValueError(f"allocation must be one of {ALLOCATIONS[1:]} here (resolve 'auto' first), got {name!r}")

@@ -17,16 +17,15 @@ from typing_extensions import override
 from .checkpoint import CHECKPOINT_KEY, _check_callback_state, _to_plain, pruning_state
 from .distributed import all_reduce_sum, is_distributed
 from .evaluation import evaluate
-from .memory import DEFAULT_BUDGET, parse_bytes
-from .oneshot import _first_inputs, check_options, prune
+from .config import PruneConfig, configure
+from .oneshot import prune
 from .optim import repoint_optimizer
-from .presets import resolve_preset
 from .recalibration import recalibrate_bn
-from .removal import ModelSnapshot
+from .guards import ModelSnapshot
 from .report import measure
 from .schedule import check_prune_at, step_options
 from .scores import compute_scores
-from .statistics import default_unpack
+from .statistics import default_unpack, first_inputs
 
 __all__ = ["FairPruneCallback", "PruningError"]
 
@@ -56,9 +55,13 @@ class FairPruneCallback(Callback):
     checkpoints (restore them with :class:`lightning_fair.FairPruningMixin`).
 
     Args:
-        tolerance: tolerance of difference in [0, 1] (larger removes more).
-        target_macs: fraction of MACs to keep instead of a tolerance (e.g. 0.5).
-        target_params: fraction of parameters to keep instead of a tolerance.
+        config: a :class:`~lightning_fair.PruneConfig`: the budget (``tolerance``, ``target_macs``,
+            ``target_params`` or ``ratio``), the preset and its options, ranking, criterion,
+            statistics sizes, ``max_batches``, ``ignored_layers`` (qualified names in the
+            LightningModule), ``memory_budget``, ... Default ``PruneConfig()``.
+        **options: any field of :class:`~lightning_fair.PruneConfig`, overriding ``config``
+            (``FairPruneCallback(target_macs=0.5, prune_at=2)``); these are the ``--prune.*`` flags
+            of the command line.
         prune_at: ``"fit_end"`` (default), an epoch number (prune at the end of that training
             epoch; the following epochs fine-tune the pruned model), ``"validate"`` (prune
             a trained model when ``trainer.validate(...)`` ends), or a strictly increasing list
@@ -71,29 +74,6 @@ class FairPruneCallback(Callback):
             list and a tolerance (or ``ratio``), every step applies it to the model as it is
             then, so the removal compounds. A single epoch's target, like every callback's when
             several are chained, is relative to the model it sees.
-        max_batches: calibration batches to use (all by default).
-        samples_per_class: images per class kept for the utilization score (as in :func:`lightning_fair.prune`).
-        num_projections: random directions for the sliced W1 of conv channels.
-        preset: ``"default"`` or ``"paper"`` (the method as published); the next six options
-            override it (None: the preset's value), as in :func:`lightning_fair.prune`.
-        observe: what the utilization score observes: ``"output"``, ``"norm"`` or ``"activation"``.
-        reconstruction: ``"abs_of_sum"`` (paper) or ``"sum_of_abs"``.
-        group_policy: ``"min_count"`` or ``"joint"`` for coupled layers (residual adds, concatenation).
-        allocation: ``"tod"`` (per-layer counts), ``"global"`` (needs a target), ``"uniform"`` (the same
-            fraction of every layer: ``ratio``, or searched for a target) or ``"auto"``.
-        recalibrate: re-estimate BatchNorm statistics on the calibration batches after removal.
-        compensate: fold the removed inputs' calibration means into the next layers' biases.
-        memory_budget: memory the statistics may take (bytes or ``"4GiB"``; None: no limit); over
-            it they are collected in several passes (the estimate is printed when ``verbose``).
-        seed: seeds the projection directions.
-        ranking: which units a layer's count removes: ``"utilization"`` (the criterion's score), ``"l1"``
-            or ``"random"``.
-        criterion: what ranks the units: ``"fair"`` (FAIR's U and R) or ``"screening"`` (class-separation
-            F-statistic combined with the filter norm, see :mod:`lightning_fair.screening`).
-        screening_weight: weight of the F-statistic against the filter norm, in [0, 1] (``"screening"``).
-        ratio: fraction of every layer's units to remove (``allocation="uniform"``), instead of a
-            tolerance or a target.
-        ignored_layers: qualified module names (in the LightningModule) never pruned.
         dataloader: calibration data; the Trainer's validation dataloader by default.
         unpack: ``batch -> (inputs, labels)``; ``(x, y, ...)`` and ``{"x", "y"}`` batches by default.
         loss_fn: ``loss_fn(logits, labels)``; cross-entropy by default.
@@ -115,58 +95,27 @@ class FairPruneCallback(Callback):
         import lightning as L
         from lightning_fair import FairPruneCallback
 
-        trainer = L.Trainer(max_epochs=5, callbacks=[FairPruneCallback(tolerance=0.05, prune_at=2)])
+        trainer = L.Trainer(max_epochs=5, callbacks=[FairPruneCallback(target_macs=0.5, prune_at=2)])
         trainer.fit(model, datamodule=dm)   # epochs 3-5 fine-tune the pruned model
     """
 
     def __init__(
         self,
-        tolerance: float = 0.05,
-        target_macs: Optional[float] = None,
-        target_params: Optional[float] = None,
+        config: Optional[PruneConfig] = None,
         prune_at: Union[int, str, List[int]] = "fit_end",
-        max_batches: Optional[int] = None,
-        samples_per_class: int = 32,
-        num_projections: int = 128,
-        preset: str = "default",
-        observe: Optional[str] = None,
-        reconstruction: Optional[str] = None,
-        group_policy: Optional[str] = None,
-        allocation: Optional[str] = None,
-        recalibrate: Optional[bool] = None,
-        compensate: Optional[bool] = None,
-        memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
-        seed: int = 0,
-        ranking: str = "utilization",
-        criterion: str = "fair",
-        screening_weight: float = 0.5,
-        ratio: Optional[float] = None,
-        ignored_layers: Optional[List[str]] = None,
+        *,
         dataloader: Optional[Any] = None,
         unpack: Optional[Callable] = None,
         loss_fn: Optional[Callable] = None,
         progress: bool = True,
         verbose: bool = True,
         recalibrate_each_epoch: bool = True,
+        **options: Any,
     ) -> None:
         super().__init__()
-        pipeline = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
-                                  allocation=allocation, recalibrate=recalibrate, compensate=compensate)
-        check_options(tolerance, target_macs, target_params, ranking, pipeline["group_policy"], pipeline["observe"],
-                      samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"],
-                      criterion=criterion, screening_weight=screening_weight, ratio=ratio)
+        #: the pruning options (validated here: a bad one fails at construction)
+        self.config = configure(config, **options)
         prune_at = check_prune_at(prune_at)  # a list becomes a tuple
-        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-            raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
-        self.options = dict(
-            tolerance=tolerance, target_macs=target_macs, target_params=target_params,
-            samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
-            ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
-            reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
-            compensate=compensate, memory_budget=memory_budget, criterion=criterion,
-            screening_weight=screening_weight, ratio=ratio,
-        )
-        parse_bytes(memory_budget)
         self.prune_at = prune_at
         self.dataloader = dataloader
         self.unpack = unpack or default_unpack
@@ -240,17 +189,17 @@ class FairPruneCallback(Callback):
             return self.prune_at
         return (self.prune_at,) if isinstance(self.prune_at, int) else ()
 
-    def _options_now(self, trainer: Trainer, pl_module: LightningModule, example) -> Tuple[Optional[dict], dict]:
-        """The options for :func:`lightning_fair.prune` now and the schedule's record of this step
+    def _config_now(self, trainer: Trainer, pl_module: LightningModule, example) -> Tuple[Optional[PruneConfig], dict]:
+        """The config for :func:`lightning_fair.prune` now and the schedule's record of this step
         (:func:`lightning_fair.schedule.step_options`); None (and an info note) for a step already met."""
         if isinstance(example, torch.Tensor):
             example = example.to(pl_module.device)
         original = self.events[0]["report"] if self.events else None
-        options, record = step_options(self.options, self.prune_at, trainer.current_epoch, original,
-                                       lambda: measure(pl_module, example))
-        if options is None:
+        config, record = step_options(self.config, self.prune_at, trainer.current_epoch, original,
+                                      lambda: measure(pl_module, example))
+        if config is None:
             rank_zero_info(f"lightning_fair: {record['skipped']}")
-        return options, record
+        return config, record
 
     # ------------------------------------------------------------------ what
     def prune_now(self, trainer: Trainer, pl_module: LightningModule, stage: str = "fit") -> None:
@@ -279,30 +228,22 @@ class FairPruneCallback(Callback):
             undo = _Undo(pl_module, trainer.optimizers)
             try:
                 # example inputs from the plain loader: peeking at a progress bar would close it
-                example = _first_inputs(loader, self.unpack)
+                example = first_inputs(loader, self.unpack)
                 step = "measuring the model for the pruning schedule"
-                options, schedule = self._options_now(trainer, pl_module, example)
-                if options is None:  # this step of the schedule is already met: nothing to do
+                config, schedule = self._config_now(trainer, pl_module, example)
+                if config is None:  # this step of the schedule is already met: nothing to do
                     return
                 step = "scoring units on the calibration data"
-                pipeline = resolve_preset(options["preset"], observe=options["observe"],
-                                          reconstruction=options["reconstruction"])
-                scores = compute_scores(
-                    pl_module, calibration, samples_per_class=options["samples_per_class"],
-                    num_projections=options["num_projections"], observe=pipeline["observe"],
-                    reconstruction=pipeline["reconstruction"], seed=options["seed"], loss_fn=self.loss_fn,
-                    unpack=self.unpack, ignored_layers=options["ignored_layers"], max_batches=options["max_batches"],
-                    distributed=distributed, memory_budget=options["memory_budget"],
-                    verbose=self.verbose and trainer.is_global_zero, screening=options["criterion"] == "screening",
-                )
+                scores = compute_scores(pl_module, calibration, config, loss_fn=self.loss_fn, unpack=self.unpack,
+                                        distributed=distributed, verbose=self.verbose and trainer.is_global_zero)
                 step = "removing units (lightning_fair.prune: removal, compensation, BatchNorm re-estimation)"
-                result = prune(pl_module, calibration, scores=scores, unpack=self.unpack, loss_fn=self.loss_fn,
-                               example_inputs=example, distributed=distributed, **options)
+                result = prune(pl_module, calibration, config, scores=scores, unpack=self.unpack, loss_fn=self.loss_fn,
+                               example_inputs=example, distributed=distributed)
                 step = "re-pointing the optimizers at the pruned parameters"
                 dropped = sum(repoint_optimizer(opt, undo.params, pl_module, result.kept) for opt in undo.optimizers)
                 step = "evaluating the pruned model on the calibration data"
                 after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack,
-                                 max_batches=options["max_batches"])
+                                 max_batches=config.max_batches)
                 if distributed:  # the mean over every rank's shard
                     after = _mean_over_ranks(trainer, after)
                 step = "wrapping the pruned model for distributed training again"
@@ -356,9 +297,9 @@ class FairPruneCallback(Callback):
         if not self.progress or not trainer.is_global_zero or trainer.progress_bar_callback is None:
             return loader
         total = len(loader) if hasattr(loader, "__len__") else None
-        if total is not None and self.options["max_batches"]:
-            total = min(total, self.options["max_batches"])
-        return _Progress(loader, total)
+        if total is not None and self.config.max_batches:
+            total = min(total, self.config.max_batches)
+        return Progress(loader, total)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, result, after: dict, stage: str,
              schedule: Optional[dict] = None) -> None:
@@ -480,7 +421,7 @@ class _Undo:
                 opt.state[param] = state
 
 
-class _Progress:
+class Progress:
     """A loader with a progress bar on every pass (scoring, then BatchNorm re-estimation)."""
 
     def __init__(self, loader, total: Optional[int]):

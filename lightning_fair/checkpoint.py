@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .removal import ModelSnapshot
+from .guards import ModelSnapshot
 
 __all__ = [
     "CHECKPOINT_KEY",

@@ -22,10 +22,11 @@ This module is imported only by the CLI: ``import lightning_fair`` does not impo
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -33,18 +34,18 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from .callback import FairPruneCallback, _Progress
+from .callback import FairPruneCallback, Progress
 from .checkpoint import CHECKPOINT_KEY, FairPruningMixin, pruning_state, replay_pruning
 from .evaluation import evaluate
-from .oneshot import PruneResult, check_options
+from .config import PruneConfig, configure
+from .oneshot import PruneResult
 from .oneshot import prune as fair_prune
-from .presets import resolve_preset
 from .statistics import default_unpack
 
 __all__ = ["FairCLI", "FairTrainer", "main"]
 
 #: callback arguments that cannot come from a command line or a config file
-_GROUP_SKIP = {"dataloader"}
+_GROUP_SKIP = {"dataloader", "config"}
 _FILES = ("pruned.ckpt", "report.txt", "report.json")
 
 
@@ -54,27 +55,9 @@ def prune_checkpoint(
     ckpt_path: str,
     datamodule: Optional[LightningDataModule] = None,
     output_dir: Optional[str] = None,
-    tolerance: float = 0.05,
-    target_macs: Optional[float] = None,
-    target_params: Optional[float] = None,
-    samples_per_class: int = 32,
-    num_projections: int = 128,
-    preset: Literal["default", "paper"] = "default",
-    observe: Optional[Literal["activation", "output", "norm"]] = None,
-    reconstruction: Optional[Literal["abs_of_sum", "sum_of_abs"]] = None,
-    group_policy: Optional[Literal["min_count", "joint"]] = None,
-    allocation: Optional[Literal["auto", "tod", "global", "uniform"]] = None,
-    recalibrate: Optional[bool] = None,
-    compensate: Optional[bool] = None,
-    seed: int = 0,
-    ranking: Literal["utilization", "l1", "random"] = "utilization",
-    criterion: Literal["fair", "screening"] = "fair",
-    screening_weight: float = 0.5,
-    ratio: Optional[float] = None,
-    ignored_layers: Optional[List[str]] = None,
-    max_batches: Optional[int] = None,
-    memory_budget: Optional[str] = "4GiB",
     weights_only: Optional[bool] = None,
+    config: Optional[PruneConfig] = None,
+    **options: Any,
 ) -> PruneResult:
     r"""Prune a trained checkpoint one-shot with FAIR-Pruner and save the pruned checkpoint and a report.
 
@@ -90,55 +73,16 @@ def prune_checkpoint(
         ckpt_path: the trained checkpoint to prune (required).
         datamodule: its ``val_dataloader`` gives the calibration data (the model's own ``val_dataloader`` otherwise).
         output_dir: where pruned.ckpt, report.txt and report.json go (default: ``<trainer.default_root_dir>/pruned``).
-        tolerance: tolerance of difference in [0, 1]; larger removes more.
-        target_macs: fraction of MACs to keep instead of a tolerance (e.g. 0.5); the tolerance is searched.
-        target_params: fraction of parameters to keep instead of a tolerance.
-        samples_per_class: images per class kept for the utilization score (n in the paper).
-        num_projections: random directions for the sliced W1 of conv channels (P in the paper).
-        preset: default (the pipeline the benchmarks found best one-shot) or paper (the method exactly as
-            published); the next six options override it one by one (unset: the preset's value).
-        observe: what the utilization score observes: the layer's output, the tensor after the following
-            norm layer, or after the following nonlinearity (activation).
-        reconstruction: abs_of_sum (the paper's R) or sum_of_abs (per-sample absolute values).
-        group_policy: one decision for layers coupled by residual adds or concatenation: min_count (each
-            member's own count, the smallest wins) or joint (one count on the combined scores).
-        allocation: tod (per-layer tolerance-of-difference counts), global (one threshold on layer-normalised
-            scores; needs a target), uniform (the same fraction of every layer: ratio, or searched for a target)
-            or auto (global with a target, tod with a tolerance, uniform with a ratio).
-        recalibrate: re-estimate BatchNorm statistics on the calibration data after removal.
-        compensate: fold the removed inputs' calibration means into the next layers' biases.
-        seed: seeds the projection directions (and the random ranking).
-        ranking: which units a layer's count removes: the criterion's score (utilization), smallest L1
-            weights, or random (the paper's ablations).
-        criterion: fair (FAIR's utilization and reconstruction scores) or screening (the class-separation
-            F-statistic of each unit combined with its filter norm).
-        screening_weight: weight of the F-statistic against the filter norm, in [0, 1] (criterion screening).
-        ratio: fraction of every layer's units to remove (allocation uniform), instead of a tolerance or target.
-        ignored_layers: qualified module names never pruned (the output layer never is).
-        max_batches: calibration batches to use (all by default).
-        memory_budget: memory the statistics may take, e.g. 4GiB or 512MB (null: no limit); over it they are
-            collected in several passes over the validation data. The estimate is printed.
         weights_only: ``torch.load(ckpt_path, weights_only=...)``; None means True. Accepted also so that a
             config file written by ``fit`` can be reused.
+        config: a :class:`~lightning_fair.PruneConfig` (from Python; the command line gives its fields).
+        **options: the fields of :class:`~lightning_fair.PruneConfig` (``--tolerance``, ``--target_macs``,
+            ``--preset``, ``--memory_budget``, ...; ``lightning-fair prune --help`` lists them).
 
     Returns:
         The :class:`lightning_fair.PruneResult` (the model is pruned in place).
     """
-    options = dict(
-        tolerance=tolerance, target_macs=target_macs, target_params=target_params,
-        samples_per_class=samples_per_class, num_projections=num_projections, seed=seed, ranking=ranking,
-        ignored_layers=ignored_layers, max_batches=max_batches, preset=preset, observe=observe,
-        reconstruction=reconstruction, group_policy=group_policy, allocation=allocation, recalibrate=recalibrate,
-        compensate=compensate, memory_budget=memory_budget, criterion=criterion,
-        screening_weight=screening_weight, ratio=ratio,
-    )
-    pipeline = resolve_preset(preset, observe=observe, reconstruction=reconstruction, group_policy=group_policy,
-                              allocation=allocation, recalibrate=recalibrate, compensate=compensate)
-    check_options(tolerance, target_macs, target_params, ranking, pipeline["group_policy"], pipeline["observe"],
-                  samples_per_class, num_projections, pipeline["reconstruction"], pipeline["allocation"],
-                  criterion=criterion, screening_weight=screening_weight, ratio=ratio)
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    config = configure(config, **options)
     if not ckpt_path or not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"prune needs an existing checkpoint file (--ckpt_path), got {ckpt_path!r}")
     if any(isinstance(c, FairPruneCallback) for c in self.callbacks):
@@ -159,9 +103,9 @@ def prune_checkpoint(
     calibration = loader
     if self.progress_bar_callback is not None and self.is_global_zero:
         total = len(loader) if hasattr(loader, "__len__") else None
-        calibration = _Progress(loader, min(total, max_batches) if total and max_batches else total)
+        calibration = Progress(loader, min(total, config.max_batches) if total and config.max_batches else total)
     with torch.inference_mode(False), torch.enable_grad():
-        result = fair_prune(model, calibration, example_inputs=example, verbose=self.is_global_zero, **options)
+        result = fair_prune(model, calibration, config, example_inputs=example, verbose=self.is_global_zero)
     after = evaluate(model, loader)
 
     paths = {name: os.path.join(output_dir, name) for name in _FILES}
@@ -182,7 +126,7 @@ def prune_checkpoint(
     data = {
         "source_checkpoint": os.path.abspath(ckpt_path),
         "checkpoint": os.path.abspath(paths["pruned.ckpt"]),
-        "options": options,
+        "options": config.to_dict(),
         "tolerance": result.tolerance,
         "validation": {"before": before, "after": after},
         "calibration": {"loss": result.scores.config.get("calibration_loss"),
@@ -247,10 +191,10 @@ class FairTrainer(Trainer):
 def _group_help() -> str:
     """Help of ``--prune``: how it switches on, and every option with its default."""
     params = inspect.signature(FairPruneCallback.__init__).parameters
-    options = ", ".join(
-        f"--prune.{name} ({'null' if p.default is None else p.default})"
-        for name, p in params.items() if name != "self" and name not in _GROUP_SKIP
-    )
+    defaults = {name: p.default for name, p in params.items()
+                if name != "self" and name not in _GROUP_SKIP and p.kind is not p.VAR_KEYWORD}
+    defaults.update({field.name: field.default for field in dataclasses.fields(PruneConfig)})
+    options = ", ".join(f"--prune.{name} ({'null' if value is None else value})" for name, value in defaults.items())
     return (
         "FAIR pruning during fit/validate with lightning_fair.FairPruneCallback; off unless asked for: "
         "any --prune.OPTION=VALUE, --prune=FairPruneCallback (all defaults) or a 'prune:' config section "
@@ -284,7 +228,7 @@ class FairCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> Dict[str, set]:
-        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule", "config"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_subclass_arguments(FairPruneCallback, "prune", required=False, fail_untyped=False,

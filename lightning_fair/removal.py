@@ -40,7 +40,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .allocation import count_from_curve, removal_order, tod_curve
+from .allocation import count_from_curve, layer_normalised, removal_order, tod_curve
+from .guards import ModelSnapshot
 from .layers import PRUNABLE_TYPES, is_depthwise
 
 __all__ = ["CoupledGroup", "DependencyPlanner", "GROUP_POLICIES", "ModelSnapshot"]
@@ -62,48 +63,6 @@ class CoupledGroup:
     channel_groups: int = 1
     #: why the group is never pruned ("" if it may be)
     blocked: str = ""
-
-
-class ModelSnapshot:
-    """Shallow snapshot of every module's attributes, parameters and buffers.
-
-    Pruning replaces parameters and edits attributes instead of writing into tensors,
-    so restoring these dicts puts the model back exactly as it was.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.state = []
-        self.include(model.modules())
-        self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-        self.training = {m: m.training for m in model.modules()}
-
-    def include(self, modules) -> None:
-        """Also snapshot these modules (e.g. torch-pruning's concat/split bookkeeping ops)."""
-        seen = {id(entry[0]) for entry in self.state}
-        for m in modules:
-            if isinstance(m, nn.Module) and id(m) not in seen:
-                seen.add(id(m))
-                self.state.append((m, _copy_lists(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)))
-
-    def restore(self) -> None:
-        """Undo every change made since the snapshot (can be called more than once)."""
-        for module, attributes, parameters, buffers, modules in self.state:
-            module.__dict__.clear()
-            module.__dict__.update(_copy_lists(attributes))
-            module.__dict__.update(_parameters=dict(parameters), _buffers=dict(buffers), _modules=dict(modules))
-
-    def restore_flags(self, model: nn.Module) -> None:
-        """Put back train/eval flags and ``requires_grad`` (pruning makes new parameters)."""
-        for module, flag in self.training.items():
-            module.training = flag
-        for name, param in model.named_parameters():
-            if name in self.requires_grad:
-                param.requires_grad_(self.requires_grad[name])
-
-
-def _copy_lists(attributes: dict) -> dict:
-    # torch-pruning edits some list attributes in place (e.g. a concat's sizes).
-    return {k: list(v) if isinstance(v, list) else v for k, v in attributes.items()}
 
 
 def _out_pruning_fn(graph: tp.DependencyGraph, module: nn.Module):
@@ -195,7 +154,7 @@ class DependencyPlanner:
                 if isinstance(module, nn.modules.conv._ConvTransposeNd):
                     weight = weight.transpose(0, 1)
                 norms = weight.flatten(1).abs().sum(1).double().cpu()
-                per_root.index_add_(0, roots, norms[idxs] / norms.mean().clamp_min(1e-12))
+                per_root.index_add_(0, roots, layer_normalised(norms)[idxs])
             utilization = per_root
             ranking = "utilization"
         folded = utilization.reshape(g, n // g).mean(0) if g > 1 else utilization
@@ -238,8 +197,7 @@ class DependencyPlanner:
 
 
 def _normalised(values: torch.Tensor) -> torch.Tensor:
-    values = values.double()
-    return values / values.mean().clamp_min(1e-12)
+    return layer_normalised(values.double())
 
 
 def _combine_utilization(group: CoupledGroup, scores) -> torch.Tensor:

@@ -82,7 +82,8 @@ class PruneReport:
         for key, value in self.target.items():
             lines.append(f"target {key}: {value:.3g} kept")
         if self.options:
-            lines.append("pipeline: " + ", ".join(f"{k}={v}" for k, v in self.options.items()))
+            shown = [k for k in _PIPELINE_KEYS if k in self.options] or list(self.options)
+            lines.append("pipeline: " + ", ".join(f"{k}={self.options[k]}" for k in shown))
         if self.compensated:
             lines.append(f"mean replacement: the means of {sum(self.compensated.values())} removed inputs folded into "
                          f"{len(self.compensated)} layer(s)' bias (or their BatchNorm's running mean)")
@@ -90,6 +91,11 @@ class PruneReport:
             lines.append(f"BatchNorm statistics re-estimated: {len(self.recalibrated)} layer(s)")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
+
+
+#: the options the printed report's "pipeline:" line shows (the preset and what it sets, the criterion)
+_PIPELINE_KEYS = ("preset", "observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate",
+                  "criterion")
 
 
 def _si(value: float) -> str:

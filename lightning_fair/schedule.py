@@ -13,6 +13,8 @@ model already meets is skipped.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 __all__ = ["MOMENTS", "check_prune_at", "relative_target", "scheduled_fraction", "step_of", "step_options"]
@@ -92,39 +94,40 @@ def relative_target(scheduled: float, current: float, original: float) -> Option
     return min(1.0, scheduled / kept)
 
 
-def step_options(options: Dict[str, Any], prune_at: PruneAt, epoch: int, original: Optional[Dict[str, Any]],
-                 measure: Callable[[], Tuple[int, int]]) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
-    """The options of :func:`lightning_fair.prune` at ``epoch``, and the record of this step.
+def step_options(config, prune_at: PruneAt, epoch: int, original: Optional[Dict[str, Any]],
+                 measure: Callable[[], Tuple[int, int]]) -> Tuple[Optional[Any], Dict[str, Any]]:
+    """The :class:`~lightning_fair.PruneConfig` of :func:`lightning_fair.prune` at ``epoch``, and the
+    record of this step.
 
-    ``options`` are the callback's (``target_macs``/``target_params`` as given); ``original`` is the
+    ``config`` is the callback's (``target_macs``/``target_params`` as given); ``original`` is the
     report (``macs_before``, ``params_before``) of the first pruning of this schedule, None before
     it; ``measure()`` gives the current ``(MACs, params)`` and is called only when needed. Outside a
-    list ``prune_at`` the options are returned unchanged and the record is empty. At a listed epoch
+    list ``prune_at`` the config is returned unchanged and the record is empty. At a listed epoch
     the record holds ``step`` and ``steps``; with a target also ``scheduled`` (the fraction of the
     original to keep after this step), and the target becomes relative to the current model. The
-    options are None if the model already keeps no more than ``scheduled`` (the record then has a
+    config is None if the model already keeps no more than ``scheduled`` (the record then has a
     ``skipped`` sentence).
 
     Example:
-        >>> options = {"target_macs": 0.5, "target_params": None, "tolerance": 0.05}
-        >>> new, record = step_options(options, (2, 4), 2, {"macs_before": 100}, lambda: (80, 10))
-        >>> new["target_macs"], record   # keep 0.75 of the original: 0.9375 of the current 80%
+        >>> from lightning_fair import PruneConfig
+        >>> new, record = step_options(PruneConfig(target_macs=0.5), (2, 4), 2, {"macs_before": 100}, lambda: (80, 10))
+        >>> new.target_macs, record   # keep 0.75 of the original: 0.9375 of the current 80%
         (0.9375, {'step': 1, 'steps': 2, 'scheduled': 0.75})
     """
     step = step_of(prune_at, epoch)
     if step is None:
-        return dict(options), {}
+        return config, {}
     record: Dict[str, Any] = {"step": step[0], "steps": step[1]}
-    key = next((k for k in ("macs", "params") if options.get(f"target_{k}") is not None), None)
+    key = next((k for k in ("macs", "params") if getattr(config, f"target_{k}") is not None), None)
     if key is None:  # a tolerance or ratio: applied to the model as it is now (it compounds)
-        return dict(options), record
+        return config, record
     current = measure()[0 if key == "macs" else 1]
     base = original[f"{key}_before"] if original else current
-    record["scheduled"] = scheduled_fraction(options[f"target_{key}"], *step)
+    record["scheduled"] = scheduled_fraction(getattr(config, f"target_{key}"), *step)
     target = relative_target(record["scheduled"], current, base)
     if target is None:
         record["skipped"] = (f"step {step[0]} of {step[1]} (epoch {epoch}) skipped: the model keeps "
                              f"{current / base:.1%} of the original {key}, at or below this step's "
                              f"{record['scheduled']:.1%}")
         return None, record
-    return {**options, f"target_{key}": target}, record
+    return dataclasses.replace(config, **{f"target_{key}": target}), record

@@ -13,17 +13,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .config import PruneConfig, configure
 from .distances import max_pairwise_w1
-from .memory import DEFAULT_BUDGET, parse_bytes
+from .memory import parse_bytes
 from .screening import filter_norms, screening_scores
 from .layers import consumer_of, resolve_ignored
-from .statistics import StatisticsCollector, default_unpack
+from .statistics import RECONSTRUCTIONS, StatisticsCollector, default_unpack
 
 __all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
-
-#: How R aggregates dL/dz * z: the paper's absolute value of the total (``"abs_of_sum"``),
-#: or the sum over samples of each sample's absolute value (``"sum_of_abs"``).
-RECONSTRUCTIONS = ("abs_of_sum", "sum_of_abs")
 
 
 @dataclass
@@ -43,10 +40,10 @@ class FairScores:
             per forward, scored or not).
         config: how the scores were made (samples_per_class, num_projections, observe, seed, num_batches),
             and the model's mean loss and accuracy on the calibration batches while scoring.
-        f_statistic: ``{layer: F [C]}`` (``screening=True`` only), the one-way ANOVA F-statistic across
+        f_statistic: ``{layer: F [C]}`` (``criterion="screening"`` only), the one-way ANOVA F-statistic across
             classes of each unit's spatially averaged observed tensor (:mod:`lightning_fair.screening`).
-        filter_norm: ``{layer: [C]}`` (``screening=True`` only), the L2 norm of each unit's filter.
-        input_f_statistic: ``{Conv/Linear: F [C_in]}`` (``screening=True`` only), the F-statistic of
+        filter_norm: ``{layer: [C]}`` (``criterion="screening"`` only), the L2 norm of each unit's filter.
+        input_f_statistic: ``{Conv/Linear: F [C_in]}`` (``criterion="screening"`` only), the F-statistic of
             each input feature / spatially averaged input channel, for unstructured screening.
         input_utilization: ``{Conv/Linear: U [C_in]}``, the utilization score of each input channel of
             every Conv/Linear (scored or not, the output layer too) whose input is not simply one scored
@@ -78,7 +75,7 @@ class FairScores:
 
     def screening(self, weight: float = 0.5) -> Dict[str, torch.Tensor]:
         """``{layer: screening score [C]}``, ``weight * F / mean F + (1 - weight) * m / mean m`` per
-        layer (scores computed with ``screening=True``; see :func:`lightning_fair.screening.screening_scores`)."""
+        layer (scores computed with ``criterion="screening"``; see :func:`lightning_fair.screening.screening_scores`)."""
         return screening_scores(self, weight)
 
     def __repr__(self) -> str:
@@ -142,52 +139,43 @@ class FairScores:
 def compute_scores(
     model: nn.Module,
     dataloader: Iterable,
+    config: Optional[PruneConfig] = None,
     *,
-    samples_per_class: int = 32,
-    num_projections: int = 128,
-    observe: str = "activation",
-    reconstruction: str = "abs_of_sum",
-    seed: int = 0,
     loss_fn: Optional[Callable] = None,
     unpack: Callable = default_unpack,
-    ignored_layers: Optional[Iterable[Union[str, nn.Module]]] = None,
-    max_batches: Optional[int] = None,
     distributed: bool = False,
-    memory_budget: Union[int, str, None] = DEFAULT_BUDGET,
     verbose: bool = False,
-    screening: bool = False,
+    **options,
 ) -> FairScores:
     """Score every prunable unit of ``model`` with one forward and one backward per batch.
 
     Args:
         model: any ``nn.Module`` (a LightningModule too) that maps inputs to class logits.
         dataloader: labelled calibration batches, ``(inputs, labels)`` by default.
-        samples_per_class: images per class kept for the utilization score (n in the paper).
-        num_projections: random directions for the sliced W1 of conv channels (P).
-        observe: what U observes: the layer's ``"output"``, the tensor after the following
-            ``"norm"``, or after the following nonlinearity (``"activation"``, the default;
-            where no such module follows, the furthest point reached is used and recorded
-            in ``scores.observed``).
-        reconstruction: ``"abs_of_sum"`` (the paper: ``R = |Σ dL/dz·z|`` over all samples and
-            positions) or ``"sum_of_abs"`` (``Σ_samples |Σ_positions dL/dz·z|``).
-        seed: seeds the projection directions.
+        config: a :class:`~lightning_fair.PruneConfig`; scoring reads ``samples_per_class``,
+            ``num_projections``, ``observe`` (what U observes: the layer's ``"output"``, the tensor
+            after the following ``"norm"``, or after the following nonlinearity, ``"activation"``,
+            the default preset's; where no such module follows, the furthest point reached is used
+            and recorded in ``scores.observed``), ``reconstruction`` (``"abs_of_sum"``, the paper's
+            ``R = |sum dL/dz z|`` over all samples and positions, or ``"sum_of_abs"``), ``seed``,
+            ``ignored_layers`` (never scored, nor pruned), ``max_batches``, ``memory_budget`` and
+            ``criterion`` (``"screening"`` also collects, in the same pass, what the screening
+            criterion needs: ``FairScores.f_statistic``, ``filter_norm``, ``input_f_statistic``;
+            per class, the count, sum and sum of squares of every unit's spatially averaged
+            observed tensor and every Conv/Linear's input: ``16 K C`` bytes per layer).
+        **options: fields of :class:`~lightning_fair.PruneConfig` overriding ``config``.
         loss_fn: ``loss_fn(logits, labels)``, cross-entropy by default.
         unpack: ``batch -> (inputs, labels)``.
-        ignored_layers: module names or modules never scored (nor pruned).
-        max_batches: stop after this many batches.
         distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process passes
             its own shard of the calibration data and the statistics of all processes are merged
             before scoring, so every process gets the same scores (collective: call on every rank).
-        memory_budget: bytes (or a size like ``"4GiB"``; None: no limit) the utilization samples
-            may take. The need is estimated on the first batch from the layer shapes, classes,
-            ``samples_per_class`` and ``num_projections`` (:mod:`lightning_fair.memory`); over the
-            budget, units are split into chunks collected in further, forward-only passes over
-            ``dataloader`` (which must then be re-iterable). Same scores, given the same batches.
         verbose: print the memory estimate (and the number of passes) after the first batch.
-        screening: also collect, in the same pass, what the screening criterion needs
-            (``FairScores.f_statistic``, ``filter_norm``, ``input_f_statistic``; per class, the count,
-            sum and sum of squares of every unit's spatially averaged observed tensor and every
-            Conv/Linear's input: ``16 K C`` bytes per layer). ``prune(criterion="screening")`` sets it.
+
+    Memory: the utilization samples need about what :func:`lightning_fair.estimate_memory` says
+    (estimated on the first batch from the layer shapes, classes, ``samples_per_class`` and
+    ``num_projections``); over ``memory_budget`` the units are split into chunks collected in
+    further, forward-only passes over ``dataloader`` (which must then be re-iterable). Same
+    scores, given the same batches.
 
     Returns:
         :class:`FairScores`. The model is left exactly as it was.
@@ -202,16 +190,16 @@ def compute_scores(
         >>> scores.utilization["features.0.0"].shape
         torch.Size([16])
     """
-    if reconstruction not in RECONSTRUCTIONS:
-        raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
+    config = configure(config, **options).resolved()
+    samples_per_class, max_batches, memory_budget = config.samples_per_class, config.max_batches, config.memory_budget
     budget = parse_bytes(memory_budget)
-    ignored = resolve_ignored(model, ignored_layers)
-    options = dict(samples_per_class=samples_per_class, num_projections=num_projections, observe=observe, seed=seed,
-                   loss_fn=loss_fn, unpack=unpack, ignored=ignored, distributed=distributed)
-    collector = StatisticsCollector(model, memory_budget=budget, screening=bool(screening), **options)
+    ignored = resolve_ignored(model, config.ignored_layers)
+    options = dict(samples_per_class=samples_per_class, num_projections=config.num_projections, observe=config.observe,
+                   seed=config.seed, loss_fn=loss_fn, unpack=unpack, ignored=ignored, distributed=distributed)
+    collector = StatisticsCollector(model, memory_budget=budget, screening=config.criterion == "screening", **options)
     collector.on_plan = (lambda estimate: print(estimate.describe(budget), flush=True)) if verbose else None
     collector.run(dataloader, max_batches=max_batches)
-    scores = scores_from_statistics(collector, reconstruction=reconstruction)
+    scores = scores_from_statistics(collector, reconstruction=config.reconstruction)
     if len(collector.chunks) > 1 and iter(dataloader) is dataloader:
         raise ValueError(
             f"the statistics need {len(collector.chunks)} passes under memory_budget={memory_budget!r}, but the "

@@ -31,6 +31,8 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import nn
 
+from .allocation import layer_normalised
+
 __all__ = ["CRITERIA", "ClassMoments", "check_criterion", "check_screening_weight", "f_statistic", "filter_norms", "screening_scores",
            "ranked_by_screening", "connection_scores", "connection_masks", "CONNECTION_ALLOCATIONS"]
 
@@ -164,13 +166,12 @@ def filter_norms(module: nn.Module) -> torch.Tensor:
 
 
 def _mean_normalised(values: torch.Tensor) -> torch.Tensor:
-    values = values.to(torch.float64)
-    return values / values.mean().clamp_min(1e-12)
+    return layer_normalised(values.to(torch.float64))
 
 
 def screening_scores(scores, weight: float = 0.5, layers: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
     """``{layer: w * F / mean F + (1 - w) * m / mean m}`` per unit (float64) from a :class:`FairScores`
-    computed with ``screening=True``.
+    computed with ``criterion="screening"``.
 
     Example:
         >>> from lightning_fair.scores import FairScores
@@ -184,7 +185,7 @@ def screening_scores(scores, weight: float = 0.5, layers: Optional[Iterable[str]
     missing = [n for n in names if n not in scores.f_statistic or n not in scores.filter_norm]
     if missing:
         raise ValueError(f"these scores carry no screening statistics for {missing[:3]}; compute them with "
-                         "compute_scores(..., screening=True) (prune(criterion='screening') does)")
+                         "compute_scores(..., criterion='screening') (prune(criterion='screening') does)")
     return {n: weight * _mean_normalised(scores.f_statistic[n]) + (1 - weight) * _mean_normalised(scores.filter_norm[n])
             for n in names}
 

@@ -50,7 +50,11 @@ from .layers import (
     units_view,
 )
 
-__all__ = ["LayerStatistics", "StatisticsCollector", "default_unpack"]
+__all__ = ["LayerStatistics", "RECONSTRUCTIONS", "StatisticsCollector", "default_unpack", "first_inputs"]
+
+#: How R aggregates dL/dz * z: the paper's absolute value of the total (``"abs_of_sum"``),
+#: or the sum over samples of each sample's absolute value (``"sum_of_abs"``).
+RECONSTRUCTIONS = ("abs_of_sum", "sum_of_abs")
 
 _STAGE = {"output": 0, "norm": 1, "activation": 2}
 _STAGE_NAME = {v: k for k, v in _STAGE.items()}
@@ -71,6 +75,17 @@ def default_unpack(batch):
         "(inputs, labels, ...) sequences or dicts with 'x' and 'y' keys, or pass "
         "unpack=lambda batch: (inputs, labels)"
     )
+
+
+def first_inputs(dataloader, unpack=default_unpack):
+    """The first calibration batch's inputs (one sample if a tensor): example inputs for tracing."""
+    with torch.inference_mode(False):  # under trainer.validate: a normal tensor, usable for tracing
+        for batch in dataloader:
+            inputs, _ = unpack(batch)
+            if isinstance(inputs, torch.Tensor):
+                inputs = inputs[:1].clone()
+            return inputs
+    raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
 
 
 @dataclass

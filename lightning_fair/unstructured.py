@@ -18,11 +18,10 @@ from torch import nn
 
 from .layers import candidate_layers, resolve_ignored
 from .memory import DEFAULT_BUDGET, parse_bytes
-from .oneshot import _first_inputs
 from .report import _si, measure
 from .scores import FairScores, compute_scores
 from .screening import check_screening_weight, connection_masks, connection_scores
-from .statistics import default_unpack
+from .statistics import default_unpack, first_inputs
 
 __all__ = ["ConnectionPruneResult", "SparsityReport", "SparsityRow", "prune_connections"]
 
@@ -147,14 +146,14 @@ def prune_connections(
     Args:
         model: any ``nn.Module`` mapping inputs to class logits.
         dataloader: labelled calibration batches (not needed with ``scores`` computed with
-            ``screening=True``).
+            ``criterion="screening"``).
         sparsity: the fraction of connections to set to zero, in [0, 1): exactly
             ``floor(sparsity * N)`` of the ``N`` weights of the pruned layers (``"global"``) or of
             each layer (``"layer"``).
         allocation: ``"global"`` (one threshold on the layer-normalised scores of all layers) or
             ``"layer"`` (the same fraction of every layer).
         screening_weight: weight of the F term against the magnitude term, in [0, 1].
-        scores: precomputed ``compute_scores(..., screening=True)`` output (skips the data pass).
+        scores: precomputed ``compute_scores(..., criterion='screening')`` output (skips the data pass).
         example_inputs: inputs to count the (unchanged) dense MACs; default: the first batch.
         ignored_layers: module names or modules left dense.
         include_output: also prune the output layer (the last Conv/Linear to run; default False).
@@ -182,17 +181,17 @@ def prune_connections(
     connection_masks({}, sparsity, allocation)  # validates sparsity and allocation
     parse_bytes(memory_budget)
     if dataloader is None and scores is None:
-        raise ValueError("pass a calibration dataloader, or scores=compute_scores(..., screening=True)")
+        raise ValueError("pass a calibration dataloader, or scores=compute_scores(..., criterion='screening')")
     ignored = resolve_ignored(model, ignored_layers)
     if example_inputs is None and dataloader is not None:
-        example_inputs = _first_inputs(dataloader, unpack)
+        example_inputs = first_inputs(dataloader, unpack)
     if scores is None:
         scores = compute_scores(model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
                                 observe=observe, seed=seed, loss_fn=loss_fn, unpack=unpack, ignored_layers=ignored,
                                 max_batches=max_batches, distributed=distributed, memory_budget=memory_budget,
-                                verbose=verbose, screening=True)
+                                verbose=verbose, criterion="screening")
     if not scores.input_f_statistic:
-        raise ValueError("these scores carry no input F-statistics; compute them with compute_scores(..., screening=True)")
+        raise ValueError("these scores carry no input F-statistics; compute them with compute_scores(..., criterion='screening')")
     names = [n for n, m in candidate_layers(model, ignored).items() if isinstance(getattr(m, "weight", None), torch.Tensor)]
     if not include_output:
         names = [n for n in names if n != scores.output_layer]

@@ -46,12 +46,12 @@ def run(rank: int, world: int, out: str, port: str) -> None:
 
     mine = batches()[rank::world]
     options = dict(samples_per_class=100, num_projections=16, seed=3)  # 100 >= images per class: all are used
-    scores = compute_scores(model(), mine, distributed=True, screening=True, **options)
+    scores = compute_scores(model(), mine, distributed=True, criterion="screening", **options)
     result = prune(model(), mine, target_macs=0.5, distributed=True, **options)
     torch.save({"scores": scores.state_dict(), "removed": result.removed,
                 "state": result.model.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
     if rank == 0:
-        single = compute_scores(model(), batches(), screening=True, **options)
+        single = compute_scores(model(), batches(), criterion="screening", **options)
         alone = prune(model(), batches(), target_macs=0.5, **options)
         torch.save({"scores": single.state_dict(), "removed": alone.removed, "state": alone.model.state_dict()},
                    os.path.join(out, "single.pt"))

@@ -147,7 +147,7 @@ def test_screening_ranks_residual_groups_by_its_own_scores():
     torch.manual_seed(0)
     model = zoo.resnet(width=8, layers=(2, 2)).eval()
     data = [(torch.randn(60, 1, 8, 8), torch.arange(60) % 10) for _ in range(2)]
-    scores = compute_scores(model, data, samples_per_class=4, num_projections=8, screening=True)
+    scores = compute_scores(model, data, samples_per_class=4, num_projections=8, criterion="screening")
     assert scores.input_utilization
     options = dict(scores=scores, example_inputs=data[0][0][:1], criterion="screening", target_macs=0.6,
                    inplace=False, recalibrate=False)

@@ -67,7 +67,7 @@ def sklearn_f(values, labels):
 @pytest.mark.parametrize("observe", ["output", "activation"])
 def test_f_statistic_equals_sklearn_f_classif(observe):
     model, batches = helpers.trained_small_cnn(), unequal_batches()
-    scores = compute_scores(model, batches, observe=observe, screening=True, **FAST)
+    scores = compute_scores(model, batches, observe=observe, criterion="screening", **FAST)
     f = model.features
     # conv and Linear units: the layer output, or the ReLU after the norm (the tensor U observes)
     taps = ({"features.0.0": f[0][0], "features.3.0": f[3][0], "head.0": model.head[0]} if observe == "output" else
@@ -85,7 +85,7 @@ def test_f_statistic_equals_sklearn_f_classif(observe):
 
 def test_f_statistic_of_an_mlp_and_its_raw_pixels():
     model, batches = helpers.train(zoo.mlp(in_features=64), epochs=2), unequal_batches()
-    scores = compute_scores(model, batches, screening=True, **FAST)
+    scores = compute_scores(model, batches, criterion="screening", **FAST)
     relus = {"features.1": model.features[2], "features.3": model.features[4]}  # observe="activation"
     values, labels = captured(model, batches, relus)
     for name in relus:
@@ -101,7 +101,7 @@ def test_f_statistic_of_an_mlp_and_its_raw_pixels():
 def test_screening_statistics_leave_fair_scores_bitwise_unchanged():
     model, batches = helpers.trained_small_cnn(), helpers.calibration_loader(300, 100)
     plain = compute_scores(model, batches, **FAST)
-    both = compute_scores(model, batches, screening=True, **FAST)
+    both = compute_scores(model, batches, criterion="screening", **FAST)
     assert not plain.f_statistic and not plain.input_f_statistic
     for name in plain.layers:
         assert torch.equal(plain.utilization[name], both.utilization[name])
@@ -115,7 +115,7 @@ def test_screening_statistics_leave_fair_scores_bitwise_unchanged():
 @pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
 def test_screening_score_is_the_brute_force_formula(weight):
     model, batches = helpers.trained_small_cnn(), unequal_batches()
-    scores = compute_scores(model, batches, observe="output", screening=True, **FAST)
+    scores = compute_scores(model, batches, observe="output", criterion="screening", **FAST)
     layers = {"features.1.0": model.features[1][0], "head.0": model.head[0]}
     values, labels = captured(model, batches, layers)
     result = screening_scores(scores, weight)
@@ -129,7 +129,7 @@ def test_screening_score_is_the_brute_force_formula(weight):
 
 
 def test_scores_with_f_round_trip_and_old_files_still_load(tmp_path):
-    scores = compute_scores(helpers.trained_small_cnn(), helpers.calibration_loader(200, 100), screening=True, **FAST)
+    scores = compute_scores(helpers.trained_small_cnn(), helpers.calibration_loader(200, 100), criterion="screening", **FAST)
     scores.save(tmp_path / "s.pt")
     back = FairScores.load(tmp_path / "s.pt")
     for field in ("f_statistic", "filter_norm", "input_f_statistic"):
@@ -152,7 +152,7 @@ def lenet():
     model = helpers.train(zoo.mlp(in_features=64), epochs=6)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     batches = helpers.calibration_loader(400, 100)
-    return state, batches, compute_scores(model, batches, screening=True, **FAST)
+    return state, batches, compute_scores(model, batches, criterion="screening", **FAST)
 
 
 def fresh(state):
@@ -231,7 +231,7 @@ def test_criterion_fair_is_the_default_bitwise(lenet):
             assert torch.equal(default.scores.reconstruction[name], fair.scores.reconstruction[name])
         for key, value in default.model.state_dict().items():
             assert torch.equal(value, fair.model.state_dict()[key]), key
-        assert fair.report.options["criterion"] == "fair" and "screening_weight" not in fair.report.options
+        assert fair.report.options["criterion"] == "fair"
         assert not fair.scores.f_statistic  # nothing extra collected for FAIR
 
 
@@ -317,9 +317,9 @@ def test_screening_needs_scores_with_screening_statistics(lenet):
     state, batches, _ = lenet
     model = fresh(state)
     plain = compute_scores(model, batches, **FAST)
-    with pytest.raises(ValueError, match="screening=True"):
+    with pytest.raises(ValueError, match="criterion='screening'"):
         prune(model, scores=plain, example_inputs=batches[0][0][:1], criterion="screening", target_params=0.5)
-    with pytest.raises(ValueError, match="screening=True"):
+    with pytest.raises(ValueError, match="criterion='screening'"):
         prune_connections(model, scores=plain, sparsity=0.5)
     for kwargs in ({"sparsity": 1.0}, {"sparsity": -0.1}, {"sparsity": 0.5, "allocation": "uniform"},
                    {"sparsity": 0.5, "screening_weight": 2}):
@@ -332,7 +332,7 @@ def test_screening_needs_scores_with_screening_statistics(lenet):
 def test_callback_passes_screening_options_through():
     callback_module = pytest.importorskip("lightning_fair.callback")
     callback = callback_module.FairPruneCallback(criterion="screening", screening_weight=0.25, ratio=0.2)
-    assert callback.options["criterion"] == "screening" and callback.options["screening_weight"] == 0.25
+    assert callback.config.criterion == "screening" and callback.config.screening_weight == 0.25
     for bad in ({"criterion": "x"}, {"screening_weight": 3}, {"ratio": 0.2, "allocation": "tod"}):
         with pytest.raises(ValueError):
             callback_module.FairPruneCallback(**bad)
@@ -358,7 +358,7 @@ def test_screening_beats_random_removal_on_held_out_digits():
         torch.manual_seed(seed)
         trained = helpers.train(zoo.mlp(in_features=64), epochs=12, seed=seed)
         options = dict(allocation="uniform", target_params=0.5, example_inputs=batches[0][0][:1], **FAST)
-        scores = compute_scores(trained, batches, screening=True, **FAST)
+        scores = compute_scores(trained, batches, criterion="screening", **FAST)
         screened = prune(copy.deepcopy(trained), batches, criterion="screening", scores=scores, **options)
         accuracy = helpers.accuracy(screened.model, x_test, y_test)
         random = [helpers.accuracy(prune(copy.deepcopy(trained), batches, ranking="random", seed=s, scores=scores,
@@ -380,7 +380,7 @@ def test_cli_flags_reach_the_callback(monkeypatch):
                         "--data=lightning_fair.demo.DigitsDataModule", "--trainer.logger=false",
                         "--prune.criterion=screening", "--prune.screening_weight=0.3", "--prune.ratio=0.2"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
-    assert {k: callback.options[k] for k in ("criterion", "screening_weight", "ratio")} == {
+    assert {k: getattr(callback.config, k) for k in ("criterion", "screening_weight", "ratio")} == {
         "criterion": "screening", "screening_weight": 0.3, "ratio": 0.2}
 
 
@@ -399,7 +399,7 @@ def test_screening_memory_is_k_by_c_and_in_the_estimate():
     assert held == estimate.screening_bytes == collector.estimate.screening_bytes > 0
     units = sum(s.num_units for s in layers)
     assert held == 16 * 10 * (units + 1 + 16 + 16 + 32 + 64) + 8 * 10 * (len(layers) + 5)  # K * (C + C_in)
-    scores = compute_scores(model, batches, screening=True, **FAST)
+    scores = compute_scores(model, batches, criterion="screening", **FAST)
     assert scores.config["memory_estimate"] == estimate.total_bytes
 
 

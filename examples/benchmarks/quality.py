@@ -18,7 +18,7 @@ after one epoch of fine-tuning on the train split, for
 * ``screening``: the same default pipeline with ``criterion="screening"`` (units ranked by
   ``0.5 * F / mean F + 0.5 * ||filter|| / mean ||filter||`` per layer, F the one-way ANOVA
   F-statistic across classes; global threshold, compensation, re-estimation as for ``fair``)
-  (these four rows are :func:`fair_rows`; they share one ``compute_scores(..., screening=True)``
+  (these four rows are :func:`fair_rows`; they share one ``compute_scores(..., criterion="screening")``
   per model and seed for the observation point after the nonlinearity -- the screening
   statistics leave U and R bitwise unchanged; the variant study is variants.py);
 * ``l1`` / ``l2`` / ``taylor`` / ``random``: torch-pruning ``MetaPruner`` with the same
@@ -401,9 +401,9 @@ def fair_rows(run: SeedRun) -> None:
     scores = {}
     for observe in sorted({o for o, _ in FAIR_ROWS.values()}):
         start = time.perf_counter()
-        # screening=True adds the F-statistics to the same pass; U and R are bitwise what they are without
+        # criterion="screening" adds the F-statistics to the same pass; U and R are bitwise what they are without
         needs = any(o == observe and opts.get("criterion") == "screening" for o, opts in FAIR_ROWS.values())
-        scores[observe] = compute_scores(model, calib, observe=observe, seed=seed, screening=needs)
+        scores[observe] = compute_scores(model, calib, observe=observe, seed=seed, criterion="screening" if needs else "fair")
         timing["fair_scores"] += time.perf_counter() - start
     for method, (observe, options) in FAIR_ROWS.items():
         for t in run.targets:
@@ -421,8 +421,7 @@ def fair_rows(run: SeedRun) -> None:
             pruned = result.model.eval()
             if keep is not None and method == "fair" and t == 0.5 and "fair" not in keep:
                 keep["fair"] = common.recalibrate_batchnorm(pruned, run.data.calib)  # the default pipeline
-            level = (f"tolerance {result.tolerance:.3g}" if result.report.options["allocation"] == "tod"
-                     else f"global threshold {result.tolerance:.3g}")
+            level = f"{'global ' if result.level_name == 'threshold' else ''}{result.level_name} {result.level:.3g}"
             run.record(method, t, pruned, result.report.macs_after / result.report.macs_before, note=level)
 
 

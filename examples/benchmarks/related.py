@@ -9,7 +9,7 @@ Two studies, on the trained models and splits of :mod:`common`:
   against torch's global L1 magnitude (``torch.nn.utils.prune.global_unstructured`` with
   ``L1Unstructured``, what Lightning's ``ModelPruning("l1_unstructured")`` applies) on the same
   layers (every Linear, the output layer included, as ``prune_connections`` does). The scores
-  are computed once per seed with ``compute_scores(..., screening=True)``. Held-out one-shot
+  are computed once per seed with ``compute_scores(..., criterion="screening")``. Held-out one-shot
   accuracy (no fine-tuning) and the fraction of zero weights in the pruned layers.
 * **On-the-fly pruning** (our reconstruction of arXiv 2212.12651, ``lightning_fair.onthefly``):
   the model trained from scratch with exactly :func:`common.train_epochs`'s schedule (seed,
@@ -96,7 +96,7 @@ def unstructured(quick: bool, seeds, timing) -> dict:
         model = common.trained_model(task, seed)
         out["baseline"].append(common.accuracy(model, data.test))
         start = time.perf_counter()
-        scores = compute_scores(model, calib, seed=seed, screening=True)
+        scores = compute_scores(model, calib, seed=seed, criterion="screening")
         timing["unstructured_scores"] += time.perf_counter() - start
         for key, (_, weight, allocation, with_output) in UNSTRUCTURED.items():
             for s in sparsities:

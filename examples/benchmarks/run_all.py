@@ -654,7 +654,7 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             "F-statistic across classes of the unit's spatially averaged activation over the calibration images, "
             "m its filter's L2 norm (our reconstruction of arXiv 2502.07189, see docs/method.md \"Screening\"); "
             "global threshold, mean replacement and re-estimation as in the default; its two columns as for the "
-            "default. Scores: the same `compute_scores` pass as the default row, with `screening=True` (which leaves "
+            "default. Scores: the same `compute_scores` pass as the default row, with `criterion=\"screening\"` (which leaves "
             "U and R bitwise unchanged) |",
             "| uniform L1 / L2 / Taylor / random | torch-pruning 1.6 `MetaPruner`, `MagnitudeImportance(p=1)` / "
             "`MagnitudeImportance(p=2)` / `TaylorImportance()` (gradients of the summed calibration "

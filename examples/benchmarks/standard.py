@@ -193,7 +193,7 @@ class ModelRun:
         result = lightning_fair.prune(common.clone(model), self.calib, target_macs=target, scores=scores,
                                       seed=self.seed)
         self.timing[self.phase + "fair"] += time.perf_counter() - start
-        return result.model.eval(), f"global threshold {result.tolerance:.3g}"
+        return result.model.eval(), f"global threshold {result.level:.3g}"
 
     def uniform(self, model: nn.Module, method: str, target: float, ratio: Optional[float] = None):
         start = time.perf_counter()

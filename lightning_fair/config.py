@@ -1,0 +1,218 @@
+"""``PruneConfig``: every plain-data pruning option, declared and validated in one place.
+
+:func:`lightning_fair.prune`, :func:`lightning_fair.compute_scores`, the Lightning callback and
+the command line all take a ``PruneConfig`` (or keyword overrides of its fields), so an option is
+written once: here, with its meaning. Callables and runtime context (``unpack``, ``loss_fn``,
+``distributed``, ``example_inputs``, ``scores``, ``inplace``) stay ordinary arguments of the
+functions that use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from .allocation import ALLOCATIONS, RANKINGS, check_tolerance, resolve_allocation
+from .layers import OBSERVATION_POINTS
+from .memory import DEFAULT_BUDGET, parse_bytes
+from .presets import resolve_preset
+from .removal import GROUP_POLICIES
+from .screening import check_criterion
+from .statistics import RECONSTRUCTIONS
+
+__all__ = ["PIPELINE_OPTIONS", "PruneConfig", "configure"]
+
+#: the options a preset sets (None in a config: the preset's value)
+PIPELINE_OPTIONS = ("observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every plain-data option of a pruning, validated when the config is made.
+
+    Budget (give one): ``tolerance`` (default), ``target_macs``, ``target_params`` or ``ratio``.
+    The six pipeline options (``observe`` ... ``compensate``) default to None, meaning the
+    ``preset``'s value; :meth:`resolved` fills them in.
+
+    Args:
+        tolerance: the tolerance of difference in [0, 1]; larger removes more (ToD allocation).
+        target_macs: instead of ``tolerance``, the fraction of MACs to keep (e.g. 0.5); the level
+            (ToD tolerance, global threshold or uniform ratio) is searched to reach it.
+        target_params: the same for the parameter count.
+        ratio: the fraction of every layer's units to remove (``allocation="uniform"``), in [0, 1).
+        preset: ``"default"`` (the configuration the benchmarks found best one-shot) or ``"paper"``
+            (the method exactly as published: U on the raw layer output, no BatchNorm
+            re-estimation, no compensation); see :mod:`lightning_fair.presets`.
+        observe: what U observes: the layer's ``"output"``, the tensor after the following
+            ``"norm"``, or after the following nonlinearity (``"activation"``).
+        reconstruction: ``"abs_of_sum"`` (the paper's ``R = |sum dL/dz z|``) or ``"sum_of_abs"``.
+        group_policy: layers coupled by residual adds or concatenation: ``"min_count"`` (each
+            member's own count, the smallest wins) or ``"joint"`` (one count on combined scores).
+        allocation: ``"tod"`` (per-layer tolerance-of-difference counts, FAIR), ``"global"`` (one
+            threshold on layer-normalised scores; needs a target), ``"uniform"`` (the same
+            fraction of every layer: ``ratio``, or searched for a target) or ``"auto"`` (global
+            with a target, ToD with a tolerance, uniform with a ratio).
+        recalibrate: re-estimate BatchNorm running statistics on the calibration batches after
+            removal (needs a calibration dataloader).
+        compensate: mean-replacement compensation: fold each removed input's calibration mean
+            into its consumer's bias (:mod:`lightning_fair.compensation`).
+        ranking: which units a layer's count removes: ``"utilization"`` (the criterion's score),
+            ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations).
+        criterion: what ranks the units: ``"fair"`` (U, with R as ToD's protection) or
+            ``"screening"`` (class-separation F-statistic combined with the filter norm,
+            :mod:`lightning_fair.screening`).
+        screening_weight: the weight of F against the filter magnitude, in [0, 1] (screening).
+        samples_per_class: images per class kept for the utilization score (n in the paper).
+        num_projections: random directions for the sliced W1 of conv channels (P in the paper).
+        seed: seeds the projection directions (and the random ranking).
+        max_batches: calibration batches to use (all by default).
+        memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit); over it
+            they are collected in several passes.
+        ignored_layers: qualified module names never pruned (the output layer never is);
+            :func:`lightning_fair.prune` also accepts module objects here.
+
+    Raises:
+        ValueError: a bad value; the message names the field and the fix.
+
+    Example:
+        >>> config = PruneConfig(target_macs=0.5)
+        >>> config.resolved().allocation   # the default preset: a global threshold under a target
+        'global'
+        >>> PruneConfig.paper(tolerance=0.1).resolved().observe
+        'output'
+        >>> PruneConfig(observe="inputs")
+        Traceback (most recent call last):
+        ...
+        ValueError: observe must be one of ('output', 'norm', 'activation'), got 'inputs'
+    """
+
+    tolerance: float = 0.05
+    target_macs: Optional[float] = None
+    target_params: Optional[float] = None
+    ratio: Optional[float] = None
+    preset: Literal["default", "paper"] = "default"
+    observe: Optional[Literal["activation", "output", "norm"]] = None
+    reconstruction: Optional[Literal["abs_of_sum", "sum_of_abs"]] = None
+    group_policy: Optional[Literal["min_count", "joint"]] = None
+    allocation: Optional[Literal["auto", "tod", "global", "uniform"]] = None
+    recalibrate: Optional[bool] = None
+    compensate: Optional[bool] = None
+    ranking: Literal["utilization", "l1", "random"] = "utilization"
+    criterion: Literal["fair", "screening"] = "fair"
+    screening_weight: float = 0.5
+    samples_per_class: int = 32
+    num_projections: int = 128
+    seed: int = 0
+    max_batches: Optional[int] = None
+    memory_budget: Union[int, str, None] = DEFAULT_BUDGET
+    ignored_layers: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        check_tolerance(self.tolerance)
+        check_criterion(self.criterion, self.screening_weight)
+        pipeline = self.pipeline  # checks the preset
+        if self.target_macs is not None and self.target_params is not None:
+            raise ValueError("give target_macs or target_params, not both")
+        for key, value in (("target_macs", self.target_macs), ("target_params", self.target_params)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 < float(value) <= 1.0):
+                raise ValueError(f"{key} is the fraction to keep, in (0, 1], got {value!r}")
+        for key, allowed in (("ranking", RANKINGS), ("group_policy", GROUP_POLICIES), ("observe", OBSERVATION_POINTS),
+                             ("reconstruction", RECONSTRUCTIONS), ("allocation", ALLOCATIONS)):
+            value = pipeline.get(key, getattr(self, key))
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+        for key in ("recalibrate", "compensate"):
+            if not isinstance(pipeline[key], bool):
+                raise ValueError(f"{key} must be True, False or None (the preset's value), got {pipeline[key]!r}")
+        allocation = pipeline["allocation"]
+        if allocation == "global" and not self.target:
+            raise ValueError("allocation='global' ranks units across layers and needs a budget: pass target_macs=... "
+                             "or target_params=... (or use allocation='tod' with a tolerance)")
+        if self.ratio is not None:
+            if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 <= self.ratio < 1.0:
+                raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {self.ratio!r}")
+            if allocation not in ("uniform", "auto"):
+                raise ValueError(f"ratio= sets the per-layer fraction of allocation='uniform', not of "
+                                 f"allocation={allocation!r}; pass allocation='uniform' (or leave it unset), or drop ratio")
+            if self.target:
+                raise ValueError("give ratio or a target (target_macs/target_params), not both")
+        elif allocation == "uniform" and not self.target:
+            raise ValueError("allocation='uniform' removes the same fraction of every layer: pass ratio=... (e.g. 0.3), "
+                             "or target_macs=.../target_params=... to search it")
+        for key in ("samples_per_class", "num_projections"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if self.max_batches is not None and (isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
+                                             or self.max_batches < 1):
+            raise ValueError(f"max_batches must be a positive integer or None (all batches), got {self.max_batches!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        parse_bytes(self.memory_budget)  # a bad budget fails before anything runs
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def paper(cls, **overrides: Any) -> "PruneConfig":
+        """The method exactly as published (arXiv 2508.02291), with ``overrides``."""
+        return cls(preset="paper", **overrides)
+
+    @classmethod
+    def default(cls, **overrides: Any) -> "PruneConfig":
+        """The configuration the benchmark suite found best one-shot, with ``overrides``."""
+        return cls(preset="default", **overrides)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def pipeline(self) -> Dict[str, Any]:
+        """The six pipeline options with the preset's values filled in, ``allocation`` resolved
+        (``"auto"``: uniform with a ratio, global with a target, ToD otherwise)."""
+        options = resolve_preset(self.preset, **{key: getattr(self, key) for key in PIPELINE_OPTIONS})
+        options["allocation"] = resolve_allocation(options["allocation"], bool(self.target), self.ratio is not None)
+        return options
+
+    @property
+    def target(self) -> Dict[str, float]:
+        """``{"macs": fraction}``, ``{"params": fraction}`` or ``{}`` (no target: a tolerance or a ratio)."""
+        return {key: float(value) for key, value in (("macs", self.target_macs), ("params", self.target_params))
+                if value is not None}
+
+    def resolved(self) -> "PruneConfig":
+        """This config with the preset's values written into the pipeline options."""
+        return dataclasses.replace(self, **self.pipeline)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as a plain dict (module objects in ``ignored_layers`` become their type names)."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        if data["ignored_layers"] is not None:
+            layers = data["ignored_layers"]
+            layers = [layers] if isinstance(layers, str) or not hasattr(layers, "__iter__") else layers
+            data["ignored_layers"] = [item if isinstance(item, str) else type(item).__name__ for item in layers]
+        return data
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(PruneConfig))
+
+
+def configure(config: Optional[PruneConfig] = None, **overrides: Any) -> PruneConfig:
+    """``config`` (default: ``PruneConfig()``) with the keyword ``overrides`` applied, validated.
+
+    Example:
+        >>> configure(PruneConfig.paper(), target_macs=0.5).target
+        {'macs': 0.5}
+        >>> configure(tolerence=0.1)
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown pruning option(s) ['tolerence']; the options are the fields of PruneConfig: ...
+    """
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise TypeError(f"unknown pruning option(s) {unknown}; the options are the fields of PruneConfig: "
+                        f"{', '.join(FIELDS)}")
+    if config is None:
+        return PruneConfig(**overrides)
+    if not isinstance(config, PruneConfig):
+        raise TypeError(f"config must be a lightning_fair.PruneConfig, got {type(config).__name__}; "
+                        "pass options as keywords, e.g. prune(model, loader, target_macs=0.5)")
+    return dataclasses.replace(config, **overrides) if overrides else config

@@ -1,0 +1,109 @@
+"""Putting a model back: train/eval flags, and everything a failed pruning may have changed.
+
+Pruning replaces parameters and edits module attributes instead of writing into tensors, so a
+shallow snapshot of every module's dicts is enough to undo it exactly (:class:`ModelSnapshot`);
+:func:`rollback` wraps a block with one, :func:`preserved_modes` only keeps train/eval flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
+__all__ = ["ModelSnapshot", "preserved_modes", "rollback"]
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Run the block, then put every submodule's ``training`` flag back as it was (also on error).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> with preserved_modes(net):
+        ...     _ = net.eval()
+        >>> net.training, net[1].training
+        (True, True)
+    """
+    flags = {module: module.training for module in model.modules()}
+    try:
+        yield
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+@contextlib.contextmanager
+def rollback(model: nn.Module) -> Iterator["ModelSnapshot"]:
+    """Snapshot ``model``; if the block raises (anything, KeyboardInterrupt too), restore the
+    modules, parameters, buffers, train/eval flags and ``requires_grad`` exactly, then re-raise.
+
+    The snapshot is yielded: ``include`` more modules, ``restore`` after a trial, ``restore_flags``.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> weight = net.weight
+        >>> try:
+        ...     with rollback(net):
+        ...         net.weight = nn.Parameter(weight[:1].detach())
+        ...         raise RuntimeError("failed half-way")
+        ... except RuntimeError:
+        ...     pass
+        >>> net.weight is weight
+        True
+    """
+    snapshot = ModelSnapshot(model)
+    try:
+        yield snapshot
+    except BaseException:
+        snapshot.restore()
+        snapshot.restore_flags(model)
+        raise
+
+
+class ModelSnapshot:
+    """Shallow snapshot of every module's attributes, parameters and buffers.
+
+    Pruning replaces parameters and edits attributes instead of writing into tensors,
+    so restoring these dicts puts the model back exactly as it was.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.state = []
+        self.include(model.modules())
+        self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        self.training = {m: m.training for m in model.modules()}
+
+    def include(self, modules) -> None:
+        """Also snapshot these modules (e.g. torch-pruning's concat/split bookkeeping ops)."""
+        seen = {id(entry[0]) for entry in self.state}
+        for m in modules:
+            if isinstance(m, nn.Module) and id(m) not in seen:
+                seen.add(id(m))
+                self.state.append((m, _copy_lists(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)))
+
+    def restore(self) -> None:
+        """Undo every change made since the snapshot (can be called more than once)."""
+        for module, attributes, parameters, buffers, modules in self.state:
+            module.__dict__.clear()
+            module.__dict__.update(_copy_lists(attributes))
+            module.__dict__.update(_parameters=dict(parameters), _buffers=dict(buffers), _modules=dict(modules))
+
+    def restore_flags(self, model: nn.Module) -> None:
+        """Put back train/eval flags and ``requires_grad`` (pruning makes new parameters)."""
+        for module, flag in self.training.items():
+            module.training = flag
+        for name, param in model.named_parameters():
+            if name in self.requires_grad:
+                param.requires_grad_(self.requires_grad[name])
+
+
+def _copy_lists(attributes: dict) -> dict:
+    # torch-pruning edits some list attributes in place (e.g. a concat's sizes).
+    return {k: list(v) if isinstance(v, list) else v for k, v in attributes.items()}
+
+
+def _copy_lists(attributes: dict) -> dict:
+    # torch-pruning edits some list attributes in place (e.g. a concat's sizes).
+    return {k: list(v) if isinstance(v, list) else v for k, v in attributes.items()}
