@@ -1,17 +1,21 @@
 """lightning_fair: FAIR-Pruner structured channel pruning for PyTorch and PyTorch Lightning.
 
 The data flows one way: calibration batches -> statistics -> scores -> per-layer counts
-(tolerance of difference) -> dependency-aware removal -> report. ``criterion="screening"``
-ranks units by an ANOVA F-statistic and filter norm instead; ``prune_connections`` prunes
-single weights with it.
+(tolerance of difference) -> dependency-aware removal -> repair -> report. Every option is a
+field of :class:`PruneConfig`. ``criterion="screening"`` ranks units by an ANOVA F-statistic and
+filter norm instead; ``prune_connections`` prunes single weights with it.
+
+The Lightning parts (:mod:`lightning_fair.lightning`: ``FairPruneCallback``, ``OnTheFlyPruning``,
+``FairPruningMixin``, ``PruningError``) are importable from here too, loaded on first use so
+that ``import lightning_fair`` does not import Lightning. ``lightning_fair.zoo`` (model
+definitions) and ``lightning_fair.demo`` (a digits LightningModule and DataModule) are demos.
 """
 
-from . import zoo
 from .allocation import tod_curve, tolerance_count, tolerance_counts
-from .memory import estimate_memory
-from .checkpoint import FairPruningMixin, load_pruned, save_pruned
+from .checkpoint import load_pruned, save_pruned
 from .config import PruneConfig
 from .evaluation import evaluate
+from .memory import estimate_memory
 from .oneshot import PruneResult, prune
 from .recalibration import recalibrate_bn
 from .report import PruneReport
@@ -19,6 +23,10 @@ from .scores import FairScores, compute_scores
 from .unstructured import prune_connections
 
 __version__ = "0.1.0"
+
+#: public names that live in :mod:`lightning_fair.lightning` (imported on first use)
+_LIGHTNING = ("FairPruneCallback", "FairPruningMixin", "OnTheFlyPruning", "PruningError")
+
 __all__ = [
     "FairPruneCallback",
     "FairPruningMixin",
@@ -39,22 +47,17 @@ __all__ = [
     "tod_curve",
     "tolerance_count",
     "tolerance_counts",
-    "zoo",
 ]
 
 
 def __getattr__(name):
     # Lightning is imported only by those who use the Lightning parts.
-    if name == "FairPruneCallback":
-        from .callback import FairPruneCallback
+    if name in _LIGHTNING:
+        from . import lightning
 
-        return FairPruneCallback
-    if name == "PruningError":
-        from .callback import PruningError
-
-        return PruningError
-    if name == "OnTheFlyPruning":
-        from .onthefly_callback import OnTheFlyPruning
-
-        return OnTheFlyPruning
+        return getattr(lightning, name)
     raise AttributeError(f"module 'lightning_fair' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import copy
 import math
-import numbers
 from typing import Mapping, Optional
 
 import torch
@@ -27,7 +26,6 @@ from .guards import ModelSnapshot
 
 __all__ = [
     "CHECKPOINT_KEY",
-    "FairPruningMixin",
     "load_pruned",
     "pruning_state",
     "record_pruning",
@@ -39,8 +37,6 @@ __all__ = [
 CHECKPOINT_KEY = "lightning_fair"
 _FORMAT = "lightning_fair.pruning/1"
 _ATTRIBUTE = "_lightning_fair_pruning"
-#: FairPruningMixin: the undo of a replay, between on_load_checkpoint and Lightning's load_state_dict
-_PENDING = "_lightning_fair_pending_load"
 
 
 def pruning_state(model: nn.Module) -> Optional[dict]:
@@ -67,12 +63,12 @@ _KEYS = ("format", "history", "example_input")
 _MAX_EXAMPLE_ELEMENTS = 2 ** 28
 
 
-def _short(value, limit: int = 80) -> str:
+def describe(value, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -84,12 +80,12 @@ def _row_problem(row) -> Optional[str]:
     if not isinstance(name, str):
         return f"the layer name must be a string, got {type(name).__name__}"
     if not isinstance(is_out, bool):
-        return f"is_out must be True or False, got {_short(is_out, 30)}"
+        return f"is_out must be True or False, got {describe(is_out, 30)}"
     if not isinstance(idxs, (list, tuple)) or not idxs:
         return "the channel indices must be a non-empty list of integers"
-    bad = [i for i in idxs if not _is_int(i)]
+    bad = [i for i in idxs if not is_int(i)]
     if bad:
-        return f"channel indices must be integers, got {_short(bad[0], 30)} ({type(bad[0]).__name__})"
+        return f"channel indices must be integers, got {describe(bad[0], 30)} ({type(bad[0]).__name__})"
     if min(idxs) < 0:
         return f"channel indices must be >= 0, got {min(idxs)}"
     if len(set(idxs)) != len(idxs):
@@ -105,7 +101,7 @@ def _check_state(state) -> dict:
                          f"got {type(state).__name__}; {_FIX}")
     if state.get("format") != _FORMAT:
         raise ValueError(f"not a lightning_fair pruning state (expected format {_FORMAT!r}, got "
-                         f"{_short(state.get('format'), 40)}); {_FIX}")
+                         f"{describe(state.get('format'), 40)}); {_FIX}")
     missing = [key for key in _KEYS if key not in state]
     if missing:
         raise ValueError(f"the pruning state lacks the key(s) {missing}; {_FIX}")
@@ -116,19 +112,19 @@ def _check_state(state) -> dict:
     for number, row in enumerate(history):
         problem = _row_problem(row)
         if problem:
-            raise ValueError(f"pruning history row {number} {_short(row)}: {problem}; {_FIX}")
+            raise ValueError(f"pruning history row {number} {describe(row)}: {problem}; {_FIX}")
     spec = state["example_input"]
     shape = spec.get("shape") if isinstance(spec, dict) else None
     dtype = spec.get("dtype") if isinstance(spec, dict) else None
-    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= 1 for d in shape):
+    if not isinstance(shape, (list, tuple)) or not all(is_int(d) and d >= 1 for d in shape):
         raise ValueError(f"the pruning state's example_input shape must be a list of positive integers "
-                         f"(the input's shape without the batch dimension), got {_short(shape, 60)}; {_FIX}")
+                         f"(the input's shape without the batch dimension), got {describe(shape, 60)}; {_FIX}")
     if math.prod(shape) > _MAX_EXAMPLE_ELEMENTS:
         raise ValueError(f"the pruning state's example_input shape {list(shape)} is implausibly large (replaying "
                          f"would allocate {math.prod(shape):,} elements); {_FIX}")
     if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"the pruning state's example_input dtype must name a torch dtype (e.g. 'float32'), "
-                         f"got {_short(dtype, 40)}; {_FIX}")
+                         f"got {describe(dtype, 40)}; {_FIX}")
     return state
 
 
@@ -215,7 +211,7 @@ def _shape(tensor) -> Optional[tuple]:
     return tuple(tensor.shape)
 
 
-def _check_fits(model: nn.Module, state_dict: Mapping, keys: bool = True) -> None:
+def check_fits(model: nn.Module, state_dict: Mapping, keys: bool = True) -> None:
     """ValueError unless every tensor of ``state_dict`` has the shape ``model`` has for it (and,
     with ``keys``, the two name the same tensors). Nothing is written."""
     expected = model.state_dict()
@@ -264,193 +260,10 @@ def load_pruned(model: nn.Module, path, map_location=None) -> nn.Module:
     snapshot = ModelSnapshot(model)
     replay_pruning(model, data[CHECKPOINT_KEY])  # atomic on its own
     try:
-        _check_fits(model, data["state_dict"])  # before load_state_dict writes into any tensor
+        check_fits(model, data["state_dict"])  # before load_state_dict writes into any tensor
         model.load_state_dict(data["state_dict"])
     except BaseException:
         snapshot.restore()
         snapshot.restore_flags(model)
         raise
     return model
-
-
-class FairPruningMixin:
-    """Mixin for a LightningModule whose checkpoints may hold a pruned model.
-
-    Put it before ``LightningModule``: ``class Net(FairPruningMixin, L.LightningModule)``.
-    Saving writes the pruning history into the checkpoint; loading replays it before the
-    weights are loaded (``load_from_checkpoint`` and ``trainer.fit(..., ckpt_path=...)``).
-
-    Loading is checked before anything is kept: a history that does not fit the module
-    (unknown layer, index out of range, edited by hand), or weights whose shapes differ from
-    the shapes the history gives, raise ValueError and leave the module exactly as it was
-    (instead of Lightning's size-mismatch error on a half-reshaped module). If Lightning's
-    ``load_state_dict`` then fails anyway (e.g. a missing key under strict loading), the replay
-    is undone too. In a Trainer, the state of its FairPruneCallbacks is checked first.
-    """
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        state = pruning_state(self)
-        if state is not None:
-            checkpoint[CHECKPOINT_KEY] = state
-        super().on_save_checkpoint(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._check_fair_callback_states(checkpoint)
-        self.__dict__.pop(_PENDING, None)
-        state = checkpoint.get(CHECKPOINT_KEY)
-        if state is None:
-            super().on_load_checkpoint(checkpoint)
-            return
-        snapshot = ModelSnapshot(self)
-        before = {id(t) for t in self.state_dict(keep_vars=True).values()}  # alive: the snapshot holds them
-        replay_pruning(self, state)  # atomic on its own
-        try:
-            super().on_load_checkpoint(checkpoint)
-            weights = checkpoint.get("state_dict")
-            if isinstance(weights, Mapping):
-                _check_fits(self, weights, keys=False)  # shapes; missing/unexpected keys: Lightning's strict=...
-                if self._loads_state_dict_next():  # then undo the replay if that load fails
-                    self.__dict__[_PENDING] = (snapshot, weights, before)
-        except BaseException:
-            snapshot.restore()
-            snapshot.restore_flags(self)
-            raise
-
-    def load_state_dict(self, state_dict, *args, **kwargs):
-        pending = self.__dict__.pop(_PENDING, None)
-        if pending is None or pending[1] is not state_dict:
-            return super().load_state_dict(state_dict, *args, **kwargs)
-        snapshot, _, before = pending
-        # torch copies every tensor it can before it reports missing keys: keep the values of those the
-        # replay did not replace (the replaced ones come back with the snapshot)
-        with torch.no_grad():
-            kept = [(t, t.detach().clone()) for t in self.state_dict(keep_vars=True).values() if id(t) in before]
-        try:
-            return super().load_state_dict(state_dict, *args, **kwargs)
-        except BaseException:  # e.g. a missing key under strict loading: back to the module before the load
-            snapshot.restore()
-            snapshot.restore_flags(self)
-            with torch.no_grad():
-                for tensor, value in kept:
-                    tensor.copy_(value)
-            raise
-
-    def _loads_state_dict_next(self) -> bool:
-        """Whether ``self.load_state_dict(checkpoint["state_dict"])`` follows this hook: in
-        ``load_from_checkpoint`` and with strategies that load through the module (not FSDP,
-        DeepSpeed or ModelParallel, which load by themselves)."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
-            return True
-        from lightning.pytorch.strategies import Strategy
-
-        return type(trainer.strategy).load_model_state_dict is Strategy.load_model_state_dict
-
-    def _check_fair_callback_states(self, checkpoint: dict) -> None:
-        # Lightning restores callbacks after the module: check the state of the FairPruneCallbacks
-        # the attached Trainer will restore first, so that a malformed one fails before the module
-        # is reshaped and loaded.
-        trainer = getattr(self, "_trainer", None)
-        states = checkpoint.get("callbacks")
-        if trainer is None or not isinstance(states, Mapping):
-            return
-        from .callback import FairPruneCallback  # Lightning is there: a Trainer is attached
-
-        for callback in getattr(trainer, "callbacks", []):
-            if isinstance(callback, FairPruneCallback):
-                state = states.get(callback.state_key, states.get(callback._legacy_state_key))
-                if state:  # what Lightning passes to load_state_dict later
-                    _check_callback_state(state, owner=callback.state_key)
-
-
-# ---------------------------------------------------------------------- FairPruneCallback's state
-_EVENT_KEYS = ("stage", "epoch", "global_step", "tolerance", "macs_ratio", "params_ratio", "report")
-_STAGES = ("fit", "validate")
-
-
-def _to_plain(value, where: str = "state"):
-    """A copy of ``value`` made of None, bool, int, float, str, lists and str-keyed dicts only
-    (what ``torch.load(..., weights_only=True)`` reads); TypeError for anything else."""
-    if value is None or type(value) in (bool, int, float, str):
-        return value
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return _to_plain(value.tolist(), where)
-    if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError(f"{where} has a key that is not a string: not plain data")
-        return {str(k): _to_plain(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"{where} is a {type(value).__name__}, not plain data")
-
-
-def _plain_problem(value, where: str) -> Optional[str]:
-    """Where ``value`` holds something other than plain data (None if nothing)."""
-    if value is None or type(value) in (bool, int, float, str):
-        return None
-    if isinstance(value, (list, tuple)):
-        return next((p for i, v in enumerate(value) if (p := _plain_problem(v, f"{where}[{i}]"))), None)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{where} has a key that is not a string ({_short(key, 30)})"
-            problem = _plain_problem(item, f"{where}[{key!r}]")
-            if problem:
-                return problem
-        return None
-    return f"{where} is a {type(value).__name__}, not plain data"
-
-
-def _check_callback_state(state, owner: str = "FairPruneCallback") -> list:
-    """Check a checkpointed FairPruneCallback state (``{"events": [...]}``); return a copy of its events.
-
-    ValueError, naming the entry, if it is not what the callback writes: a dict whose ``events``
-    is a list of plain-data records with ``stage`` ('fit' or 'validate'), ``epoch`` and
-    ``global_step`` (integers >= 0), ``tolerance``, ``macs_ratio`` and ``params_ratio`` (finite
-    numbers) and ``report`` (a dict). Other keys are allowed (plain data only).
-    """
-
-    def fail(problem: str):
-        raise ValueError(
-            f"{owner}: the callback state in the checkpoint is malformed ({problem}); it was edited or damaged. "
-            f"Use the checkpoint as it was written, or delete checkpoint['callbacks'][{owner!r}] to resume "
-            "without the record of past pruning (the callback then prunes again at its moment)")
-
-    if not isinstance(state, Mapping):
-        fail(f"expected a dict, got {type(state).__name__}")
-    if "events" not in state:
-        fail("no 'events' entry")
-    events = state["events"]
-    if not isinstance(events, (list, tuple)):
-        fail(f"'events' must be a list, got {type(events).__name__}")
-    for number, event in enumerate(events):
-        where = f"events[{number}]"
-        if not isinstance(event, Mapping):
-            fail(f"{where} must be a dict, got {type(event).__name__}")
-        missing = [key for key in _EVENT_KEYS if key not in event]
-        if missing:
-            fail(f"{where} lacks {missing}")
-        if event["stage"] not in _STAGES:
-            fail(f"{where}['stage'] must be one of {_STAGES}, got {_short(event['stage'], 30)}")
-        for key in ("epoch", "global_step"):
-            if not _is_int(event[key]) or event[key] < 0:
-                fail(f"{where}[{key!r}] must be an integer >= 0, got {_short(event[key], 30)}")
-        for key in ("tolerance", "macs_ratio", "params_ratio"):
-            value = event[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                fail(f"{where}[{key!r}] must be a finite number, got {_short(value, 30)}")
-        if not isinstance(event["report"], Mapping):
-            fail(f"{where}['report'] must be a dict, got {type(event['report']).__name__}")
-    problem = _plain_problem(dict(state), "the state")
-    if problem:
-        fail(problem)
-    return copy.deepcopy([dict(event) for event in events])
-

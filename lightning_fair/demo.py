@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from . import zoo
-from .checkpoint import FairPruningMixin
+from .lightning import FairPruningMixin
 
 __all__ = ["DigitsDataModule", "ImageClassifier", "digits_tensors"]
 

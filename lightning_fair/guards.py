@@ -102,8 +102,3 @@ class ModelSnapshot:
 def _copy_lists(attributes: dict) -> dict:
     # torch-pruning edits some list attributes in place (e.g. a concat's sizes).
     return {k: list(v) if isinstance(v, list) else v for k, v in attributes.items()}
-
-
-def _copy_lists(attributes: dict) -> dict:
-    # torch-pruning edits some list attributes in place (e.g. a concat's sizes).
-    return {k: list(v) if isinstance(v, list) else v for k, v in attributes.items()}

@@ -57,6 +57,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .layers import resolve_ignored
+from .optim import OptimizerSnapshot
 
 __all__ = [
     "Hyperspherical",
@@ -107,10 +108,11 @@ class Hyperspherical(nn.Module):
 
 def hyperspherical_layers(model: nn.Module) -> Dict[str, nn.Module]:
     """``{name: module}`` of the layers of ``model`` whose weight :func:`make_hyperspherical` parametrised."""
-    return {name: module for name, module in model.named_modules() if _ours(module) is not None}
+    return {name: module for name, module in model.named_modules() if hypersphere_of(module) is not None}
 
 
-def _ours(module: nn.Module) -> Optional[Hyperspherical]:
+def hypersphere_of(module: nn.Module) -> Optional[Hyperspherical]:
+    """Our hyperspherical parametrisation of ``module.weight`` (None if it has none)."""
     if not parametrize.is_parametrized(module, "weight"):
         return None
     chain = module.parametrizations.weight
@@ -153,11 +155,11 @@ def make_hyperspherical(model: nn.Module, layers: Optional[Sequence[str]] = None
     """
     chosen = select_layers(model, layers, ignored_layers, include_output)
     for name, module in chosen.items():
-        if parametrize.is_parametrized(module, "weight") and _ours(module) is None:
+        if parametrize.is_parametrized(module, "weight") and hypersphere_of(module) is None:
             raise ValueError(f"{name}.weight already has another parametrization; leave the layer out "
                              "with ignored_layers=[...]")
     for module in chosen.values():
-        if _ours(module) is None:
+        if hypersphere_of(module) is None:
             _register(module, Hyperspherical(module.weight))
     return list(chosen)
 
@@ -169,16 +171,16 @@ def _register(module: nn.Module, hook: Hyperspherical) -> None:
 
 def _load_plain_weight(module, state_dict, prefix, *args) -> None:
     """load_state_dict pre-hook: a plain ``weight`` entry becomes ``V = W``, ``radius = ||W||``."""
-    if prefix + "weight" in state_dict and prefix + _ORIGINAL not in state_dict and _ours(module) is not None:
+    if prefix + "weight" in state_dict and prefix + _ORIGINAL not in state_dict and hypersphere_of(module) is not None:
         weight = state_dict.pop(prefix + "weight")
         state_dict[prefix + _ORIGINAL] = weight
         state_dict[prefix + _RADIUS] = _row_norms(weight)
 
 
-def _unregister(module: nn.Module, keep_original: bool = False) -> None:
+def unregister_hypersphere(module: nn.Module, keep_original: bool = False) -> None:
     """Remove our parametrisation, the weight keeping its final value (the same Parameter object);
     ``keep_original``: the weight becomes ``V`` as it is (exactly a plain weight loaded into it)."""
-    hook = _ours(module)
+    hook = hypersphere_of(module)
     module._load_state_dict_pre_hooks.pop(getattr(hook, "hook_id", None), None)
     # torch deletes the weight property from the module's class, which a deepcopy of the model
     # shares: give this module a class of its own first, so copies stay intact
@@ -191,7 +193,7 @@ def _unregister(module: nn.Module, keep_original: bool = False) -> None:
 # --------------------------------------------------------------------------- the penalty
 def _direction(module: nn.Module) -> torch.Tensor:
     """``V`` of a hyperspherical layer, the weight itself for a plain one."""
-    return module.parametrizations.weight.original if _ours(module) is not None else module.weight
+    return module.parametrizations.weight.original if hypersphere_of(module) is not None else module.weight
 
 
 def _smallest(magnitude: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -366,7 +368,7 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
 
     Example: ``print(prune_on_the_fly(model, 0.5, recovery="channel", optimizers=[optimizer]))``.
     """
-    _check_ratio(ratio)
+    check_ratio(ratio)
     if recovery not in RECOVERIES:
         raise ValueError(f"recovery must be 'channel', 'layer' or None, got {recovery!r}")
     modules = dict(model.named_modules())
@@ -388,26 +390,22 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
                             float((w_hat.square() * mask).sum() / w_hat.square().sum().clamp_min(_EPS)), held)
         plan.append((modules[name], mask, new, row))
     optimizers = list(optimizers)
-    saved_optimizers = [(opt, [list(g["params"]) for g in opt.param_groups], dict(opt.state)) for opt in optimizers]
-    radii = [_ours(module).radius for module, *_ in plan if _ours(module) is not None]
+    saved_optimizers = OptimizerSnapshot(optimizers)
+    radii = [hypersphere_of(module).radius for module, *_ in plan if hypersphere_of(module) is not None]
     done = []
     try:
         for module, mask, new, row in plan:
-            hook = _ours(module)
+            hook = hypersphere_of(module)
             done.append((module, hook, _direction(module).detach().clone()))
             if hook is not None:
-                _unregister(module)
+                unregister_hypersphere(module)
             module.weight.copy_(new)
         for optimizer in optimizers:
             drop_from_optimizer(optimizer, remove=radii, reset=[module.weight for module, *_ in plan])
     except BaseException:
-        for optimizer, groups, state in saved_optimizers:
-            for group, params in zip(optimizer.param_groups, groups):
-                group["params"][:] = params
-            optimizer.state.clear()
-            optimizer.state.update(state)
+        saved_optimizers.restore()
         for module, hook, saved in reversed(done):
-            if hook is not None and _ours(module) is None:
+            if hook is not None and hypersphere_of(module) is None:
                 _register(module, hook)
             _direction(module).copy_(saved)
         raise
@@ -466,6 +464,7 @@ def plain_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
     return plain
 
 
-def _check_ratio(ratio) -> None:
+def check_ratio(ratio) -> None:
+    """``ratio`` must be a number in (0, 1); ValueError saying so otherwise."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         raise ValueError(f"ratio (the fraction of weights to prune per layer) must be a number in (0, 1), got {ratio!r}")

@@ -15,7 +15,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-__all__ = ["repoint_optimizer", "slice_like"]
+__all__ = ["OptimizerSnapshot", "repoint_optimizer", "slice_like"]
 
 
 def _dim_sides(module: nn.Module, param_name: str) -> List[str]:
@@ -69,3 +69,39 @@ def repoint_optimizer(optimizer: torch.optim.Optimizer, old_params: Dict[str, nn
                 continue
             optimizer.state[new] = carried
     return dropped
+
+
+class OptimizerSnapshot:
+    """What a pruning may change in optimizers, to put back exactly if it fails: the list of
+    param groups, every group's entries and params list (the same list objects), and every
+    per-parameter state dict with its entries.
+
+    Example:
+        >>> p = nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+        >>> snapshot = OptimizerSnapshot([opt])
+        >>> opt.param_groups[0]["params"][:] = [nn.Parameter(torch.ones(1))]
+        >>> snapshot.restore()
+        >>> opt.param_groups[0]["params"][0] is p
+        True
+    """
+
+    def __init__(self, optimizers):
+        self.optimizers = list(optimizers)
+        self.groups = [(opt, list(opt.param_groups), [(g, dict(g), list(g["params"])) for g in opt.param_groups])
+                       for opt in self.optimizers]
+        self.states = [(opt, {p: (s, dict(s)) for p, s in opt.state.items()}) for opt in self.optimizers]
+
+    def restore(self) -> None:
+        for opt, param_groups, groups in self.groups:
+            opt.param_groups[:] = param_groups
+            for group, items, params in groups:
+                group.clear()
+                group.update(items)
+                group["params"][:] = params  # the same list object, as it was
+        for opt, states in self.states:
+            opt.state.clear()
+            for param, (state, items) in states.items():
+                state.clear()
+                state.update(items)
+                opt.state[param] = state

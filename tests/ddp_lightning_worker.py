@@ -31,19 +31,19 @@ class Recording(FairPruneCallback):
     """Keeps the pruned parameters as this rank computed them (before DDP re-wraps the model)."""
 
     def prune_now(self, trainer, pl_module, stage="fit"):
-        import lightning_fair.callback as callback_module
+        import lightning_fair.lightning.callback as callback_module
 
-        original = callback_module._rewrap
+        original = callback_module.rewrap_ddp
 
-        def spy(trainer, module, undo):
+        def spy(trainer, module):
             self.pruned_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            return original(trainer, module, undo)
+            return original(trainer, module)
 
-        callback_module._rewrap = spy
+        callback_module.rewrap_ddp = spy
         try:
             super().prune_now(trainer, pl_module, stage)
         finally:
-            callback_module._rewrap = original
+            callback_module.rewrap_ddp = original
 
 
 def main(out: str) -> None:

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lightning_fair.callback import FairPruneCallback
+from lightning_fair.lightning.callback import FairPruneCallback
 from lightning_fair.demo import DigitsDataModule, ImageClassifier
 
 #: calibration settings that keep the statistics pass fast

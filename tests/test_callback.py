@@ -13,9 +13,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-import lightning_fair.callback
+import lightning_fair.lightning.callback
 import lightning_fair.oneshot
-from lightning_fair.callback import PruningError
+from lightning_fair.lightning.callback import PruningError
 from lightning_fair.removal import DependencyPlanner
 from lightning_fair.report import measure
 
@@ -413,12 +413,12 @@ def _failing_compensation(monkeypatch):
 
 
 def _failing_repoint(monkeypatch):
-    monkeypatch.setattr(lightning_fair.callback, "repoint_optimizer",
-                        _raise_after(lightning_fair.callback.repoint_optimizer, "boom in repoint"))
+    monkeypatch.setattr(lightning_fair.lightning.callback, "repoint_optimizer",
+                        _raise_after(lightning_fair.lightning.callback.repoint_optimizer, "boom in repoint"))
 
 
 def _failing_evaluation(monkeypatch):
-    monkeypatch.setattr(lightning_fair.callback, "evaluate", _raise_after(lightning_fair.callback.evaluate,
+    monkeypatch.setattr(lightning_fair.lightning.callback, "evaluate", _raise_after(lightning_fair.lightning.callback.evaluate,
                                                                           "boom in evaluate"))
 
 

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # noqa: E402
 
 from lightning_fair import FairPruneCallback  # noqa: E402
-from lightning_fair.cli import FairCLI  # noqa: E402
+from lightning_fair.lightning.cli import FairCLI  # noqa: E402
 from lightning_fair.demo import DigitsDataModule, ImageClassifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_help_documents_the_prune_options(capsys):
 def test_console_script(trained, tmp_path):
     _, ckpt = trained
     script = shutil.which("lightning-fair", path=os.path.dirname(sys.executable))
-    command = [script] if script else [sys.executable, "-m", "lightning_fair.cli"]
+    command = [script] if script else [sys.executable, "-m", "lightning_fair.lightning.cli"]
     out = tmp_path / "out"
     run = subprocess.run(
         [*command, "prune", *MODEL, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 import lightning_fair
 import lightning_fair.onthefly as onthefly
 from lightning_fair import zoo
-from lightning_fair.callback import PruningError
+from lightning_fair.lightning.callback import PruningError
 from lightning_fair.demo import ImageClassifier, digits_tensors
 from lightning_fair.onthefly import (
     add_polarization_grad, hyperspherical_layers, make_hyperspherical, plain_state_dict, polarization_stats,
@@ -51,13 +51,13 @@ class Probe(L.Callback):
         self.layers = hyperspherical_layers(pl_module)
         self.originals = {n: m.parametrizations.weight.original for n, m in self.layers.items()}
         self.values = {n: p.detach().clone() for n, p in self.originals.items()}
-        self.radius_params = {n: onthefly._ours(m).radius for n, m in self.layers.items()}
+        self.radius_params = {n: onthefly.hypersphere_of(m).radius for n, m in self.layers.items()}
         self.radii = {n: r.detach().clone() for n, r in self.radius_params.items()}
         self.optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
 
     def on_train_end(self, trainer, pl_module):
         self.stats = polarization_stats(pl_module, self.ratio)
-        self.radii_after = {n: onthefly._ours(m).radius.detach().clone() for n, m in self.layers.items()}
+        self.radii_after = {n: onthefly.hypersphere_of(m).radius.detach().clone() for n, m in self.layers.items()}
 
 
 def _fit(tmp_path, callbacks, epochs, model=None, **kwargs):
@@ -214,7 +214,7 @@ def test_penalty_gradient_equals_autograd_of_the_formula(ratio, penalty, beta):
         torch.testing.assert_close(original.grad - previous[name], grad, rtol=1e-9, atol=1e-12)
     assert math.isclose(float(stats.value), total, rel_tol=1e-6)
     # radii and the output layer get nothing
-    assert all(onthefly._ours(m).radius.grad is None for m in hyperspherical_layers(model).values())
+    assert all(onthefly.hypersphere_of(m).radius.grad is None for m in hyperspherical_layers(model).values())
     assert model[3].weight.grad is None
 
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lightning_fair.callback
+import lightning_fair.lightning.callback
 from lightning_fair import FairPruningMixin
-from lightning_fair.callback import RECALIBRATION_BATCHES, FairPruneCallback
+from lightning_fair.lightning.callback import RECALIBRATION_BATCHES, FairPruneCallback
 from lightning_fair.demo import DigitsDataModule
 
 from lightning_helpers import trainer
@@ -85,14 +85,14 @@ def _fit(tmp_path, recalibrate_each_epoch: bool, seed: int = 0):
 def runs(tmp_path_factory):
     """The same seeded fit with and without re-estimation; the calls of the re-estimation recorded."""
     calls = []
-    real = lightning_fair.callback.recalibrate_bn
+    real = lightning_fair.lightning.callback.recalibrate_bn
 
     def spy(model, loader, **kwargs):
         calls.append((loader, kwargs))
         return real(model, loader, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lightning_fair.callback, "recalibrate_bn", spy)
+        patch.setattr(lightning_fair.lightning.callback, "recalibrate_bn", spy)
         on, fit_on = _fit(tmp_path_factory.mktemp("on"), recalibrate_each_epoch=True)
         on_calls = list(calls)
         off, _ = _fit(tmp_path_factory.mktemp("off"), recalibrate_each_epoch=False)
@@ -117,7 +117,7 @@ def test_statistics_are_re_estimated_on_training_batches_before_each_validation(
 
 def test_no_re_estimation_before_any_pruning(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("lightning_fair.callback.recalibrate_bn", lambda *a, **k: calls.append(1) or [])
+    monkeypatch.setattr("lightning_fair.lightning.callback.recalibrate_bn", lambda *a, **k: calls.append(1) or [])
     callback = FairPruneCallback(target_macs=0.5, prune_at=2, samples_per_class=8, num_projections=16,
                                  progress=False, verbose=False)
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def test_recalibrate_each_epoch_must_be_a_bool():
 
 def test_two_callbacks_re_estimate_once_per_validation(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(lightning_fair.callback, "recalibrate_bn", lambda *a, **k: calls.append(1) or [])
+    monkeypatch.setattr(lightning_fair.lightning.callback, "recalibrate_bn", lambda *a, **k: calls.append(1) or [])
     first = FairPruneCallback(target_macs=0.7, prune_at=0, samples_per_class=8, num_projections=16,
                               progress=False, verbose=False)
     second = FairPruneCallback(target_macs=0.7, prune_at=1, samples_per_class=8, num_projections=16,

@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-import lightning_fair.callback
+import lightning_fair.lightning.callback
 from lightning_fair.checkpoint import CHECKPOINT_KEY, pruning_state
 from lightning_fair.demo import ImageClassifier
 from lightning_fair.report import measure
@@ -156,7 +156,7 @@ def test_tolerance_with_a_list_compounds(tmp_path):
 def test_a_step_already_reached_is_skipped(tmp_path, monkeypatch, recwarn):
     """Another callback pruned past step 2's target in between: step 2 is skipped with a note."""
     notes = []  # recorded at the source: other tests may stop Lightning's logger from propagating to caplog
-    monkeypatch.setattr(lightning_fair.callback, "rank_zero_info", notes.append)
+    monkeypatch.setattr(lightning_fair.lightning.callback, "rank_zero_info", notes.append)
     model, dm = classifier(), datamodule()
     gradual = FairPruneCallback(prune_at=[0, 1], target_macs=0.5, **FAST)  # steps: 75%, then 50% of the original
     deeper = FairPruneCallback(prune_at=0, target_macs=0.4, **FAST)  # 40% of what it sees (75%): 30%

@@ -330,7 +330,7 @@ def test_screening_needs_scores_with_screening_statistics(lenet):
 
 
 def test_callback_passes_screening_options_through():
-    callback_module = pytest.importorskip("lightning_fair.callback")
+    callback_module = pytest.importorskip("lightning_fair.lightning.callback")
     callback = callback_module.FairPruneCallback(criterion="screening", screening_weight=0.25, ratio=0.2)
     assert callback.config.criterion == "screening" and callback.config.screening_weight == 0.25
     for bad in ({"criterion": "x"}, {"screening_weight": 3}, {"ratio": 0.2, "allocation": "tod"}):
@@ -372,8 +372,8 @@ def test_cli_flags_reach_the_callback(monkeypatch):
     pytest.importorskip("jsonargparse")
     import sys
 
-    from lightning_fair.callback import FairPruneCallback
-    from lightning_fair.cli import FairCLI
+    from lightning_fair.lightning.callback import FairPruneCallback
+    from lightning_fair.lightning.cli import FairCLI
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     cli = FairCLI(args=["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",

@@ -16,12 +16,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from .callback import PruningError
-from .checkpoint import _to_plain
-from .onthefly import (
-    RECOVERIES, _check_ratio, _ours, _unregister, add_polarization_grad, hold_pruned,
+from ..onthefly import (
+    RECOVERIES, add_polarization_grad, check_ratio, hold_pruned, hypersphere_of, unregister_hypersphere,
     hyperspherical_layers, make_hyperspherical, prune_on_the_fly, select_layers,
 )
+
+from .callback import PruningError
+from .private import rewrap_ddp
+from .state import to_plain
 
 __all__ = ["OnTheFlyPruning"]
 
@@ -87,7 +89,7 @@ class OnTheFlyPruning(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        _check_ratio(ratio)
+        check_ratio(ratio)
         for name, value in (("penalty", penalty), ("beta", beta)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -134,7 +136,7 @@ class OnTheFlyPruning(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         in_optimizers = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
-        missing = [n for n, m in hyperspherical_layers(pl_module).items() if id(_ours(m).radius) not in in_optimizers]
+        missing = [n for n, m in hyperspherical_layers(pl_module).items() if id(hypersphere_of(m).radius) not in in_optimizers]
         if missing:
             rank_zero_warn(f"OnTheFlyPruning: the radius of {len(missing)} layer(s) (e.g. {missing[0]}) is in no "
                            "optimizer and stays fixed; build the optimizer from self.parameters() in "
@@ -172,7 +174,7 @@ class OnTheFlyPruning(Callback):
         """Prune now (see :func:`lightning_fair.onthefly.prune_on_the_fly`), re-point the optimizers, log.
 
         Atomic: on failure the module (parametrisations, values) and the optimizers are as they
-        were, nothing is recorded, and :class:`lightning_fair.callback.PruningError` is raised
+        were, nothing is recorded, and :class:`lightning_fair.lightning.callback.PruningError` is raised
         (the original exception is its ``__cause__``).
         """
         optimizers = list(trainer.optimizers)
@@ -183,9 +185,9 @@ class OnTheFlyPruning(Callback):
                                f"unchanged ({type(error).__name__}: {error})") from error
         self.masks = report.masks
         self.last_report = report
-        _rewrap(trainer, pl_module)
+        rewrap_ddp(trainer, pl_module)
         energy = sum(r.pruned_energy * r.weights for r in report.layers) / max(report.weights, 1)
-        self.events.append(_to_plain({
+        self.events.append(to_plain({
             "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step),
             "report": report.to_dict(),
         }, "event"))
@@ -200,7 +202,7 @@ class OnTheFlyPruning(Callback):
     @override
     def state_dict(self) -> Dict[str, Any]:
         """``{"events": [...], "masks": {layer: bool tensor}}`` (loads with ``torch.load(..., weights_only=True)``)."""
-        return {"events": _to_plain(self.events, "events"), "masks": {k: v.cpu() for k, v in self.masks.items()}}
+        return {"events": to_plain(self.events, "events"), "masks": {k: v.cpu() for k, v in self.masks.items()}}
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -218,15 +220,4 @@ class OnTheFlyPruning(Callback):
         self.events, self.masks = list(events), dict(masks)
         if self.pruned and self._module is not None:
             for module in hyperspherical_layers(self._module).values():
-                _unregister(module, keep_original=True)
-
-
-def _rewrap(trainer: Trainer, pl_module: LightningModule) -> None:
-    """Under DDP, wrap the module again: the old reducer still expects the removed radii."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    strategy = trainer.strategy
-    if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "_setup_model"):
-        strategy.model = strategy._setup_model(pl_module)
-        if hasattr(strategy, "_register_ddp_hooks"):
-            strategy._register_ddp_hooks()
+                unregister_hypersphere(module, keep_original=True)

@@ -14,18 +14,21 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from .checkpoint import CHECKPOINT_KEY, _check_callback_state, _to_plain, pruning_state
-from .distributed import all_reduce_sum, is_distributed
-from .evaluation import evaluate
-from .config import PruneConfig, configure
-from .oneshot import prune
-from .optim import repoint_optimizer
-from .recalibration import recalibrate_bn
-from .guards import ModelSnapshot
-from .report import measure
-from .schedule import check_prune_at, step_options
-from .scores import compute_scores
-from .statistics import default_unpack, first_inputs
+from ..checkpoint import CHECKPOINT_KEY, pruning_state
+from ..config import PruneConfig, configure
+from ..distributed import all_reduce_sum, is_distributed
+from ..evaluation import evaluate
+from ..guards import ModelSnapshot
+from ..oneshot import prune
+from ..optim import OptimizerSnapshot, repoint_optimizer
+from ..recalibration import recalibrate_bn
+from ..report import measure
+from ..schedule import check_prune_at, step_options
+from ..scores import compute_scores
+from ..statistics import default_unpack, first_inputs
+from .private import attached_val_loader, generated_state_key, rewrap_ddp
+from .progress import Progress
+from .state import check_callback_state, to_plain
 
 __all__ = ["FairPruneCallback", "PruningError"]
 
@@ -225,7 +228,7 @@ class FairPruneCallback(Callback):
         distributed = trainer.world_size > 1 and is_distributed()
         step = "reading the first calibration batch"
         with torch.inference_mode(False), torch.enable_grad():
-            undo = _Undo(pl_module, trainer.optimizers)
+            undo = Undo(pl_module, trainer.optimizers)
             try:
                 # example inputs from the plain loader: peeking at a progress bar would close it
                 example = first_inputs(loader, self.unpack)
@@ -247,7 +250,7 @@ class FairPruneCallback(Callback):
                 if distributed:  # the mean over every rank's shard
                     after = _mean_over_ranks(trainer, after)
                 step = "wrapping the pruned model for distributed training again"
-                _rewrap(trainer, pl_module, undo)
+                undo.wrapped = rewrap_ddp(trainer, pl_module)
             except BaseException as error:
                 undo.restore()
                 if undo.wrapped is not None:
@@ -269,7 +272,7 @@ class FairPruneCallback(Callback):
             return self.dataloader
         loaders = trainer.val_dataloaders
         if loaders is None:  # validation has not run yet (no sanity check, check_val_every_n_epoch > 1)
-            loaders = self._attached_val_loader(trainer)
+            loaders = attached_val_loader(trainer)
         if loaders is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "val_dataloader"):
             loaders = trainer.datamodule.val_dataloader()
         if isinstance(loaders, (list, tuple)):
@@ -280,18 +283,6 @@ class FairPruneCallback(Callback):
                 "(val_dataloaders or a datamodule with val_dataloader) or pass FairPruneCallback(dataloader=...)"
             )
         return loaders
-
-    @staticmethod
-    def _attached_val_loader(trainer: Trainer):
-        """The validation data given to ``fit``/``validate`` (loader, datamodule or module hook), or None."""
-        try:  # Lightning's private data source of the loop that will validate
-            loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop
-            source = loop._data_source
-            if source.instance is None or not source.is_defined():
-                return None
-            return source.dataloader()
-        except AttributeError:  # pragma: no cover - other Lightning versions
-            return None
 
     def _with_progress(self, loader, trainer: Trainer):
         if not self.progress or not trainer.is_global_zero or trainer.progress_bar_callback is None:
@@ -320,7 +311,7 @@ class FairPruneCallback(Callback):
         }
         metrics.update({f"fair/kept_channels/{row.name}": row.after for row in report.layers})
         # the event first: the model is pruned now, whatever a logger does
-        self.events.append(_to_plain({
+        self.events.append(to_plain({
             "stage": stage, "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step),
             "tolerance": float(result.tolerance), "macs_ratio": float(report.macs_ratio),
             "params_ratio": float(report.params_ratio), "report": report.to_dict(), **of_original, **(schedule or {}),
@@ -345,7 +336,7 @@ class FairPruneCallback(Callback):
         # one callback per moment: several may share a Trainer (e.g. prune at epochs 2 and 5); a list of
         # epochs is written as a list, so that [2, 4] and (2, 4) resume from the same entry
         prune_at = list(self.prune_at) if isinstance(self.prune_at, tuple) else self.prune_at
-        return self._generate_state_key(prune_at=prune_at)
+        return generated_state_key(self, prune_at=prune_at)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: Dict[str, Any]) -> None:
@@ -356,26 +347,12 @@ class FairPruneCallback(Callback):
     @override
     def state_dict(self) -> Dict[str, Any]:
         """``{"events": [...]}``, plain data only (loads with ``torch.load(..., weights_only=True)``)."""
-        return {"events": _to_plain(self.events, "events")}
+        return {"events": to_plain(self.events, "events")}
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore the events; ValueError (nothing changed) if the state is not one this callback writes."""
-        self.events = _check_callback_state(state_dict, owner=self.state_key)
-
-
-def _rewrap(trainer: Trainer, pl_module: LightningModule, undo: "_Undo") -> None:
-    """Under DDP, wrap the pruned module in a new DistributedDataParallel (the old one's
-    reducer still holds the old parameters), as the strategy did at setup."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    strategy = trainer.strategy
-    if not isinstance(strategy.model, DistributedDataParallel) or not hasattr(strategy, "_setup_model"):
-        return
-    undo.wrapped = strategy.model
-    strategy.model = strategy._setup_model(pl_module)
-    if hasattr(strategy, "_register_ddp_hooks"):
-        strategy._register_ddp_hooks()
+        self.events = check_callback_state(state_dict, owner=self.state_key)
 
 
 def _mean_over_ranks(trainer: Trainer, metrics: Dict[str, float]) -> Dict[str, float]:
@@ -384,21 +361,20 @@ def _mean_over_ranks(trainer: Trainer, metrics: Dict[str, float]) -> Dict[str, f
     return {"loss": float(values[0]), "accuracy": float(values[1])}
 
 
-class _Undo:
-    """What :meth:`FairPruneCallback.prune_now` may change, to be put back exactly if it fails."""
+class Undo:
+    """What :meth:`FairPruneCallback.prune_now` may change, to be put back exactly if it fails:
+    the module (:class:`~lightning_fair.guards.ModelSnapshot`, plus a copy of its buffers: an
+    in-place write such as a BatchNorm re-estimation cut short), the optimizers
+    (:class:`~lightning_fair.optim.OptimizerSnapshot`) and the strategy's DDP wrapper."""
 
     def __init__(self, module: LightningModule, optimizers):
         self.module = module
         self.params = dict(module.named_parameters())
         self.snapshot = ModelSnapshot(module)
-        # pruning replaces tensors rather than writing into them; a copy of the (small) buffers
-        # also undoes an in-place write, e.g. of a BatchNorm re-estimation cut short
         self.buffers = [(b, b.detach().clone()) for b in module.buffers()]
-        self.optimizers = list(optimizers)
+        self.optimizer_snapshot = OptimizerSnapshot(optimizers)
+        self.optimizers = self.optimizer_snapshot.optimizers
         self.wrapped = None  # the strategy's DDP wrapper, while a new one is being made
-        self.groups = [(opt, list(opt.param_groups), [(g, dict(g), list(g["params"])) for g in opt.param_groups])
-                       for opt in self.optimizers]
-        self.states = [(opt, {p: (s, dict(s)) for p, s in opt.state.items()}) for opt in self.optimizers]
 
     def restore(self) -> None:
         self.snapshot.restore()
@@ -407,34 +383,4 @@ class _Undo:
             if buffer.shape == saved.shape and not torch.equal(buffer, saved):
                 with torch.inference_mode(buffer.is_inference()), torch.no_grad():
                     buffer.copy_(saved)
-        for opt, param_groups, groups in self.groups:
-            opt.param_groups[:] = param_groups
-            for group, items, params in groups:
-                group.clear()
-                group.update(items)
-                group["params"][:] = params  # the same list object, as it was
-        for opt, states in self.states:
-            opt.state.clear()
-            for param, (state, items) in states.items():
-                state.clear()
-                state.update(items)
-                opt.state[param] = state
-
-
-class Progress:
-    """A loader with a progress bar on every pass (scoring, then BatchNorm re-estimation)."""
-
-    def __init__(self, loader, total: Optional[int]):
-        self.loader, self.total, self.passes = loader, total, 0
-
-    def __iter__(self):
-        from tqdm.auto import tqdm
-
-        self.passes += 1
-        desc = "lightning_fair: scoring units" if self.passes == 1 else "lightning_fair: re-estimating BatchNorm"
-        with tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True) as bar:
-            for batch in self.loader:
-                if self.total is not None and bar.n >= self.total:
-                    return  # max_batches reached: the pass stops here anyway
-                bar.update(1)  # counts the batch being processed
-                yield batch
+        self.optimizer_snapshot.restore()

@@ -34,13 +34,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from .callback import FairPruneCallback, Progress
-from .checkpoint import CHECKPOINT_KEY, FairPruningMixin, pruning_state, replay_pruning
-from .evaluation import evaluate
-from .config import PruneConfig, configure
-from .oneshot import PruneResult
-from .oneshot import prune as fair_prune
-from .statistics import default_unpack
+from ..checkpoint import CHECKPOINT_KEY, pruning_state, replay_pruning
+from ..config import PruneConfig, configure
+from ..evaluation import evaluate
+from ..oneshot import PruneResult
+from ..oneshot import prune as fair_prune
+from ..statistics import default_unpack
+from .callback import FairPruneCallback
+from .mixin import FairPruningMixin
+from .private import TrainerInstantiation
+from .progress import Progress
 
 __all__ = ["FairCLI", "FairTrainer", "main"]
 
@@ -203,7 +206,7 @@ def _group_help() -> str:
     )
 
 
-class FairCLI(LightningCLI):
+class FairCLI(TrainerInstantiation, LightningCLI):
     """``LightningCLI`` with an optional ``--prune.*`` group and a ``prune`` subcommand.
 
     Use it like LightningCLI: ``FairCLI(MyModule, MyDataModule)`` in a script, or
@@ -235,9 +238,8 @@ class FairCLI(LightningCLI):
                                       skip=_GROUP_SKIP, help=_group_help())
         parser.callback_keys.append("prune")
 
-    def _instantiate_trainer(self, config: Dict[str, Any], callbacks: list) -> Trainer:
-        # an absent --prune group is None: drop it, the Trainer does not accept None callbacks
-        callbacks = [c for c in callbacks if c is not None]
+    def check_callbacks(self, config: Dict[str, Any], callbacks: list) -> None:
+        """Before the Trainer is made: refuse two FairPruneCallbacks that prune at the same moment."""
         listed = config.get("callbacks") or []
         listed = listed if isinstance(listed, list) else [listed]
         keys = [c.state_key for c in [*listed, *callbacks] if isinstance(c, FairPruneCallback)]
@@ -247,11 +249,10 @@ class FairCLI(LightningCLI):
                 "lightning_fair: two FairPruneCallbacks prune at the same moment (--prune.* / a 'prune:' section "
                 "and trainer.callbacks); keep one, or give them different prune_at"
             )
-        return super()._instantiate_trainer(config, callbacks)
 
 
 def main(args: Optional[List[str]] = None) -> None:
-    """Entry point of the ``lightning-fair`` command (also ``python -m lightning_fair.cli``)."""
+    """Entry point of the ``lightning-fair`` command (also ``python -m lightning_fair.lightning.cli``)."""
     FairCLI(args=args, parser_kwargs={"description": "LightningCLI with FAIR-Pruner structured pruning "
                                       "(lightning_fair): --prune.* during fit, and the prune subcommand."})
 
