@@ -16,6 +16,8 @@ from typing import Dict, Mapping
 
 import torch
 
+from .ranking import Ranking, as_ranking
+
 __all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", "global_counts",
            "global_thresholds", "uniform_counts", "uniform_ratios", "RANKINGS", "ALLOCATIONS", "Allocation",
            "ToDAllocation", "GlobalAllocation", "UniformAllocation", "allocation_for"]
@@ -91,15 +93,17 @@ def tolerance_count(utilization: torch.Tensor, reconstruction: torch.Tensor, tol
 
 
 def tolerance_counts(scores, tolerance: float) -> Dict[str, int]:
-    """``{layer: units to remove}`` for every scored layer of a :class:`FairScores`.
+    """``{layer: units to remove}`` for every scored layer of a :class:`FairScores` (or a
+    :class:`~lightning_fair.ranking.Ranking`).
 
     Example:
         ``counts = tolerance_counts(scores, 0.05)``; a second tolerance reuses the same scores.
     """
     check_tolerance(tolerance)
+    ranking = as_ranking(scores)
     return {
-        name: tolerance_count(scores.utilization[name], scores.reconstruction[name], tolerance)
-        for name in scores.layers
+        name: tolerance_count(ranking.removal[name], ranking.protection[name], tolerance)
+        for name in ranking.layers
     }
 
 
@@ -129,7 +133,8 @@ def removal_order(
 
 def layer_curves(scores) -> Mapping[str, torch.Tensor]:
     """ToD curve of every scored layer, computed once for repeated allocation."""
-    return {name: tod_curve(scores.utilization[name], scores.reconstruction[name]) for name in scores.layers}
+    ranking = as_ranking(scores)
+    return {name: tod_curve(ranking.removal[name], ranking.protection[name]) for name in ranking.layers}
 
 
 def layer_normalised(values: torch.Tensor) -> torch.Tensor:
@@ -142,8 +147,8 @@ def layer_normalised(values: torch.Tensor) -> torch.Tensor:
     return values / values.mean().clamp_min(1e-12)
 
 
-def _normalised_utilization(scores, name: str) -> torch.Tensor:
-    return layer_normalised(scores.utilization[name].double())
+def _normalised_removal(ranking: Ranking, name: str) -> torch.Tensor:
+    return layer_normalised(ranking.removal[name].double())
 
 
 def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
@@ -156,9 +161,10 @@ def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
         >>> global_counts(s, 0.9)   # a: 1/2 = 0.5 is below 0.9; b: all equal 1.0
         {'a': 1, 'b': 0}
     """
+    ranking = as_ranking(scores)
     counts = {}
-    for name in layers if layers is not None else scores.layers:
-        normalised = _normalised_utilization(scores, name)
+    for name in layers if layers is not None else ranking.layers:
+        normalised = _normalised_removal(ranking, name)
         n = normalised.numel()
         counts[name] = min(int((normalised < threshold).sum()), int(0.99 * n), n - 1)
     return counts
@@ -166,7 +172,8 @@ def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
 
 def global_thresholds(scores, layers=None) -> list:
     """Every threshold at which :func:`global_counts` changes, ascending (search candidates)."""
-    values = torch.cat([_normalised_utilization(scores, n) for n in (layers if layers is not None else scores.layers)])
+    ranking = as_ranking(scores)
+    values = torch.cat([_normalised_removal(ranking, n) for n in (layers if layers is not None else ranking.layers)])
     unique = torch.unique(values)
     return torch.cat([torch.zeros(1, dtype=torch.float64), unique, unique[-1:] + 1]).tolist()
 
@@ -188,19 +195,23 @@ def uniform_counts(scores, ratio: float, layers=None) -> Dict[str, int]:
     ratio = float(ratio)
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {ratio}")
-    return {name: _uniform_count(ratio, scores.utilization[name].numel())
-            for name in (layers if layers is not None else scores.layers)}
+    ranking = as_ranking(scores)
+    return {name: _uniform_count(ratio, ranking.removal[name].numel())
+            for name in (layers if layers is not None else ranking.layers)}
 
 
 def uniform_ratios(scores, layers=None) -> list:
     """Every ratio at which :func:`uniform_counts` changes, ascending (search candidates)."""
-    sizes = {scores.utilization[n].numel() for n in (layers if layers is not None else scores.layers)}
+    ranking = as_ranking(scores)
+    sizes = {ranking.removal[n].numel() for n in (layers if layers is not None else ranking.layers)}
     ratios = {j / n for n in sizes for j in range(n)}
     return sorted(ratios | {0.0, 1.0 - 1e-9})
 
 
 class Allocation:
     """How many units each layer loses at a *level*: the two questions a target search asks.
+
+    Built from a :class:`~lightning_fair.ranking.Ranking` (or ``FairScores``: FAIR's ranking).
 
     ``levels()`` are the ascending levels at which the counts change (search candidates);
     ``counts(level)`` is ``{layer: units to remove}``. ``level_name`` says what a level is;
@@ -211,7 +222,7 @@ class Allocation:
     level_name = "level"
 
     def __init__(self, scores, layers, group_policy: str = "min_count"):
-        self.scores, self.layers, self.group_policy = scores, list(layers), group_policy
+        self.ranking, self.layers, self.group_policy = as_ranking(scores), list(layers), group_policy
 
     def levels(self) -> list:
         raise NotImplementedError
@@ -230,7 +241,7 @@ class ToDAllocation(Allocation):
 
     def __init__(self, scores, layers, group_policy: str = "min_count"):
         super().__init__(scores, layers, group_policy)
-        self.curves = layer_curves(scores)
+        self.curves = layer_curves(self.ranking)
 
     def levels(self) -> list:
         curves = list(self.curves.values()) + [torch.tensor([0.0, 1.0], dtype=torch.float64)]
@@ -250,10 +261,10 @@ class GlobalAllocation(Allocation):
     level_name = "threshold"
 
     def levels(self) -> list:
-        return global_thresholds(self.scores, self.layers)
+        return global_thresholds(self.ranking, self.layers)
 
     def counts(self, level: float) -> Dict[str, int]:
-        return global_counts(self.scores, level, self.layers)
+        return global_counts(self.ranking, level, self.layers)
 
 
 class UniformAllocation(Allocation):
@@ -262,10 +273,10 @@ class UniformAllocation(Allocation):
     level_name = "ratio"
 
     def levels(self) -> list:
-        return uniform_ratios(self.scores, self.layers)
+        return uniform_ratios(self.ranking, self.layers)
 
     def counts(self, level: float) -> Dict[str, int]:
-        return uniform_counts(self.scores, level, self.layers)
+        return uniform_counts(self.ranking, level, self.layers)
 
 
 def allocation_for(name: str, scores, layers, group_policy: str = "min_count") -> Allocation:

@@ -28,7 +28,8 @@ from .removal import DependencyPlanner
 from .report import LayerRow, PruneReport, measure, unit_counts
 from .recalibration import recalibrate_bn
 from .scores import FairScores, compute_scores
-from .screening import ranked_by_screening
+from .ranking import Ranking
+from .screening import screening_ranking
 from .statistics import default_unpack, first_inputs
 
 __all__ = ["PruneResult", "prune"]
@@ -137,7 +138,7 @@ def prune(
     if scores is None:
         scores = compute_scores(model, dataloader, config, loss_fn=loss_fn, unpack=unpack, distributed=distributed,
                                 verbose=verbose)
-    # rank: U, or the screening score in its place (same allocation and removal)
+    # rank: FAIR's U, or the screening score (same allocation and removal)
     ranked = rank(scores, config)
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
     protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}
@@ -209,9 +210,12 @@ def resolve_example_inputs(model: nn.Module, dataloader, example_inputs, unpack:
     return example_inputs
 
 
-def rank(scores: FairScores, config: PruneConfig) -> FairScores:
-    """The scores that rank units: FAIR's U, or the screening score written in U's place."""
-    return ranked_by_screening(scores, config.screening_weight) if config.criterion == "screening" else scores
+def rank(scores: FairScores, config: PruneConfig) -> Ranking:
+    """What ranks the units: FAIR's (U removes, R protects, consumers' input U for residual
+    groups) or the screening criterion's (the screening score removes, R protects)."""
+    if config.criterion == "screening":
+        return screening_ranking(scores, config.screening_weight)
+    return Ranking.of(scores)
 
 
 def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:
@@ -223,7 +227,7 @@ def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:
     return [n for n in scores.layers if n not in protected]
 
 
-def plan_at(planner: DependencyPlanner, allocation: Allocation, ranked: FairScores, level: float,
+def plan_at(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, level: float,
             config: PruneConfig) -> Tuple[Dict[str, int], Dict[str, torch.Tensor]]:
     """Per-layer counts at ``level`` and the coupled groups' channels they remove."""
     counts = allocation.counts(level)
@@ -231,7 +235,7 @@ def plan_at(planner: DependencyPlanner, allocation: Allocation, ranked: FairScor
                                 tolerance=allocation.tolerance(level), seed=config.seed)
 
 
-def search_level(planner: DependencyPlanner, snapshot, allocation: Allocation, ranked: FairScores,
+def search_level(planner: DependencyPlanner, snapshot, allocation: Allocation, ranked: Ranking,
                  config: PruneConfig, example_inputs, before: Tuple[int, int]) -> float:
     """Smallest level whose pruned model keeps at most the target fraction of MACs (params):
     binary search over the allocation's ascending candidate levels, each tried and undone."""

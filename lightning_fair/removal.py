@@ -42,6 +42,7 @@ from torch import nn
 
 from .allocation import count_from_curve, layer_normalised, removal_order, tod_curve
 from .guards import ModelSnapshot
+from .ranking import as_ranking
 from .layers import PRUNABLE_TYPES, is_depthwise
 
 __all__ = ["CoupledGroup", "DependencyPlanner", "GROUP_POLICIES", "ModelSnapshot"]
@@ -121,7 +122,11 @@ class DependencyPlanner:
     # ------------------------------------------------------------------ planning
     def plan(self, scores, counts: Dict[str, int], *, ranking: str = "utilization", policy: str = "min_count",
              tolerance: Optional[float] = None, seed: int = 0) -> Dict[str, torch.Tensor]:
-        """Root channel indices to remove per group: ``{root layer: idxs}`` (empty groups omitted)."""
+        """Root channel indices to remove per group: ``{root layer: idxs}`` (empty groups omitted).
+
+        ``scores``: a :class:`~lightning_fair.ranking.Ranking` (or ``FairScores``: FAIR's);
+        ``ranking``: ``"utilization"`` (its removal score), ``"l1"`` or ``"random"``."""
+        scores = as_ranking(scores)
         if policy not in GROUP_POLICIES:
             raise ValueError(f"group_policy must be one of {GROUP_POLICIES}, got {policy!r}")
         plan = {}
@@ -129,13 +134,13 @@ class DependencyPlanner:
             if group.blocked or not group.members:
                 continue
             n, g = group.num_channels, group.channel_groups
-            utilization = _combine_utilization(group, scores)
+            utilization = _combine_removal(group, scores)
             if policy == "joint" and len(group.members) > 1:
                 if tolerance is None:
                     raise ValueError("group_policy='joint' needs the tolerance")
                 k = count_from_curve(tod_curve(utilization, _combine_taylor(group, scores)), tolerance)
             else:
-                k = min(int(counts[name] * n / scores.utilization[name].numel()) for name in group.members)
+                k = min(int(counts[name] * n / scores.removal[name].numel()) for name in group.members)
             k = (k // g) * g
             if k <= 0:
                 continue
@@ -200,26 +205,26 @@ def _normalised(values: torch.Tensor) -> torch.Tensor:
     return layer_normalised(values.double())
 
 
-def _combine_utilization(group: CoupledGroup, scores) -> torch.Tensor:
+def _combine_removal(group: CoupledGroup, scores) -> torch.Tensor:
     if len(group.members) > 1:
-        seen = _consumers_utilization(group, scores)
+        seen = _consumers_removal(group, scores)
         if seen is not None:
             return seen
     if len(group.members) == 1:
         name, (idxs, roots) = next(iter(group.members.items()))
         combined = torch.zeros(group.num_channels, dtype=torch.float64)
-        combined[roots] = scores.utilization[name][idxs].double()
+        combined[roots] = scores.removal[name][idxs].double()
         return combined
     combined = torch.zeros(group.num_channels, dtype=torch.float64)
     for name, (idxs, roots) in group.members.items():
-        combined[roots] = torch.maximum(combined[roots], _normalised(scores.utilization[name])[idxs])
+        combined[roots] = torch.maximum(combined[roots], _normalised(scores.removal[name])[idxs])
     return combined
 
 
-def _consumers_utilization(group: CoupledGroup, scores) -> Optional[torch.Tensor]:
-    """Mean over the group's consumers of their input channels' normalised U, per root channel
-    (None if no consumer's input was observed)."""
-    observed = scores.input_utilization
+def _consumers_removal(group: CoupledGroup, scores) -> Optional[torch.Tensor]:
+    """Mean over the group's consumers of their input channels' normalised removal score (FAIR:
+    U), per root channel (None if no consumer's input was observed)."""
+    observed = scores.consumers
     total = torch.zeros(group.num_channels, dtype=torch.float64)
     weight = torch.zeros(group.num_channels, dtype=torch.float64)
     for name, (idxs, roots) in group.consumers.items():

@@ -23,7 +23,6 @@ Pure functions over statistics, score vectors and weights; no data.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
@@ -32,9 +31,10 @@ import torch
 from torch import nn
 
 from .allocation import layer_normalised
+from .ranking import Ranking
 
 __all__ = ["CRITERIA", "ClassMoments", "check_criterion", "check_screening_weight", "f_statistic", "filter_norms", "screening_scores",
-           "ranked_by_screening", "connection_scores", "connection_masks", "CONNECTION_ALLOCATIONS"]
+           "screening_ranking", "connection_scores", "connection_masks", "CONNECTION_ALLOCATIONS"]
 
 #: Which score ranks the units for removal: FAIR's utilization score, or the screening score.
 CRITERIA = ("fair", "screening")
@@ -190,15 +190,15 @@ def screening_scores(scores, weight: float = 0.5, layers: Optional[Iterable[str]
             for n in names}
 
 
-def ranked_by_screening(scores, weight: float = 0.5):
-    """A shallow copy of ``scores`` whose removal signal (``utilization``) is the screening score.
+def screening_ranking(scores, weight: float = 0.5) -> Ranking:
+    """The screening criterion's :class:`~lightning_fair.ranking.Ranking` of ``scores`` (computed
+    with ``criterion="screening"``): the screening score removes (lowest first), R protects (ToD).
 
-    Allocation (global threshold, uniform ratio, ToD with R as protection) and removal read
-    ``utilization`` as "lowest goes first", so they run unchanged on this copy. The consumers'
-    input U (FAIR's ranking of residual groups) is dropped: coupled groups are ranked by their
-    members' screening scores.
+    Allocation (global threshold, uniform ratio, ToD) and removal run unchanged on it. No
+    consumers' scores: coupled groups are ranked by their members' screening scores.
     """
-    return dataclasses.replace(scores, utilization=screening_scores(scores, weight), input_utilization={})
+    return Ranking(removal=screening_scores(scores, weight), protection=dict(scores.reconstruction),
+                   taylor_sum=dict(scores.taylor_sum), criterion="screening")
 
 
 def _input_index(module: nn.Module) -> Optional[torch.Tensor]:
