@@ -20,6 +20,7 @@ from .oneshot import PruneResult, prune
 from .recalibration import recalibrate_bn
 from .report import PruneReport
 from .scores import FairScores, compute_scores
+from .sweep import SweepResult, sweep
 from .unstructured import prune_connections
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "PruneReport",
     "PruneResult",
     "PruningError",
+    "SweepResult",
     "compute_scores",
     "estimate_memory",
     "evaluate",
@@ -44,6 +46,7 @@ __all__ = [
     "prune_connections",
     "recalibrate_bn",
     "save_pruned",
+    "sweep",
     "tod_curve",
     "tolerance_count",
     "tolerance_counts",

@@ -134,6 +134,7 @@ def prune(
     config = given.resolved()
     ignored = resolve_ignored(model, config.ignored_layers)
     example_inputs = resolve_example_inputs(model, dataloader, example_inputs, unpack)
+    check_recalibration(config, model, dataloader)
     # score
     if scores is None:
         scores = compute_scores(model, dataloader, config, loss_fn=loss_fn, unpack=unpack, distributed=distributed,
@@ -146,8 +147,6 @@ def prune(
         model = copy.deepcopy(model)
     scored = scored_layers(model, scores, protected)
     notes: List[str] = []
-    if config.recalibrate and dataloader is None:
-        notes.append("BatchNorm statistics not re-estimated: no calibration dataloader was given")
 
     with rollback(model) as snapshot:
         planner = DependencyPlanner(model, example_inputs, scored, protected)
@@ -197,6 +196,19 @@ def check_calibration(config: PruneConfig, dataloader, scores, example_inputs) -
     if config.recalibrate is True and dataloader is None:
         raise ValueError("recalibrate=True re-estimates BatchNorm statistics on the calibration batches; "
                          "pass dataloader=..., or recalibrate=False")
+
+
+def check_recalibration(config: PruneConfig, model: nn.Module, dataloader) -> None:
+    """The preset re-estimates BatchNorm statistics after removal; without calibration data it
+    cannot, and the pruned model's statistics would describe channels that are gone (measured:
+    8 % instead of 63 % on a digits CNN). Refuse instead of pruning quietly worse."""
+    if config.recalibrate and dataloader is None and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                          for m in model.modules()):
+        raise ValueError(
+            "this model has BatchNorm layers, whose statistics the pipeline re-estimates after removal on the "
+            "calibration batches, and no dataloader was given; pass it too (prune(model, loader, scores=scores, "
+            "...)): scores reused from compute_scores still skip the scoring pass; or recalibrate=False to "
+            "prune without re-estimation; lightning_fair.sweep(...) prunes several targets from one scoring pass")
 
 
 def resolve_example_inputs(model: nn.Module, dataloader, example_inputs, unpack: Callable):

@@ -201,7 +201,7 @@ def test_two_tolerances_from_one_score_collection(monkeypatch):
     before = copy.deepcopy(scores)
     results = {}
     for alpha, counts in ((low, counts_low), (high, counts_high)):
-        result = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=helpers.example_inputs(), tolerance=alpha)
+        result = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=helpers.example_inputs(), tolerance=alpha, recalibrate=False)
         assert result.scores is scores
         assert result.counts == counts
         # small_cnn has no coupled layers: every layer loses exactly its own ToD count
@@ -244,8 +244,8 @@ def test_prune_l1_ranking_removes_smallest_l1_with_utilization_counts():
     x = helpers.example_inputs()
     alpha = 0.3
     weights = {name: module.weight.detach().clone() for name, module in model.named_modules() if name in scores.layers}
-    fair = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha)
-    l1 = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, ranking="l1")
+    fair = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, recalibrate=False)
+    l1 = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, ranking="l1", recalibrate=False)
     assert _removed_per_layer(l1.report) == _removed_per_layer(fair.report) == tolerance_counts(scores, alpha)
     differs = False
     for name in scores.layers:  # every group of small_cnn has one member
@@ -264,7 +264,7 @@ def test_prune_random_ranking_is_reproducible():
     model = helpers.trained_small_cnn()
     scores = helpers.trained_small_cnn_scores()
     x = helpers.example_inputs()
-    runs = [lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, ranking="random", seed=s)
+    runs = [lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, ranking="random", seed=s, recalibrate=False)
             for s in (5, 5, 6)]
     assert runs[0].removed == runs[1].removed
     assert runs[0].removed != runs[2].removed

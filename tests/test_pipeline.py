@@ -81,13 +81,18 @@ def test_bad_pipeline_options_are_refused_before_anything_runs(kwargs, match):
     assert all(torch.equal(a, state[k]) for k, a in model.state_dict().items())
 
 
-def test_recalibrate_true_without_data_is_an_error_and_default_notes_it():
+def test_recalibrate_true_without_data_is_an_error_and_so_is_the_default_on_batchnorm():
+    """The README's 0.1 recipe (scores reused, no loader) pruned a BatchNorm net to chance quietly."""
     scores = helpers.trained_small_cnn_scores()
+    model = helpers.trained_small_cnn()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="recalibrate=True"):
-        prune(helpers.trained_small_cnn(), scores=scores, example_inputs=helpers.example_inputs(), recalibrate=True)
-    result = prune(helpers.trained_small_cnn(), scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.2)
-    assert not result.report.recalibrated
-    assert any("not re-estimated" in note for note in result.report.notes)
+        prune(model, scores=scores, example_inputs=helpers.example_inputs(), recalibrate=True)
+    with pytest.raises(ValueError, match="BatchNorm.*pass it too.*recalibrate=False"):
+        prune(model, scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.2)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    result = prune(model, scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.2, recalibrate=False)
+    assert not result.report.recalibrated and result.report.macs_ratio < 1
 
 
 def test_recalibration_restores_one_shot_accuracy_on_a_batchnorm_net():

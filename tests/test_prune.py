@@ -156,7 +156,7 @@ def test_removed_channels_are_exactly_the_planned_ones():
     original = copy.deepcopy(model)
     x = helpers.digits()[2][:64]
     result = prune(model, scores=helpers.trained_small_cnn_scores(), example_inputs=x[:2], tolerance=0.3,
-                   compensate=False)
+                   compensate=False, recalibrate=False)
     assert set(result.removed) == {"features.0.0", "features.1.0", "features.3.0", "head.0"}
     activation = {"features.0.0": "features.0.2", "features.1.0": "features.1.2", "features.3.0": "features.3.2", "head.0": "head.1"}
     modules = dict(original.named_modules())
@@ -197,7 +197,7 @@ def test_ignored_layers_with_precomputed_scores(inplace):
     scores = helpers.trained_small_cnn_scores()
     assert "features.0.0" in scores.layers and tolerance_counts(scores, 0.5)["features.0.0"] > 0
     result = prune(model, scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.5,
-                   ignored_layers=["features.0.0"], inplace=inplace)
+                   ignored_layers=["features.0.0"], inplace=inplace, recalibrate=False)
     assert result.model.features[0][0].out_channels == 16
     assert "features.0.0" not in result.removed
     assert result.model.features[1][0].out_channels < 16
@@ -247,8 +247,8 @@ def _check_restored(model, before, x, out, name, scores):
     # a later prune works and does exactly what it does on a pristine copy
     pristine = build(name)
     pristine.load_state_dict(model.state_dict())
-    a = prune(model, scores=scores, example_inputs=x, tolerance=0.3)
-    b = prune(pristine, scores=scores, example_inputs=x, tolerance=0.3)
+    a = prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
+    b = prune(pristine, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
     assert a.removed == b.removed and a.history == b.history
     torch.testing.assert_close(run(model, x), run(pristine, x), rtol=0, atol=0)
 
@@ -267,7 +267,7 @@ def test_failure_during_removal_leaves_model_untouched(name, monkeypatch):
 
     monkeypatch.setattr(DependencyPlanner, "apply", apply_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
-        prune(model, scores=scores, example_inputs=x, tolerance=0.3)
+        prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
     assert seen["shapes"] != before["shapes"], "the injected failure came before any removal"
     monkeypatch.setattr(DependencyPlanner, "apply", original_apply)
     _check_restored(model, before, x, out, name, scores)
@@ -288,7 +288,7 @@ def test_failure_after_removal_leaves_model_untouched(name, monkeypatch):
 
     monkeypatch.setattr(oneshot, "measure", measure_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        prune(model, scores=scores, example_inputs=x, tolerance=0.3)
+        prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
     assert len(calls) == 2 and calls[1] != before["shapes"]
     monkeypatch.setattr(oneshot, "measure", original_measure)
     _check_restored(model, before, x, out, name, scores)
@@ -308,7 +308,7 @@ def test_failure_during_target_search_leaves_model_untouched(monkeypatch):
 
     monkeypatch.setattr(oneshot, "measure", measure_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
-        prune(model, scores=scores, example_inputs=x, target_macs=0.8)
+        prune(model, scores=scores, example_inputs=x, target_macs=0.8, recalibrate=False)
     monkeypatch.setattr(oneshot, "measure", original_measure)
     _check_restored(model, before, x, out, "densenet", scores)
 
@@ -342,13 +342,13 @@ def test_target_reaches_goal_with_least_pruning(key):
     x = helpers.example_inputs()
 
     def kept(tolerance):
-        report = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=tolerance).report
+        report = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=tolerance, recalibrate=False).report
         return report.macs_ratio if key == "macs" else report.params_ratio
 
     least, most = kept(0.0), kept(1.0)
     assert most < least < 1.0
     for goal in (0.7, (least + most) / 2):
-        result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, allocation="tod", **{f"target_{key}": goal})
+        result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, allocation="tod", **{f"target_{key}": goal}, recalibrate=False)
         ratio = result.report.macs_ratio if key == "macs" else result.report.params_ratio
         assert ratio <= goal + 1e-6, (goal, ratio)
         assert ratio == kept(result.tolerance)
@@ -363,7 +363,7 @@ def test_target_reaches_goal_with_least_pruning(key):
         else:
             assert least <= goal
     # the midpoint goal needs a positive tolerance: the search really searched
-    middle = prune(copy.deepcopy(model), scores=scores, example_inputs=x, **{f"target_{key}": (least + most) / 2})
+    middle = prune(copy.deepcopy(model), scores=scores, example_inputs=x, **{f"target_{key}": (least + most) / 2}, recalibrate=False)
     assert middle.tolerance > 0
 
 
@@ -373,11 +373,11 @@ def test_unreachable_target_raises_and_leaves_model_untouched(key):
     scores = helpers.trained_small_cnn_scores()
     x = helpers.example_inputs()
     before = full_state(model)
-    report = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=1.0).report
+    report = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=1.0, recalibrate=False).report
     reachable = report.macs_ratio if key == "macs" else report.params_ratio
     assert 0 < reachable < 0.05  # at tolerance 1 every layer keeps only 1% of its units
     with pytest.raises(ValueError, match=f"target_{key}") as error:
-        prune(model, scores=scores, example_inputs=x, **{f"target_{key}": reachable / 2})
+        prune(model, scores=scores, example_inputs=x, **{f"target_{key}": reachable / 2}, recalibrate=False)
     assert f"{reachable:.3f}" in str(error.value), str(error.value)
     assert_untouched(model, before)
 
@@ -414,7 +414,7 @@ def test_accuracy_sanity_on_digits():
     loader = helpers.calibration_loader(800)
     scores = lightning_fair.compute_scores(model, loader, samples_per_class=32, num_projections=64)
     x = helpers.example_inputs()
-    result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.0)
+    result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.0, recalibrate=False)
     acc = helpers.accuracy(result.model, x_test, y_test)
     message = f"accuracy {base:.3f} -> {acc:.3f} at kept MACs {result.report.macs_ratio:.3f}\n{result.report}"
     assert result.report.macs_ratio < 0.9, message
@@ -477,7 +477,7 @@ def test_bad_arguments_raise_before_any_work(kwargs, match, monkeypatch):
     with pytest.raises(ValueError, match=match):
         prune(model, helpers.calibration_loader(), **kwargs)
     with pytest.raises(ValueError, match=match):  # also with precomputed scores
-        prune(model, scores=helpers.trained_small_cnn_scores(), example_inputs=helpers.example_inputs(), **kwargs)
+        prune(model, scores=helpers.trained_small_cnn_scores(), example_inputs=helpers.example_inputs(), **kwargs, recalibrate=False)
     assert_untouched(model, before)
 
 
@@ -496,7 +496,7 @@ def test_scores_of_another_model_raise():
     scores = helpers.trained_small_cnn_scores()
     model = build("mlp")
     with pytest.raises(ValueError, match="scores"):
-        prune(model, scores=scores, example_inputs=helpers.example_inputs())
+        prune(model, scores=scores, example_inputs=helpers.example_inputs(), recalibrate=False)
     assert helpers.module_shapes(model) == helpers.module_shapes(build("mlp"))
 
 
@@ -507,7 +507,7 @@ def test_group_policy_joint_on_resnet():
     x = helpers.example_inputs(4)
     results = {}
     for policy in ("min_count", "joint"):
-        result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, group_policy=policy)
+        result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, group_policy=policy, recalibrate=False)
         assert run(result.model, x).shape == (4, 10)
         assert result.report.macs_after < result.report.macs_before
         results[policy] = result
