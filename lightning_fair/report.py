@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from .guards import preserved_modes
 from .layers import PRUNABLE_TYPES
 
 __all__ = ["LayerRow", "PruneReport", "measure", "unit_counts"]
@@ -123,17 +124,15 @@ def measure(model: nn.Module, example_inputs) -> tuple:
         else:
             macs[0] += output.numel() // batch * (module.in_channels // module.groups) * _prod(module.kernel_size)
 
-    training = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in training.items():
-            module.training = flag
+    with preserved_modes(model):
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(example_inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return int(macs[0]), int(params)
 

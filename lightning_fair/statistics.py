@@ -37,6 +37,7 @@ from torch import nn
 
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
+from .guards import preserved_modes
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
 from .screening import ClassMoments
 from .layers import (
@@ -174,16 +175,13 @@ class StatisticsCollector:
     # ------------------------------------------------------------------ the pass
     def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
         """Run every batch (or the first ``max_batches``) once; return self."""
-        state = _freeze(self.model)
-        try:
+        with preserved_modes(self.model):
             self.model.eval()
             with torch.inference_mode(False), torch.enable_grad():
                 for batch in batches:
                     if max_batches is not None and self.num_batches >= max_batches:
                         break
                     self.update(batch)
-        finally:
-            _restore(self.model, state)
         if self.distributed and is_distributed():
             merge_ranks(self)
         if self.num_batches == 0:
@@ -589,12 +587,3 @@ def _to_grad_tensor(inputs, device):
         # Makes every layer output part of the graph even when all parameters are frozen.
         inputs = inputs.detach().requires_grad_(True)
     return inputs
-
-
-def _freeze(model: nn.Module) -> dict:
-    return {"training": {m: m.training for m in model.modules()}}
-
-
-def _restore(model: nn.Module, state: dict) -> None:
-    for module, flag in state["training"].items():
-        module.training = flag
