@@ -11,7 +11,7 @@ from torch import nn
 from .guards import preserved_modes
 from .layers import PRUNABLE_TYPES
 
-__all__ = ["LayerRow", "PruneReport", "measure", "unit_counts"]
+__all__ = ["LayerRow", "PruneReport", "measure", "si_count", "unit_counts"]
 
 
 @dataclass
@@ -72,11 +72,12 @@ class PruneReport:
             lines.append(f"{row.name:<{width}}  {row.before:>7}  {row.after:>7}  {row.kept:>6.1%}  {row.observed}")
         lines.append("-" * len(lines[0]))
         lines.append(
-            f"MACs   {_si(self.macs_before):>9} -> {_si(self.macs_after):>9}  (kept {self.macs_ratio:.1%}, "
+            f"MACs   {si_count(self.macs_before):>9} -> {si_count(self.macs_after):>9}  (kept {self.macs_ratio:.1%}, "
             f"{1 / max(self.macs_ratio, 1e-12):.2f}x fewer)"
         )
         lines.append(
-            f"params {_si(self.params_before):>9} -> {_si(self.params_after):>9}  (kept {self.params_ratio:.1%})"
+            f"params {si_count(self.params_before):>9} -> {si_count(self.params_after):>9}  "
+            f"(kept {self.params_ratio:.1%})"
         )
         if self.tolerance is not None:
             lines.append(f"tolerance of difference: {self.tolerance:.4g}")
@@ -99,7 +100,8 @@ _PIPELINE_KEYS = ("preset", "observe", "reconstruction", "group_policy", "alloca
                   "criterion")
 
 
-def _si(value: float) -> str:
+def si_count(value: float) -> str:
+    """A count with an SI suffix, two decimals: ``si_count(1_234_567) == "1.23M"``."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"
