@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .allocation import Allocation, allocation_for
+from .batches import default_unpack, first_inputs
 from .checkpoint import record_pruning
 from .compensation import capture_consumers, fold_mean_replacement
 from .config import PruneConfig, configure
@@ -29,7 +30,6 @@ from .report import LayerRow, PruneReport, measure, unit_counts
 from .recalibration import recalibrate_bn
 from .scores import FairScores, compute_scores
 from .screening import ranked_by_screening
-from .statistics import default_unpack, first_inputs
 
 __all__ = ["PruneResult", "prune"]
 

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from .batches import default_unpack
 from .distributed import all_gather_tensor, is_distributed
 from .guards import preserved_modes
-from .statistics import default_unpack
 
 __all__ = ["recalibrate_bn"]
 
@@ -135,7 +135,7 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
             moved to the device of the model's first parameter or buffer.
         max_batches: use at most this many batches (default: all).
         unpack: ``batch -> (inputs, target)`` (or ``-> inputs``) for other batch layouts;
-            default :func:`lightning_fair.statistics.default_unpack`.
+            default :func:`lightning_fair.batches.default_unpack`.
         distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process
             passes its own shard and the moments of all processes are pooled, so every rank ends
             with the same statistics (collective: call on every rank).

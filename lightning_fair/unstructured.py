@@ -16,12 +16,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .batches import default_unpack, first_inputs
 from .layers import candidate_layers, resolve_ignored
 from .memory import DEFAULT_BUDGET, parse_bytes
 from .report import measure, si_count
 from .scores import FairScores, compute_scores
 from .screening import check_screening_weight, connection_masks, connection_scores
-from .statistics import default_unpack, first_inputs
 
 __all__ = ["ConnectionPruneResult", "SparsityReport", "SparsityRow", "prune_connections"]
 
