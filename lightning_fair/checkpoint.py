@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .guards import ModelSnapshot
+from .guards import rollback
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -161,27 +161,21 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
     spec = state["example_input"]
     example = torch.zeros(1, *spec["shape"], dtype=getattr(torch, spec["dtype"]),
                           device=next((p.device for p in model.parameters()), torch.device("cpu")))
-    snapshot = ModelSnapshot(model)
     try:
-        for param in model.parameters():
-            param.requires_grad_(True)  # torch-pruning traces autograd; frozen layers must show up
-        with torch.inference_mode(False), torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-            snapshot.include(graph.module2node)
-            for number, (name, is_out, idxs) in enumerate(rows, start=len(mine)):
-                try:
-                    _replay_row(graph, modules[name], name, is_out, idxs)
-                except Exception as error:
-                    raise ValueError(f"pruning history row {number} ({name!r}): {error}") from error
+        with rollback(model) as snapshot:  # on any failure: the model as it was
+            for param in model.parameters():
+                param.requires_grad_(True)  # torch-pruning traces autograd; frozen layers must show up
+            with torch.inference_mode(False), torch.enable_grad():
+                graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+                snapshot.include(graph.module2node)
+                for number, (name, is_out, idxs) in enumerate(rows, start=len(mine)):
+                    try:
+                        _replay_row(graph, modules[name], name, is_out, idxs)
+                    except Exception as error:
+                        raise ValueError(f"pruning history row {number} ({name!r}): {error}") from error
     except Exception as error:
-        snapshot.restore()
-        snapshot.restore_flags(model)
         raise ValueError(f"the pruning history does not fit this model, which was left as it was: {error}; "
                          f"{_FIX}") from error
-    except BaseException:
-        snapshot.restore()
-        snapshot.restore_flags(model)
-        raise
     snapshot.restore_flags(model)
     model.__dict__[_ATTRIBUTE] = {**copy.deepcopy(state), "history": history}
 
@@ -257,13 +251,8 @@ def load_pruned(model: nn.Module, path, map_location=None) -> nn.Module:
     if not isinstance(data, dict) or CHECKPOINT_KEY not in data or not isinstance(data.get("state_dict"), Mapping):
         raise ValueError(f"{path} is not a file written by lightning_fair.save_pruned (expected a dict with "
                          f"{CHECKPOINT_KEY!r} and 'state_dict')")
-    snapshot = ModelSnapshot(model)
-    replay_pruning(model, data[CHECKPOINT_KEY])  # atomic on its own
-    try:
+    with rollback(model):
+        replay_pruning(model, data[CHECKPOINT_KEY])  # atomic on its own
         check_fits(model, data["state_dict"])  # before load_state_dict writes into any tensor
         model.load_state_dict(data["state_dict"])
-    except BaseException:
-        snapshot.restore()
-        snapshot.restore_flags(model)
-        raise
     return model

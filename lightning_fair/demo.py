@@ -92,7 +92,7 @@ class ImageClassifier(FairPruningMixin, L.LightningModule):
         if arch not in zoo.MODELS:
             raise ValueError(f"arch must be one of {sorted(zoo.MODELS)}, got {arch!r}")
         kwargs = {"num_classes": num_classes}
-        if arch in ("small_cnn", "resnet", "grouped_cnn", "GuardedCNN"):
+        if arch in ("small_cnn", "resnet", "grouped_cnn"):
             kwargs["width"] = width
         self.net = zoo.MODELS[arch](**kwargs)
 

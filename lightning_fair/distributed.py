@@ -82,7 +82,7 @@ def merge_ranks(col) -> None:
     for name in names:
         col.layers[name].taylor_sum = all_reduce_sum(col.layers[name].taylor_sum)
         col.layers[name].taylor_abs_sum = all_reduce_sum(col.layers[name].taylor_abs_sum)
-    if col._collects_screening:
+    if col.collects_screening:
         _merge_screening(col, names)
     names = [n for n in names if n in col.channels]  # layers with utilization samples in this pass
     missing = all_reduce_sum(torch.tensor([float(sum(col.layers[n].samples is None for n in names))]))

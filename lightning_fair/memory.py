@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .guards import preserved_modes
 from .layers import (ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, candidate_layers, input_key,
                      resolve_ignored, units_view)
 
@@ -216,16 +217,14 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
     handles = [m.register_forward_hook(out_hook(n)) for n, m in modules.items()]
     handles += [m.register_forward_hook(follow_hook) for m in model.modules() if isinstance(m, follow)]
     handles += [m.register_forward_pre_hook(in_hook(n)) for n, m in consumers.items()]
-    training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            logits = model(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in training.items():
-            m.training = flag
+    with preserved_modes(model):
+        try:
+            model.eval()
+            with torch.no_grad():
+                logits = model(example_inputs)
+        finally:
+            for h in handles:
+                h.remove()
     classes = int(num_classes if num_classes is not None else logits.shape[-1])
     executed = list(dict.fromkeys(order))
     layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .allocation import Allocation, allocation_for
+from .batches import default_unpack, first_inputs
 from .checkpoint import record_pruning
 from .compensation import capture_consumers, fold_mean_replacement
 from .config import PruneConfig, configure
@@ -30,7 +31,6 @@ from .recalibration import recalibrate_bn
 from .scores import FairScores, compute_scores
 from .ranking import Ranking
 from .screening import screening_ranking
-from .statistics import default_unpack, first_inputs
 
 __all__ = ["PruneResult", "prune"]
 

@@ -28,7 +28,9 @@ The paper's text is not available to us; from its abstract and our design notes 
   For inputs with a common mean ``mu`` the pruned entries' expected contribution
   ``mu * sum_S W`` is kept exactly by the tied mean and lost by zeroing.
 
-The Lightning callback is :class:`lightning_fair.OnTheFlyPruning` (``onthefly_callback.py``).
+The parametrisation is in :mod:`lightning_fair.hypersphere`, the penalty in
+:mod:`lightning_fair.polarization` (both importable from here too); the pruning is here. The
+Lightning callback is :class:`lightning_fair.OnTheFlyPruning` (``lightning/onthefly.py``).
 
 Example:
     >>> import torch
@@ -54,10 +56,23 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .layers import resolve_ignored
+from .hypersphere import (
+    EPS,
+    Hyperspherical,
+    direction_of,
+    hypersphere_of,
+    hyperspherical_layers,
+    make_hyperspherical,
+    per_row,
+    plain_state_dict,
+    register_hypersphere,
+    row_norms,
+    select_layers,
+    unregister_hypersphere,
+)
 from .optim import OptimizerSnapshot
+from .polarization import PenaltyStats, add_polarization_grad, polarization_stats, smallest_entries
 
 __all__ = [
     "Hyperspherical",
@@ -74,210 +89,10 @@ __all__ = [
     "prune_on_the_fly",
 ]
 
-#: Layer types that can be made hyperspherical (per output filter: dim 0 of the weight).
-SUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 #: ``recovery`` values: one shared value per output channel, per layer, or plain zeros.
 RECOVERIES = ("channel", "layer", None)
-_EPS = 1e-12
-_ORIGINAL = "parametrizations.weight.original"
-_RADIUS = "parametrizations.weight.0.radius"
 
 
-def _row_norms(weight: torch.Tensor) -> torch.Tensor:
-    return weight.flatten(1).norm(dim=1)
-
-
-def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1)))
-
-
-class Hyperspherical(nn.Module):
-    """``W = radius * V / ||V||`` per output filter (dim 0); ``radius`` is learnable.
-
-    Registered with ``torch.nn.utils.parametrize`` by :func:`make_hyperspherical`; ``V`` is
-    ``module.parametrizations.weight.original`` (the layer's weight Parameter object).
-    """
-
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        self.radius = nn.Parameter(_row_norms(weight.detach()).clone(), requires_grad=weight.requires_grad)
-
-    def forward(self, direction: torch.Tensor) -> torch.Tensor:
-        return direction * _per_row(self.radius / _row_norms(direction).clamp_min(_EPS), direction)
-
-
-def hyperspherical_layers(model: nn.Module) -> Dict[str, nn.Module]:
-    """``{name: module}`` of the layers of ``model`` whose weight :func:`make_hyperspherical` parametrised."""
-    return {name: module for name, module in model.named_modules() if hypersphere_of(module) is not None}
-
-
-def hypersphere_of(module: nn.Module) -> Optional[Hyperspherical]:
-    """Our hyperspherical parametrisation of ``module.weight`` (None if it has none)."""
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    chain = module.parametrizations.weight
-    return chain[0] if len(chain) == 1 and isinstance(chain[0], Hyperspherical) else None
-
-
-def select_layers(model: nn.Module, layers: Optional[Sequence[str]] = None, ignored_layers=None,
-                  include_output: bool = False) -> Dict[str, nn.Module]:
-    """The layers to make hyperspherical: ``layers`` by name, or every Conv1d/2d/3d and Linear
-    not in ``ignored_layers``, less the last one registered (the output layer) unless
-    ``include_output``. ValueError for a name that is not such a layer."""
-    modules = dict(model.named_modules())
-    if layers is not None:
-        chosen = {}
-        for name in layers:
-            if name not in modules or not isinstance(modules[name], SUPPORTED):
-                raise ValueError(f"layers names {name!r}, which is not a Conv1d/2d/3d or Linear of the model; "
-                                 "use names from model.named_modules()")
-            chosen[name] = modules[name]
-        return chosen
-    ignored = resolve_ignored(model, ignored_layers)
-    candidates = [(n, m) for n, m in modules.items() if isinstance(m, SUPPORTED)]
-    if candidates and not include_output:
-        candidates = candidates[:-1]
-    return {n: m for n, m in candidates if m not in ignored}
-
-
-def make_hyperspherical(model: nn.Module, layers: Optional[Sequence[str]] = None, ignored_layers=None,
-                        include_output: bool = False) -> List[str]:
-    """Register :class:`Hyperspherical` on the chosen layers' weights (see :func:`select_layers`).
-
-    Layers already hyperspherical are kept as they are; a weight with another parametrisation
-    is refused (ValueError). The layer's weight Parameter stays the same object (now
-    ``parametrizations.weight.original``), so optimizers built before keep training it; the new
-    ``radius`` Parameters are only in optimizers built after (Lightning: register in ``setup``).
-    A plain ``weight`` entry given to ``load_state_dict`` later is loaded as ``V = W`` with
-    ``radius = ||W||`` (the same function). Returns the names of the hyperspherical layers.
-
-    Example: ``make_hyperspherical(model, ignored_layers=["features.0"])``.
-    """
-    chosen = select_layers(model, layers, ignored_layers, include_output)
-    for name, module in chosen.items():
-        if parametrize.is_parametrized(module, "weight") and hypersphere_of(module) is None:
-            raise ValueError(f"{name}.weight already has another parametrization; leave the layer out "
-                             "with ignored_layers=[...]")
-    for module in chosen.values():
-        if hypersphere_of(module) is None:
-            _register(module, Hyperspherical(module.weight))
-    return list(chosen)
-
-
-def _register(module: nn.Module, hook: Hyperspherical) -> None:
-    parametrize.register_parametrization(module, "weight", hook)
-    hook.hook_id = module._register_load_state_dict_pre_hook(_load_plain_weight, with_module=True).id
-
-
-def _load_plain_weight(module, state_dict, prefix, *args) -> None:
-    """load_state_dict pre-hook: a plain ``weight`` entry becomes ``V = W``, ``radius = ||W||``."""
-    if prefix + "weight" in state_dict and prefix + _ORIGINAL not in state_dict and hypersphere_of(module) is not None:
-        weight = state_dict.pop(prefix + "weight")
-        state_dict[prefix + _ORIGINAL] = weight
-        state_dict[prefix + _RADIUS] = _row_norms(weight)
-
-
-def unregister_hypersphere(module: nn.Module, keep_original: bool = False) -> None:
-    """Remove our parametrisation, the weight keeping its final value (the same Parameter object);
-    ``keep_original``: the weight becomes ``V`` as it is (exactly a plain weight loaded into it)."""
-    hook = hypersphere_of(module)
-    module._load_state_dict_pre_hooks.pop(getattr(hook, "hook_id", None), None)
-    # torch deletes the weight property from the module's class, which a deepcopy of the model
-    # shares: give this module a class of its own first, so copies stay intact
-    cls = type(module)
-    module.__class__ = type(cls.__name__, cls.__bases__,
-                            {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
-    parametrize.remove_parametrizations(module, "weight", leave_parametrized=not keep_original)
-
-
-# --------------------------------------------------------------------------- the penalty
-def _direction(module: nn.Module) -> torch.Tensor:
-    """``V`` of a hyperspherical layer, the weight itself for a plain one."""
-    return module.parametrizations.weight.original if hypersphere_of(module) is not None else module.weight
-
-
-def _smallest(magnitude: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean mask (shaped like ``magnitude``) of its ``round(ratio * n)`` smallest entries."""
-    flat = magnitude.flatten()
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    count = int(round(ratio * flat.numel()))
-    if count:
-        mask[torch.topk(flat, count, largest=False, sorted=False).indices] = True
-    return mask.view_as(magnitude)
-
-
-@dataclass
-class PenaltyStats:
-    """The penalty and how far the normalised weights are from being safely prunable.
-
-    ``value``: the penalty ``P`` (including ``penalty``, summed over layers). ``pruned_energy``:
-    the share of the normalised weights' squared norm that pruning now would remove (each
-    filter has norm 1; 0 means pruning changes nothing). ``separation``: mean ``|w_hat|`` of the
-    kept entries over that of the would-be-pruned ones. Tensors (no device sync).
-    """
-
-    value: torch.Tensor
-    pruned_energy: torch.Tensor
-    separation: torch.Tensor
-
-
-def _layer_terms(direction: torch.Tensor, ratio: float, beta: float):
-    norms = _row_norms(direction).clamp_min(_EPS)
-    w_hat = direction / _per_row(norms, direction)
-    magnitude = w_hat.abs()
-    mask = _smallest(magnitude, ratio)
-    coefficient = torch.where(mask, torch.ones_like(w_hat), torch.full_like(w_hat, -beta))
-    return norms, w_hat, magnitude, mask, coefficient
-
-
-def add_polarization_grad(model: nn.Module, ratio: float, penalty: float, beta: float = 0.2,
-                          params: Optional[Iterable[torch.Tensor]] = None) -> PenaltyStats:
-    """Add ``d P / d V`` to the ``.grad`` of every hyperspherical layer's ``V``; return the stats.
-
-    Call it after the loss's backward and before the optimizer step (the loss is not changed).
-    ``params``: only layers whose ``V`` is among them (e.g. one optimizer's parameters). A ``V``
-    with no ``.grad`` yet gets one. ``S`` (the would-be-pruned set) is recomputed from the
-    current weights.
-    """
-    return _polarize(model, ratio, penalty, beta, params, apply=True)
-
-
-def polarization_stats(model: nn.Module, ratio: float, beta: float = 0.2) -> PenaltyStats:
-    """:class:`PenaltyStats` of the hyperspherical layers now (``value`` with ``penalty=1``); no gradient touched."""
-    return _polarize(model, ratio, 1.0, beta, None, apply=False)
-
-
-@torch.no_grad()
-def _polarize(model, ratio, penalty, beta, params, apply: bool) -> PenaltyStats:
-    wanted = None if params is None else {id(p) for p in params}
-    device = next(iter(model.parameters())).device
-    value, pruned, total, kept_sum, pruned_sum, kept_n, pruned_n = (torch.zeros((), device=device) for _ in range(7))
-    for module in hyperspherical_layers(model).values():
-        direction = _direction(module)
-        if wanted is not None and id(direction) not in wanted:
-            continue
-        norms, w_hat, magnitude, mask, coefficient = _layer_terms(direction.detach(), ratio, beta)
-        value += penalty * (coefficient * magnitude).sum().float()
-        pruned += (w_hat.square() * mask).sum().float()
-        total += w_hat.square().sum().float()
-        pruned_sum += (magnitude * mask).sum().float()
-        kept_sum += (magnitude * ~mask).sum().float()
-        pruned_n += mask.sum()
-        kept_n += (~mask).sum()
-        if apply and penalty and direction.requires_grad:
-            # d/dV of sum c_i |w_hat_i| with w_hat = V / ||V|| (per row): (u - (u . w_hat) w_hat) / ||V||
-            u = coefficient * torch.sign(w_hat)
-            along = _per_row((u * w_hat).flatten(1).sum(1), w_hat)
-            grad = penalty * (u - along * w_hat) / _per_row(norms, w_hat)
-            if direction.grad is None:
-                direction.grad = grad.to(direction.dtype)
-            else:
-                direction.grad.add_(grad.to(direction.grad.dtype))
-    separation = (kept_sum / kept_n.clamp_min(1)) / (pruned_sum / pruned_n.clamp_min(1)).clamp_min(_EPS)
-    return PenaltyStats(value, pruned / total.clamp_min(_EPS), separation)
-
-
-# --------------------------------------------------------------------------- pruning
 @dataclass
 class OnTheFlyLayer:
     """One pruned layer: entries, how many were pruned, and what they hold now."""
@@ -382,12 +197,12 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
     plan = []
     for name, module in targets.items():  # everything decided before anything changes
         weight = module.weight.detach()
-        w_hat = weight / _per_row(_row_norms(weight).clamp_min(_EPS), weight)
-        mask = _smallest(w_hat.abs(), ratio)
+        w_hat = weight / per_row(row_norms(weight).clamp_min(EPS), weight)
+        mask = smallest_entries(w_hat.abs(), ratio)
         new, held = _recovered(weight, mask, recovery)
         row = OnTheFlyLayer(name, weight.numel(), int(mask.sum()),
                             float(w_hat.abs()[mask].max()) if mask.any() else 0.0,
-                            float((w_hat.square() * mask).sum() / w_hat.square().sum().clamp_min(_EPS)), held)
+                            float((w_hat.square() * mask).sum() / w_hat.square().sum().clamp_min(EPS)), held)
         plan.append((modules[name], mask, new, row))
     optimizers = list(optimizers)
     saved_optimizers = OptimizerSnapshot(optimizers)
@@ -396,7 +211,7 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
     try:
         for module, mask, new, row in plan:
             hook = hypersphere_of(module)
-            done.append((module, hook, _direction(module).detach().clone()))
+            done.append((module, hook, direction_of(module).detach().clone()))
             if hook is not None:
                 unregister_hypersphere(module)
             module.weight.copy_(new)
@@ -406,8 +221,8 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
         saved_optimizers.restore()
         for module, hook, saved in reversed(done):
             if hook is not None and hypersphere_of(module) is None:
-                _register(module, hook)
-            _direction(module).copy_(saved)
+                register_hypersphere(module, hook)
+            direction_of(module).copy_(saved)
         raise
     weights = sum(row.weights for *_, row in plan)
     zeros = sum(int((new == 0).sum()) for _, _, new, _ in plan)
@@ -440,28 +255,6 @@ def drop_from_optimizer(optimizer: torch.optim.Optimizer, remove: Iterable[torch
         group["params"][:] = [p for p in group["params"] if id(p) not in removed]
     for param in [p for p in optimizer.state if id(p) in forget]:
         del optimizer.state[param]
-
-
-def plain_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """A state_dict of a model with hyperspherical layers, with each ``<layer>.parametrizations.
-    weight.original`` / ``.0.radius`` pair folded into ``<layer>.weight`` (``radius * V / ||V||``),
-    to load into the plain model (e.g. a checkpoint ``ModelCheckpoint`` wrote during training).
-
-    Example: ``model.load_state_dict(plain_state_dict(torch.load(path, weights_only=True)["state_dict"]))``.
-    """
-    plain = {}
-    for key, value in state_dict.items():
-        if key.endswith(_RADIUS):
-            continue
-        if key.endswith(_ORIGINAL):
-            prefix = key[: -len(_ORIGINAL)]
-            if prefix + _RADIUS not in state_dict:
-                raise ValueError(f"{key} has no {prefix + _RADIUS}: not a hyperspherical layer of lightning_fair")
-            radius = state_dict[prefix + _RADIUS]
-            plain[prefix + "weight"] = value * _per_row(radius / _row_norms(value).clamp_min(_EPS), value)
-        else:
-            plain[key] = value
-    return plain
 
 
 def check_ratio(ratio) -> None:

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from .batches import default_unpack
 from .distributed import all_gather_tensor, is_distributed
-from .statistics import default_unpack
+from .guards import preserved_modes
 
 __all__ = ["recalibrate_bn"]
 
@@ -134,7 +135,7 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
             moved to the device of the model's first parameter or buffer.
         max_batches: use at most this many batches (default: all).
         unpack: ``batch -> (inputs, target)`` (or ``-> inputs``) for other batch layouts;
-            default :func:`lightning_fair.statistics.default_unpack`.
+            default :func:`lightning_fair.batches.default_unpack`.
         distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process
             passes its own shard and the moments of all processes are pooled, so every rank ends
             with the same statistics (collective: call on every rank).
@@ -196,7 +197,6 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
         return hook
 
     with torch.inference_mode(False), torch.no_grad():
-        flags = {m: m.training for m in model.modules()}
         saved = {
             name: (m.momentum, m.running_mean.clone(), m.running_var.clone(),
                    None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
@@ -208,8 +208,6 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
         def restore():
             for h in handles:
                 h.remove()
-            for m, flag in flags.items():
-                m.training = flag
             for name, m in norms.items():
                 momentum, mean, var, tracked = saved[name]
                 m.momentum = momentum
@@ -218,27 +216,28 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
                 if tracked is not None:
                     m.num_batches_tracked.copy_(tracked)
 
-        try:
-            for m in flags:
-                m.training = id(m) in norm_ids
-            for name, m in norms.items():
-                # momentum 0 keeps the running buffers as they are during the pass (BatchNorm still
-                # bumps num_batches_tracked and non-finite batch stats would leak in: both are
-                # restored from the snapshot afterwards).
-                m.momentum = 0.0
-                handles.append(m.register_forward_pre_hook(make_hook(name)))
-            batch, used = first, 0
-            while batch is not sentinel:
-                inputs = _batch_inputs(batch, unpack).to(device)
-                if inputs.is_inference():
-                    inputs = inputs.clone()
-                model(inputs)
-                used += 1
-                if max_batches is not None and used >= max_batches:
-                    break
-                batch = next(iterator, sentinel)
-        finally:
-            restore()
+        with preserved_modes(model):
+            try:
+                for m in model.modules():
+                    m.training = id(m) in norm_ids
+                for name, m in norms.items():
+                    # momentum 0 keeps the running buffers as they are during the pass (BatchNorm still
+                    # bumps num_batches_tracked and non-finite batch stats would leak in: both are
+                    # restored from the snapshot afterwards).
+                    m.momentum = 0.0
+                    handles.append(m.register_forward_pre_hook(make_hook(name)))
+                batch, used = first, 0
+                while batch is not sentinel:
+                    inputs = _batch_inputs(batch, unpack).to(device)
+                    if inputs.is_inference():
+                        inputs = inputs.clone()
+                    model(inputs)
+                    used += 1
+                    if max_batches is not None and used >= max_batches:
+                        break
+                    batch = next(iterator, sentinel)
+            finally:
+                restore()
         if distributed and is_distributed():
             _pool_across_ranks(norms, moments)
 

@@ -8,9 +8,10 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from .guards import preserved_modes
 from .layers import PRUNABLE_TYPES
 
-__all__ = ["LayerRow", "PruneReport", "measure", "unit_counts"]
+__all__ = ["LayerRow", "PruneReport", "measure", "si_count", "unit_counts"]
 
 
 @dataclass
@@ -71,11 +72,12 @@ class PruneReport:
             lines.append(f"{row.name:<{width}}  {row.before:>7}  {row.after:>7}  {row.kept:>6.1%}  {row.observed}")
         lines.append("-" * len(lines[0]))
         lines.append(
-            f"MACs   {_si(self.macs_before):>9} -> {_si(self.macs_after):>9}  (kept {self.macs_ratio:.1%}, "
+            f"MACs   {si_count(self.macs_before):>9} -> {si_count(self.macs_after):>9}  (kept {self.macs_ratio:.1%}, "
             f"{1 / max(self.macs_ratio, 1e-12):.2f}x fewer)"
         )
         lines.append(
-            f"params {_si(self.params_before):>9} -> {_si(self.params_after):>9}  (kept {self.params_ratio:.1%})"
+            f"params {si_count(self.params_before):>9} -> {si_count(self.params_after):>9}  "
+            f"(kept {self.params_ratio:.1%})"
         )
         if self.tolerance is not None:
             lines.append(f"tolerance of difference: {self.tolerance:.4g}")
@@ -98,7 +100,8 @@ _PIPELINE_KEYS = ("preset", "observe", "reconstruction", "group_policy", "alloca
                   "criterion")
 
 
-def _si(value: float) -> str:
+def si_count(value: float) -> str:
+    """A count with an SI suffix, two decimals: ``si_count(1_234_567) == "1.23M"``."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"
@@ -123,17 +126,15 @@ def measure(model: nn.Module, example_inputs) -> tuple:
         else:
             macs[0] += output.numel() // batch * (module.in_channels // module.groups) * _prod(module.kernel_size)
 
-    training = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in training.items():
-            module.training = flag
+    with preserved_modes(model):
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(example_inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return int(macs[0]), int(params)
 

@@ -13,12 +13,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .batches import default_unpack
 from .config import PruneConfig, configure
 from .distances import max_pairwise_w1
 from .memory import parse_bytes
 from .screening import filter_norms, screening_scores
 from .layers import consumer_of, resolve_ignored
-from .statistics import RECONSTRUCTIONS, StatisticsCollector, default_unpack
+from .statistics import RECONSTRUCTIONS, StatisticsCollector
 
 __all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
 
@@ -267,7 +268,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         observed[name] = stats.observed
         if stats.moments is not None:
             f_stat[name] = stats.moments.f_statistic().cpu()
-            norms[name] = filter_norms(collector._modules[name]).cpu()
+            norms[name] = filter_norms(collector.candidates[name]).cpu()
     for alias, first in collector.input_aliases.items():  # consumers reading the same tensor share its U
         if first in inputs_u:
             inputs_u[alias] = inputs_u[first]

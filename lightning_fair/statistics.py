@@ -23,6 +23,10 @@ Both live in preallocated buffers, so memory does not grow with the number of ba
 The model is scored in eval mode and handed back exactly as it was: weights, buffers,
 ``.grad``, train/eval flags and ``requires_grad`` are never touched (gradients are taken
 with :func:`torch.autograd.grad` with respect to layer outputs only).
+
+The forward hooks of a batch (which tensor U observes, which samples are kept) are in
+:mod:`lightning_fair.observation`; splitting batches into ``(inputs, target)`` in
+:mod:`lightning_fair.batches`.
 """
 
 from __future__ import annotations
@@ -35,57 +39,21 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .batches import default_unpack, first_inputs, grad_inputs
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
+from .guards import preserved_modes
+from .layers import OBSERVATION_POINTS, candidate_layers, consumer_of, input_key, units_view
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
+from .observation import STAGE_NAMES, BatchRecorder
 from .screening import ClassMoments
-from .layers import (
-    ACTIVATION_TYPES,
-    NORM_TYPES,
-    OBSERVATION_POINTS,
-    PASS_THROUGH_TYPES,
-    candidate_layers,
-    consumer_of,
-    input_key,
-    units_view,
-)
 
+# default_unpack and first_inputs live in .batches; imported from here too
 __all__ = ["LayerStatistics", "RECONSTRUCTIONS", "StatisticsCollector", "default_unpack", "first_inputs"]
 
 #: How R aggregates dL/dz * z: the paper's absolute value of the total (``"abs_of_sum"``),
 #: or the sum over samples of each sample's absolute value (``"sum_of_abs"``).
 RECONSTRUCTIONS = ("abs_of_sum", "sum_of_abs")
-
-_STAGE = {"output": 0, "norm": 1, "activation": 2}
-_STAGE_NAME = {v: k for k, v in _STAGE.items()}
-
-
-def default_unpack(batch):
-    """Split a batch into ``(inputs, target)``: ``(x, y, ...)`` sequences and dicts with
-    ``x``/``input``/``image`` and ``y``/``label``/``target`` keys are understood."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    if isinstance(batch, dict):
-        xs = [k for k in ("x", "input", "inputs", "image", "images") if k in batch]
-        ys = [k for k in ("y", "label", "labels", "target", "targets") if k in batch]
-        if xs and ys:
-            return batch[xs[0]], batch[ys[0]]
-    raise TypeError(
-        f"cannot find (inputs, target) in a batch of type {type(batch).__name__}; batches must be "
-        "(inputs, labels, ...) sequences or dicts with 'x' and 'y' keys, or pass "
-        "unpack=lambda batch: (inputs, labels)"
-    )
-
-
-def first_inputs(dataloader, unpack=default_unpack):
-    """The first calibration batch's inputs (one sample if a tensor): example inputs for tracing."""
-    with torch.inference_mode(False):  # under trainer.validate: a normal tensor, usable for tracing
-        for batch in dataloader:
-            inputs, _ = unpack(batch)
-            if isinstance(inputs, torch.Tensor):
-                inputs = inputs[:1].clone()
-            return inputs
-    raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
 
 
 @dataclass
@@ -151,12 +119,14 @@ class StatisticsCollector:
         self.num_batches = 0
         # calibration loss (sum of batch means) and top-1 hits, seen for free on the way
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
-        self._modules = candidate_layers(self.model, self.ignored)
+        #: {name: Conv/Linear} that may be scored (not ignored)
+        self.candidates = candidate_layers(self.model, self.ignored)
         # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
         self.input_sums: Dict[str, torch.Tensor] = {}
         self.input_counts: Dict[str, int] = {}
         self.input_calls: Dict[str, int] = {}
-        self._consumers = candidate_layers(self.model, set())
+        #: {name: Conv/Linear}, ignored ones too: the consumers whose inputs are observed
+        self.consumers = candidate_layers(self.model, set())
         #: calls per forward of each consumer input observed for U (first batch)
         self.input_observed_calls: Dict[str, int] = {}
         #: {consumer: an earlier consumer reading the very same tensor}: observed once, under the first
@@ -167,23 +137,21 @@ class StatisticsCollector:
         self.input_moments: Dict[str, Optional[ClassMoments]] = {}
         self._pooled_inputs: Dict[str, torch.Tensor] = {}
         self._projections: Dict[str, torch.Tensor] = {}
-        self._device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        #: where the buffers live (the model's first parameter's device)
+        self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self.on_plan: Optional[Callable] = None  # called with the MemoryEstimate after the first batch
         self.chunks: List[Dict[str, Tuple[int, int]]] = []
 
     # ------------------------------------------------------------------ the pass
     def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
         """Run every batch (or the first ``max_batches``) once; return self."""
-        state = _freeze(self.model)
-        try:
+        with preserved_modes(self.model):
             self.model.eval()
             with torch.inference_mode(False), torch.enable_grad():
                 for batch in batches:
                     if max_batches is not None and self.num_batches >= max_batches:
                         break
                     self.update(batch)
-        finally:
-            _restore(self.model, state)
         if self.distributed and is_distributed():
             merge_ranks(self)
         if self.num_batches == 0:
@@ -191,23 +159,24 @@ class StatisticsCollector:
         return self
 
     @property
-    def _collects_screening(self) -> bool:
+    def collects_screening(self) -> bool:
+        """Whether this pass gathers the screening moments (``screening`` and ``reconstruction``)."""
         return bool(self.screening) and bool(self.reconstruction)
 
     def update(self, batch) -> None:
         """One forward and one backward over ``batch`` (the model must already be in eval mode)."""
         inputs, target = self.unpack(batch)
-        inputs = _to_grad_tensor(inputs, self._device)
-        target = torch.as_tensor(target).to(self._device)
+        inputs = grad_inputs(inputs, self.device)
+        target = torch.as_tensor(target).to(self.device)
         if target.dim() == 2 and target.shape[1] == 1:
             target = target.flatten()
         if target.is_inference():
             target = target.clone()
-        recorder = _BatchRecorder(self, target)
+        recorder = BatchRecorder(self, target)
         recorder.model_input = inputs
         self._pooled_inputs = {}
         handles = recorder.attach()
-        handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self._consumers.items()]
+        handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self.consumers.items()]
         try:
             logits = self.model(inputs)
         finally:
@@ -234,7 +203,7 @@ class StatisticsCollector:
             for name, grad in zip(names, grads):
                 if grad is None:
                     continue
-                per_sample = units_view(grad * recorder.outputs[name], self._modules[name]).sum(2)  # [B, C]
+                per_sample = units_view(grad * recorder.outputs[name], self.candidates[name]).sum(2)  # [B, C]
                 if not torch.isfinite(per_sample).all():
                     raise FloatingPointError(
                         f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
@@ -245,14 +214,14 @@ class StatisticsCollector:
                 stats.taylor_sum += per_sample.sum(0).to(torch.float64)
                 stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
             recorder.commit()
-            if self._collects_screening:
+            if self.collects_screening:
                 self._accumulate_screening(recorder, target)
         self.loss_sum += float(loss.detach())
         self.correct += int((logits.detach().argmax(1) == target).sum())
         self.seen += int(target.shape[0])
         self.num_batches += 1
 
-    def _accumulate_screening(self, recorder: "_BatchRecorder", target: torch.Tensor) -> None:
+    def _accumulate_screening(self, recorder: "BatchRecorder", target: torch.Tensor) -> None:
         """Add this batch's per-class count, sum and sum of squares of every pooled value."""
         labels = target.detach().long().flatten()
         num_classes = self.class_counts.numel()
@@ -264,7 +233,7 @@ class StatisticsCollector:
             stage, values = recorder.pooled[name]
             if not torch.isfinite(values).all():
                 raise FloatingPointError(
-                    f"the activations observed for layer {name!r} ({_STAGE_NAME[stage]}) are not finite (NaN/inf) "
+                    f"the activations observed for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
                     f"on calibration batch {self.num_batches}; check the inputs and the model's numerics before pruning"
                 )
             stats.moments.add(labels, values)
@@ -288,12 +257,12 @@ class StatisticsCollector:
                 if moments is not None and self.input_calls.get(name) == self.num_batches}
 
     # ------------------------------------------------------------------ helpers
-    def _first_batch(self, recorder: "_BatchRecorder", logits: torch.Tensor) -> None:
+    def _first_batch(self, recorder: "BatchRecorder", logits: torch.Tensor) -> None:
         num_classes = logits.shape[1]
         if num_classes < 2:
             raise ValueError(f"the model's output has {num_classes} class; FAIR needs classification logits")
         self.class_counts = torch.zeros(num_classes, dtype=torch.long)
-        executed = [n for n in dict.fromkeys(recorder.order) if n in self._modules]
+        executed = [n for n in dict.fromkeys(recorder.order) if n in self.candidates]
         if not executed:
             raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")
         output_layer = executed[-1]
@@ -304,16 +273,16 @@ class StatisticsCollector:
                 warnings.warn(f"layer {name!r} runs {recorder.calls[name]} times per forward; it is not scored")
                 continue
             out = recorder.outputs[name]
-            module = self._modules[name]
+            module = self.candidates[name]
             channels = units_view(out, module).shape[1]
             self.layers[name] = LayerStatistics(
                 name=name,
                 num_units=channels,
-                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
-                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
+                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
+                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
             )
-            if self._collects_screening:
-                self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self._device)
+            if self.collects_screening:
+                self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self.device)
         for name, shape in recorder.input_shapes.items():
             if self.input_observed_calls.get(name) != 1:
                 continue  # runs more than once per forward: no single input distribution
@@ -321,8 +290,8 @@ class StatisticsCollector:
             channels = shape[1]
             self.layers[key] = LayerStatistics(
                 name=key, num_units=channels,
-                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
-                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self._device),
+                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
+                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
             )
         self.output_layer = output_layer
         if not [n for n in self.layers if consumer_of(n) is None]:
@@ -337,7 +306,7 @@ class StatisticsCollector:
              for name, stats in self.layers.items()},
             8 * sum(t.numel() for t in self.input_sums.values()),
             screening_bytes(num_classes, [s.num_units for s in self.layers.values() if s.moments is not None],
-                            [v.shape[1] for v in self._pooled_inputs.values()]) if self._collects_screening else 0,
+                            [v.shape[1] for v in self._pooled_inputs.values()]) if self.collects_screening else 0,
         )
         if self.channels is None:
             self.chunks = self.estimate.chunks(self.memory_budget)
@@ -365,7 +334,7 @@ class StatisticsCollector:
                     self.input_sums[name], self.input_counts[name] = total, count
                 else:  # the input shape changes between batches: no single mean
                     self.input_counts[name] = -1
-                if self._collects_screening:  # one value per sample and input feature / channel
+                if self.collects_screening:  # one value per sample and input feature / channel
                     if isinstance(module, nn.Linear):
                         pooled = x.reshape(x.shape[0], -1, x.shape[-1]).mean(1) if x.dim() > 1 else None
                     else:
@@ -389,7 +358,7 @@ class StatisticsCollector:
     def unit_module(self, key: str) -> nn.Module:
         """The module whose units a statistics entry holds: the layer, or the consumer of an input."""
         consumer = consumer_of(key)
-        return self._modules[key] if consumer is None else self._consumers[consumer]
+        return self.candidates[key] if consumer is None else self.consumers[consumer]
 
     def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:
         """The ``[map_size, P]`` seeded directions of a layer (None for scalar units)."""
@@ -398,203 +367,5 @@ class StatisticsCollector:
         key = f"{name}:{map_size}"
         if key not in self._projections:
             layer_seed = zlib.crc32(name.encode()) ^ int(self.seed)
-            self._projections[key] = random_projections(map_size, self.num_projections, seed=layer_seed).to(self._device)
+            self._projections[key] = random_projections(map_size, self.num_projections, seed=layer_seed).to(self.device)
         return self._projections[key]
-
-
-class _BatchRecorder:
-    """Forward hooks for one batch: keeps layer outputs and projects what U observes."""
-
-    def __init__(self, collector: StatisticsCollector, target: torch.Tensor):
-        self.c = collector
-        self.target = target
-        self.outputs: Dict[str, torch.Tensor] = {}
-        self.order: List[str] = []
-        self.calls: Dict[str, int] = {}
-        # id(tensor) -> (layer name, stage, tensor) for tensors derived from a layer output
-        self.chain: Dict[int, tuple] = {}
-        self.observed: Dict[str, tuple] = {}  # name -> (stage, projected [m, C, D])
-        self.pooled: Dict[str, tuple] = {}  # name -> (stage, spatially averaged [B, C] float64), screening
-        self.model_input: Optional[torch.Tensor] = None
-        self.inputs_seen: Dict[int, tuple] = {}  # id -> (first consumer, tensor) of observed inputs (first batch)
-        self.input_shapes: Dict[str, tuple] = {}  # consumer -> [B, C, M] shape of its observed input (first batch)
-        self.map_sizes: Dict[str, int] = {}  # statistics key -> flattened size of one unit's observed map
-        self.selected = self._select(target)
-
-    def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
-        """Indices of this batch's samples still needed for U (the first n per class)."""
-        counts = self.c.class_counts
-        labels = target.detach().long().cpu().flatten()
-        if target.dim() != 1:
-            raise ValueError(f"labels must be one class index per sample, got shape {tuple(target.shape)}")
-        if labels.numel() and labels.min() < 0:
-            raise ValueError("labels must be class indices >= 0")
-        if counts is None:  # first batch: the number of classes is known once the forward returns
-            counts = torch.zeros(int(labels.max()) + 1 if labels.numel() else 1, dtype=torch.long)
-        elif labels.numel() and labels.max() >= counts.numel():
-            raise ValueError(f"labels must lie in [0, {counts.numel()}) for a model with {counts.numel()} outputs")
-        room = (self.c.samples_per_class - counts).clamp(min=0)
-        one_hot = torch.nn.functional.one_hot(labels, counts.numel())
-        rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # position of each sample within its class
-        keep = rank < room[labels]
-        if not keep.any():
-            return None
-        return keep.nonzero().flatten().to(target.device)
-
-    def attach(self) -> list:
-        handles = []
-        target_stage = _STAGE[self.c.observe]
-        for name, module in self.c._modules.items():
-            handles.append(module.register_forward_hook(self._layer_hook(name)))
-        if target_stage > 0:
-            for module in self.c.model.modules():
-                if isinstance(module, NORM_TYPES):
-                    stage = 1
-                elif isinstance(module, ACTIVATION_TYPES):
-                    stage = 2
-                elif isinstance(module, PASS_THROUGH_TYPES):
-                    stage = -1
-                else:
-                    continue
-                handles.append(module.register_forward_hook(self._follow_hook(stage, target_stage)))
-        for name, module in self.c._consumers.items():
-            handles.append(module.register_forward_pre_hook(self._consumer_hook(name)))
-        return handles
-
-    def _consumer_hook(self, name: str):
-        """Observe a Conv/Linear's input unless it is a scored layer's observed tensor itself."""
-        def hook(module, args):
-            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
-                return None
-            x = args[0]
-            entry = self.chain.get(id(x))
-            if (entry is not None and entry[2] is x) or x is self.model_input:
-                return None  # the producer's own U observes this very tensor; or no unit made it
-            if self.c.class_counts is not None:  # later batches: what the first one decided
-                if name in self.c.input_aliases:
-                    return None
-            else:
-                self.c.input_order.append(name)
-                first = self.inputs_seen.get(id(x))
-                if first is not None and first[1] is x:  # an earlier consumer read this very tensor
-                    self.c.input_aliases[name] = first[0]
-                    return None
-                self.inputs_seen[id(x)] = (name, x)
-                calls = self.c.input_observed_calls
-                calls[name] = calls.get(name, 0) + 1
-                if x.dim() < 2:
-                    return None
-                self.input_shapes[name] = tuple(units_view(x, module).shape)
-            self._observe(input_key(name), 0, x)
-            return None
-
-        return hook
-
-    def _layer_hook(self, name: str):
-        def hook(module, args, output):
-            self.order.append(name)
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if not isinstance(output, torch.Tensor) or not output.requires_grad:
-                return None
-            self.outputs[name] = output
-            # Downstream in-place ops (ReLU(inplace=True)) act on the copy, so `output`
-            # keeps the layer's true values and its own autograd history.
-            passed = output.clone()
-            self.chain[id(passed)] = (name, 0, passed)
-            self._observe(name, 0, passed)
-            return passed
-
-        return hook
-
-    def _follow_hook(self, stage: int, target_stage: int):
-        def hook(module, args, output):
-            if not args or not isinstance(output, torch.Tensor):
-                return None
-            entry = self.chain.get(id(args[0]))
-            if entry is None or entry[2] is not args[0] or entry[1] >= 2:
-                return None
-            name, previous, _ = entry
-            new_stage = previous if stage < 0 else stage
-            if new_stage < previous or new_stage > target_stage or output.shape != args[0].shape:
-                return None
-            self.chain[id(output)] = (name, new_stage, output)
-            if new_stage > previous:
-                self._observe(name, new_stage, output)
-            return None
-
-        return hook
-
-    def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
-        module = self.c.unit_module(name)
-        if self.c.class_counts is None:
-            self.map_sizes[name] = units_view(tensor, module).shape[2]
-        if self.c._collects_screening and consumer_of(name) is None and (
-                self.c.class_counts is None or name in self.c.layers):
-            with torch.no_grad():  # every image of the batch; only the last stage reached is kept
-                view = units_view(tensor.detach(), module)
-                self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
-        if self.selected is None:
-            return
-        if self.c.class_counts is not None and (name not in self.c.layers or name not in self.c.channels):
-            return  # after the first batch, only scored layers of this pass's chunk are observed
-        with torch.no_grad():
-            # A copy of the selected rows: later in-place ops cannot change it. Only the last
-            # stage reached is projected, once, in commit().
-            values = units_view(tensor.detach()[self.selected], module)
-        self.observed[name] = (stage, values)
-
-    def commit(self) -> None:
-        """Write this batch's selected observations into the per-class buffers."""
-        if self.selected is None:
-            return
-        c = self.c
-        labels = self.target.detach().long()[self.selected].cpu()
-        counts = c.class_counts
-        positions = torch.empty_like(labels)
-        for k in labels.unique().tolist():
-            mask = labels == k
-            positions[mask] = counts[k] + torch.arange(int(mask.sum()))
-        keep = positions < c.samples_per_class  # first batch: more than n of a class may arrive
-        labels_d = labels[keep].to(c._device)
-        positions_d = positions[keep].to(c._device)
-        for name, stats in c.layers.items():
-            if name not in self.observed or name not in c.channels:
-                continue
-            stage, values = self.observed[name]
-            start, stop = c.channels[name]
-            values = values[keep.to(values.device), start:stop].float()
-            if not torch.isfinite(values).all():
-                raise FloatingPointError(
-                    f"the activations U observes for layer {name!r} ({_STAGE_NAME[stage]}) are not finite (NaN/inf) "
-                    f"on calibration batch {c.num_batches}; check the inputs and the model's numerics before pruning"
-                )
-            map_size = values.shape[2]
-            theta = c.projection(name, map_size)
-            projected = values if theta is None else values @ theta
-            if stats.samples is None:
-                stats.samples = projected.new_zeros(counts.numel(), c.samples_per_class, *projected.shape[1:])
-                stats.observed = _STAGE_NAME[stage]
-                stats.map_size = map_size
-            stats.samples[labels_d, positions_d] = projected
-        counts += torch.bincount(labels[keep], minlength=counts.numel())
-
-
-def _to_grad_tensor(inputs, device):
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"model inputs must be a tensor, got {type(inputs).__name__}; pass unpack=... to extract it")
-    inputs = inputs.to(device)
-    if inputs.is_inference():
-        inputs = inputs.clone()
-    if inputs.is_floating_point():
-        # Makes every layer output part of the graph even when all parameters are frozen.
-        inputs = inputs.detach().requires_grad_(True)
-    return inputs
-
-
-def _freeze(model: nn.Module) -> dict:
-    return {"training": {m: m.training for m in model.modules()}}
-
-
-def _restore(model: nn.Module, state: dict) -> None:
-    for module, flag in state["training"].items():
-        module.training = flag

@@ -16,12 +16,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .batches import default_unpack, first_inputs
 from .layers import candidate_layers, resolve_ignored
 from .memory import DEFAULT_BUDGET, parse_bytes
-from .report import _si, measure
+from .report import measure, si_count
 from .scores import FairScores, compute_scores
 from .screening import check_screening_weight, connection_masks, connection_scores
-from .statistics import default_unpack, first_inputs
 
 __all__ = ["ConnectionPruneResult", "SparsityReport", "SparsityRow", "prune_connections"]
 
@@ -89,8 +89,9 @@ class SparsityReport:
             lines.append(f"{row.name:<{width}}  {row.weights:>9}  {row.zeros_after:>9}  {row.sparsity:>8.1%}")
         lines.append("-" * len(lines[0]))
         lines.append(f"zero-valued weights of the pruned layers: {self.weight_sparsity:.1%} ({self.removed} connections "
-                     f"removed now); zero-valued parameters of the model: {self.model_sparsity:.1%} of {_si(self.params)}")
-        macs = f"{_si(self.macs)} per sample, " if self.macs is not None else ""
+                     f"removed now); zero-valued parameters of the model: {self.model_sparsity:.1%} of "
+                     f"{si_count(self.params)}")
+        macs = f"{si_count(self.macs)} per sample, " if self.macs is not None else ""
         lines.append(f"MACs unchanged ({macs}dense weights with zeros: speed-ups need sparse kernels); "
                      "parameter tensors keep their shapes")
         if self.options:

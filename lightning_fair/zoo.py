@@ -18,7 +18,7 @@ from torch import nn
 
 __all__ = [
     "mlp", "small_cnn", "vgg_bn", "resnet", "mobilenet_v2", "densenet",
-    "grouped_cnn", "GuardedCNN", "MODELS",
+    "grouped_cnn", "MODELS",
 ]
 
 
@@ -286,50 +286,12 @@ def densenet(in_channels: int = 1, num_classes: int = 10, growth: int = 8,
     return _PooledNet(nn.Sequential(*layers), c, num_classes)
 
 
-# ------------------------------------------------------------- not fx-traceable
-class GuardedCNN(nn.Module):
-    """Small residual CNN whose ``forward`` has Python control flow (not fx-traceable).
-
-    It rejects inputs whose spatial size is not ``input_size`` x ``input_size``.
-    Example: ``GuardedCNN(input_size=28)(torch.randn(2, 1, 28, 28)).shape == (2, 10)``.
-    """
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16,
-                 input_size: int = 8):
-        super().__init__()
-        self.input_size = input_size
-        self.block1 = _conv_bn_act(in_channels, width)
-        self.block2 = _conv_bn_act(width, width)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"expected {self.input_size}x{self.input_size} input, "
-                             f"got {tuple(x.shape[-2:])}")
-        if x.dim() == 4 and x.shape[0] > 0:
-            h = self.block1(x)
-            h = self.block2(h) + h
-        else:
-            raise ValueError(f"expected a non-empty NCHW batch, got shape {tuple(x.shape)}")
-        return self.classifier(self.flatten(self.pool(h)))
-
-
-def resnet50(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
-    """ResNet-50 (ImageNet layout: 7x7/2 stem, max-pool, bottleneck stages 3-4-6-3 of width
-    64-512, 25.6 M parameters at 1000 classes) for 224x224 inputs."""
-    return resnet(in_channels, num_classes, block="bottleneck", layers=(3, 4, 6, 3), width=64, stem="imagenet")
-
-
 MODELS = {
     "mlp": mlp,
     "small_cnn": small_cnn,
     "vgg_bn": vgg_bn,
     "resnet": resnet,
-    "resnet50": resnet50,
     "mobilenet_v2": mobilenet_v2,
     "densenet": densenet,
     "grouped_cnn": grouped_cnn,
-    "GuardedCNN": GuardedCNN,
 }

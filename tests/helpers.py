@@ -1,18 +1,25 @@
-"""Shared data and models for tests/test_allocation.py and tests/test_prune.py.
+"""Shared data and models for the tests.
 
 Real data: sklearn's 8x8 digits as ``[N, 1, 8, 8]`` float tensors in ``[0, 1]``.
 Everything is seeded and cached per test session, so the small CNN is trained once.
+Models the package does not ship: :class:`GuardedCNN` (not fx-traceable) and :func:`resnet50`
+(from examples/benchmarks/resnet50_memory.py).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from lightning_fair import compute_scores, zoo
+
+#: examples/benchmarks, whose scripts define the larger models
+BENCHMARKS = Path(__file__).resolve().parents[1] / "examples" / "benchmarks"
 
 #: A calibration setting that keeps score computation fast on CPU.
 FAST = dict(samples_per_class=16, num_projections=32)
@@ -116,3 +123,52 @@ def module_shapes(model: nn.Module) -> dict:
 
 def units(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+# --------------------------------------------------------------------------- models
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    """3x3 conv (bias-free, 'same' padding) -> BN -> ReLU, as ``zoo``'s blocks."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class GuardedCNN(nn.Module):
+    """Small residual CNN whose ``forward`` has Python control flow (not fx-traceable).
+
+    It rejects inputs whose spatial size is not ``input_size`` x ``input_size``.
+    Example: ``GuardedCNN(input_size=28)(torch.randn(2, 1, 28, 28)).shape == (2, 10)``.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16,
+                 input_size: int = 8):
+        super().__init__()
+        self.input_size = input_size
+        self.block1 = _conv_bn_relu(in_channels, width)
+        self.block2 = _conv_bn_relu(width, width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"expected {self.input_size}x{self.input_size} input, "
+                             f"got {tuple(x.shape[-2:])}")
+        if x.dim() == 4 and x.shape[0] > 0:
+            h = self.block1(x)
+            h = self.block2(h) + h
+        else:
+            raise ValueError(f"expected a non-empty NCHW batch, got shape {tuple(x.shape)}")
+        return self.classifier(self.flatten(self.pool(h)))
+
+
+@functools.lru_cache(maxsize=None)
+def benchmark(name: str):
+    """examples/benchmarks/<name>.py, loaded as a module (under a private name, not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resnet50(**kwargs) -> nn.Module:
+    """ResNet-50 (ImageNet layout) as examples/benchmarks/resnet50_memory.py defines it."""
+    return benchmark("resnet50_memory").resnet50(**kwargs)

@@ -73,7 +73,7 @@ def test_chunks_cover_every_unit_once_within_the_budget():
 
 
 def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
-    estimate = estimate_memory(zoo.resnet50(), torch.randn(1, 3, 224, 224))  # defaults: 32 samples, 128 projections
+    estimate = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224))  # defaults: 32 samples, 128 projections
     # 53 scored layers, and the inputs of the Conv/Linear layers that read a residual stream (observed apart)
     assert len([n for n in estimate.layers if consumer_of(n) is None]) == 53 and estimate.num_classes == 1000
     assert len(estimate.layers) == 53 + 17  # a stage's first block and shortcut read one tensor: observed once
@@ -86,7 +86,7 @@ def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
     assert f"{len(chunks)} passes" in text and "MiB" in text
     # with a handful of samples per class it is a few passes (3: the residual streams' consumer inputs, observed
     # for the coupled groups' ranking, add 15k units to the 26.5k channels; 2 passes before they were observed)
-    small = estimate_memory(zoo.resnet50(), torch.randn(1, 3, 224, 224), samples_per_class=2, num_projections=16)
+    small = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224), samples_per_class=2, num_projections=16)
     assert len(small.chunks(budget)) <= 3
 
 

@@ -31,7 +31,7 @@ BUILDERS = {
     "mobilenet_v2": zoo.mobilenet_v2,
     "densenet": zoo.densenet,
     "grouped_cnn": zoo.grouped_cnn,
-    "GuardedCNN": zoo.GuardedCNN,
+    "GuardedCNN": helpers.GuardedCNN,
 }
 
 
@@ -214,7 +214,7 @@ def test_unknown_ignored_layer_raises():
 # --------------------------------------------------------------------------- 3. not fx-traceable
 def test_guarded_cnn_with_python_control_flow():
     with pytest.raises(Exception):
-        torch.fx.symbolic_trace(zoo.GuardedCNN())
+        torch.fx.symbolic_trace(helpers.GuardedCNN())
     model = build("GuardedCNN")
     result = prune(model, helpers.calibration_loader(), tolerance=0.4, **helpers.FAST)
     assert result.report.macs_after < result.report.macs_before

@@ -1,6 +1,6 @@
 """Statistics memory of a ResNet-50 at 224x224 with 1000 classes: estimate vs measured, on CPU.
 
-Generated model and data (no download): ``lightning_fair.zoo.resnet50()`` (25.6 M parameters,
+Generated model and data (no download): :func:`resnet50` below (25.6 M parameters,
 random weights) and random 224x224 images with random labels. Prints the estimate for the
 default settings (32 samples per class, 128 projections: hundreds of GiB in one pass, so many
 passes under the 4 GiB default budget), then runs ``compute_scores`` for real with a small number
@@ -21,6 +21,12 @@ from lightning_fair import compute_scores, zoo
 from lightning_fair.memory import estimate_memory, parse_bytes
 
 
+def resnet50(num_classes: int = 1000, in_channels: int = 3) -> torch.nn.Module:
+    """ResNet-50 (ImageNet layout: 7x7/2 stem, max-pool, bottleneck stages 3-4-6-3 of width
+    64-512, 25.6 M parameters at 1000 classes) for 224x224 inputs, from ``zoo.resnet``."""
+    return zoo.resnet(in_channels, num_classes, block="bottleneck", layers=(3, 4, 6, 3), width=64, stem="imagenet")
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -35,7 +41,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = zoo.resnet50().eval()
+    model = resnet50().eval()
     example = torch.randn(1, 3, 224, 224)
     default = estimate_memory(model, example)
     print("default settings:", default.describe(parse_bytes("4GiB")))

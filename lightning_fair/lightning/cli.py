@@ -34,12 +34,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from ..batches import default_unpack
 from ..checkpoint import CHECKPOINT_KEY, pruning_state, replay_pruning
 from ..config import PruneConfig, configure
 from ..evaluation import evaluate
 from ..oneshot import PruneResult
 from ..oneshot import prune as fair_prune
-from ..statistics import default_unpack
 from .callback import FairPruneCallback
 from .mixin import FairPruningMixin
 from .private import TrainerInstantiation

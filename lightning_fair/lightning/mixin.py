@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 
 from ..checkpoint import CHECKPOINT_KEY, check_fits, pruning_state, replay_pruning
-from ..guards import ModelSnapshot
+from ..guards import rollback
 from .private import attached_trainer, legacy_state_key, loads_state_dict_through_module
 from .state import check_callback_state
 
@@ -50,20 +50,15 @@ class FairPruningMixin:
         if state is None:
             super().on_load_checkpoint(checkpoint)
             return
-        snapshot = ModelSnapshot(self)
         before = {id(t) for t in self.state_dict(keep_vars=True).values()}  # alive: the snapshot holds them
-        replay_pruning(self, state)  # atomic on its own
-        try:
+        with rollback(self) as snapshot:  # on any failure: the module as it was
+            replay_pruning(self, state)  # atomic on its own
             super().on_load_checkpoint(checkpoint)
             weights = checkpoint.get("state_dict")
             if isinstance(weights, Mapping):
                 check_fits(self, weights, keys=False)  # shapes; missing/unexpected keys: Lightning's strict=...
                 if self._loads_state_dict_next():  # then undo the replay if that load fails
                     self.__dict__[PENDING] = (snapshot, weights, before)
-        except BaseException:
-            snapshot.restore()
-            snapshot.restore_flags(self)
-            raise
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         pending = self.__dict__.pop(PENDING, None)

@@ -1,0 +1,53 @@
+"""Calibration batches: splitting one into ``(inputs, target)``, example inputs for tracing.
+
+Batches are ``(inputs, labels, ...)`` sequences or dicts with an inputs key and a labels key
+(:func:`default_unpack`); anything else needs an ``unpack`` callable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["default_unpack", "first_inputs", "grad_inputs"]
+
+
+def default_unpack(batch):
+    """Split a batch into ``(inputs, target)``: ``(x, y, ...)`` sequences and dicts with
+    ``x``/``input``/``image`` and ``y``/``label``/``target`` keys are understood."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict):
+        xs = [k for k in ("x", "input", "inputs", "image", "images") if k in batch]
+        ys = [k for k in ("y", "label", "labels", "target", "targets") if k in batch]
+        if xs and ys:
+            return batch[xs[0]], batch[ys[0]]
+    raise TypeError(
+        f"cannot find (inputs, target) in a batch of type {type(batch).__name__}; batches must be "
+        "(inputs, labels, ...) sequences or dicts with 'x' and 'y' keys, or pass "
+        "unpack=lambda batch: (inputs, labels)"
+    )
+
+
+def first_inputs(dataloader, unpack=default_unpack):
+    """The first calibration batch's inputs (one sample if a tensor): example inputs for tracing."""
+    with torch.inference_mode(False):  # under trainer.validate: a normal tensor, usable for tracing
+        for batch in dataloader:
+            inputs, _ = unpack(batch)
+            if isinstance(inputs, torch.Tensor):
+                inputs = inputs[:1].clone()
+            return inputs
+    raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
+
+
+def grad_inputs(inputs, device) -> torch.Tensor:
+    """``inputs`` on ``device`` as a normal tensor (not an inference one); floating-point inputs
+    require grad, so every layer output is part of the autograd graph."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"model inputs must be a tensor, got {type(inputs).__name__}; pass unpack=... to extract it")
+    inputs = inputs.to(device)
+    if inputs.is_inference():
+        inputs = inputs.clone()
+    if inputs.is_floating_point():
+        # Makes every layer output part of the graph even when all parameters are frozen.
+        inputs = inputs.detach().requires_grad_(True)
+    return inputs
