@@ -11,7 +11,7 @@ from torch import nn
 from .guards import preserved_modes
 from .layers import PRUNABLE_TYPES
 
-__all__ = ["LayerRow", "PruneReport", "measure", "si_count", "unit_counts"]
+__all__ = ["describe_pipeline", "LayerRow", "PruneReport", "measure", "si_count", "unit_counts"]
 
 
 @dataclass
@@ -84,8 +84,7 @@ class PruneReport:
         for key, value in self.target.items():
             lines.append(f"target {key}: {value:.3g} kept")
         if self.options:
-            shown = [k for k in _PIPELINE_KEYS if k in self.options] or list(self.options)
-            lines.append("pipeline: " + ", ".join(f"{k}={self.options[k]}" for k in shown))
+            lines.append(describe_pipeline(self.options))
         if self.compensated:
             lines.append(f"mean replacement: the means of {sum(self.compensated.values())} removed inputs folded into "
                          f"{len(self.compensated)} layer(s)' bias (or their BatchNorm's running mean)")
@@ -95,9 +94,42 @@ class PruneReport:
         return "\n".join(lines)
 
 
-#: the options the printed report's "pipeline:" line shows (the preset and what it sets, the criterion)
-_PIPELINE_KEYS = ("preset", "observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate",
-                  "criterion")
+_OBSERVED = {"output": "on the layer's output", "norm": "after the following norm layer",
+             "activation": "after the following activation"}
+_COUNTS = {"tod": "per-layer counts by the tolerance of difference (U against R)",
+           "global": "one threshold on layer-normalised scores across all layers",
+           "uniform": "the same fraction of every layer"}
+
+
+def describe_pipeline(options: dict) -> str:
+    """The report's "pipeline" line in words, from :attr:`PruneReport.options` (a resolved config).
+
+    Example:
+        >>> print(describe_pipeline({"preset": "paper", "criterion": "fair", "ranking": "utilization",
+        ...                          "observe": "output", "allocation": "tod", "group_policy": "min_count",
+        ...                          "recalibrate": False, "compensate": False}))
+        pipeline (paper preset): units ranked by U (class separation, on the layer's output); per-layer counts by the tolerance of difference (U against R); coupled layers take their smallest count; no repair
+    """
+    get = options.get
+    if get("criterion") == "screening":
+        ranked = f"units ranked by the screening score (F-statistic weight {get('screening_weight', 0.5):g}, filter norm)"
+    else:
+        ranked = f"units ranked by U (class separation, {_OBSERVED.get(get('observe'), get('observe'))})"
+    if get("ranking") == "l1":
+        ranked = "units removed by smallest filter L1 norm"
+    elif get("ranking") == "random":
+        ranked = "units removed at random"
+    elif get("ranking") not in (None, "utilization"):
+        ranked = f"units removed by {get('ranking')}"
+    parts = [ranked, _COUNTS.get(get("allocation"), f"allocation {get('allocation')}")]
+    if get("allocation") == "tod" or get("group_policy") == "joint":
+        parts.append("coupled layers take their smallest count" if get("group_policy") != "joint"
+                     else "coupled layers share one count on their combined scores")
+    repairs = [text for key, text in (("compensate", "mean replacement"), ("recalibrate", "BatchNorm re-estimation"))
+               if get(key)]
+    parts.append("then " + " and ".join(repairs) if repairs else "no repair")
+    preset = f" ({get('preset')} preset)" if get("preset") else ""
+    return f"pipeline{preset}: " + "; ".join(parts)
 
 
 def si_count(value: float) -> str:

@@ -189,3 +189,17 @@ def test_default_allocation_is_global_under_a_target_and_tod_under_a_tolerance()
     assert prune(helpers.trained_small_cnn(), target_macs=0.5, **kwargs).report.options["allocation"] == "global"
     by_tolerance = prune(helpers.trained_small_cnn(), tolerance=0.1, **kwargs)
     assert by_tolerance.report.options["allocation"] == "tod" and by_tolerance.report.tolerance == 0.1
+
+
+def test_printed_report_says_the_pipeline_in_words():
+    """0.1 printed ``pipeline: preset=default, observe=activation, ...``: jargon (issue 13)."""
+    scores = helpers.trained_small_cnn_scores()
+    calib = helpers.calibration_loader()
+    text = str(prune(helpers.trained_small_cnn(), calib, scores=scores, target_macs=0.5).report)
+    line = next(line for line in text.splitlines() if line.startswith("pipeline"))
+    assert line == ("pipeline (default preset): units ranked by U (class separation, after the following activation); "
+                    "one threshold on layer-normalised scores across all layers; "
+                    "then mean replacement and BatchNorm re-estimation")
+    paper = str(prune(helpers.trained_small_cnn(), calib, preset="paper", tolerance=0.1, **helpers.FAST).report)
+    assert "pipeline (paper preset): units ranked by U (class separation, on the layer's output); per-layer counts " \
+           "by the tolerance of difference (U against R); coupled layers take their smallest count; no repair" in paper
