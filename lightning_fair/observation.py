@@ -14,9 +14,12 @@ through a residual add, a pooling, a concatenation, ...) is observed as well, un
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from .layers import ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, consumer_of, input_key, units_view
 
@@ -28,6 +31,30 @@ __all__ = ["BatchRecorder", "STAGES", "STAGE_NAMES"]
 #: the tensors U may observe, in the order a layer's output goes through them
 STAGES = {"output": 0, "norm": 1, "activation": 2}
 STAGE_NAMES = {v: k for k, v in STAGES.items()}
+
+#: activations called as functions in ``forward`` (``F.relu(x)``, ``torch.relu(x)``, ``x.relu()``,
+#: in place or not): followed like the activation modules of :data:`lightning_fair.layers.ACTIVATION_TYPES`
+ACTIVATION_FUNCTIONS = frozenset({
+    F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6, F.leaky_relu,
+    F.leaky_relu_, F.prelu, F.elu, F.elu_, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.hardtanh_, F.softplus, F.sigmoid, F.tanh, torch.sigmoid, torch.sigmoid_, torch.tanh, torch.tanh_,
+    torch.Tensor.sigmoid, torch.Tensor.sigmoid_, torch.Tensor.tanh, torch.Tensor.tanh_,
+})
+
+
+class _FunctionalActivations(TorchFunctionMode):
+    """Sees every torch function call of the forward; follows a layer's output through the
+    activation functions of :data:`ACTIVATION_FUNCTIONS` (hooks cannot see them)."""
+
+    def __init__(self, follow):
+        super().__init__()
+        self.follow = follow
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if func in ACTIVATION_FUNCTIONS and args and isinstance(args[0], torch.Tensor):
+            self.follow(args[0], output)
+        return output
 
 
 class BatchRecorder:
@@ -89,6 +116,14 @@ class BatchRecorder:
             handles.append(module.register_forward_pre_hook(self._consumer_hook(name)))
         return handles
 
+    def functional(self):
+        """Context for the forward: follow layer outputs through activation *functions* too
+        (``F.relu(self.bn(self.conv(x)))``), as through activation modules."""
+        if STAGES[self.c.observe] < 2:
+            return contextlib.nullcontext()
+        follow = self._follow_hook(2, STAGES[self.c.observe])
+        return _FunctionalActivations(lambda x, output: follow(None, (x,), output))
+
     def _consumer_hook(self, name: str):
         """Observe a Conv/Linear's input unless it is a scored layer's observed tensor itself."""
         def hook(module, args):
@@ -145,6 +180,9 @@ class BatchRecorder:
             new_stage = previous if stage < 0 else stage
             if new_stage < previous or new_stage > target_stage or output.shape != args[0].shape:
                 return None
+            seen = self.chain.get(id(output))
+            if seen is not None and seen[2] is output and seen[1] >= new_stage and output is not args[0]:
+                return None  # an activation module's own functional call was followed already
             self.chain[id(output)] = (name, new_stage, output)
             if new_stage > previous:
                 self._observe(name, new_stage, output)

@@ -178,7 +178,8 @@ class StatisticsCollector:
         handles = recorder.attach()
         handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self.consumers.items()]
         try:
-            logits = self.model(inputs)
+            with recorder.functional():
+                logits = self.model(inputs)
         finally:
             for handle in handles:
                 handle.remove()
