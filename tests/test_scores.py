@@ -475,15 +475,15 @@ class _InplaceNet(nn.Module):
         return self.fc2(self.act(self.fc1(x.flatten(1))))
 
 
-# (activation, what U sees after it, or None where it is a function hooks cannot see)
+# (activation, what U sees after it; functions too: followed through the calibration forward since 0.2)
 INPLACE = {
     "relu": (lambda: nn.ReLU(inplace=True), lambda t: t.clamp(min=0)),
     # not positively homogeneous (f(z) != f'(z) z): a corrupted z changes R
     "hardtanh": (lambda: nn.Hardtanh(inplace=True), lambda t: t.clamp(-1, 1)),
     "relu6": (lambda: nn.ReLU6(inplace=True), lambda t: t.clamp(0, 6)),
     "elu": (lambda: nn.ELU(inplace=True), F.elu),
-    "functional_relu": (lambda: (lambda t: F.relu(t, inplace=True)), None),
-    "functional_hardtanh": (lambda: (lambda t: F.hardtanh(t, inplace=True)), None),
+    "functional_relu": (lambda: (lambda t: F.relu(t, inplace=True)), lambda t: t.clamp(min=0)),
+    "functional_hardtanh": (lambda: (lambda t: F.hardtanh(t, inplace=True)), lambda t: t.clamp(-1, 1)),
 }
 
 
