@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .guards import rollback
+from .guards import on_uncompiled, rollback
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -132,6 +132,7 @@ def _rows(history) -> list:
     return [[name, is_out, [int(i) for i in idxs]] for name, is_out, idxs in history]
 
 
+@on_uncompiled
 def replay_pruning(model: nn.Module, state: dict) -> None:
     """Bring ``model`` to the pruned shapes that ``state`` describes (rows already applied are skipped).
 

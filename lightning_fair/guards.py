@@ -8,11 +8,12 @@ shallow snapshot of every module's dicts is enough to undo it exactly (:class:`M
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 from torch import nn
 
-__all__ = ["ModelSnapshot", "preserved_modes", "rollback"]
+__all__ = ["ModelSnapshot", "on_uncompiled", "preserved_modes", "rollback", "uncompiled"]
 
 
 @contextlib.contextmanager
@@ -32,6 +33,47 @@ def preserved_modes(model: nn.Module) -> Iterator[None]:
     finally:
         for module, flag in flags.items():
             module.training = flag
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    # torch.compile's wrapper (torch._dynamo.eval_frame.OptimizedModule), without importing dynamo
+    return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+@contextlib.contextmanager
+def uncompiled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every ``torch.compile``d submodule of ``model`` is replaced by the module it
+    compiles (as Lightning's ``to_uncompiled`` does for the LightningModule); yields the model to
+    work on (``model._orig_mod`` if ``model`` itself is compiled). The wrappers are put back after,
+    around the same (possibly pruned) modules; they recompile at their next call.
+
+    Pruning and scoring then see plain layer names (no ``_orig_mod``) and their hooks run eagerly,
+    instead of making dynamo recompile the wrapped forward for every hook and shape.
+    """
+    while _is_compiled(model):
+        model = model._orig_mod
+    swapped = [(parent, name, child) for parent in model.modules() for name, child in parent._modules.items()
+               if child is not None and _is_compiled(child)]
+    for parent, name, child in swapped:
+        plain = child
+        while _is_compiled(plain):
+            plain = plain._orig_mod
+        parent._modules[name] = plain
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            parent._modules[name] = child
+
+
+def on_uncompiled(function):
+    """Run ``function(model, ...)`` on :func:`uncompiled` ``model``."""
+    @functools.wraps(function)
+    def wrapper(model, *args, **kwargs):
+        with uncompiled(model) as plain:
+            return function(plain, *args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from .batches import default_unpack, first_inputs
 from .checkpoint import record_pruning
 from .compensation import capture_consumers, fold_mean_replacement
 from .config import PruneConfig, configure
-from .guards import preserved_modes, rollback
+from .guards import on_uncompiled, preserved_modes, rollback
 from .layers import resolve_ignored
 from .removal import DependencyPlanner
 from .report import LayerRow, PruneReport, measure, unit_counts
@@ -72,6 +72,7 @@ class PruneResult:
         return self.level
 
 
+@on_uncompiled
 def prune(
     model: nn.Module,
     dataloader: Optional[Iterable] = None,

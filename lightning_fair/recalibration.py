@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .batches import default_unpack
 from .distributed import all_gather_tensor, is_distributed
-from .guards import preserved_modes
+from .guards import on_uncompiled, preserved_modes
 
 __all__ = ["recalibrate_bn"]
 
@@ -111,6 +111,7 @@ def _batch_inputs(batch, unpack: Optional[Callable]) -> torch.Tensor:
     return inputs
 
 
+@on_uncompiled
 def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] = None,
                    unpack: Optional[Callable] = None, distributed: bool = False) -> List[str]:
     """Re-estimate, in place, the running mean/variance of every norm layer from calibration data.

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .guards import preserved_modes
+from .guards import on_uncompiled, preserved_modes
 from .layers import PRUNABLE_TYPES
 
 __all__ = ["describe_pipeline", "LayerRow", "PruneReport", "measure", "si_count", "unit_counts"]
@@ -140,6 +140,7 @@ def si_count(value: float) -> str:
     return f"{value:.0f}"
 
 
+@on_uncompiled
 def measure(model: nn.Module, example_inputs) -> tuple:
     """``(MACs, params)``: multiply-accumulates of every Conv and Linear layer in one forward of
     ``example_inputs``, per sample, and the number of parameters.

@@ -20,6 +20,7 @@ from .memory import parse_bytes
 from .screening import filter_norms, screening_scores
 from .layers import consumer_of, resolve_ignored
 from .statistics import RECONSTRUCTIONS, StatisticsCollector
+from .guards import on_uncompiled
 
 __all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
 
@@ -137,6 +138,7 @@ class FairScores:
         return cls.from_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
 
 
+@on_uncompiled
 def compute_scores(
     model: nn.Module,
     dataloader: Iterable,
