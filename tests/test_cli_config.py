@@ -134,3 +134,21 @@ def test_prune_help_lists_every_config_field_with_its_description(capsys):
         assert f"--prune.{name}" in printed, name
     for name, words in descriptions.items():
         assert _normalised(words) in printed, (name, words)
+
+
+def test_example_prune_section_file_and_flag_override(tmp_path):
+    """examples/lightning/prune_section.yaml (docs/lightning.md) parses, and a flag overrides one of its keys."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "lightning" / "prune_section.yaml")
+    callback = the_callback(FairCLI(args=["-c", example, *trainer_args(tmp_path)], run=False))
+    assert callback.prune_at == 5 and not callback.progress
+    assert callback.config == PruneConfig.paper(target_macs=0.5, ignored_layers=[FIRST_CONV])
+    callback = the_callback(FairCLI(args=["-c", example, "--prune.target_macs=0.4", *trainer_args(tmp_path)],
+                                    run=False))
+    assert callback.config == PruneConfig.paper(target_macs=0.4, ignored_layers=[FIRST_CONV])
+    with pytest.raises(ValueError, match="tolerance"):  # out of range: PruneConfig refuses it before any fit
+        FairCLI(args=["-c", example, "--prune.target_macs=null", "--prune.tolerance=2", *trainer_args(tmp_path)],
+                run=False)
+    with pytest.raises(SystemExit):  # a misspelt option: the parser refuses it
+        FairCLI(args=["-c", example, "--prune.tolerence=0.1", *trainer_args(tmp_path)], run=False)
