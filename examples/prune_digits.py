@@ -4,7 +4,7 @@ sklearn's digits (1797 real 8x8 images, 10 classes, offline) are split into trai
 calibration / held-out test. The calibration images score the units; the test images
 are never used for scoring. No fine-tuning after pruning.
 
-Run:  python examples/prune_digits.py [--tolerance 0.05 | --target-macs 0.5]
+Run:  python examples/prune_digits.py [--tolerance 0.05 | --target-macs 0.5] [--preset paper]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_fair
-from lightning_fair import zoo
+from lightning_fair import PruneConfig, zoo
 
 
 def digits_splits(seed: int = 0):
@@ -55,6 +55,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tolerance", type=float, default=0.05, help="tolerance of difference (ignored with a target)")
     parser.add_argument("--target-macs", type=float, default=None, help="fraction of MACs to keep, e.g. 0.5")
+    parser.add_argument("--preset", choices=["default", "paper"], default="default",
+                        help="'paper': the method exactly as published (no compensation, no BatchNorm re-estimation)")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -65,8 +67,10 @@ def main(argv=None) -> None:
     before = accuracy(model, test_data)
 
     calibration = DataLoader(TensorDataset(*calib_data), batch_size=100)
-    result = lightning_fair.prune(model, calibration, tolerance=args.tolerance, target_macs=args.target_macs,
-                                  seed=args.seed)
+    # every option in one PruneConfig (checked here, before any data is read); the same as keywords:
+    # lightning_fair.prune(model, calibration, tolerance=..., target_macs=..., preset=..., seed=...)
+    config = PruneConfig(tolerance=args.tolerance, target_macs=args.target_macs, preset=args.preset, seed=args.seed)
+    result = lightning_fair.prune(model, calibration, config)
     after = accuracy(result.model, test_data)
 
     print(result.report)

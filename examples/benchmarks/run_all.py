@@ -479,7 +479,7 @@ def related_section(r, quick: bool) -> list:
         "",
         f"* **Unstructured screening** on {u['label']}, the screening paper's setting (the same trained models as "
         "above): `lightning_fair.prune_connections(copy, scores=s, sparsity=..., allocation=..., "
-        "screening_weight=w)` on scores `s = compute_scores(model, calib, screening=True)` computed once per seed "
+        "screening_weight=w)` on scores `s = compute_scores(model, calib, criterion=\"screening\")` computed once per seed "
         "(every Linear is pruned but the output layer, the library's default, unless a row says otherwise); "
         "connection score `w F_i / mean F + (1 - w) |W_oi| / mean |W|` in its layer, F the ANOVA F-statistic of "
         "the connection's input across classes. `w = 0` is layer-normalised magnitude alone. Against torch's "

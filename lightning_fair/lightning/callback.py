@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from ..checkpoint import CHECKPOINT_KEY, pruning_state
 from ..config import PruneConfig, configure
-from ..distributed import all_reduce_sum, is_distributed
+from ..distributed import is_distributed
 from ..evaluation import evaluate
 from ..guards import ModelSnapshot
 from ..oneshot import prune
@@ -53,8 +53,8 @@ class FairPruneCallback(Callback):
     torch-pruning's DependencyGraph; the optimizers are re-pointed at the new parameters (their
     state carried over for kept channels, schedulers untouched), frozen parameters stay frozen
     and train/eval flags are restored. MACs and params before/after, channels per layer,
-    the tolerance and the calibration loss/accuracy before and after are logged through the
-    Trainer's loggers; the report is printed on rank zero. The pruning history is written into
+    the tolerance and the calibration loss/accuracy before and after (under DDP, over every rank's
+    shard together) are logged through the Trainer's loggers; the report is printed on rank zero. The pruning history is written into
     checkpoints (restore them with :class:`lightning_fair.FairPruningMixin`).
 
     Args:
@@ -245,10 +245,9 @@ class FairPruneCallback(Callback):
                 step = "re-pointing the optimizers at the pruned parameters"
                 dropped = sum(repoint_optimizer(opt, undo.params, pl_module, result.kept) for opt in undo.optimizers)
                 step = "evaluating the pruned model on the calibration data"
+                # under DDP: over every rank's shard (torchmetrics all-reduces the running means)
                 after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack,
-                                 max_batches=config.max_batches)
-                if distributed:  # the mean over every rank's shard
-                    after = _mean_over_ranks(trainer, after)
+                                 max_batches=config.max_batches, distributed=distributed)
                 step = "wrapping the pruned model for distributed training again"
                 undo.wrapped = rewrap_ddp(trainer, pl_module)
             except BaseException as error:
@@ -353,12 +352,6 @@ class FairPruneCallback(Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore the events; ValueError (nothing changed) if the state is not one this callback writes."""
         self.events = check_callback_state(state_dict, owner=self.state_key)
-
-
-def _mean_over_ranks(trainer: Trainer, metrics: Dict[str, float]) -> Dict[str, float]:
-    values = torch.tensor([metrics["loss"], metrics["accuracy"]], dtype=torch.float64)
-    values = all_reduce_sum(values) / trainer.world_size
-    return {"loss": float(values[0]), "accuracy": float(values[1])}
 
 
 class Undo:

@@ -130,7 +130,9 @@ def prune_checkpoint(
         "source_checkpoint": os.path.abspath(ckpt_path),
         "checkpoint": os.path.abspath(paths["pruned.ckpt"]),
         "options": config.to_dict(),
-        "tolerance": result.tolerance,
+        "level": result.level,
+        "level_name": result.level_name,
+        "tolerance": result.level,  # the 0.1 key: the level, whatever its kind (read level and level_name)
         "validation": {"before": before, "after": after},
         "calibration": {"loss": result.scores.config.get("calibration_loss"),
                         "accuracy": result.scores.config.get("calibration_accuracy")},
