@@ -255,6 +255,6 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
         warnings.warn(
             f"recalibrate_bn: norm layers {stale} saw no input (fewer than 2 values per channel) "
             "during the calibration pass; their running statistics were left unchanged",
-            stacklevel=2,
+            stacklevel=3,  # past the on_uncompiled wrapper: the caller's line
         )
     return updated

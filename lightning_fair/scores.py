@@ -222,7 +222,8 @@ def compute_scores(
         warnings.warn(
             f"{len(short)} class(es) have fewer calibration samples than samples_per_class={samples_per_class} "
             f"(class: samples {dict(list(short.items())[:8])}); their utilization distances use what there is. "
-            "Pass more calibration data or a smaller samples_per_class to silence this.", stacklevel=2)
+            "Pass more calibration data or a smaller samples_per_class to silence this.",
+            stacklevel=3)  # past the on_uncompiled wrapper: the caller's line
     scores.config["passes"] = len(collector.chunks)
     scores.config["memory_estimate"] = int(collector.estimate.total_bytes)
     return scores
