@@ -23,7 +23,9 @@ __all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", 
            "ToDAllocation", "GlobalAllocation", "UniformAllocation", "allocation_for"]
 
 #: Rankings the ToD counts can be applied to: which units of a layer go first.
-RANKINGS = ("utilization", "l1", "random")
+#: "utilization_x_consumers" needs the model's consumer weights: :class:`~lightning_fair.removal.DependencyPlanner`
+#: applies it (the removal score times how strongly the next layers read each unit), not :func:`removal_order`
+RANKINGS = ("utilization", "l1", "random", "utilization_x_consumers")
 #: How many units each layer loses: FAIR's per-layer ToD counts (``"tod"``), one global
 #: threshold on U normalised by its layer's mean (``"global"``; needs a MACs/params target),
 #: the same fraction of every layer (``"uniform"``; a ``ratio`` or a target), or ``"auto"``:
@@ -128,6 +130,9 @@ def removal_order(
     if ranking == "random":
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randperm(utilization.numel(), generator=generator)
+    if ranking == "utilization_x_consumers":
+        raise ValueError("ranking='utilization_x_consumers' reads the consumers' weights of a coupled group: "
+                         "DependencyPlanner.plan applies it (pass the product as ranking='utilization' here)")
     raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
 
 

@@ -58,7 +58,10 @@ class PruneConfig:
         compensate: mean-replacement compensation: fold each removed input's calibration mean
             into its consumer's bias (:mod:`lightning_fair.compensation`).
         ranking: which units a layer's count removes: ``"utilization"`` (the criterion's score),
-            ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations).
+            ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations), or
+            ``"utilization_x_consumers"`` (the criterion's score times the mean, over the Conv/Linear
+            layers that read the unit, of the L2 norm of its input-weight column: a unit the next
+            layers barely read goes first; the counts are the same as with ``"utilization"``).
         criterion: what ranks the units: ``"fair"`` (U, with R as ToD's protection) or
             ``"screening"`` (class-separation F-statistic combined with the filter norm,
             :mod:`lightning_fair.screening`).
@@ -98,7 +101,7 @@ class PruneConfig:
     allocation: Optional[Literal["auto", "tod", "global", "uniform"]] = None
     recalibrate: Optional[bool] = None
     compensate: Optional[bool] = None
-    ranking: Literal["utilization", "l1", "random"] = "utilization"
+    ranking: Literal["utilization", "l1", "random", "utilization_x_consumers"] = "utilization"
     criterion: Literal["fair", "screening"] = "fair"
     screening_weight: float = 0.5
     samples_per_class: int = 32

@@ -26,6 +26,12 @@ normalised by their mean and averaged over the consumers. Where no consumer inpu
 observed (scores from an older version), the largest of the members' own normalised U is
 used, so a channel goes only if it is unused everywhere.
 
+``ranking="utilization_x_consumers"`` keeps every count and changes only which channels go: a
+group's channels are ranked by the score above (for a residual stream: the consumers' input U)
+times how strongly the next layers read each channel, the mean over the group's Conv/Linear
+consumers of the L2 norm of the channel's input-weight column
+(:meth:`DependencyPlanner.consumer_reading`); a group no Conv/Linear reads keeps its score.
+
 A group that would touch the output channels of the output layer, of an ignored layer or
 of a layer that was not scored is left whole.
 """
@@ -125,7 +131,9 @@ class DependencyPlanner:
         """Root channel indices to remove per group: ``{root layer: idxs}`` (empty groups omitted).
 
         ``scores``: a :class:`~lightning_fair.ranking.Ranking` (or ``FairScores``: FAIR's);
-        ``ranking``: ``"utilization"`` (its removal score), ``"l1"`` or ``"random"``."""
+        ``ranking``: ``"utilization"`` (its removal score), ``"utilization_x_consumers"`` (the
+        removal score times :meth:`consumer_reading`), ``"l1"`` or ``"random"``. The ranking
+        changes which channels go, never how many."""
         scores = as_ranking(scores)
         if policy not in GROUP_POLICIES:
             raise ValueError(f"group_policy must be one of {GROUP_POLICIES}, got {policy!r}")
@@ -162,8 +170,47 @@ class DependencyPlanner:
                 per_root.index_add_(0, roots, layer_normalised(norms)[idxs])
             utilization = per_root
             ranking = "utilization"
+        elif ranking == "utilization_x_consumers":
+            reading = self.consumer_reading(group)
+            if reading is not None:  # no Conv/Linear reads the group: its removal score alone
+                total, readers = reading
+                utilization = utilization * total / readers.clamp_min(1)
+            ranking = "utilization"
         folded = utilization.reshape(g, n // g).mean(0) if g > 1 else utilization
         return removal_order(ranking, folded, seed=seed + zlib.crc32(group.root.encode()))
+
+    def consumer_reading(self, group: CoupledGroup) -> Optional[tuple]:
+        """How strongly the layers reading a group's channels read each of them, from their weights:
+        ``(total, readers)``, per root channel the sum over the group's consumers of the L2 norm
+        of the channel's input-weight column(s), and how many consumers read it (the
+        ``"utilization_x_consumers"`` ranking multiplies the removal score by ``total / readers``,
+        the mean over the consumers). None if no Conv/Linear reads the group.
+
+        Consumers are the Conv/Linear layers torch-pruning finds reading the channels, after any
+        BatchNorm, activation, pooling or residual add (for a residual stream: every block's
+        first conv, the shortcut convs and the classifier that read it). A depthwise conv is not
+        a consumer: the channel passes through it (its output is the same coupled channel) and
+        its reader is the layer after it. A Linear after ``flatten`` reads a channel through
+        several input columns (one per spatial position): their norms are summed. A grouped conv's
+        column is the channel's input slice of its own group's filters; a transposed conv's is the
+        channel's row ``weight[c]``. Norms: float32 sums of squares, square root in float64."""
+        n = group.num_channels
+        total = torch.zeros(n, dtype=torch.float64)
+        readers = torch.zeros(n, dtype=torch.float64)
+        found = False
+        for name, (idxs, roots) in group.consumers.items():
+            module = self.modules[name]
+            if is_depthwise(module) or idxs.numel() == 0:
+                continue
+            columns = _input_column_norms(module)
+            if int(idxs.max()) >= columns.numel():
+                continue  # not this module's input channels (torch-pruning bookkeeping): skip
+            total.index_add_(0, roots, columns[idxs])
+            read = torch.zeros(n, dtype=torch.bool)
+            read[roots] = True
+            readers += read.double()
+            found = True
+        return (total, readers) if found else None
 
     # ------------------------------------------------------------------ removal
     def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -199,6 +246,20 @@ class DependencyPlanner:
     def history(self) -> list:
         """torch-pruning's pruning history as plain data (``[name, is_out, idxs]`` rows)."""
         return [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in self.graph.pruning_history()]
+
+
+def _input_column_norms(module: nn.Module) -> torch.Tensor:
+    """Per input channel of a Conv/Linear, the L2 norm of the weights that read it (float64)."""
+    weight = module.weight.detach()
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # [C_in, C_out / groups, *k]
+        squares = weight.flatten(1).abs().pow(2).sum(1)
+    elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:  # [C_out, C_in / g, *k]
+        g = module.groups
+        per_group = weight.reshape(g, weight.shape[0] // g, *weight.shape[1:])  # [g, C_out / g, C_in / g, *k]
+        squares = per_group.transpose(1, 2).flatten(2).abs().pow(2).sum(2).flatten()  # group-major: channel order
+    else:  # Conv [C_out, C_in, *k], Linear [out, in]
+        squares = weight.transpose(0, 1).flatten(1).abs().pow(2).sum(1)
+    return squares.double().cpu().sqrt()
 
 
 def _normalised(values: torch.Tensor) -> torch.Tensor:
