@@ -6,9 +6,12 @@ Batches are ``(inputs, labels, ...)`` sequences or dicts with an inputs key and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Callable, Optional
+
 import torch
 
-__all__ = ["default_unpack", "first_inputs", "grad_inputs"]
+__all__ = ["default_unpack", "first_inputs", "grad_inputs", "select_logits", "traceable_output"]
 
 
 def default_unpack(batch):
@@ -26,6 +29,44 @@ def default_unpack(batch):
         "(inputs, labels, ...) sequences or dicts with 'x' and 'y' keys, or pass "
         "unpack=lambda batch: (inputs, labels)"
     )
+
+
+def select_logits(output, logits: Optional[Callable] = None) -> torch.Tensor:
+    """The class logits ``[batch, num_classes]`` in a model's output: ``logits(output)`` if given;
+    else the output itself, or its ``"logits"`` entry / ``.logits`` attribute (Hugging Face outputs).
+
+    Raises:
+        ValueError: no such tensor; the message says how to pick it (``logits=lambda out: out[0]``).
+
+    Example:
+        >>> select_logits((torch.zeros(2, 3), torch.zeros(2, 8)), logits=lambda out: out[0]).shape
+        torch.Size([2, 3])
+        >>> select_logits({"logits": torch.zeros(2, 3), "hidden": None}).shape
+        torch.Size([2, 3])
+    """
+    if logits is not None:
+        output = logits(output)
+    elif not isinstance(output, torch.Tensor):
+        if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+            output = output["logits"]
+        elif isinstance(getattr(output, "logits", None), torch.Tensor):
+            output = output.logits
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        how = ("check what the logits= callable returns" if logits is not None else
+               "if the model returns more than logits (a tuple, a dict), pass logits=lambda out: out[0] (or the key) "
+               "to prune, compute_scores, sweep, evaluate or FairPruneCallback (--prune.logits=a.module.function)")
+        raise ValueError(f"the model's output must be class logits of shape [batch, num_classes], got {got}; {how}")
+    return output
+
+
+def traceable_output(output):
+    """A model's output as torch-pruning's tracer can walk it: tensors, lists, tuples and dicts as
+    they are; any other object (a dataclass-like model output) as the list of its tensor attributes."""
+    if output is None or isinstance(output, (torch.Tensor, list, tuple, Mapping)):
+        return output
+    return [value for value in vars(output).values() if isinstance(value, torch.Tensor)] if hasattr(
+        output, "__dict__") else output
 
 
 def first_inputs(dataloader, unpack=default_unpack):

@@ -15,14 +15,14 @@ from torch import nn
 
 from .distributed import is_distributed
 from .guards import preserved_modes
-from .statistics import default_unpack
+from .batches import default_unpack, select_logits
 
 __all__ = ["evaluate"]
 
 
 def evaluate(model: nn.Module, batches: Iterable, *, loss_fn: Optional[Callable] = None,
              unpack: Callable = default_unpack, max_batches: Optional[int] = None,
-             distributed: bool = False) -> dict:
+             distributed: bool = False, logits: Optional[Callable] = None) -> dict:
     """``{"loss": mean of the batch losses, "accuracy": top-1 over all samples}`` of ``model`` in
     eval mode, without gradients; every submodule's train/eval flag is put back afterwards.
 
@@ -32,6 +32,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, loss_fn: Optional[Callable]
         loss_fn: ``loss_fn(logits, labels)`` (a mean over the batch), cross-entropy by default.
         unpack: ``batch -> (inputs, labels)``.
         max_batches: evaluate at most this many batches (all by default).
+        logits: ``output -> class logits`` for a model that returns more (``lambda out: out[0]``);
+            by default the output, or its ``"logits"`` entry / ``.logits`` attribute.
         distributed: inside a ``torch.distributed`` process group of several processes (e.g.
             DDP), each process passes its own shard and gets the result over all shards: the
             loss is the mean of every rank's batch losses, the accuracy is over every rank's
@@ -50,6 +52,7 @@ def evaluate(model: nn.Module, batches: Iterable, *, loss_fn: Optional[Callable]
     from torchmetrics.aggregation import MeanMetric  # imported on use: `import lightning_fair` stays light
 
     loss_fn = loss_fn or nn.functional.cross_entropy
+    logits_of = logits
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     sync = bool(distributed) and is_distributed()
     # nan_strategy=nan: a NaN loss stays NaN in the mean (MeanMetric drops it, with a warning, by default)
@@ -64,7 +67,7 @@ def evaluate(model: nn.Module, batches: Iterable, *, loss_fn: Optional[Callable]
                 break
             inputs, target = unpack(batch)
             inputs, target = inputs.to(device), torch.as_tensor(target).to(device).reshape(-1)
-            logits = model(inputs)
+            logits = select_logits(model(inputs), logits_of)
             loss.update(loss_fn(logits, target).detach())  # weight 1: the mean of the batch losses
             accuracy.update((logits.argmax(1) == target).to(accuracy.dtype))  # weight 1 per sample
             count += 1

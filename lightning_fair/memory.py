@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from .batches import select_logits
 from .guards import preserved_modes
 from .layers import (ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, candidate_layers, input_key,
                      resolve_ignored, units_view)
@@ -159,7 +160,8 @@ class MemoryEstimate:
 
 def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
                     samples_per_class: int = 32, num_projections: int = 128, ignored_layers=None,
-                    screening: bool = False, observe: str = "activation") -> MemoryEstimate:
+                    screening: bool = False, observe: str = "activation",
+                    logits: Optional[Callable] = None) -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
     ``num_classes`` defaults to the width of the model's output; ``screening=True`` counts the
@@ -221,11 +223,11 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
         try:
             model.eval()
             with torch.no_grad():
-                logits = model(example_inputs)
+                output = select_logits(model(example_inputs), logits)
         finally:
             for h in handles:
                 h.remove()
-    classes = int(num_classes if num_classes is not None else logits.shape[-1])
+    classes = int(num_classes if num_classes is not None else output.shape[-1])
     executed = list(dict.fromkeys(order))
     layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))
               for name in executed[:-1] if calls[name] == 1 and name in shapes}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .allocation import Allocation, allocation_for
-from .batches import default_unpack, first_inputs
+from .batches import default_unpack, first_inputs, select_logits
 from .checkpoint import record_pruning
 from .compensation import capture_consumers, fold_mean_replacement
 from .config import PruneConfig, configure
@@ -82,6 +82,7 @@ def prune(
     example_inputs=None,
     loss_fn: Optional[Callable] = None,
     unpack: Callable = default_unpack,
+    logits: Optional[Callable] = None,
     inplace: bool = True,
     distributed: bool = False,
     verbose: bool = False,
@@ -103,7 +104,9 @@ def prune(
         scores: precomputed :func:`compute_scores` output (skips the data pass).
         example_inputs: inputs for tracing and counting MACs; default: the first
             calibration batch.
-        loss_fn, unpack: passed to :func:`compute_scores` (and ``unpack`` to the re-estimation).
+        loss_fn, unpack, logits: passed to :func:`compute_scores` (``unpack`` also to the
+            re-estimation; ``logits`` picks the class logits from a model that returns more, e.g.
+            ``logits=lambda out: out[0]``).
         inplace: prune ``model`` itself (default, like torch-pruning) or a deep copy.
         distributed: call on every rank of a ``torch.distributed`` process group, each with its
             own shard of the calibration data: the statistics (and BatchNorm re-estimation) are
@@ -134,12 +137,12 @@ def prune(
     check_calibration(given, dataloader, scores, example_inputs)
     config = given.resolved()
     ignored = resolve_ignored(model, config.ignored_layers)
-    example_inputs = resolve_example_inputs(model, dataloader, example_inputs, unpack)
+    example_inputs = resolve_example_inputs(model, dataloader, example_inputs, unpack, logits)
     check_recalibration(config, model, dataloader)
     # score
     if scores is None:
-        scores = compute_scores(model, dataloader, config, loss_fn=loss_fn, unpack=unpack, distributed=distributed,
-                                verbose=verbose)
+        scores = compute_scores(model, dataloader, config, loss_fn=loss_fn, unpack=unpack, logits=logits,
+                                distributed=distributed, verbose=verbose)
     # rank: FAIR's U, or the screening score (same allocation and removal)
     ranked = rank(scores, config)
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
@@ -212,14 +215,15 @@ def check_recalibration(config: PruneConfig, model: nn.Module, dataloader) -> No
             "prune without re-estimation; lightning_fair.sweep(...) prunes several targets from one scoring pass")
 
 
-def resolve_example_inputs(model: nn.Module, dataloader, example_inputs, unpack: Callable):
+def resolve_example_inputs(model: nn.Module, dataloader, example_inputs, unpack: Callable,
+                           logits: Optional[Callable] = None):
     """``example_inputs``, or the first calibration batch's first input, on the model's device and
     checked to run through the model."""
     if example_inputs is None:
         example_inputs = first_inputs(dataloader, unpack)
     if isinstance(example_inputs, torch.Tensor):  # trace and count on the model's device
         example_inputs = example_inputs.to(next((p.device for p in model.parameters()), example_inputs.device))
-    _check_example_inputs(model, example_inputs)
+    _check_example_inputs(model, example_inputs, logits)
     return example_inputs
 
 
@@ -303,7 +307,7 @@ def repair(model: nn.Module, config: PruneConfig, kept, scores: FairScores, cons
     return compensated, recalibrated, notes
 
 
-def _check_example_inputs(model: nn.Module, example_inputs) -> None:
+def _check_example_inputs(model: nn.Module, example_inputs, logits: Optional[Callable] = None) -> None:
     """One eval-mode forward of ``example_inputs``: a clear error now instead of one from deep
     inside the dependency tracer (flags restored; eval mode leaves BatchNorm statistics alone)."""
     shape = tuple(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else type(example_inputs).__name__
@@ -317,9 +321,7 @@ def _check_example_inputs(model: nn.Module, example_inputs) -> None:
             f"example_inputs ({shape}) do not run through the model ({type(error).__name__}: {error}); pass one "
             "batch shaped like the calibration inputs, e.g. example_inputs=x[:1]"
         ) from error
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(f"the model's output must be class logits of shape [batch, num_classes], got {got}")
+    select_logits(output, logits)  # ValueError saying how to pick the logits
 
 
 def _fresh_norm_buffers(model: nn.Module) -> None:

@@ -47,6 +47,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .allocation import count_from_curve, layer_normalised, removal_order, tod_curve
+from .batches import traceable_output
 from .guards import ModelSnapshot
 from .ranking import as_ranking
 from .layers import PRUNABLE_TYPES, is_depthwise
@@ -89,7 +90,8 @@ class DependencyPlanner:
             for param in model.parameters():
                 param.requires_grad_(True)
             with torch.inference_mode(False), torch.enable_grad():
-                self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+                self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                                   output_transform=traceable_output)
         finally:
             snapshot.restore_flags(model)  # build_dependency leaves the model in eval mode
         self.groups = self._find_groups(scored, protected)

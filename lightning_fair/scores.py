@@ -146,6 +146,7 @@ def compute_scores(
     *,
     loss_fn: Optional[Callable] = None,
     unpack: Callable = default_unpack,
+    logits: Optional[Callable] = None,
     distributed: bool = False,
     verbose: bool = False,
     **options,
@@ -169,6 +170,8 @@ def compute_scores(
         **options: fields of :class:`~lightning_fair.PruneConfig` overriding ``config``.
         loss_fn: ``loss_fn(logits, labels)``, cross-entropy by default.
         unpack: ``batch -> (inputs, labels)``.
+        logits: ``output -> class logits`` for a model that returns more (``lambda out: out[0]``);
+            by default the output itself, or its ``"logits"`` entry / ``.logits`` (Hugging Face).
         distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process passes
             its own shard of the calibration data and the statistics of all processes are merged
             before scoring, so every process gets the same scores (collective: call on every rank).
@@ -198,7 +201,8 @@ def compute_scores(
     budget = parse_bytes(memory_budget)
     ignored = resolve_ignored(model, config.ignored_layers)
     options = dict(samples_per_class=samples_per_class, num_projections=config.num_projections, observe=config.observe,
-                   seed=config.seed, loss_fn=loss_fn, unpack=unpack, ignored=ignored, distributed=distributed)
+                   seed=config.seed, loss_fn=loss_fn, unpack=unpack, logits=logits, ignored=ignored,
+                   distributed=distributed)
     collector = StatisticsCollector(model, memory_budget=budget, screening=config.criterion == "screening", **options)
     collector.on_plan = (lambda estimate: print(estimate.describe(budget), flush=True)) if verbose else None
     collector.run(dataloader, max_batches=max_batches)

@@ -39,7 +39,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .batches import default_unpack, first_inputs, grad_inputs
+from .batches import default_unpack, first_inputs, grad_inputs, select_logits
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
 from .guards import preserved_modes
@@ -91,6 +91,8 @@ class StatisticsCollector:
     seed: int = 0
     loss_fn: Optional[Callable] = None
     unpack: Callable = default_unpack
+    #: picks the class logits from the model's output (:func:`lightning_fair.batches.select_logits`)
+    logits: Optional[Callable] = None
     ignored: set = field(default_factory=set)
     #: merge the statistics of all processes of the default process group after the pass
     #: (DDP: each rank passes its own shard; see :mod:`lightning_fair.distributed`)
@@ -179,15 +181,11 @@ class StatisticsCollector:
         handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self.consumers.items()]
         try:
             with recorder.functional():
-                logits = self.model(inputs)
+                output = self.model(inputs)
         finally:
             for handle in handles:
                 handle.remove()
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ValueError(
-                "the model's output must be class logits of shape [batch, num_classes], got "
-                f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
-            )
+        logits = select_logits(output, self.logits)
         if self.num_batches == 0:
             self._first_batch(recorder, logits)
         if not self.reconstruction:  # a later pass of a split collection: utilization samples only

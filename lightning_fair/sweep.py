@@ -115,6 +115,7 @@ def sweep(
     scores: Optional[FairScores] = None,
     loss_fn: Optional[Callable] = None,
     unpack: Callable = default_unpack,
+    logits: Optional[Callable] = None,
     verbose: bool = False,
     **options,
 ) -> SweepResult:
@@ -130,7 +131,7 @@ def sweep(
             ``tolerance``/``target_*``/``ratio`` are replaced by each target); ``**options``: its fields.
         budget: ``"macs"`` or ``"params"``.
         scores: precomputed :func:`compute_scores` output (otherwise computed once here).
-        loss_fn, unpack: as in :func:`lightning_fair.prune`.
+        loss_fn, unpack, logits: as in :func:`lightning_fair.prune`.
         verbose: print each row as it is measured.
 
     Returns:
@@ -157,22 +158,23 @@ def sweep(
     per_target = [dataclasses.replace(config, **{**budgets, f"target_{budget}": float(t)})
                   for t in targets]  # every target checked before the data pass
     if scores is None:
-        scores = compute_scores(model, calibration_loader, config, loss_fn=loss_fn, unpack=unpack, verbose=verbose)
+        scores = compute_scores(model, calibration_loader, config, loss_fn=loss_fn, unpack=unpack, logits=logits,
+                                verbose=verbose)
     measured_on = eval_loader if eval_loader is not None else calibration_loader
-    original = evaluate(model, measured_on, loss_fn=loss_fn, unpack=unpack)
+    original = evaluate(model, measured_on, loss_fn=loss_fn, unpack=unpack, logits=logits)
     rows = []
     for target, target_config in zip(targets, per_target):
         try:
             result = prune(model, calibration_loader, target_config, scores=scores, loss_fn=loss_fn, unpack=unpack,
-                           inplace=False)
+                           logits=logits, inplace=False)
         except ValueError as error:  # a target these scores cannot reach: say so, go on
             if "cannot be reached" not in str(error):
                 raise
             rows.append(SweepRow(float(target), status="unreachable", note=str(error)))
             continue
-        held_out = evaluate(result.model, measured_on, loss_fn=loss_fn, unpack=unpack)
+        held_out = evaluate(result.model, measured_on, loss_fn=loss_fn, unpack=unpack, logits=logits)
         calibration = (held_out if eval_loader is None else
-                       evaluate(result.model, calibration_loader, loss_fn=loss_fn, unpack=unpack))
+                       evaluate(result.model, calibration_loader, loss_fn=loss_fn, unpack=unpack, logits=logits))
         rows.append(SweepRow(float(target), macs_ratio=result.report.macs_ratio, params_ratio=result.report.params_ratio,
                              accuracy=held_out["accuracy"], loss=held_out["loss"],
                              calibration_accuracy=calibration["accuracy"], calibration_loss=calibration["loss"],

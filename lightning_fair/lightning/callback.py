@@ -18,9 +18,8 @@ from ..checkpoint import CHECKPOINT_KEY, pruning_state
 from ..config import PruneConfig, configure
 from ..distributed import is_distributed
 from ..evaluation import evaluate
-from ..guards import ModelSnapshot
 from ..oneshot import prune
-from ..optim import OptimizerSnapshot, repoint_optimizer
+from ..optim import repoint_optimizer
 from ..recalibration import recalibrate_bn
 from ..report import measure
 from ..schedule import check_prune_at, step_options
@@ -29,6 +28,8 @@ from ..statistics import default_unpack, first_inputs
 from .private import attached_val_loader, generated_state_key, rewrap_ddp
 from .progress import Progress
 from .state import check_callback_state, to_plain
+from .undo import Undo
+from .writing import write_pruned_checkpoint
 
 __all__ = ["FairPruneCallback", "PruningError"]
 
@@ -80,6 +81,10 @@ class FairPruneCallback(Callback):
         dataloader: calibration data; the Trainer's validation dataloader by default.
         unpack: ``batch -> (inputs, labels)``; ``(x, y, ...)`` and ``{"x", "y"}`` batches by default.
         loss_fn: ``loss_fn(logits, labels)``; cross-entropy by default.
+        logits: ``output -> class logits`` for a module whose forward returns more (a tuple, a dict, a
+            model output object): e.g. ``logits=lambda out: out[0]``; on the command line the import
+            path of a function (``--prune.logits=my_package.first_output``). Default: the output
+            itself, or its ``"logits"`` entry / ``.logits`` attribute.
         progress: show a progress bar during the statistics pass.
         verbose: print the per-layer report on rank zero.
         recalibrate_each_epoch: after a pruning during ``fit``, re-estimate the BatchNorm running
@@ -88,6 +93,11 @@ class FairPruneCallback(Callback):
             averages (momentum 0.1) lag the weights, which move fast after a pruning; without this the
             validation accuracy of a pruned model can drop while its training accuracy rises
             (measured in docs/lightning.md). No effect on models without BatchNorm.
+        write_checkpoint: after each pruning, write the pruned model (with its pruning history) to
+            ``pruned.ckpt`` in the Trainer's checkpoint directory (``ModelCheckpoint``'s, else
+            ``<log_dir>/checkpoints``), log the path and record it in the event; after a pruning at
+            ``"fit_end"`` a ``last.ckpt`` of ``ModelCheckpoint(save_last=True)`` is rewritten too.
+            A pruning at fit end or in ``validate`` would otherwise never reach disk.
 
     Raises:
         ValueError: a bad option, at construction.
@@ -110,9 +120,11 @@ class FairPruneCallback(Callback):
         dataloader: Optional[Any] = None,
         unpack: Optional[Callable] = None,
         loss_fn: Optional[Callable] = None,
+        logits: Optional[Callable] = None,
         progress: bool = True,
         verbose: bool = True,
         recalibrate_each_epoch: bool = True,
+        write_checkpoint: bool = True,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -123,11 +135,15 @@ class FairPruneCallback(Callback):
         self.dataloader = dataloader
         self.unpack = unpack or default_unpack
         self.loss_fn = loss_fn
+        self.logits = logits
         self.progress = progress
         self.verbose = verbose
         if not isinstance(recalibrate_each_epoch, bool):
             raise ValueError(f"recalibrate_each_epoch must be True or False, got {recalibrate_each_epoch!r}")
         self.recalibrate_each_epoch = recalibrate_each_epoch
+        if not isinstance(write_checkpoint, bool):
+            raise ValueError(f"write_checkpoint must be True or False, got {write_checkpoint!r}")
+        self.write_checkpoint = write_checkpoint
         #: one plain-data record per pruning event (persisted in checkpoints)
         self.events: List[Dict[str, Any]] = []
         self.last_result = None
@@ -238,15 +254,16 @@ class FairPruneCallback(Callback):
                     return
                 step = "scoring units on the calibration data"
                 scores = compute_scores(pl_module, calibration, config, loss_fn=self.loss_fn, unpack=self.unpack,
-                                        distributed=distributed, verbose=self.verbose and trainer.is_global_zero)
+                                        logits=self.logits, distributed=distributed,
+                                        verbose=self.verbose and trainer.is_global_zero)
                 step = "removing units (lightning_fair.prune: removal, compensation, BatchNorm re-estimation)"
                 result = prune(pl_module, calibration, config, scores=scores, unpack=self.unpack, loss_fn=self.loss_fn,
-                               example_inputs=example, distributed=distributed)
+                               logits=self.logits, example_inputs=example, distributed=distributed)
                 step = "re-pointing the optimizers at the pruned parameters"
                 dropped = sum(repoint_optimizer(opt, undo.params, pl_module, result.kept) for opt in undo.optimizers)
                 step = "evaluating the pruned model on the calibration data"
                 # under DDP: over every rank's shard (torchmetrics all-reduces the running means)
-                after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack,
+                after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack, logits=self.logits,
                                  max_batches=config.max_batches, distributed=distributed)
                 step = "wrapping the pruned model for distributed training again"
                 undo.wrapped = rewrap_ddp(trainer, pl_module)
@@ -265,6 +282,14 @@ class FairPruneCallback(Callback):
                            "to the kept channels and was reset")
         self.last_result = result
         self._log(trainer, pl_module, result, after, stage, schedule)
+        if self.write_checkpoint:
+            self._write(trainer, stage)
+
+    def _write(self, trainer: Trainer, stage: str) -> None:
+        last_too = stage == "fit" and self.prune_at == "fit_end"
+        path = write_pruned_checkpoint(trainer, last_too)
+        if path is not None:
+            self.events[-1]["checkpoint"] = path
 
     def _calibration_loader(self, trainer: Trainer, pl_module: LightningModule):
         if self.dataloader is not None:
@@ -317,6 +342,9 @@ class FairPruneCallback(Callback):
         }, "event"))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        # also where EarlyStopping, ModelCheckpoint and the user read metrics (self.log is not allowed in
+        # on_fit_end / on_validation_end, where pruning happens)
+        trainer.callback_metrics.update({key: torch.tensor(float(value)) for key, value in metrics.items()})
         if self.verbose:
             where = f", step {schedule['step']} of {schedule['steps']}" if schedule else ""
             goal = f" (scheduled {schedule['scheduled']:.1%})" if schedule and "scheduled" in schedule else ""
@@ -352,28 +380,3 @@ class FairPruneCallback(Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore the events; ValueError (nothing changed) if the state is not one this callback writes."""
         self.events = check_callback_state(state_dict, owner=self.state_key)
-
-
-class Undo:
-    """What :meth:`FairPruneCallback.prune_now` may change, to be put back exactly if it fails:
-    the module (:class:`~lightning_fair.guards.ModelSnapshot`, plus a copy of its buffers: an
-    in-place write such as a BatchNorm re-estimation cut short), the optimizers
-    (:class:`~lightning_fair.optim.OptimizerSnapshot`) and the strategy's DDP wrapper."""
-
-    def __init__(self, module: LightningModule, optimizers):
-        self.module = module
-        self.params = dict(module.named_parameters())
-        self.snapshot = ModelSnapshot(module)
-        self.buffers = [(b, b.detach().clone()) for b in module.buffers()]
-        self.optimizer_snapshot = OptimizerSnapshot(optimizers)
-        self.optimizers = self.optimizer_snapshot.optimizers
-        self.wrapped = None  # the strategy's DDP wrapper, while a new one is being made
-
-    def restore(self) -> None:
-        self.snapshot.restore()
-        self.snapshot.restore_flags(self.module)
-        for buffer, saved in self.buffers:
-            if buffer.shape == saved.shape and not torch.equal(buffer, saved):
-                with torch.inference_mode(buffer.is_inference()), torch.no_grad():
-                    buffer.copy_(saved)
-        self.optimizer_snapshot.restore()

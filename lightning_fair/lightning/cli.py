@@ -26,7 +26,7 @@ import dataclasses
 import inspect
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -59,6 +59,7 @@ def prune_checkpoint(
     datamodule: Optional[LightningDataModule] = None,
     output_dir: Optional[str] = None,
     weights_only: Optional[bool] = None,
+    logits: Optional[Callable] = None,
     config: Optional[PruneConfig] = None,
     **options: Any,
 ) -> PruneResult:
@@ -78,6 +79,8 @@ def prune_checkpoint(
         output_dir: where pruned.ckpt, report.txt and report.json go (default: ``<trainer.default_root_dir>/pruned``).
         weights_only: ``torch.load(ckpt_path, weights_only=...)``; None means True. Accepted also so that a
             config file written by ``fit`` can be reused.
+        logits: picks the class logits from the model's output when it returns more (the import path of
+            a function, e.g. ``--logits=my_package.first_output``); default: the output or its ``logits``.
         config: a :class:`~lightning_fair.PruneConfig` (from Python; the command line gives its fields).
         **options: the fields of :class:`~lightning_fair.PruneConfig` (``--tolerance``, ``--target_macs``,
             ``--preset``, ``--memory_budget``, ...; ``lightning-fair prune --help`` lists them).
@@ -98,7 +101,7 @@ def prune_checkpoint(
     _restore(model, checkpoint)
     model.to(self.strategy.root_device)
     loader = _validation_loader(model, datamodule)
-    before = evaluate(model, loader)
+    before = evaluate(model, loader, logits=logits)
 
     example = default_unpack(next(iter(loader)))[0]
     if isinstance(example, torch.Tensor):
@@ -108,8 +111,9 @@ def prune_checkpoint(
         total = len(loader) if hasattr(loader, "__len__") else None
         calibration = Progress(loader, min(total, config.max_batches) if total and config.max_batches else total)
     with torch.inference_mode(False), torch.enable_grad():
-        result = fair_prune(model, calibration, config, example_inputs=example, verbose=self.is_global_zero)
-    after = evaluate(model, loader)
+        result = fair_prune(model, calibration, config, example_inputs=example, logits=logits,
+                            verbose=self.is_global_zero)
+    after = evaluate(model, loader, logits=logits)
 
     paths = {name: os.path.join(output_dir, name) for name in _FILES}
     if self.is_global_zero:

@@ -1,0 +1,70 @@
+"""A pruning at fit end or during validate reaches disk (issue 13 item 3), and its metrics reach
+``trainer.callback_metrics``; the user's steps: fit or validate, then load_from_checkpoint."""
+
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import lightning_helpers as lh
+from lightning_fair import FairPruneCallback
+from lightning_fair.demo import ImageClassifier
+from lightning_fair.lightning.cli import FairCLI
+
+FAST = dict(lh.FAST, target_macs=0.6)
+
+
+def widths(model):
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_fit_end_pruning_writes_pruned_ckpt_and_rewrites_last(tmp_path):
+    model = lh.classifier()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    callback = FairPruneCallback(**FAST)  # prune_at="fit_end"
+    trainer = L.Trainer(max_epochs=1, callbacks=[callback, checkpoint], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=lh.datamodule())
+    path = str(tmp_path / "ckpts" / "pruned.ckpt")
+    assert callback.events[-1]["checkpoint"] == path and os.path.isfile(path)
+    for saved in (path, str(tmp_path / "ckpts" / "last.ckpt")):
+        restored = ImageClassifier.load_from_checkpoint(saved)
+        assert widths(restored) == widths(model) and widths(model) != widths(lh.classifier())
+        x = torch.randn(2, 1, 8, 8)
+        assert torch.allclose(restored.eval()(x), model.eval()(x), atol=1e-6)
+    assert torch.load(path, weights_only=True)["lightning_fair"]["history"]  # plain data at rest
+    assert float(trainer.callback_metrics["fair/macs_ratio"]) <= 0.6
+
+
+def test_validate_pruning_writes_pruned_ckpt(tmp_path):
+    model = lh.classifier()
+    callback = FairPruneCallback(prune_at="validate", **FAST)
+    trainer = lh.trainer(tmp_path, [callback])  # no logger, no ModelCheckpoint
+    trainer.validate(model, datamodule=lh.datamodule())
+    path = os.path.join(tmp_path, "checkpoints", "pruned.ckpt")
+    assert callback.events[-1]["checkpoint"] == path
+    assert widths(ImageClassifier.load_from_checkpoint(path)) == widths(model)
+    assert "fair/calibration_accuracy_after" in trainer.callback_metrics
+
+
+def test_write_checkpoint_false_writes_nothing(tmp_path):
+    callback = FairPruneCallback(prune_at="validate", write_checkpoint=False, **FAST)
+    lh.trainer(tmp_path, [callback]).validate(lh.classifier(), datamodule=lh.datamodule())
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints")) and "checkpoint" not in callback.events[-1]
+    with pytest.raises(ValueError, match="write_checkpoint"):
+        FairPruneCallback(write_checkpoint="yes")
+
+
+def test_cli_validate_with_prune_at_validate_saves_the_pruned_model(tmp_path):
+    """0.1: `lightning-fair validate --prune.prune_at=validate` printed a report and saved nothing."""
+    args = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
+            "--data=lightning_fair.demo.DigitsDataModule", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+            "--prune.prune_at=validate", "--prune.target_macs=0.6", "--prune.samples_per_class=8",
+            "--prune.num_projections=8", "--prune.verbose=false"]
+    cli = FairCLI(args=["validate", *args])
+    path = os.path.join(tmp_path, "checkpoints", "pruned.ckpt")
+    assert os.path.isfile(path)
+    assert widths(ImageClassifier.load_from_checkpoint(path)) == widths(cli.model)
