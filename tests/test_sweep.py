@@ -58,3 +58,27 @@ def test_bad_sweep_arguments_fail_before_any_data_pass(kwargs, match):
 
     with pytest.raises((ValueError, TypeError), match=match):
         sweep(helpers.trained_small_cnn(), never(), **kwargs)
+
+
+def test_sweep_subcommand_on_a_trained_checkpoint(tmp_path):
+    """`lightning-fair sweep --ckpt_path=... --targets=[...]`: the table printed and in sweep.csv."""
+    from lightning_fair.lightning.cli import FairCLI
+
+    model = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
+             "--data=lightning_fair.demo.DigitsDataModule", "--trainer.logger=false",
+             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
+    fit = FairCLI(args=["fit", *model, "--trainer.max_epochs=2"])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    before = open(ckpt, "rb").read()
+    cli = FairCLI(args=["sweep", *model, f"--ckpt_path={ckpt}", "--targets=[0.8,0.5]", "--samples_per_class=8",
+                        "--num_projections=8", f"--output_dir={tmp_path / 'out'}"])
+    rows = list(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))
+    assert [float(r["target"]) for r in rows] == [0.8, 0.5] and all(r["status"] == "ok" for r in rows)
+    assert float(rows[1]["macs_ratio"]) <= 0.5 < float(rows[0]["macs_ratio"]) <= 0.8
+    assert 0 <= float(rows[1]["accuracy"]) <= float(rows[0]["accuracy"]) + 0.05 <= 1.05
+    assert open(ckpt, "rb").read() == before  # the checkpoint is not changed
+    assert widths_of(cli.model) == widths_of(fit.model)  # nor is the model
+
+
+def widths_of(model):
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -35,15 +35,17 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from ..batches import default_unpack
-from ..checkpoint import CHECKPOINT_KEY, pruning_state, replay_pruning
+from ..checkpoint import CHECKPOINT_KEY, pruning_state
 from ..config import PruneConfig, configure
 from ..evaluation import evaluate
 from ..oneshot import PruneResult
 from ..oneshot import prune as fair_prune
 from .callback import FairPruneCallback
+from .loading import restore_checkpoint, validation_loader
 from .mixin import FairPruningMixin
 from .private import TrainerInstantiation
 from .progress import Progress
+from .sweep_command import sweep_checkpoint
 
 __all__ = ["FairCLI", "FairTrainer", "main"]
 
@@ -98,9 +100,9 @@ def prune_checkpoint(
     output_dir = output_dir or os.path.join(self.default_root_dir, "pruned")
 
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True if weights_only is None else weights_only)
-    _restore(model, checkpoint)
+    restore_checkpoint(model, checkpoint)
     model.to(self.strategy.root_device)
-    loader = _validation_loader(model, datamodule)
+    loader = validation_loader(model, datamodule)
     before = evaluate(model, loader, logits=logits)
 
     example = default_unpack(next(iter(loader)))[0]
@@ -158,43 +160,12 @@ def prune_checkpoint(
     return result
 
 
-def _restore(model: LightningModule, checkpoint: Dict[str, Any]) -> None:
-    """Load a Lightning checkpoint into ``model`` the way ``load_from_checkpoint`` does."""
-    if "state_dict" not in checkpoint:
-        raise ValueError("not a Lightning checkpoint: no 'state_dict' key")
-    model.on_load_checkpoint(checkpoint)  # FairPruningMixin replays the pruning history here
-    state = checkpoint.get(CHECKPOINT_KEY)
-    if state is not None:
-        replay_pruning(model, state)  # a no-op if the mixin already did it
-    model.load_state_dict(checkpoint["state_dict"])
-
-
-def _validation_loader(model: LightningModule, datamodule: Optional[LightningDataModule]):
-    if datamodule is not None:
-        datamodule.prepare_data()
-        datamodule.setup("validate")
-        loaders = datamodule.val_dataloader()
-    else:
-        try:
-            loaders = model.val_dataloader()
-        except (NotImplementedError, MisconfigurationException):
-            loaders = None
-    if isinstance(loaders, (list, tuple)):
-        loaders = loaders[0] if loaders else None
-    elif isinstance(loaders, dict):
-        loaders = next(iter(loaders.values()), None)
-    if loaders is None:
-        raise MisconfigurationException(
-            "prune needs labelled validation data for calibration: give --data (a datamodule with "
-            "val_dataloader) or a model that defines val_dataloader"
-        )
-    return loaders
-
-
 class FairTrainer(Trainer):
-    """Lightning's ``Trainer``, plus the ``prune`` method behind the ``prune`` subcommand of :class:`FairCLI`."""
+    """Lightning's ``Trainer``, plus the ``prune`` and ``sweep`` methods behind the subcommands of
+    :class:`FairCLI`."""
 
     prune = prune_checkpoint
+    sweep = sweep_checkpoint
 
 
 def _group_help() -> str:
@@ -232,12 +203,14 @@ class FairCLI(TrainerInstantiation, LightningCLI):
 
     def __init__(self, *args: Any, trainer_class: Any = FairTrainer, **kwargs: Any) -> None:
         if isinstance(trainer_class, type) and not hasattr(trainer_class, "prune"):
-            trainer_class = type(f"Fair{trainer_class.__name__}", (trainer_class,), {"prune": prune_checkpoint})
+            trainer_class = type(f"Fair{trainer_class.__name__}", (trainer_class,),
+                                 {"prune": prune_checkpoint, "sweep": sweep_checkpoint})
         super().__init__(*args, trainer_class=trainer_class, **kwargs)
 
     @staticmethod
     def subcommands() -> Dict[str, set]:
-        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule", "config"}}
+        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule", "config"},
+                "sweep": {"model", "datamodule", "config"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_subclass_arguments(FairPruneCallback, "prune", required=False, fail_untyped=False,
