@@ -24,7 +24,11 @@ from lightning_fair.demo import DigitsDataModule, ImageClassifier
 
 def trainer(**kwargs) -> L.Trainer:
     return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kwargs)
+                     enable_model_summary=False, default_root_dir="lightning_logs/demo", **kwargs)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
 def test_accuracy(model: L.LightningModule, data: L.LightningDataModule) -> float:
@@ -47,17 +51,23 @@ def main(argv=None) -> None:
     L.seed_everything(args.seed, verbose=False)
     data = DigitsDataModule(seed=args.seed)
     model = ImageClassifier(arch=args.arch, width=args.width)
+    say(f"1/3 training {args.arch} (width {args.width}) on scikit-learn digits for {args.epochs} epochs ...")
     trainer(max_epochs=args.epochs).fit(model, datamodule=data)
     trained = test_accuracy(model, data)
+    say(f"    held-out test accuracy {trained:.2%}")
+    say("2/3 pruning with FairPruneCallback(prune_at='validate'): scoring on the validation split, removing ...")
 
     callback = FairPruneCallback(prune_at="validate", tolerance=args.tolerance, target_macs=args.target_macs,
                                  seed=args.seed, progress=False, verbose=False)
     trainer(callbacks=[callback]).validate(model, datamodule=data, verbose=False)
     result = callback.last_result
     one_shot = test_accuracy(model, data)
-
+    say(f"    kept MACs {result.report.macs_ratio:.1%}, held-out test accuracy {one_shot:.2%}; pruned checkpoint "
+        f"{callback.events[-1].get('checkpoint')}")
+    say(f"3/3 fine-tuning the pruned model for {args.finetune_epochs} epochs ...")
     trainer(max_epochs=args.finetune_epochs).fit(model, datamodule=data)
     finetuned = test_accuracy(model, data)
+    say("")
 
     print(result.report)
     print()

@@ -68,3 +68,15 @@ def test_cli_validate_with_prune_at_validate_saves_the_pruned_model(tmp_path):
     path = os.path.join(tmp_path, "checkpoints", "pruned.ckpt")
     assert os.path.isfile(path)
     assert widths(ImageClassifier.load_from_checkpoint(path)) == widths(cli.model)
+
+
+def test_report_prints_through_the_progress_bar_and_our_bars_stay_off_a_log(tmp_path, capsys):
+    """0.1: our tqdm bars and the printed report interleaved with Lightning's bars ('[A' in logs)."""
+    callback = FairPruneCallback(prune_at="validate", target_macs=0.6, samples_per_class=8, num_projections=16,
+                                 write_checkpoint=False)  # verbose and progress on, as users have them
+    trainer = lh.trainer(tmp_path, [callback], enable_progress_bar=True)
+    trainer.validate(lh.classifier(), datamodule=lh.datamodule())
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("lightning_fair: pruned at epoch 0 (validate)") == 1
+    assert "lightning_fair: scoring units" not in text and "\x1b[A" not in text  # not a terminal: no bars of ours

@@ -26,7 +26,7 @@ from ..schedule import check_prune_at, step_options
 from ..scores import compute_scores
 from ..statistics import default_unpack, first_inputs
 from .private import attached_val_loader, generated_state_key, rewrap_ddp
-from .progress import Progress
+from .progress import Progress, announce
 from .state import check_callback_state, to_plain
 from .undo import Undo
 from .writing import write_pruned_checkpoint
@@ -348,13 +348,13 @@ class FairPruneCallback(Callback):
         if self.verbose:
             where = f", step {schedule['step']} of {schedule['steps']}" if schedule else ""
             goal = f" (scheduled {schedule['scheduled']:.1%})" if schedule and "scheduled" in schedule else ""
-            rank_zero_info(
+            announce(trainer, (
                 f"lightning_fair: pruned at epoch {trainer.current_epoch} ({stage}{where})\n{report}\n"
                 f"kept of the original model: MACs {of_original['macs_of_original']:.1%}{goal}, "
                 f"params {of_original['params_of_original']:.1%}\n"
                 f"calibration loss {config['calibration_loss']:.4f} -> {after['loss']:.4f}, "
                 f"accuracy {config['calibration_accuracy']:.2%} -> {after['accuracy']:.2%}"
-            )
+            ))
 
     # ------------------------------------------------------------------ persistence
     @property

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from ..onthefly import (
@@ -23,6 +23,7 @@ from ..onthefly import (
 
 from .callback import PruningError
 from .private import rewrap_ddp
+from .progress import announce
 from .state import to_plain
 
 __all__ = ["OnTheFlyPruning"]
@@ -196,7 +197,7 @@ class OnTheFlyPruning(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
-            rank_zero_info(f"lightning_fair: pruned on the fly at epoch {trainer.current_epoch}\n{report}")
+            announce(trainer, f"lightning_fair: pruned on the fly at epoch {trainer.current_epoch}\n{report}")
 
     # ------------------------------------------------------------------ persistence
     @override
