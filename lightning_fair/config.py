@@ -24,7 +24,7 @@ from .statistics import RECONSTRUCTIONS
 __all__ = ["PIPELINE_OPTIONS", "PruneConfig", "configure"]
 
 #: the options a preset sets (None in a config: the preset's value)
-PIPELINE_OPTIONS = ("observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate")
+PIPELINE_OPTIONS = ("observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate", "ranking")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class PruneConfig:
     """Every plain-data option of a pruning, validated when the config is made.
 
     Budget (give one): ``tolerance`` (default), ``target_macs``, ``target_params`` or ``ratio``.
-    The six pipeline options (``observe`` ... ``compensate``) default to None, meaning the
+    The seven pipeline options (``observe`` ... ``compensate``, ``ranking``) default to None, meaning the
     ``preset``'s value; :meth:`resolved` fills them in.
 
     Args:
@@ -57,7 +57,8 @@ class PruneConfig:
             removal (needs a calibration dataloader).
         compensate: mean-replacement compensation: fold each removed input's calibration mean
             into its consumer's bias (:mod:`lightning_fair.compensation`).
-        ranking: which units a layer's count removes: ``"utilization"`` (the criterion's score),
+        ranking: which units a layer's count removes (None: the preset's; ``"utilization_x_consumers"``
+            in the default, ``"utilization"`` in the paper's): ``"utilization"`` (the criterion's score),
             ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations), or
             ``"utilization_x_consumers"`` (the criterion's score times the mean, over the Conv/Linear
             layers that read the unit, of the L2 norm of its input-weight column: a unit the next
@@ -101,7 +102,7 @@ class PruneConfig:
     allocation: Optional[Literal["auto", "tod", "global", "uniform"]] = None
     recalibrate: Optional[bool] = None
     compensate: Optional[bool] = None
-    ranking: Literal["utilization", "l1", "random", "utilization_x_consumers"] = "utilization"
+    ranking: Optional[Literal["utilization", "l1", "random", "utilization_x_consumers"]] = None
     criterion: Literal["fair", "screening"] = "fair"
     screening_weight: float = 0.5
     samples_per_class: int = 32
@@ -169,7 +170,7 @@ class PruneConfig:
     # ------------------------------------------------------------------ derived
     @property
     def pipeline(self) -> Dict[str, Any]:
-        """The six pipeline options with the preset's values filled in, ``allocation`` resolved
+        """The seven pipeline options with the preset's values filled in, ``allocation`` resolved
         (``"auto"``: uniform with a ratio, global with a target, ToD otherwise)."""
         options = resolve_preset(self.preset, **{key: getattr(self, key) for key in PIPELINE_OPTIONS})
         options["allocation"] = resolve_allocation(options["allocation"], bool(self.target), self.ratio is not None)

@@ -119,6 +119,8 @@ def describe_pipeline(options: dict) -> str:
         ranked = "units removed by smallest filter L1 norm"
     elif get("ranking") == "random":
         ranked = "units removed at random"
+    elif get("ranking") == "utilization_x_consumers":
+        ranked = ranked[:-1] + ", times how strongly the next layers read them)" if ranked.endswith(")") else ranked
     elif get("ranking") not in (None, "utilization"):
         ranked = f"units removed by {get('ranking')}"
     parts = [ranked, _COUNTS.get(get("allocation"), f"allocation {get('allocation')}")]

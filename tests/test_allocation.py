@@ -244,7 +244,7 @@ def test_prune_l1_ranking_removes_smallest_l1_with_utilization_counts():
     x = helpers.example_inputs()
     alpha = 0.3
     weights = {name: module.weight.detach().clone() for name, module in model.named_modules() if name in scores.layers}
-    fair = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, recalibrate=False)
+    fair = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, recalibrate=False, ranking="utilization")
     l1 = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, ranking="l1", recalibrate=False)
     assert _removed_per_layer(l1.report) == _removed_per_layer(fair.report) == tolerance_counts(scores, alpha)
     differs = False

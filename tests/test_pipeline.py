@@ -148,7 +148,7 @@ def test_global_allocation_reaches_the_target_with_threshold_counts():
     model = helpers.trained_small_cnn()
     scores = helpers.trained_small_cnn_scores()
     result = prune(model, scores=scores, example_inputs=helpers.example_inputs(), target_macs=0.5,
-                   allocation="global", recalibrate=False)
+                   allocation="global", recalibrate=False, ranking="utilization")
     assert result.report.macs_ratio <= 0.5 + 1e-9
     assert result.report.tolerance is None  # no tolerance of difference in this variant
     scored = [n for n in scores.layers if n != scores.output_layer]
@@ -159,7 +159,7 @@ def test_global_allocation_reaches_the_target_with_threshold_counts():
         assert set(idxs) == set(torch.sort(u.double(), stable=True).indices[: len(idxs)].tolist())
     # and it is a different allocation than ToD's at the same budget
     tod = prune(helpers.trained_small_cnn(), scores=scores, example_inputs=helpers.example_inputs(), target_macs=0.5,
-                recalibrate=False, allocation="tod")
+                recalibrate=False, allocation="tod", ranking="utilization")
     assert tod.counts != result.counts
 
 
@@ -197,7 +197,8 @@ def test_printed_report_says_the_pipeline_in_words():
     calib = helpers.calibration_loader()
     text = str(prune(helpers.trained_small_cnn(), calib, scores=scores, target_macs=0.5).report)
     line = next(line for line in text.splitlines() if line.startswith("pipeline"))
-    assert line == ("pipeline (default preset): units ranked by U (class separation, after the following activation); "
+    assert line == ("pipeline (default preset): units ranked by U (class separation, after the following activation, "
+                    "times how strongly the next layers read them); "
                     "one threshold on layer-normalised scores across all layers; "
                     "then mean replacement and BatchNorm re-estimation")
     paper = str(prune(helpers.trained_small_cnn(), calib, preset="paper", tolerance=0.1, **helpers.FAST).report)

@@ -129,10 +129,10 @@ def test_resnet20_residual_groups_ranked_by_their_consumers_beat_uniform_l2():
     calib, example = common.loader(data.calib, 100), data.calib.x[:1]
     scores = compute_scores(model, calib)
     fair = common.accuracy(prune(copy.deepcopy(model), calib, scores=scores, example_inputs=example,
-                                 target_macs=0.3).model, data.test)
+                                 target_macs=0.3, ranking="utilization").model, data.test)
     members_only = FairScores(**{**scores.__dict__, "input_utilization": {}})  # the ranking before the fix
     before = common.accuracy(prune(copy.deepcopy(model), calib, scores=members_only, example_inputs=example,
-                                   target_macs=0.3).model, data.test)
+                                   target_macs=0.3, ranking="utilization").model, data.test)
     base, _ = quality.measure(model, example)
     ratios, _ = quality.uniform_ratios(model, example, (0.3,), base)
     l2 = quality.tp_uniform(copy.deepcopy(model), example, tp.importance.MagnitudeImportance(p=2), ratios[0.3])

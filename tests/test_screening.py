@@ -170,7 +170,7 @@ def removed_are_lowest(result, ranked):
 def test_structured_global_reaches_the_target_and_removes_the_lowest_scores(lenet):
     state, batches, scores = lenet
     result = prune(fresh(state), batches, criterion="screening", target_params=0.5, scores=scores,
-                   example_inputs=batches[0][0][:1], **FAST)
+                   example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
     assert 0.45 < result.report.params_ratio <= 0.5
     assert result.report.options["criterion"] == "screening" and result.report.options["allocation"] == "global"
     assert result.report.options["screening_weight"] == 0.5
@@ -187,12 +187,12 @@ def test_structured_uniform_ratio_and_target(lenet):
     state, batches, scores = lenet
     ranked = screening_scores(scores, 0.7)
     by_ratio = prune(fresh(state), batches, criterion="screening", screening_weight=0.7, ratio=0.3, scores=scores,
-                     example_inputs=batches[0][0][:1], **FAST)
+                     example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
     assert by_ratio.report.options["allocation"] == "uniform"  # "auto" with a ratio
     assert {n: len(i) for n, i in by_ratio.removed.items()} == {"features.1": 90, "features.3": 30}
     removed_are_lowest(by_ratio, ranked)
     by_target = prune(fresh(state), batches, criterion="screening", screening_weight=0.7, allocation="uniform",
-                      target_macs=0.6, scores=scores, example_inputs=batches[0][0][:1], **FAST)
+                      target_macs=0.6, scores=scores, example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
     assert 0.55 < by_target.report.macs_ratio <= 0.6
     counts = {n: len(i) for n, i in by_target.removed.items()}
     assert counts == {"features.1": int(by_target.tolerance * 300 + 1e-9), "features.3": int(by_target.tolerance * 100 + 1e-9)}
@@ -203,7 +203,7 @@ def test_structured_tod_uses_the_screening_score_with_r_as_protection(lenet):
     state, batches, scores = lenet
     ranked = screening_scores(scores, 0.5)
     result = prune(fresh(state), batches, criterion="screening", allocation="tod", tolerance=0.2, scores=scores,
-                   example_inputs=batches[0][0][:1], **FAST)
+                   example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
     for name in ("features.1", "features.3"):
         k = tolerance_count(ranked[name], scores.reconstruction[name], 0.2)
         assert len(result.removed.get(name, [])) == result.counts[name] == k
