@@ -16,12 +16,15 @@ from typing import Any, Dict, List, Literal, Optional, Union
 from .allocation import ALLOCATIONS, RANKINGS, check_tolerance, resolve_allocation
 from .layers import OBSERVATION_POINTS
 from .memory import DEFAULT_BUDGET, parse_bytes
-from .presets import resolve_preset
+from .presets import PRESETS, resolve_preset
 from .removal import GROUP_POLICIES
-from .screening import check_criterion
+from .screening import CRITERIA, check_criterion
 from .statistics import RECONSTRUCTIONS
 
 __all__ = ["PIPELINE_OPTIONS", "PruneConfig", "configure"]
+
+#: the choices of each option are declared once, by the module that implements them
+PRESET_NAMES = tuple(PRESETS)
 
 #: the options a preset sets (None in a config: the preset's value)
 PIPELINE_OPTIONS = ("observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate", "ranking")
@@ -95,15 +98,15 @@ class PruneConfig:
     target_macs: Optional[float] = None
     target_params: Optional[float] = None
     ratio: Optional[float] = None
-    preset: Literal["default", "paper"] = "default"
-    observe: Optional[Literal["activation", "output", "norm"]] = None
-    reconstruction: Optional[Literal["abs_of_sum", "sum_of_abs"]] = None
-    group_policy: Optional[Literal["min_count", "joint"]] = None
-    allocation: Optional[Literal["auto", "tod", "global", "uniform"]] = None
+    preset: Literal[PRESET_NAMES] = "default"
+    observe: Optional[Literal[OBSERVATION_POINTS]] = None
+    reconstruction: Optional[Literal[RECONSTRUCTIONS]] = None
+    group_policy: Optional[Literal[GROUP_POLICIES]] = None
+    allocation: Optional[Literal[ALLOCATIONS]] = None
     recalibrate: Optional[bool] = None
     compensate: Optional[bool] = None
-    ranking: Optional[Literal["utilization", "l1", "random", "utilization_x_consumers"]] = None
-    criterion: Literal["fair", "screening"] = "fair"
+    ranking: Optional[Literal[RANKINGS]] = None
+    criterion: Literal[CRITERIA] = "fair"
     screening_weight: float = 0.5
     samples_per_class: int = 32
     num_projections: int = 128

@@ -1,5 +1,6 @@
 """Shared fixtures: sklearn digits as [N, 1, 8, 8] images in [0, 1] and two quick-trained zoo models."""
 import copy
+import sys
 
 import pytest
 import torch
@@ -65,3 +66,19 @@ def trained_mlp(_trained_mlp):
 def trained_cnn(_trained_cnn):
     """A fresh copy of zoo.small_cnn(width=8) trained briefly on digits, in eval mode."""
     return copy.deepcopy(_trained_cnn)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (results independent of the core count), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def quiet_cli(one_thread, monkeypatch):
+    """One thread, and no pytest arguments in sys.argv (LightningCLI warns when args and sys.argv are both given)."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    yield

@@ -116,3 +116,9 @@ __all__ = [
     "assert_same_state", "classifier", "datamodule", "finite", "optimizer_copy", "read_metrics", "shapes",
     "state_copy", "trainer",
 ]
+
+
+def trainer_args(root, epochs=1):
+    """``--trainer.*`` flags of a quiet, seeded CLI run writing under ``root`` (the CLI tests)."""
+    return [f"--trainer.max_epochs={epochs}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}", "--seed_everything=0"]

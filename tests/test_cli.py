@@ -26,18 +26,10 @@ FAST_PRUNE = ["--prune.progress=false", "--prune.verbose=false", "--prune.sample
 WIDTHS = [8, 8, 16, 64]  # small_cnn(width=8): units of net.features.0.0, .1.0, .3.0, net.head.0
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # LightningCLI warns when args and sys.argv are both given
-    yield
-    torch.set_num_threads(threads)
+from lightning_helpers import trainer_args  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("quiet_cli")
 
-def trainer_args(root, epochs=1):
-    return [f"--trainer.max_epochs={epochs}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}", "--seed_everything=0"]
 
 
 def widths(model):

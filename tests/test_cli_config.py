@@ -12,10 +12,8 @@ FairPruneCallback`` listing every PruneConfig field with its description.
 import dataclasses
 import json
 import re
-import sys
 
 import pytest
-import torch
 
 pytest.importorskip("jsonargparse")
 from lightning_fair import FairPruneCallback, PruneConfig  # noqa: E402
@@ -26,18 +24,10 @@ MODEL = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
 FIRST_CONV = "net.features.0.0"
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # LightningCLI warns when args and sys.argv are both given
-    yield
-    torch.set_num_threads(threads)
+from lightning_helpers import trainer_args  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("quiet_cli")
 
-def trainer_args(root, epochs=1):
-    return [f"--trainer.max_epochs={epochs}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}", "--seed_everything=0"]
 
 
 def the_callback(cli) -> FairPruneCallback:
