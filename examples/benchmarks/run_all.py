@@ -7,7 +7,8 @@
 Sections: accuracy after pruning (quality.py) with the variant study of the FAIR pipeline's
 options (variants.py) and the related methods, unstructured screening and on-the-fly pruning
 (related.py), standard architectures with fine-tuning (standard.py: VGG-11-BN, ResNet-20/56,
-MobileNetV2 at their usual widths), score-collection speed (score_speed.py), and,
+MobileNetV2 at their usual widths), a small Vision Transformer with head pruning (vit.py),
+score-collection speed (score_speed.py), and,
 when their modules are there and import, peak memory of scoring (memory.py) and CPU latency of
 the pruned models (latency.py, timed on the very models quality.py pruned). Needs the ``bench``
 extra (``pip install -e '.[bench]'``: matplotlib, mlxtend, scikit-learn); the authors'
@@ -33,6 +34,7 @@ import common  # noqa: E402
 import quality  # noqa: E402
 import related  # noqa: E402
 import standard  # noqa: E402
+import vit  # noqa: E402
 import score_speed  # noqa: E402
 import variants  # noqa: E402
 
@@ -526,6 +528,25 @@ def standard_section(r, quick: bool) -> list:
     ]
 
 
+def vit_section(r, quick: bool) -> list:
+    """The "Vision Transformer" section (vit.py)."""
+    lines = ["## A small Vision Transformer", ""]
+    if not isinstance(r, dict):
+        return lines + [f"Not run: {r}", ""]
+    return lines + [
+        "Attention heads and MLP hidden neurons as units: a ViT written the way timm writes it (models.py), trained "
+        "here on the MNIST images above (4x4 patches), pruned by FAIR's default pipeline and by torch-pruning's head "
+        "pruning (whole heads, uniform or global ratio, the residual stream kept by both), then fine-tuned. "
+        "Regenerate on its own with",
+        "",
+        "```bash",
+        "python examples/benchmarks/vit.py" + (" --quick" if quick else ""),
+        "```",
+        "",
+        vit.to_markdown(r),
+    ]
+
+
 def variant_section(v, q, quick: bool) -> list:
     """The "Variant study" subsection (inside "Accuracy after pruning")."""
     lines = ["### Variant study", ""]
@@ -589,7 +610,8 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         + (" · [related methods](#related-methods-screening-unstructured-and-on-the-fly)" if "related" in sections
            else "")
         + (" · [standard architectures](#standard-architectures-with-fine-tuning)" if "standard" in sections
-           else "") + " · "
+           else "")
+        + (" · [ViT](#a-small-vision-transformer)" if "vit" in sections else "") + " · "
         "[score-collection speed](#score-collection-speed)"
         + (" · [memory](#memory-of-score-collection)" if "memory" in sections else "")
         + (" · [latency](#latency-of-pruned-models)" if "latency" in sections else ""),
@@ -705,6 +727,8 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
     # ---- standard architectures
     if "standard" in sections:
         lines += standard_section(sections["standard"], quick)
+    if "vit" in sections:
+        lines += vit_section(sections["vit"], quick)
     # ---- speed
     s = sections.get("speed")
     lines += ["## Score-collection speed", "",
@@ -776,7 +800,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test, well under a minute)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="where benchmarks.md and img/ go (default: docs)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,related,standard,speed,memory,latency")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,related,standard,vit,speed,memory,latency")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     img_dir = out / "img"
@@ -818,6 +842,7 @@ def main(argv=None) -> None:
                                              models=list(q["models"]) if isinstance(q, dict) else None))
     guarded("related", lambda: related.run(args.quick))
     guarded("standard", lambda: standard.run(args.quick))
+    guarded("vit", lambda: vit.run(args.quick))
     if "speed" not in skip:
         start = stage("speed")
         sections["speed"] = raw["speed"] = score_speed.run(
