@@ -114,7 +114,20 @@ class BatchRecorder:
                 handles.append(module.register_forward_hook(self._follow_hook(stage, target_stage)))
         for name, module in self.c.consumers.items():
             handles.append(module.register_forward_pre_hook(self._consumer_hook(name)))
+        for name, units in self.c.heads.items():  # a head's output: its slice of the output projection's input
+            handles.append(units.output.register_forward_pre_hook(self._head_hook(name)))
         return handles
+
+    def _head_hook(self, name: str):
+        def hook(module, args):
+            self.order.append(name)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                self.outputs[name] = args[0]
+                self._observe(name, 0, args[0])
+            return None
+
+        return hook
 
     def functional(self):
         """Context for the forward: follow layer outputs through activation *functions* too

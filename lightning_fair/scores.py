@@ -275,7 +275,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         observed[name] = stats.observed
         if stats.moments is not None:
             f_stat[name] = stats.moments.f_statistic().cpu()
-            norms[name] = filter_norms(collector.candidates[name]).cpu()
+            norms[name] = filter_norms(collector.unit_module(name)).cpu()
     for alias, first in collector.input_aliases.items():  # consumers reading the same tensor share its U
         if first in inputs_u:
             inputs_u[alias] = inputs_u[first]

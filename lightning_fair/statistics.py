@@ -39,12 +39,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .attention import find_attention
 from .batches import default_unpack, first_inputs, grad_inputs, select_logits
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
 from .guards import preserved_modes
 from .layers import OBSERVATION_POINTS, candidate_layers, consumer_of, input_key, units_view
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
+from .mha import hookable_attention
 from .observation import STAGE_NAMES, BatchRecorder
 from .screening import ClassMoments
 
@@ -123,6 +125,11 @@ class StatisticsCollector:
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
         #: {name: Conv/Linear} that may be scored (not ignored)
         self.candidates = candidate_layers(self.model, self.ignored)
+        # transformers: attention heads are units (lightning_fair.attention), observed at their output
+        # projection's input; the projections' own channels are not units
+        self.heads = find_attention(self.model, self.ignored)
+        projections = {name for units in self.heads.values() for name in units.projections}
+        self.candidates = {n: m for n, m in self.candidates.items() if n not in projections}
         # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
         self.input_sums: Dict[str, torch.Tensor] = {}
         self.input_counts: Dict[str, int] = {}
@@ -147,7 +154,7 @@ class StatisticsCollector:
     # ------------------------------------------------------------------ the pass
     def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
         """Run every batch (or the first ``max_batches``) once; return self."""
-        with preserved_modes(self.model):
+        with preserved_modes(self.model), hookable_attention(self.model):
             self.model.eval()
             with torch.inference_mode(False), torch.enable_grad():
                 for batch in batches:
@@ -202,7 +209,7 @@ class StatisticsCollector:
             for name, grad in zip(names, grads):
                 if grad is None:
                     continue
-                per_sample = units_view(grad * recorder.outputs[name], self.candidates[name]).sum(2)  # [B, C]
+                per_sample = units_view(grad * recorder.outputs[name], self.unit_module(name)).sum(2)  # [B, C]
                 if not torch.isfinite(per_sample).all():
                     raise FloatingPointError(
                         f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
@@ -265,14 +272,15 @@ class StatisticsCollector:
         if not executed:
             raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")
         output_layer = executed[-1]
-        for name in executed[:-1]:
+        units = [n for n in dict.fromkeys(recorder.order) if n in self.candidates or n in self.heads]
+        for name in (n for n in units if n != output_layer):
             if name not in recorder.outputs:
                 continue  # its output does not depend on anything differentiable
             if recorder.calls[name] > 1:
                 warnings.warn(f"layer {name!r} runs {recorder.calls[name]} times per forward; it is not scored")
                 continue
             out = recorder.outputs[name]
-            module = self.candidates[name]
+            module = self.unit_module(name)
             channels = units_view(out, module).shape[1]
             self.layers[name] = LayerStatistics(
                 name=name,
@@ -357,6 +365,8 @@ class StatisticsCollector:
     def unit_module(self, key: str) -> nn.Module:
         """The module whose units a statistics entry holds: the layer, or the consumer of an input."""
         consumer = consumer_of(key)
+        if key in self.heads:
+            return self.heads[key]
         return self.candidates[key] if consumer is None else self.consumers[consumer]
 
     def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:

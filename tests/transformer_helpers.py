@@ -1,0 +1,142 @@
+"""Small transformers for the tests, written here as timm / PyTorch / Hugging Face write them
+(random weights, no downloads): a DeiT-style ViT with a fused qkv attention, an
+``nn.TransformerEncoder`` classifier, tiny Hugging Face configs; and their calibration loaders."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """timm's ``Attention`` (timm/layers/attention.py), without the optional q/k norms."""
+
+    def __init__(self, dim: int, num_heads: int = 4, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_dim = self.num_heads * self.head_dim
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(0.0)
+        self.norm = nn.Identity()
+        self.proj = nn.Linear(self.attn_dim, dim)
+        self.proj_drop = nn.Dropout(0.0)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q = q * self.scale
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        x = self.attn_drop(attn) @ v
+        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(x)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """DeiT/ViT-style: conv patch embedding, cls token, learned position embedding, pre-norm blocks,
+    final LayerNorm, linear head on the cls token."""
+
+    def __init__(self, image: int = 8, patch: int = 2, channels: int = 1, dim: int = 32, depth: int = 2,
+                 num_heads: int = 4, num_classes: int = 4):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        tokens = (image // patch) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[Block(dim, num_heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+class EncoderClassifier(nn.Module):
+    """Token embedding, ``nn.TransformerEncoder`` (batch_first), mean pooling, linear head."""
+
+    def __init__(self, vocab: int = 20, dim: int = 32, depth: int = 2, num_heads: int = 4, num_classes: int = 4,
+                 length: int = 12):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens):
+        x = self.encoder(self.embed(tokens) + self.pos)
+        return self.head(x.mean(1))
+
+
+def image_batches(num_classes: int = 4, batches: int = 2, size: int = 16, image: int = 8, seed: int = 0):
+    """Images whose class shifts a few pixels: a learnable, separable task."""
+    generator = torch.Generator().manual_seed(seed)
+    data = []
+    for _ in range(batches):
+        y = torch.arange(size) % num_classes
+        x = torch.randn(size, 1, image, image, generator=generator) * 0.5
+        x[torch.arange(size), 0, y, y] += 3.0
+        data.append((x, y))
+    return data
+
+
+def token_batches(num_classes: int = 4, batches: int = 2, size: int = 16, length: int = 12, vocab: int = 20,
+                  seed: int = 0, hf: bool = False):
+    """Token sequences whose class is the most frequent of a few marker tokens; ``hf``: dicts with
+    input_ids / attention_mask / labels, as a Hugging Face tokenizer and collator give them."""
+    generator = torch.Generator().manual_seed(seed)
+    data = []
+    for _ in range(batches):
+        y = torch.arange(size) % num_classes
+        ids = torch.randint(num_classes + 2, vocab, (size, length), generator=generator)
+        ids[:, 1:5] = (y + 1)[:, None]
+        if hf:
+            data.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": y})
+        else:
+            data.append((ids, y))
+    return data
+
+
+def train(model: nn.Module, batches, steps: int = 30, lr: float = 3e-3, unpack=None) -> nn.Module:
+    """A few Adam steps, so the scores see a model that separates the classes a little."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        x, y = unpack(batches[step % len(batches)]) if unpack else batches[step % len(batches)]
+        out = model(x)
+        logits = out if isinstance(out, torch.Tensor) else out.logits
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
