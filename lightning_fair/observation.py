@@ -74,6 +74,9 @@ class BatchRecorder:
         self.inputs_seen: Dict[int, tuple] = {}  # id -> (first consumer, tensor) of observed inputs (first batch)
         self.input_shapes: Dict[str, tuple] = {}  # consumer -> [B, C, M] shape of its observed input (first batch)
         self.map_sizes: Dict[str, int] = {}  # statistics key -> flattened size of one unit's observed map
+        #: statistics keys whose tensor does not have the batch in its first dimension (not scored):
+        #: sequence-first layouts (``batch_first=False``), windows folded into the batch
+        self.off_batch: Dict[str, tuple] = {}
         self.selected = self._select(target)
 
     def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
@@ -204,6 +207,9 @@ class BatchRecorder:
         return hook
 
     def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
+        if tensor.dim() == 0 or tensor.shape[0] != self.target.shape[0]:
+            self.off_batch[name] = tuple(tensor.shape)
+            return
         module = self.c.unit_module(name)
         if self.c.class_counts is None:
             self.map_sizes[name] = units_view(tensor, module).shape[2]

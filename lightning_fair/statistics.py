@@ -279,6 +279,11 @@ class StatisticsCollector:
             if recorder.calls[name] > 1:
                 warnings.warn(f"layer {name!r} runs {recorder.calls[name]} times per forward; it is not scored")
                 continue
+            if name in recorder.off_batch:
+                warnings.warn(f"the output of layer {name!r} has shape {list(recorder.off_batch[name])}, whose first "
+                              f"dimension is not the batch ({logits.shape[0]} samples); it is not scored (a "
+                              "sequence-first layout: use batch_first=True)")
+                continue
             out = recorder.outputs[name]
             module = self.unit_module(name)
             channels = units_view(out, module).shape[1]
@@ -291,8 +296,8 @@ class StatisticsCollector:
             if self.collects_screening:
                 self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self.device)
         for name, shape in recorder.input_shapes.items():
-            if self.input_observed_calls.get(name) != 1:
-                continue  # runs more than once per forward: no single input distribution
+            if self.input_observed_calls.get(name) != 1 or input_key(name) in recorder.off_batch:
+                continue  # runs more than once per forward, or its input is not batch-first: no distribution
             key = input_key(name)
             channels = shape[1]
             self.layers[key] = LayerStatistics(

@@ -219,3 +219,34 @@ def test_prune_twice_keeps_heads_consistent():
     buffer.seek(0)
     fresh = load_pruned(EncoderClassifier(), buffer).eval()
     assert torch.allclose(fresh(x), second.model.eval()(x), atol=1e-5)
+
+
+class SequenceFirst(nn.Module):
+    """``nn.TransformerEncoderLayer(batch_first=False)``: its Linear outputs are [T, B, C]."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens).transpose(0, 1)).mean(0))
+
+
+def test_sequence_first_layers_are_skipped_and_heads_still_prune():
+    """A layer whose output is not batch-first is not scored (warning) instead of indexing tokens as
+    samples (it raised IndexError); the heads, seen batch-first at the output projection, prune."""
+    torch.manual_seed(0)
+    model = train(SequenceFirst(), token_batches())
+    x = token_batches()[0][0][:3]
+    with pytest.warns(UserWarning, match="not the batch"):
+        result = prune(model, token_batches(), **FAST, target_macs=0.5)
+    assert result.scores.layers == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    assert result.report.macs_ratio <= 0.5
+    buffer = io.BytesIO()
+    save_pruned(result.model, buffer)
+    buffer.seek(0)
+    fresh = load_pruned(SequenceFirst(), buffer).eval()
+    assert torch.allclose(fresh(x), result.model.eval()(x), atol=1e-5)
