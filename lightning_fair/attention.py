@@ -191,7 +191,9 @@ def _new_param(old: torch.Tensor, value: torch.Tensor) -> nn.Parameter:
 
 
 def _keep_rows(layer: nn.Module, rows: torch.Tensor, weight: str = "weight", bias: str = "bias") -> None:
-    setattr(layer, weight, _new_param(getattr(layer, weight), getattr(layer, weight).index_select(0, rows)))
+    old = getattr(layer, weight)
+    rows = rows.to(old.device)
+    setattr(layer, weight, _new_param(old, old.index_select(0, rows)))
     if getattr(layer, bias, None) is not None:
         setattr(layer, bias, _new_param(getattr(layer, bias), getattr(layer, bias).index_select(0, rows)))
     if isinstance(layer, nn.Linear):
@@ -199,7 +201,7 @@ def _keep_rows(layer: nn.Module, rows: torch.Tensor, weight: str = "weight", bia
 
 
 def _keep_columns(layer: nn.Linear, columns: torch.Tensor) -> None:
-    layer.weight = _new_param(layer.weight, layer.weight.index_select(1, columns))
+    layer.weight = _new_param(layer.weight, layer.weight.index_select(1, columns.to(layer.weight.device)))
     layer.in_features = int(columns.numel())
 
 

@@ -250,3 +250,17 @@ def test_sequence_first_layers_are_skipped_and_heads_still_prune():
     buffer.seek(0)
     fresh = load_pruned(SequenceFirst(), buffer).eval()
     assert torch.allclose(fresh(x), result.model.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(criterion="screening", tolerance=0.3), dict(ranking="l1", tolerance=0.3),
+                                     dict(ranking="random", target_macs=0.6), dict(allocation="uniform", ratio=0.5),
+                                     dict(preset="paper", target_macs=0.6), dict(group_policy="joint", tolerance=0.3)],
+                         ids=["screening", "l1", "random", "uniform", "paper", "joint"])
+def test_heads_follow_every_ranking_and_allocation(options):
+    model = trained("vit_fused_qkv")
+    attention = find_attention(model)
+    result = prune(model, image_batches(), **FAST, **options)
+    left = check_heads(attention, result.model, result.kept)
+    assert result.report.macs_ratio < 1.0 and sum(left.values()) < 8, left
+    if "ratio" in options:
+        assert left == {name: 2 for name in attention}  # the same fraction of every layer: 2 of 4 heads
