@@ -161,6 +161,46 @@ def test_head_scores_are_per_head_points_over_tokens():
     assert torch.allclose(scores.reconstruction["blocks.0.attn"].double(), total.abs(), rtol=1e-4, atol=1e-8)
 
 
+def test_head_and_neuron_utilization_match_brute_force():
+    """U of a head: its [T, head_dim] output per sample, flattened, projected on the seeded directions
+    of a T * head_dim map, max over class pairs of the mean 1-D W1; an MLP neuron: its [T] output."""
+    import itertools
+    import zlib
+
+    from scipy.stats import wasserstein_distance
+
+    from lightning_fair import compute_scores, distances
+
+    model = trained("vit_fused_qkv")
+    n, num_proj, seed = 4, 5, 2
+    batches = image_batches()
+    scores = compute_scores(model, batches, samples_per_class=n, num_projections=num_proj, seed=seed, observe="output")
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    picks = {k: (y == k).nonzero().flatten()[:n].tolist() for k in range(4)}
+    seen = {}
+    block = model.blocks[0]
+    hooks = [block.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("heads", a[0].detach())),
+             block.mlp.fc1.register_forward_hook(lambda m, a, out: seen.__setitem__("fc1", out.detach()))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    heads = seen["heads"].reshape(x.shape[0], -1, 4, 8).permute(0, 2, 1, 3).flatten(2).double()  # [N, H, T * d]
+    neurons = seen["fc1"].transpose(1, 2).double()  # [N, C, T]
+    for name, points in (("blocks.0.attn", heads), ("blocks.0.mlp.fc1", neurons)):
+        theta = distances.random_projections(points.shape[2], num_proj, seed=zlib.crc32(name.encode()) ^ seed).double()
+        projected = points @ theta  # [N, units, P]
+        expected = torch.zeros(points.shape[1], dtype=torch.float64)
+        for unit in range(points.shape[1]):
+            for k1, k2 in itertools.combinations(range(4), 2):
+                w1 = [wasserstein_distance(projected[picks[k1], unit, p], projected[picks[k2], unit, p])
+                      for p in range(num_proj)]
+                expected[unit] = max(expected[unit], sum(w1) / num_proj)
+        assert torch.allclose(scores.utilization[name].double(), expected, rtol=1e-4, atol=1e-6), name
+
+
 def test_pruned_mha_matches_plain_and_fails_atomically(monkeypatch):
     """The head-pruned subclass computes what nn.MultiheadAttention does; a failing prune puts the class back."""
     torch.manual_seed(0)
