@@ -304,3 +304,20 @@ def test_heads_follow_every_ranking_and_allocation(options):
     assert result.report.macs_ratio < 1.0 and sum(left.values()) < 8, left
     if "ratio" in options:
         assert left == {name: 2 for name in attention}  # the same fraction of every layer: 2 of 4 heads
+
+
+def test_memory_estimate_and_split_passes_know_heads():
+    """estimate_memory lists the heads as the collector does, and scores collected in several passes
+    under a memory budget equal those of one pass."""
+    from lightning_fair import compute_scores, estimate_memory
+    from lightning_fair.statistics import StatisticsCollector
+
+    model = trained("vit_fused_qkv")
+    batches = image_batches()
+    estimate = estimate_memory(model, batches[0][0][:1], num_classes=4, **FAST)
+    collector = StatisticsCollector(model, **FAST).run(batches)
+    assert estimate.layers == collector.estimate.layers and estimate.layers["blocks.0.attn"][0] == 4
+    whole = compute_scores(model, batches, **FAST)
+    split = compute_scores(model, batches, **FAST, memory_budget=estimate.peak_bytes() - estimate.samples_bytes // 2)
+    assert split.config["passes"] > 1
+    assert all(torch.equal(whole.utilization[n], split.utilization[n]) for n in whole.layers)
