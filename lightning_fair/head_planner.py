@@ -17,6 +17,7 @@ between the two kinds of rows does not matter.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from typing import Dict, List, Optional
 
@@ -51,7 +52,9 @@ class TransformerPlanner(DependencyPlanner):
     def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
                  heads: Dict[str, AttentionUnits]):
         self.heads = {name: units for name, units in heads.items() if name in scored}
-        super().__init__(model, example_inputs, [n for n in scored if n not in self.heads], protected)
+        with warnings.catch_warnings():  # cls/position tokens: their groups are the embedding dimension, kept
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            super().__init__(model, example_inputs, [n for n in scored if n not in self.heads], protected)
         self.head_rows: list = []
         self._keep_embedding(find_attention(model).values())
 
