@@ -87,7 +87,9 @@ class TransformerPlanner(DependencyPlanner):
                 kept.update(remove_heads(self.heads[name], idxs.tolist()))
                 if record_history:
                     self.head_rows.append([head_row(name), True, [int(i) for i in idxs]])
-        kept.update(super().apply({n: i for n, i in plan.items() if n not in self.heads}, record_history))
+        for name, sides in super().apply({n: i for n, i in plan.items() if n not in self.heads},
+                                         record_history).items():
+            kept.setdefault(name, {}).update(sides)  # a module may lose heads on one side, channels on the other
         return kept
 
     def history(self) -> list:
