@@ -321,3 +321,34 @@ def test_memory_estimate_and_split_passes_know_heads():
     split = compute_scores(model, batches, **FAST, memory_budget=estimate.peak_bytes() - estimate.samples_bytes // 2)
     assert split.config["passes"] > 1
     assert all(torch.equal(whole.utilization[n], split.utilization[n]) for n in whole.layers)
+
+
+class WithMask(nn.Module):
+    """Feeds a Hugging Face model ``[B, 2, T]``: token ids and attention mask stacked (the recipe in
+    docs/method.md for padded batches: the pipeline passes one tensor to the model)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, packed):
+        return self.model(input_ids=packed[:, 0], attention_mask=packed[:, 1]).logits
+
+
+def stacked(batch):
+    return torch.stack([batch["input_ids"], batch["attention_mask"]], 1), batch["labels"]
+
+
+def test_hf_padded_batches_through_a_mask_wrapper():
+    model = WithMask(trained("hf_bert"))
+    batches = token_batches(hf=True)
+    for batch in batches:
+        batch["attention_mask"][::2, 8:] = 0  # half the sequences padded
+    x = stacked(batches[0])[0]
+    result = prune(model, batches, unpack=stacked, **FAST, target_macs=0.5)
+    assert result.report.macs_ratio <= 0.5 and result.model(x).shape == (16, 4)
+    buffer = io.BytesIO()
+    save_pruned(result.model, buffer)
+    buffer.seek(0)
+    fresh = load_pruned(WithMask(_hf("bert")), buffer).eval()
+    assert torch.allclose(fresh(x), result.model.eval()(x), atol=1e-5)
