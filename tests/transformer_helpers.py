@@ -140,3 +140,55 @@ def train(model: nn.Module, batches, steps: int = 30, lr: float = 3e-3, unpack=N
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+class WindowAttention(nn.Module):
+    """Swin's windowed attention (timm swin_transformer.py): fused qkv over the tokens of one window,
+    a learned relative position bias per head (its own parameter, ``[(2w - 1)^2, heads]``)."""
+
+    def __init__(self, dim: int, window: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, num_heads) * 0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("relative_position_index", relative[..., 0] * (2 * window - 1) + relative[..., 1])
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):  # [B * windows, N, C]
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.flatten()].reshape(N, N, -1)
+        attn = ((q * self.scale) @ k.transpose(-2, -1) + bias.permute(2, 0, 1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, window: int, num_heads: int):
+        super().__init__()
+        self.window = window
+        self.norm1, self.attn = nn.LayerNorm(dim), WindowAttention(dim, window, num_heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, 2 * dim)
+
+    def forward(self, x):  # [B, H, W, C]
+        B, H, W, C = x.shape
+        w = self.window
+        windows = self.norm1(x).reshape(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
+        out = self.attn(windows).reshape(B, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+        x = x + out
+        return x + self.mlp(self.norm2(x))
+
+
+class TinySwin(nn.Module):
+    def __init__(self, dim: int = 32, num_heads: int = 4, num_classes: int = 4):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(1, dim, 2, stride=2)
+        self.blocks = nn.Sequential(SwinBlock(dim, 2, num_heads), SwinBlock(dim, 2, num_heads))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.patch_embed(x).permute(0, 2, 3, 1))
+        return self.head(self.norm(x).mean((1, 2)))
