@@ -31,7 +31,8 @@ from torch import nn
 
 from .mha import HeadPrunedMultiheadAttention, is_plain_mha
 
-__all__ = ["AttentionUnits", "find_attention", "head_count", "head_row", "head_row_module", "remove_heads"]
+__all__ = ["AttentionUnits", "find_attention", "head_count", "head_row", "head_row_module", "remove_heads",
+           "removable"]
 
 HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads")
 HEAD_SIZES = ("head_dim", "attention_head_size")
@@ -71,6 +72,8 @@ class AttentionUnits:
     output: nn.Linear
     output_name: str
     input_names: Tuple[str, ...] = ()
+    #: why its heads are not units ("" if they are): its projections are then kept whole
+    blocked: str = ""
 
     @property
     def num_heads(self) -> int:
@@ -83,10 +86,13 @@ class AttentionUnits:
         size = _int_attr(self.module, HEAD_SIZES)[1]
         return size if size is not None else self.output.in_features // self.num_heads
 
-    @property
-    def projections(self) -> List[str]:
-        """Names of the Linear layers whose channels belong to heads (not channel units themselves)."""
-        return list(self.input_names) + [self.output_name]
+    def projections(self, prune_embedding: bool = False) -> List[str]:
+        """Names of the Linear layers whose output channels are not channel units: q, k, v (or the
+        fused qkv), whose channels belong to heads, and the output projection, whose channels are the
+        embedding dimension (with ``prune_embedding``, a channel unit unless it is
+        ``nn.MultiheadAttention``'s ``out_proj``, which torch-pruning sees only through its module)."""
+        keep_output = not prune_embedding or self.kind == "mha"
+        return list(self.input_names) + ([self.output_name] if keep_output else [])
 
     def units_view(self, tensor: torch.Tensor) -> torch.Tensor:
         """The output projection's input ``[B, T, H * d]`` as ``[B, H, T * d]``: one point per head
@@ -122,12 +128,18 @@ def _describe(model: nn.Module, name: str, module: nn.Module, modules: Dict[str,
     if heads is None:
         return None
     qkv = getattr(module, "qkv", None)
+    own = [n for n, _ in module.named_parameters(recurse=False)]
     if isinstance(qkv, nn.Linear) and isinstance(getattr(module, "proj", None), nn.Linear):
-        if not isinstance(getattr(module, "norm", nn.Identity()), nn.Identity):
-            return None  # a norm over the concatenated heads: not a per-head layout
         units = AttentionUnits(name, module, "fused", (qkv,), module.proj, prefix + "proj", (prefix + "qkv",))
         inner = units.num_heads * units.head_dim
-        return units if qkv.out_features == 3 * inner and module.proj.in_features == inner else None
+        if not isinstance(getattr(module, "norm", nn.Identity()), nn.Identity):
+            units.blocked = "a norm over the concatenated heads"
+        elif qkv.out_features != 3 * inner or module.proj.in_features != inner:
+            units.blocked = f"qkv / proj widths ({qkv.out_features}, {module.proj.in_features}) are not 3 x / 1 x " \
+                            f"{units.num_heads} heads x {units.head_dim}"
+        elif own:
+            units.blocked = f"its own parameters {own} (e.g. a per-head position bias) would not follow the heads"
+        return units
     for triple in SEPARATE:
         layers = [getattr(module, n, None) for n in triple]
         if not all(isinstance(layer, nn.Linear) for layer in layers):
@@ -147,15 +159,21 @@ def _describe(model: nn.Module, name: str, module: nn.Module, modules: Dict[str,
         units = AttentionUnits(name, module, "separate", tuple(layers), output, output_name,
                                tuple(prefix + n for n in triple))
         inner = units.num_heads * units.head_dim
-        if all(layer.out_features == inner for layer in layers) and output.in_features == inner:
-            return units
-        return None
+        if not all(layer.out_features == inner for layer in layers) or output.in_features != inner:
+            units.blocked = (f"q / k / v / output widths ({', '.join(str(l.out_features) for l in layers)}, "
+                             f"{output.in_features}) are not {units.num_heads} heads x {units.head_dim} each "
+                             "(grouped-query attention?)")
+        elif own:
+            units.blocked = f"its own parameters {own} (e.g. a per-head position bias) would not follow the heads"
+        return units
     return None
 
 
 def find_attention(model: nn.Module, ignored: Optional[set] = None) -> Dict[str, AttentionUnits]:
-    """``{attention module name: AttentionUnits}`` of every attention module with removable heads
-    (more than one head, none of its projections in ``ignored``), in registration order.
+    """``{attention module name: AttentionUnits}`` of every recognised attention module none of whose
+    projections is in ``ignored``, in registration order. Those whose heads cannot be units (one
+    head left, an unknown per-head layout) carry the reason in ``blocked``: their projections
+    are kept whole (see :func:`removable`).
 
     Example:
         >>> layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
@@ -168,12 +186,19 @@ def find_attention(model: nn.Module, ignored: Optional[set] = None) -> Dict[str,
     found = {}
     for name, module in modules.items():
         units = _describe(model, name, module, modules)
-        if units is None or units.num_heads < 2 or module in ignored:
+        if units is None or module in ignored:
             continue
         if units.output in ignored or any(layer in ignored for layer in units.inputs):
             continue
+        if not units.blocked and units.num_heads < 2:
+            units.blocked = "one head left"
         found[name] = units
     return found
+
+
+def removable(found: Dict[str, AttentionUnits]) -> Dict[str, AttentionUnits]:
+    """The attention modules of :func:`find_attention` whose heads are units."""
+    return {name: units for name, units in found.items() if not units.blocked}
 
 
 def head_row(attention: str) -> str:

@@ -194,8 +194,9 @@ def _row_module(name: str) -> str:
 
 def _replay_heads(model: nn.Module, attention: str, heads: list) -> None:
     units = find_attention(model).get(attention)
-    if units is None:
-        raise ValueError(f"{attention!r} is not an attention module whose heads can be removed")
+    if units is None or units.blocked:
+        reason = f" ({units.blocked})" if units is not None else ""
+        raise ValueError(f"{attention!r} is not an attention module whose heads can be removed{reason}")
     remove_heads(units, heads)
 
 

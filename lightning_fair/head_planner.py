@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .allocation import removal_order
-from .attention import AttentionUnits, find_attention, head_row, remove_heads
+from .attention import AttentionUnits, find_attention, head_row, removable, remove_heads
 from .ranking import as_ranking
 from .removal import DependencyPlanner
 
@@ -50,15 +50,17 @@ class TransformerPlanner(DependencyPlanner):
     """Coupled channel groups plus whole attention heads (see the module docstring)."""
 
     def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
-                 heads: Dict[str, AttentionUnits]):
+                 heads: Dict[str, AttentionUnits], prune_embedding: bool = False):
         self.heads = {name: units for name, units in heads.items() if name in scored}
         with warnings.catch_warnings():  # cls/position tokens: their groups are the embedding dimension, kept
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             super().__init__(model, example_inputs, [n for n in scored if n not in self.heads], protected)
         self.head_rows: list = []
-        self._keep_embedding(find_attention(model).values())
+        attention = find_attention(model).values()
+        self._keep_embedding([units for units in attention if units.kind == "mha"] if prune_embedding else attention,
+                             EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if prune_embedding else ""))
 
-    def _keep_embedding(self, attention) -> None:
+    def _keep_embedding(self, attention, note: str) -> None:
         """Block every group that reaches an attention module's channels other than through its heads:
         the embedding dimension (residual stream), which q/k/v read and the output projection writes."""
         touching = {id(m) for units in attention for m in (units.module, units.output, *units.inputs)}
@@ -67,7 +69,7 @@ class TransformerPlanner(DependencyPlanner):
             pruning_fn = self.graph.get_pruner_of_module(module).prune_out_channels
             items = self.graph.get_pruning_group(module, pruning_fn, list(range(group.num_channels)))
             if any(id(item.dep.target.module) in touching for item in items):
-                group.blocked = EMBEDDING_NOTE
+                group.blocked = note
 
     def plan(self, scores, counts: Dict[str, int], *, ranking: str = "utilization", policy: str = "min_count",
              tolerance: Optional[float] = None, seed: int = 0) -> Dict[str, torch.Tensor]:
@@ -96,10 +98,13 @@ class TransformerPlanner(DependencyPlanner):
         return [list(row) for row in self.head_rows] + super().history()
 
 
-def planner_for(model: nn.Module, example_inputs, scored: List[str], protected: set) -> DependencyPlanner:
-    """A :class:`TransformerPlanner` if some scored layers are attention modules, else a
-    :class:`~lightning_fair.removal.DependencyPlanner`."""
-    heads = {name: units for name, units in find_attention(model).items() if name in scored}
-    if not heads:
+def planner_for(model: nn.Module, example_inputs, scored: List[str], protected: set,
+                prune_embedding: bool = False) -> DependencyPlanner:
+    """A :class:`TransformerPlanner` if the model has attention modules, else a
+    :class:`~lightning_fair.removal.DependencyPlanner`. ``prune_embedding``: the groups of the
+    embedding dimension are pruned like any other (except around ``nn.MultiheadAttention``)."""
+    found = find_attention(model)
+    if not found:
         return DependencyPlanner(model, example_inputs, scored, protected)
-    return TransformerPlanner(model, example_inputs, scored, protected, heads)
+    heads = {name: units for name, units in removable(found).items() if name in scored}
+    return TransformerPlanner(model, example_inputs, scored, protected, heads, prune_embedding)

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .attention import find_attention
+from .attention import find_attention, removable
 from .batches import select_logits
 from .guards import preserved_modes
 from .mha import hookable_attention
@@ -163,13 +163,13 @@ class MemoryEstimate:
 def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
                     samples_per_class: int = 32, num_projections: int = 128, ignored_layers=None,
                     screening: bool = False, observe: str = "activation",
-                    logits: Optional[Callable] = None) -> MemoryEstimate:
+                    logits: Optional[Callable] = None, prune_embedding: bool = False) -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
     ``num_classes`` defaults to the width of the model's output; ``screening=True`` counts the
     screening criterion's statistics too (as ``compute_scores(..., screening=True)``); ``observe``
     as in ``compute_scores`` (it decides which layer inputs are observed apart, see
-    :mod:`lightning_fair.statistics`).
+    :mod:`lightning_fair.statistics`); ``prune_embedding`` as in ``compute_scores`` (transformers).
 
     Example:
         >>> from lightning_fair import zoo
@@ -178,8 +178,9 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
         (['features.0.0', 'features.1.0', 'features.3.0', 'head.0', 'features.3.0<input>', 'head.0<input>'], 10)
     """
     ignored = resolve_ignored(model, ignored_layers)
-    heads = find_attention(model, ignored)  # attention heads are units, their projections are not (statistics)
-    projections = {name for units in heads.values() for name in units.projections}
+    attention = find_attention(model, ignored)  # attention heads are units, their projections are not (statistics)
+    projections = {name for units in attention.values() for name in units.projections(prune_embedding)}
+    heads = removable(attention)
     modules = {n: m for n, m in candidate_layers(model, ignored).items() if n not in projections}
     consumers = candidate_layers(model, set())
     shapes, order, calls, inputs, widths = {}, [], {}, {}, {}

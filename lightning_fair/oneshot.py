@@ -154,7 +154,7 @@ def prune(
     notes: List[str] = []
 
     with rollback(model) as snapshot:
-        planner = planner_for(model, example_inputs, scored, protected)  # attention heads: head_planner
+        planner = planner_for(model, example_inputs, scored, protected, config.prune_embedding)  # heads: head_planner
         snapshot.include(planner.graph.module2node)  # concat/split ops keep channel sizes too
         macs_before, params_before = measure(model, example_inputs)
         before = unit_counts(model, scores.layers)

@@ -39,7 +39,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .attention import find_attention
+from .attention import find_attention, removable
 from .batches import default_unpack, first_inputs, grad_inputs, select_logits
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
@@ -109,6 +109,8 @@ class StatisticsCollector:
     #: also collect the screening statistics (per-class count, sum and sum of squares of each
     #: unit's and each Conv/Linear input's spatially averaged values; only with ``reconstruction``)
     screening: bool = False
+    #: transformers: score the attention output projections' channels too (the embedding dimension)
+    prune_embedding: bool = False
 
     def __post_init__(self):
         if self.observe not in OBSERVATION_POINTS:
@@ -127,9 +129,13 @@ class StatisticsCollector:
         self.candidates = candidate_layers(self.model, self.ignored)
         # transformers: attention heads are units (lightning_fair.attention), observed at their output
         # projection's input; the projections' own channels are not units
-        self.heads = find_attention(self.model, self.ignored)
-        projections = {name for units in self.heads.values() for name in units.projections}
+        attention = find_attention(self.model, self.ignored)
+        projections = {name for units in attention.values() for name in units.projections(self.prune_embedding)}
         self.candidates = {n: m for n, m in self.candidates.items() if n not in projections}
+        self.heads = removable(attention)
+        for name, units in attention.items():
+            if units.blocked and self.channels is None:  # warned once, by the first pass
+                warnings.warn(f"the heads of {name!r} are not pruned ({units.blocked}); its projections are kept whole")
         # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
         self.input_sums: Dict[str, torch.Tensor] = {}
         self.input_counts: Dict[str, int] = {}

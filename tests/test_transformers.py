@@ -352,3 +352,74 @@ def test_hf_padded_batches_through_a_mask_wrapper():
     buffer.seek(0)
     fresh = load_pruned(WithMask(_hf("bert")), buffer).eval()
     assert torch.allclose(fresh(x), result.model.eval()(x), atol=1e-5)
+
+
+def test_attention_with_per_head_parameters_is_kept_whole():
+    """Swin-style windowed attention holds a per-head relative position bias: its heads are not units
+    (warning) and its projections are not cut either; the MLP neurons still prune and reload."""
+    from transformer_helpers import TinySwin
+
+    torch.manual_seed(0)
+    model = train(TinySwin(), image_batches())
+    attention = find_attention(model)
+    assert all("own parameters" in units.blocked for units in attention.values()) and len(attention) == 2
+    widths = {name: (units.inputs[0].out_features, units.output.in_features) for name, units in attention.items()}
+    with pytest.warns(UserWarning, match="heads of 'blocks.0.attn' are not pruned"):
+        result = prune(model, image_batches(), **FAST, tolerance=0.3)
+    assert {name: (units.inputs[0].out_features, units.output.in_features)
+            for name, units in find_attention(result.model).items()} == widths
+    assert not any(name.endswith(("qkv", "proj", "attn")) for name in result.scores.layers)
+    assert result.report.macs_after < result.report.macs_before
+    x = image_batches()[0][0][:3]
+    buffer = io.BytesIO()
+    save_pruned(result.model, buffer)
+    buffer.seek(0)
+    fresh = load_pruned(TinySwin(), buffer).eval()
+    assert torch.allclose(fresh(x), result.model.eval()(x), atol=1e-5)
+
+
+def test_one_head_left_is_kept_on_a_second_prune():
+    """A module pruned down to one head keeps it: its q/k/v do not become channel units (which would
+    cut the last head's dimensions and break the head size) on the next prune."""
+    model = trained("hf_bert")
+    attention = find_attention(model)
+    first = prune(model, token_batches(hf=True), **FAST, allocation="uniform", ratio=0.75)
+    assert [head_count(m) for n, m in first.model.named_modules() if n in attention] == [1, 1]
+    with pytest.warns(UserWarning, match="one head left"):
+        second = prune(first.model, token_batches(hf=True), **FAST, tolerance=0.3)
+    check_heads(attention, second.model, {})
+    x = inputs_of("hf_bert")
+    assert second.model(x).logits.shape == (3, 4)
+
+
+EMBEDDING_CASES = [("vit_fused_qkv", dict(tolerance=0.3)), ("hf_bert", dict(tolerance=0.3)),
+                   ("hf_distilbert", dict(tolerance=0.3)), ("hf_vit", dict(tolerance=0.3)),
+                   ("hf_bert", dict(target_macs=0.5)), ("hf_distilbert", dict(target_macs=0.5)),
+                   pytest.param("vit_fused_qkv", dict(target_macs=0.5), marks=pytest.mark.xfail(
+                       reason="issue 14 D1/D2: torch-pruning refuses a probe of the target search once cls/position "
+                              "tokens are pruned ('refused to remove N channels from patch_embed'); fixed apart from "
+                              "this change", strict=False))]
+
+
+@pytest.mark.parametrize("name,budget", EMBEDDING_CASES)
+def test_prune_embedding_prunes_the_residual_stream_too(name, budget):
+    model = trained(name)
+    x = inputs_of(name)
+    widths = embedding_widths(model)
+    result = prune(model, MODELS[name][1](), **FAST, prune_embedding=True, **budget)
+    pruned = result.model.eval()
+    now = embedding_widths(pruned)
+    assert len(set(now)) == 1 and now[0][0] < widths[0][0]  # one residual width, narrower
+    assert logits(pruned, x).shape == (3, 4)
+    buffer = io.BytesIO()
+    save_pruned(pruned, buffer)
+    buffer.seek(0)
+    fresh = load_pruned(MODELS[name][0](), buffer).eval()
+    assert torch.allclose(logits(fresh, x), logits(pruned, x), atol=1e-5)
+
+
+def test_prune_embedding_keeps_multihead_attention_width():
+    model = trained("nn_transformer_encoder")
+    result = prune(model, token_batches(), **FAST, prune_embedding=True, tolerance=0.3)
+    assert embedding_widths(result.model) == embedding_widths(trained("nn_transformer_encoder"))
+    assert any("(nn.MultiheadAttention)" in note for note in result.report.notes)
