@@ -119,7 +119,8 @@ class AttentionUnits:
         return weight.reshape(weight.shape[0], self.num_heads, self.head_dim).pow(2).sum((0, 2)).sqrt().cpu()
 
 
-def _describe(model: nn.Module, name: str, module: nn.Module, modules: Dict[str, nn.Module]) -> Optional[AttentionUnits]:
+def _describe(model: nn.Module, name: str, module: nn.Module,
+              modules: Dict[str, nn.Module]) -> Optional[AttentionUnits]:
     prefix = name + "." if name else ""
     if is_plain_mha(module):
         out = module.out_proj

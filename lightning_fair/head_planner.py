@@ -27,7 +27,7 @@ from torch import nn
 from .allocation import removal_order
 from .attention import AttentionUnits, find_attention, head_row, removable, remove_heads
 from .ranking import as_ranking
-from .removal import DependencyPlanner
+from .removal import CoupledGroup, DependencyPlanner
 
 __all__ = ["EMBEDDING_NOTE", "TransformerPlanner", "head_order", "planner_for"]
 
@@ -59,6 +59,9 @@ class TransformerPlanner(DependencyPlanner):
         attention = find_attention(model).values()
         self._keep_embedding([units for units in attention if units.kind == "mha"] if prune_embedding else attention,
                              EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if prune_embedding else ""))
+        # attention whose heads are not units: listed with the reason (the report's notes)
+        self.groups += [CoupledGroup(root=units.name, num_channels=units.num_heads,
+                                     blocked=f"heads kept ({units.blocked})") for units in attention if units.blocked]
 
     def _keep_embedding(self, attention, note: str) -> None:
         """Block every group that reaches an attention module's channels other than through its heads:

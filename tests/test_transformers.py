@@ -369,6 +369,7 @@ def test_attention_with_per_head_parameters_is_kept_whole():
     assert {name: (units.inputs[0].out_features, units.output.in_features)
             for name, units in find_attention(result.model).items()} == widths
     assert not any(name.endswith(("qkv", "proj", "attn")) for name in result.scores.layers)
+    assert any(note.startswith("blocks.0.attn: heads kept (its own parameters") for note in result.report.notes)
     assert result.report.macs_after < result.report.macs_before
     x = image_batches()[0][0][:3]
     buffer = io.BytesIO()
