@@ -4,9 +4,15 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lightning_fair.attention import head_count
+from lightning_fair.mha import HeadPrunedMultiheadAttention
 
 
 class Attention(nn.Module):
@@ -192,3 +198,89 @@ class TinySwin(nn.Module):
     def forward(self, x):
         x = self.blocks(self.patch_embed(x).permute(0, 2, 3, 1))
         return self.head(self.norm(x).mean((1, 2)))
+
+
+# ------------------------------------------------------------------ the models the tests prune
+FAST = dict(samples_per_class=4, num_projections=8)
+BUDGETS = [dict(tolerance=0.3), dict(target_macs=0.5)]
+
+
+def hf_model(name: str):
+    transformers = pytest.importorskip("transformers")
+    if name == "bert":
+        config = transformers.BertConfig(vocab_size=20, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, max_position_embeddings=16, num_labels=4)
+        return transformers.BertForSequenceClassification(config)
+    if name == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=20, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                               max_position_embeddings=16, num_labels=4)
+        return transformers.DistilBertForSequenceClassification(config)
+    config = transformers.ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64, num_labels=4)
+    return transformers.ViTForImageClassification(config)
+
+
+def hf_unpack(batch):
+    return batch["input_ids"], batch["labels"]
+
+
+#: name -> (builder, calibration batches, unpack for training)
+MODELS = {
+    "vit_fused_qkv": (TinyViT, image_batches, None),
+    "nn_transformer_encoder": (EncoderClassifier, token_batches, None),
+    "hf_bert": (lambda: hf_model("bert"), lambda: token_batches(hf=True), hf_unpack),
+    "hf_distilbert": (lambda: hf_model("distilbert"), lambda: token_batches(hf=True), hf_unpack),
+    "hf_vit": (lambda: hf_model("vit"), image_batches, None),
+}
+TRAINED = {}
+
+
+def trained(name: str) -> nn.Module:
+    """The model trained a few steps (once per session), a fresh copy each call."""
+    if name not in TRAINED:
+        build, batches, unpack = MODELS[name]
+        torch.manual_seed(0)
+        TRAINED[name] = train(build(), batches(), unpack=unpack)
+    return copy.deepcopy(TRAINED[name])
+
+
+def logits(model, x):
+    out = model(x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def inputs_of(name: str):
+    batch = MODELS[name][1]()[0]
+    return (batch["input_ids"] if isinstance(batch, dict) else batch[0])[:3]
+
+
+def check_heads(original: dict, model: nn.Module, kept: dict) -> dict:
+    """Every attention module's projections fit its head-count attributes, and the kept q/k/v
+    channels are whole heads. Returns {attention: heads left}."""
+    modules = dict(model.named_modules())
+    left = {}
+    for name, units in original.items():
+        module = modules[name]
+        heads, dim = head_count(module), units.head_dim
+        assert 1 <= heads <= units.num_heads
+        inner = heads * dim
+        assert units.output.in_features == inner
+        if units.kind == "mha":
+            assert module.in_proj_weight.shape[0] == 3 * inner and module.in_proj_bias.shape[0] == 3 * inner
+            assert isinstance(module, HeadPrunedMultiheadAttention) or heads == units.num_heads
+        elif units.kind == "fused":
+            assert units.inputs[0].out_features == 3 * inner and module.attn_dim == inner
+        else:
+            assert all(layer.out_features == inner for layer in units.inputs)
+            if hasattr(module, "all_head_size"):
+                assert module.all_head_size == inner
+        first = units.input_names[0] if units.input_names else name
+        if first in kept and heads < units.num_heads:  # the kept rows are whole heads of the original
+            rows = kept[first]["out"][:inner]
+            assert torch.equal(rows.reshape(heads, dim) % dim, torch.arange(dim).expand(heads, dim))
+        left[name] = heads
+    return left
+
+
+def embedding_widths(model: nn.Module) -> list:
+    return [tuple(m.normalized_shape) for m in model.modules() if isinstance(m, nn.LayerNorm)]
