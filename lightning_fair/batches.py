@@ -16,11 +16,13 @@ __all__ = ["default_unpack", "first_inputs", "grad_inputs", "select_logits", "tr
 
 def default_unpack(batch):
     """Split a batch into ``(inputs, target)``: ``(x, y, ...)`` sequences and dicts with
-    ``x``/``input``/``image`` and ``y``/``label``/``target`` keys are understood."""
+    ``x``/``input``/``image`` and ``y``/``label``/``target`` keys are understood, and Hugging Face
+    batches (``input_ids`` or ``pixel_values``, and ``labels``; other entries such as
+    ``attention_mask`` are not passed to the model: unpadded batches, or pass ``unpack``)."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     if isinstance(batch, dict):
-        xs = [k for k in ("x", "input", "inputs", "image", "images") if k in batch]
+        xs = [k for k in ("x", "input", "inputs", "image", "images", "input_ids", "pixel_values") if k in batch]
         ys = [k for k in ("y", "label", "labels", "target", "targets") if k in batch]
         if xs and ys:
             return batch[xs[0]], batch[ys[0]]

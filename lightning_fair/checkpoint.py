@@ -22,6 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .attention import find_attention, head_row_module, remove_heads
 from .batches import traceable_output
 from .guards import on_uncompiled, rollback
 
@@ -156,8 +157,8 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
         return
     modules = dict(model.named_modules())
     for number, (name, _, _) in enumerate(rows, start=len(mine)):
-        if name not in modules:
-            unknown = sorted({row[0] for row in rows if row[0] not in modules})
+        if _row_module(name) not in modules:
+            unknown = sorted({row[0] for row in rows if _row_module(row[0]) not in modules})
             raise ValueError(f"pruning history row {number} names the layer {name!r}, which this model does not "
                              f"have (unknown layers: {unknown[:5]}); {_FIX}")
     spec = state["example_input"]
@@ -173,7 +174,10 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
                 snapshot.include(graph.module2node)
                 for number, (name, is_out, idxs) in enumerate(rows, start=len(mine)):
                     try:
-                        _replay_row(graph, modules[name], name, is_out, idxs)
+                        if head_row_module(name) is not None:  # whole attention heads (lightning_fair.attention)
+                            _replay_heads(model, head_row_module(name), idxs)
+                        else:
+                            _replay_row(graph, modules[name], name, is_out, idxs)
                     except Exception as error:
                         raise ValueError(f"pruning history row {number} ({name!r}): {error}") from error
     except Exception as error:
@@ -181,6 +185,19 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
                          f"{_FIX}") from error
     snapshot.restore_flags(model)
     model.__dict__[_ATTRIBUTE] = {**copy.deepcopy(state), "history": history}
+
+
+def _row_module(name: str) -> str:
+    attention = head_row_module(name)
+    return name if attention is None else attention
+
+
+def _replay_heads(model: nn.Module, attention: str, heads: list) -> None:
+    units = find_attention(model).get(attention)
+    if units is None or units.blocked:
+        reason = f" ({units.blocked})" if units is not None else ""
+        raise ValueError(f"{attention!r} is not an attention module whose heads can be removed{reason}")
+    remove_heads(units, heads)
 
 
 def _replay_row(graph, module: nn.Module, name: str, is_out: bool, idxs: list) -> None:

@@ -78,6 +78,10 @@ class PruneConfig:
             they are collected in several passes.
         ignored_layers: qualified module names never pruned (the output layer never is);
             :func:`lightning_fair.prune` also accepts module objects here.
+        prune_embedding: transformers: also prune the embedding dimension (the residual stream:
+            embeddings, LayerNorms, attention output projections, cls/position tokens); off by
+            default, heads and MLP neurons only (:mod:`lightning_fair.head_planner`). Not for
+            ``nn.MultiheadAttention``, whose embedding dimension is always kept.
 
     Raises:
         ValueError: a bad value; the message names the field and the fix.
@@ -114,6 +118,7 @@ class PruneConfig:
     max_batches: Optional[int] = None
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET
     ignored_layers: Optional[List[str]] = None
+    prune_embedding: bool = False
 
     def __post_init__(self) -> None:
         check_tolerance(self.tolerance)
@@ -158,6 +163,8 @@ class PruneConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         parse_bytes(self.memory_budget)  # a bad budget fails before anything runs
+        if not isinstance(self.prune_embedding, bool):
+            raise ValueError(f"prune_embedding must be True or False, got {self.prune_embedding!r}")
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -123,11 +123,13 @@ class ModelSnapshot:
         for m in modules:
             if isinstance(m, nn.Module) and id(m) not in seen:
                 seen.add(id(m))
-                self.state.append((m, _copy_lists(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)))
+                self.state.append((m, _copy_lists(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules),
+                                   type(m)))
 
     def restore(self) -> None:
         """Undo every change made since the snapshot (can be called more than once)."""
-        for module, attributes, parameters, buffers, modules in self.state:
+        for module, attributes, parameters, buffers, modules, cls in self.state:
+            module.__class__ = cls  # head removal turns nn.MultiheadAttention into its head-pruned subclass
             module.__dict__.clear()
             module.__dict__.update(_copy_lists(attributes))
             module.__dict__.update(_parameters=dict(parameters), _buffers=dict(buffers), _modules=dict(modules))

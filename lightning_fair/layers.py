@@ -84,7 +84,11 @@ def candidate_layers(model: nn.Module, ignored: set) -> dict:
 
 
 def units_view(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """``[B, C, M]`` view of a layer output: batch, units, and everything else flattened."""
+    """``[B, C, M]`` view of a layer output: batch, units, and everything else flattened
+    (a unit holder with its own ``units_view``, e.g. attention heads, gives it)."""
+    custom = getattr(module, "units_view", None)
+    if custom is not None:
+        return custom(tensor)
     if isinstance(module, nn.Linear):
         if tensor.dim() == 2:
             return tensor.unsqueeze(-1)

@@ -27,8 +27,10 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .attention import find_attention, removable
 from .batches import select_logits
 from .guards import preserved_modes
+from .mha import hookable_attention
 from .layers import (ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, candidate_layers, input_key,
                      resolve_ignored, units_view)
 
@@ -161,13 +163,13 @@ class MemoryEstimate:
 def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
                     samples_per_class: int = 32, num_projections: int = 128, ignored_layers=None,
                     screening: bool = False, observe: str = "activation",
-                    logits: Optional[Callable] = None) -> MemoryEstimate:
+                    logits: Optional[Callable] = None, prune_embedding: bool = False) -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
     ``num_classes`` defaults to the width of the model's output; ``screening=True`` counts the
     screening criterion's statistics too (as ``compute_scores(..., screening=True)``); ``observe``
     as in ``compute_scores`` (it decides which layer inputs are observed apart, see
-    :mod:`lightning_fair.statistics`).
+    :mod:`lightning_fair.statistics`); ``prune_embedding`` as in ``compute_scores`` (transformers).
 
     Example:
         >>> from lightning_fair import zoo
@@ -176,7 +178,10 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
         (['features.0.0', 'features.1.0', 'features.3.0', 'head.0', 'features.3.0<input>', 'head.0<input>'], 10)
     """
     ignored = resolve_ignored(model, ignored_layers)
-    modules = candidate_layers(model, ignored)
+    attention = find_attention(model, ignored)  # attention heads are units, their projections are not (statistics)
+    projections = {name for units in attention.values() for name in units.projections(prune_embedding)}
+    heads = removable(attention)
+    modules = {n: m for n, m in candidate_layers(model, ignored).items() if n not in projections}
     consumers = candidate_layers(model, set())
     shapes, order, calls, inputs, widths = {}, [], {}, {}, {}
     # tensors a layer's U observes (its output, then through the norm / activation that follow):
@@ -216,10 +221,20 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
                     seen_inputs[name] = (view.shape[1], view.shape[2])
         return hook
 
+    def head_hook(name, units):
+        def hook(module, args):
+            order.append(name)
+            calls[name] = calls.get(name, 0) + 1
+            if args and isinstance(args[0], torch.Tensor):
+                view = units.units_view(args[0])
+                shapes[name] = (view.shape[1], view.shape[2])
+        return hook
+
     handles = [m.register_forward_hook(out_hook(n)) for n, m in modules.items()]
+    handles += [units.output.register_forward_pre_hook(head_hook(n, units)) for n, units in heads.items()]
     handles += [m.register_forward_hook(follow_hook) for m in model.modules() if isinstance(m, follow)]
     handles += [m.register_forward_pre_hook(in_hook(n)) for n, m in consumers.items()]
-    with preserved_modes(model):
+    with preserved_modes(model), hookable_attention(model):
         try:
             model.eval()
             with torch.no_grad():
@@ -229,8 +244,9 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
                 h.remove()
     classes = int(num_classes if num_classes is not None else output.shape[-1])
     executed = list(dict.fromkeys(order))
+    output_layer = [name for name in executed if name in modules][-1:]
     layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))
-              for name in executed[:-1] if calls[name] == 1 and name in shapes}
+              for name in executed if name not in output_layer and calls[name] == 1 and name in shapes}
     extra = screening_bytes(classes, [c for c, _ in layers.values()], list(widths.values())) if screening else 0
     layers.update({input_key(name): (c, unit_bytes(classes, samples_per_class, m, num_projections))
                    for name, (c, m) in seen_inputs.items() if input_calls[name] == 1})

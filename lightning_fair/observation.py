@@ -74,6 +74,9 @@ class BatchRecorder:
         self.inputs_seen: Dict[int, tuple] = {}  # id -> (first consumer, tensor) of observed inputs (first batch)
         self.input_shapes: Dict[str, tuple] = {}  # consumer -> [B, C, M] shape of its observed input (first batch)
         self.map_sizes: Dict[str, int] = {}  # statistics key -> flattened size of one unit's observed map
+        #: statistics keys whose tensor does not have the batch in its first dimension (not scored):
+        #: sequence-first layouts (``batch_first=False``), windows folded into the batch
+        self.off_batch: Dict[str, tuple] = {}
         self.selected = self._select(target)
 
     def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
@@ -114,7 +117,20 @@ class BatchRecorder:
                 handles.append(module.register_forward_hook(self._follow_hook(stage, target_stage)))
         for name, module in self.c.consumers.items():
             handles.append(module.register_forward_pre_hook(self._consumer_hook(name)))
+        for name, units in self.c.heads.items():  # a head's output: its slice of the output projection's input
+            handles.append(units.output.register_forward_pre_hook(self._head_hook(name)))
         return handles
+
+    def _head_hook(self, name: str):
+        def hook(module, args):
+            self.order.append(name)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                self.outputs[name] = args[0]
+                self._observe(name, 0, args[0])
+            return None
+
+        return hook
 
     def functional(self):
         """Context for the forward: follow layer outputs through activation *functions* too
@@ -191,6 +207,9 @@ class BatchRecorder:
         return hook
 
     def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
+        if tensor.dim() == 0 or tensor.shape[0] != self.target.shape[0]:
+            self.off_batch[name] = tuple(tensor.shape)
+            return
         module = self.c.unit_module(name)
         if self.c.class_counts is None:
             self.map_sizes[name] = units_view(tensor, module).shape[2]

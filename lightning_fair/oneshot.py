@@ -25,6 +25,7 @@ from .compensation import capture_consumers, fold_mean_replacement
 from .config import PruneConfig, configure
 from .guards import on_uncompiled, preserved_modes, rollback
 from .layers import resolve_ignored
+from .head_planner import planner_for
 from .removal import DependencyPlanner
 from .report import LayerRow, PruneReport, measure, unit_counts
 from .recalibration import recalibrate_bn
@@ -153,7 +154,7 @@ def prune(
     notes: List[str] = []
 
     with rollback(model) as snapshot:
-        planner = DependencyPlanner(model, example_inputs, scored, protected)
+        planner = planner_for(model, example_inputs, scored, protected, config.prune_embedding)  # heads: head_planner
         snapshot.include(planner.graph.module2node)  # concat/split ops keep channel sizes too
         macs_before, params_before = measure(model, example_inputs)
         before = unit_counts(model, scores.layers)

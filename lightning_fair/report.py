@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from .guards import on_uncompiled, preserved_modes
+from .attention import head_count
 from .layers import PRUNABLE_TYPES
+from .mha import no_fastpath
 
 __all__ = ["describe_pipeline", "LayerRow", "PruneReport", "measure", "si_count", "unit_counts"]
 
@@ -148,11 +150,24 @@ def measure(model: nn.Module, example_inputs) -> tuple:
     ``example_inputs``, per sample, and the number of parameters.
 
     Counted with forward hooks on the model itself (no copy, so a LightningModule attached to
-    a Trainer is fine); train/eval flags are restored.
+    a Trainer is fine); train/eval flags are restored. An ``nn.MultiheadAttention`` counts its
+    in-projection and ``out_proj`` (its attention products, like every matmul, are not counted);
+    PyTorch's fused transformer fast path is off while counting, so its Linear layers run as modules.
     """
     macs = [0]
+    attention_outputs = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+    def attention_hook(module, args, kwargs, output):
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs.get("key", query)
+        per_sample = 1 if query.dim() == 2 else query.shape[0 if module.batch_first else 1]
+        queries, keys = query.numel() // query.shape[-1] // per_sample, key.numel() // key.shape[-1] // per_sample
+        inner = module.in_proj_weight.shape[0] // 3
+        macs[0] += (queries + 2 * keys) * inner * module.embed_dim + queries * inner * module.out_proj.out_features
 
     def hook(module, args, output):
+        if id(module) in attention_outputs:
+            return  # counted with its attention module
         batch = output.shape[0] if output.dim() > 1 else 1
         if isinstance(module, nn.Linear):
             macs[0] += output.numel() // batch * module.in_features
@@ -163,9 +178,11 @@ def measure(model: nn.Module, example_inputs) -> tuple:
 
     with preserved_modes(model):
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+        handles += [m.register_forward_hook(attention_hook, with_kwargs=True) for m in model.modules()
+                    if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None]
         try:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), no_fastpath():
                 model(example_inputs)
         finally:
             for handle in handles:
@@ -191,4 +208,6 @@ def unit_counts(model: nn.Module, names) -> Dict[str, int]:
             counts[name] = module.out_features
         elif isinstance(module, PRUNABLE_TYPES):
             counts[name] = module.out_channels
+        elif head_count(module) is not None:  # an attention module: its heads
+            counts[name] = head_count(module)
     return counts

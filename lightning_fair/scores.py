@@ -202,7 +202,7 @@ def compute_scores(
     ignored = resolve_ignored(model, config.ignored_layers)
     options = dict(samples_per_class=samples_per_class, num_projections=config.num_projections, observe=config.observe,
                    seed=config.seed, loss_fn=loss_fn, unpack=unpack, logits=logits, ignored=ignored,
-                   distributed=distributed)
+                   distributed=distributed, prune_embedding=config.prune_embedding)
     collector = StatisticsCollector(model, memory_budget=budget, screening=config.criterion == "screening", **options)
     collector.on_plan = (lambda estimate: print(estimate.describe(budget), flush=True)) if verbose else None
     collector.run(dataloader, max_batches=max_batches)
@@ -275,7 +275,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         observed[name] = stats.observed
         if stats.moments is not None:
             f_stat[name] = stats.moments.f_statistic().cpu()
-            norms[name] = filter_norms(collector.candidates[name]).cpu()
+            norms[name] = filter_norms(collector.unit_module(name)).cpu()
     for alias, first in collector.input_aliases.items():  # consumers reading the same tensor share its U
         if first in inputs_u:
             inputs_u[alias] = inputs_u[first]

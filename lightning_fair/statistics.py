@@ -39,12 +39,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .attention import find_attention, removable
 from .batches import default_unpack, first_inputs, grad_inputs, select_logits
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
 from .guards import preserved_modes
 from .layers import OBSERVATION_POINTS, candidate_layers, consumer_of, input_key, units_view
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
+from .mha import hookable_attention
 from .observation import STAGE_NAMES, BatchRecorder
 from .screening import ClassMoments
 
@@ -107,6 +109,8 @@ class StatisticsCollector:
     #: also collect the screening statistics (per-class count, sum and sum of squares of each
     #: unit's and each Conv/Linear input's spatially averaged values; only with ``reconstruction``)
     screening: bool = False
+    #: transformers: score the attention output projections' channels too (the embedding dimension)
+    prune_embedding: bool = False
 
     def __post_init__(self):
         if self.observe not in OBSERVATION_POINTS:
@@ -123,6 +127,15 @@ class StatisticsCollector:
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
         #: {name: Conv/Linear} that may be scored (not ignored)
         self.candidates = candidate_layers(self.model, self.ignored)
+        # transformers: attention heads are units (lightning_fair.attention), observed at their output
+        # projection's input; the projections' own channels are not units
+        attention = find_attention(self.model, self.ignored)
+        projections = {name for units in attention.values() for name in units.projections(self.prune_embedding)}
+        self.candidates = {n: m for n, m in self.candidates.items() if n not in projections}
+        self.heads = removable(attention)
+        for name, units in attention.items():
+            if units.blocked and self.channels is None:  # warned once, by the first pass
+                warnings.warn(f"the heads of {name!r} are not pruned ({units.blocked}); its projections are kept whole")
         # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
         self.input_sums: Dict[str, torch.Tensor] = {}
         self.input_counts: Dict[str, int] = {}
@@ -147,7 +160,7 @@ class StatisticsCollector:
     # ------------------------------------------------------------------ the pass
     def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
         """Run every batch (or the first ``max_batches``) once; return self."""
-        with preserved_modes(self.model):
+        with preserved_modes(self.model), hookable_attention(self.model):
             self.model.eval()
             with torch.inference_mode(False), torch.enable_grad():
                 for batch in batches:
@@ -202,7 +215,7 @@ class StatisticsCollector:
             for name, grad in zip(names, grads):
                 if grad is None:
                     continue
-                per_sample = units_view(grad * recorder.outputs[name], self.candidates[name]).sum(2)  # [B, C]
+                per_sample = units_view(grad * recorder.outputs[name], self.unit_module(name)).sum(2)  # [B, C]
                 if not torch.isfinite(per_sample).all():
                     raise FloatingPointError(
                         f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
@@ -265,14 +278,20 @@ class StatisticsCollector:
         if not executed:
             raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")
         output_layer = executed[-1]
-        for name in executed[:-1]:
+        units = [n for n in dict.fromkeys(recorder.order) if n in self.candidates or n in self.heads]
+        for name in (n for n in units if n != output_layer):
             if name not in recorder.outputs:
                 continue  # its output does not depend on anything differentiable
             if recorder.calls[name] > 1:
                 warnings.warn(f"layer {name!r} runs {recorder.calls[name]} times per forward; it is not scored")
                 continue
+            if name in recorder.off_batch:
+                warnings.warn(f"the output of layer {name!r} has shape {list(recorder.off_batch[name])}, whose first "
+                              f"dimension is not the batch ({logits.shape[0]} samples); it is not scored (a "
+                              "sequence-first layout: use batch_first=True)")
+                continue
             out = recorder.outputs[name]
-            module = self.candidates[name]
+            module = self.unit_module(name)
             channels = units_view(out, module).shape[1]
             self.layers[name] = LayerStatistics(
                 name=name,
@@ -283,8 +302,8 @@ class StatisticsCollector:
             if self.collects_screening:
                 self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self.device)
         for name, shape in recorder.input_shapes.items():
-            if self.input_observed_calls.get(name) != 1:
-                continue  # runs more than once per forward: no single input distribution
+            if self.input_observed_calls.get(name) != 1 or input_key(name) in recorder.off_batch:
+                continue  # runs more than once per forward, or its input is not batch-first: no distribution
             key = input_key(name)
             channels = shape[1]
             self.layers[key] = LayerStatistics(
@@ -357,6 +376,8 @@ class StatisticsCollector:
     def unit_module(self, key: str) -> nn.Module:
         """The module whose units a statistics entry holds: the layer, or the consumer of an input."""
         consumer = consumer_of(key)
+        if key in self.heads:
+            return self.heads[key]
         return self.candidates[key] if consumer is None else self.consumers[consumer]
 
     def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:
