@@ -35,7 +35,7 @@ __all__ = ["GraphState", "GroupSearchTooLarge", "bounded_group", "build_graph", 
            "leaving_one", "output_shapes", "side_size", "unmapped_reshapes"]
 
 #: most group items (and most indices over all items) one group search may produce
-MAX_GROUP_ITEMS = 20_000
+MAX_GROUP_ITEMS = 5_000
 MAX_GROUP_INDICES = 5_000_000
 _UNMAPPED = "_lightning_fair_unmapped_reshapes"
 
