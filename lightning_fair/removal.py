@@ -91,12 +91,9 @@ def _out_pruning_fn(graph: tp.DependencyGraph, module: nn.Module):
 class DependencyPlanner:
     """Coupled groups of a model's scored layers, and the removal of chosen root channels.
 
-    A group torch-pruning cannot cut is left whole, with the reason in ``group.blocked`` (the
-    report's notes): its indices lie in another index space than its layers' (a transpose or
-    reshape torch-pruning follows as if it kept the channels: MLP-Mixer's token mixing), it
-    passes through a reshape whose mapping failed (a channel shuffle), its search does not end,
-    removing one of its channels breaks the forward (checked for groups through reshapes,
-    slices and free-standing parameters: cached sizes, shuffles), or torch-pruning refuses it."""
+    A group torch-pruning cannot cut is left whole, the reason in ``group.blocked`` (the report's
+    notes): indices in another index space, a reshape it cannot map, a search that does not end,
+    or removing a channel breaks the forward (docs/method.md, "Coupled channels")."""
 
     def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
                  graph: Optional[tp.DependencyGraph] = None):
@@ -173,7 +170,7 @@ class DependencyPlanner:
         if self._expected is None:
             self._expected = forward_shapes(self.model, self.example_inputs)
         try:
-            self.apply({group.root: torch.as_tensor(idxs)}, record_history=False)
+            self._remove({group.root: torch.as_tensor(idxs)}, record_history=False)
             problem = "" if self.refused else forward_problem(self.model, self.example_inputs, self._expected)
         finally:
             self.restore()
@@ -275,6 +272,9 @@ class DependencyPlanner:
         Returns, for every module whose channels changed, the original indices it kept:
         ``{module name: {"out": idxs, "in": idxs}}`` (used to carry optimizer state).
         """
+        return self._remove(plan, record_history)
+
+    def _remove(self, plan: Dict[str, torch.Tensor], record_history: bool) -> Dict[str, Dict[str, torch.Tensor]]:
         kept: Dict[tuple, List[int]] = {}
         names = {id(m): n for n, m in self.modules.items()}
         self.refused = {}
