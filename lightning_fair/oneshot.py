@@ -301,9 +301,11 @@ def _search(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking,
         how = ("at tolerance 1, where ToD removes up to 99% of each free layer" if allocation.level_name == "tolerance"
                else "with every layer down to one unit")
         best = 1.0 if best is None else best
+        whole = [f"{group.root}: {group.blocked}" for group in planner.groups if group.blocked and group.members]
+        whole = f"; {len(whole)} coupled group(s) are left whole ({'; '.join(whole)[:300]})" if whole else ""
         raise ValueError(
             f"target_{key}={goal} cannot be reached in one shot: at most {1 - best:.1%} of the {key} can be "
-            f"removed (kept {best:.3f} {how}); "
+            f"removed (kept {best:.3f} {how}){whole}; "
             f"ask for target_{key}>={best:.3f}, or unfreeze layers listed in ignored_layers"
         ) from (failures[0] if failures else None)
     lo, hi = 0, top  # kept(hi) <= goal

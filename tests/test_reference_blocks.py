@@ -10,7 +10,7 @@ import torch
 
 import helpers
 import reference_blocks as blocks
-from lightning_fair import graph, guards, load_pruned, prune, save_pruned
+from lightning_fair import graph, guards, load_pruned, prune, save_pruned, zoo
 from lightning_fair.layers import PRUNABLE_TYPES
 from lightning_fair.removal import DependencyPlanner
 
@@ -123,6 +123,24 @@ def test_a_plan_leaves_every_coupled_layer_a_channel():
     assert graph.leaving_one(group.limits, order, 8, 16).tolist() != list(range(8))
 
 
+def test_the_target_search_skips_levels_whose_model_fails(monkeypatch, loader, one_thread):
+    """D2: the most aggressive levels fail (a failure no single group explains): the search stays
+    below them instead of raising, and the target is still met."""
+    original, tried = DependencyPlanner.apply_checked, []
+
+    def failing(self, plan, record_history=True):
+        tried.append(sum(len(idxs) for idxs in plan.values()))
+        if tried[-1] > 40:
+            raise RuntimeError("this level's pruned model fails")
+        return original(self, plan, record_history)
+
+    monkeypatch.setattr(DependencyPlanner, "apply_checked", failing)
+    torch.manual_seed(0)
+    result = prune(zoo.small_cnn(width=8).eval(), loader, target_macs=0.9, **FAST)
+    assert tried[0] > 40 and result.report.macs_ratio <= 0.9
+    assert 0 < sum(len(idxs) for idxs in result.removed.values()) <= 40
+
+
 def test_a_group_search_that_does_not_end_is_left_whole(monkeypatch, loader, one_thread):
     """F: torch-pruning's group search is capped; over the cap the group is left whole, with a note."""
     monkeypatch.setattr(graph, "MAX_GROUP_ITEMS", 20)  # the residual stream needs 64
@@ -158,3 +176,8 @@ def test_graph_is_built_before_scoring(monkeypatch, loader):
 def _planner(model, dependency=None):
     scored = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and n != "classifier"]
     return DependencyPlanner(model, helpers.example_inputs(1), scored, {"classifier"}, graph=dependency)
+
+
+def test_an_unreachable_target_names_the_groups_left_whole(loader, one_thread):
+    with pytest.raises(ValueError, match=r"cannot be reached.*1 coupled group\(s\) are left whole \(stem: torch-pruning"):
+        prune(build("mixer"), loader, target_macs=0.01, **FAST)
