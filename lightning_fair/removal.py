@@ -125,10 +125,14 @@ class DependencyPlanner:
             if name in covered:
                 continue
             module = self.modules[name]
-            n = self.graph.get_out_channels(module)
+            traced = module in self.graph.module2node
+            n = self.graph.get_out_channels(module) if traced else 0
             group = CoupledGroup(root=name, num_channels=n)
             groups.append(group)
             try:
+                if not traced:
+                    raise GroupSearchTooLarge("not in torch-pruning's graph (its forward never runs: its weights "
+                                              "are used by a functional call?)")
                 full = bounded_group(self.graph, module, range(n))
             except GroupSearchTooLarge as error:
                 group.blocked = str(error)

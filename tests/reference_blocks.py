@@ -12,8 +12,10 @@ not installable here), small enough for 8x8 digits: each takes ``[B, 1, 8, 8]`` 
   pointwise MLP, layer-scale ``gamma`` parameter, residual), as torchvision's ``convnext_tiny``.
 - :func:`ghostnet`: GhostNet ghost modules (concat of a primary conv and a cheap depthwise conv,
   sliced) in residual bottlenecks on the stem, as timm's ``ghostnet_100``.
-- :func:`swin`: a Swin-style stage (window partition / reverse through ``view``/``permute``,
-  shifted windows with ``torch.roll``, window attention with a fused qkv).
+- :func:`swin`: torchvision's Swin in small (padding, shifted windows with ``torch.roll``, window
+  partition / reverse through ``view``/``permute``, attention through ``F.linear`` with the
+  modules' weights, relative position bias, patch merging by strided slices): torch-pruning's
+  group search through its attention never ends (the ``swin_t`` memory growth).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NUM_CLASSES = 10
@@ -197,50 +200,63 @@ def ghostnet(width: int = 16) -> nn.Module:
 
 
 # ------------------------------------------------------------------ Swin
-def window_partition(x, window):  # [B, H, W, C] -> [B * nW, window * window, C]
+def shifted_window_attention(x, qkv_weight, proj_weight, position_bias, window, heads, shift, qkv_bias, proj_bias):
+    """torchvision's (v1): pad, cyclic shift, window partition, attention with the module's weights
+    through ``F.linear``, relative position bias and shift mask, window reverse, unshift, crop."""
     b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, window * window, c)
+    x = F.pad(x, (0, 0, 0, (window - w % window) % window, 0, (window - h % window) % window))
+    _, ph, pw, _ = x.shape
+    shift = 0 if window >= ph else shift
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    windows = (ph // window) * (pw // window)
+    x = x.view(b, ph // window, window, pw // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b * windows, window * window, c)
+    qkv = F.linear(x, qkv_weight, qkv_bias).reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * (c // heads) ** -0.5, qkv[1], qkv[2]
+    attention = q.matmul(k.transpose(-2, -1)) + position_bias
+    if shift:
+        mask = x.new_zeros((ph, pw))
+        mask[-shift:, :] += 1
+        mask[:, -shift:] += 2
+        mask = mask.view(ph // window, window, pw // window, window).permute(0, 2, 1, 3).reshape(windows, -1)
+        mask = (mask.unsqueeze(1) - mask.unsqueeze(2)).ne(0).float() * -100.0
+        attention = attention.view(-1, windows, heads, x.size(1), x.size(1)) + mask.unsqueeze(1).unsqueeze(0)
+        attention = attention.view(-1, heads, x.size(1), x.size(1))
+    x = attention.softmax(-1).matmul(v).transpose(1, 2).reshape(x.size(0), x.size(1), c)
+    x = F.linear(x, proj_weight, proj_bias)
+    x = x.view(b, ph // window, pw // window, window, window, c).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
+    if shift:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    return x[:, :h, :w, :].contiguous()
 
 
-def window_reverse(windows, window, h, w):  # [B * nW, window * window, C] -> [B, H, W, C]
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // window) * (w // window))
-    x = windows.view(b, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
-
-
-class WindowAttention(nn.Module):
-    def __init__(self, dim, heads):
+class ShiftedWindowAttention(nn.Module):
+    def __init__(self, dim, window, shift, heads):
         super().__init__()
-        self.heads = heads
+        self.window, self.shift, self.heads = window, shift, heads
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(0.02 * torch.randn((2 * window - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+        self.register_buffer("relative_position_index", (relative[..., 0] * (2 * window - 1) + relative[..., 1]).flatten())
 
-    def forward(self, x):  # [B_, N, C]
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attention = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1)
-        return self.proj((attention @ v).transpose(1, 2).reshape(b, n, c))
+    def forward(self, x):
+        n = self.window ** 2
+        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
+        return shifted_window_attention(x, self.qkv.weight, self.proj.weight, bias.unsqueeze(0), self.window,
+                                        self.heads, self.shift, self.qkv.bias, self.proj.bias)
 
 
 class SwinBlock(nn.Module):
     def __init__(self, dim, heads, window, shift):
         super().__init__()
-        self.window, self.shift = window, shift
-        self.norm1, self.attn = nn.LayerNorm(dim), WindowAttention(dim, heads)
+        self.norm1, self.attn = nn.LayerNorm(dim), ShiftedWindowAttention(dim, window, shift, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x):  # [B, H, W, C]
-        b, h, w, c = x.shape
-        y = self.norm1(x)
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = window_reverse(self.attn(window_partition(y, self.window)), self.window, h, w)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + y
+        x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -252,21 +268,28 @@ class PatchMerging(nn.Module):
         self.norm, self.reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x):  # [B, H, W, C] -> [B, H / 2, W / 2, 2 C]
+        x = F.pad(x, (0, 0, 0, x.shape[-2] % 2, 0, x.shape[-3] % 2))
         x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
         return self.reduction(self.norm(x))
 
 
 class Swin(nn.Module):
-    def __init__(self, dim=16, heads=2, window=2):
+    """torchvision's swin_t in small: three stages of one block, window 2, patch merging between."""
+
+    def __init__(self, dim=16, heads=(1, 2, 4), window=2):
         super().__init__()
-        self.stem = nn.Conv2d(1, dim, 2, 2)  # [B, dim, 4, 4]
-        self.blocks = nn.Sequential(SwinBlock(dim, heads, window, 0), SwinBlock(dim, heads, window, 1),
-                                    PatchMerging(dim), SwinBlock(2 * dim, heads, window, 0))
-        self.norm = nn.LayerNorm(2 * dim)
-        self.classifier = nn.Linear(2 * dim, NUM_CLASSES)
+        self.stem, self.stem_norm = nn.Conv2d(1, dim, 2, 2), nn.LayerNorm(dim)  # [B, 4, 4, dim]
+        stages = []
+        for i, h in enumerate(heads):
+            stages.append(SwinBlock(dim * 2 ** i, h, window, window // 2 if i == 0 else 0))
+            if i < len(heads) - 1:
+                stages.append(PatchMerging(dim * 2 ** i))
+        self.blocks = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dim * 2 ** (len(heads) - 1))
+        self.classifier = nn.Linear(dim * 2 ** (len(heads) - 1), NUM_CLASSES)
 
     def forward(self, x):
-        x = self.blocks(self.stem(x).permute(0, 2, 3, 1))
+        x = self.blocks(self.stem_norm(self.stem(x).permute(0, 2, 3, 1)))
         return self.classifier(self.norm(x).mean((1, 2)))
 
 
