@@ -42,7 +42,8 @@ _UNMAPPED = "_lightning_fair_unmapped_reshapes"
 
 
 class GroupSearchTooLarge(RuntimeError):
-    """torch-pruning's coupled-group search went past :data:`MAX_GROUP_ITEMS` / :data:`MAX_GROUP_INDICES`."""
+    """torch-pruning's coupled-group search went past :data:`MAX_GROUP_ITEMS` / :data:`MAX_GROUP_INDICES`
+    (or could not start: the module is not in the graph)."""
 
 
 def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
@@ -118,8 +119,13 @@ def _bounded_search() -> Iterator[None]:
         Group.add_dep = original
 
 
-def bounded_group(graph: tp.DependencyGraph, module: nn.Module, idxs) -> Group:
-    """``graph.get_pruning_group`` of ``module``'s output channels ``idxs``, or GroupSearchTooLarge."""
+def bounded_group(graph: tp.DependencyGraph, module: nn.Module, idxs=None) -> Group:
+    """``graph.get_pruning_group`` of ``module``'s output channels ``idxs`` (default: all), or
+    GroupSearchTooLarge (also for a module missing from the graph)."""
+    if module not in graph.module2node:
+        raise GroupSearchTooLarge("not in torch-pruning's graph (its forward never runs: its weights are used by "
+                                  "a functional call?)")
+    idxs = range(graph.get_out_channels(module)) if idxs is None else idxs
     function = graph.get_pruner_of_module(module).prune_out_channels
     with _bounded_search():
         return graph.get_pruning_group(module, function, [int(i) for i in idxs])

@@ -125,18 +125,14 @@ class DependencyPlanner:
             if name in covered:
                 continue
             module = self.modules[name]
-            traced = module in self.graph.module2node
-            n = self.graph.get_out_channels(module) if traced else 0
-            group = CoupledGroup(root=name, num_channels=n)
+            group = CoupledGroup(root=name, num_channels=0)
             groups.append(group)
             try:
-                if not traced:
-                    raise GroupSearchTooLarge("not in torch-pruning's graph (its forward never runs: its weights "
-                                              "are used by a functional call?)")
-                full = bounded_group(self.graph, module, range(n))
+                full = bounded_group(self.graph, module)
             except GroupSearchTooLarge as error:
                 group.blocked = str(error)
                 continue
+            n = group.num_channels = self.graph.get_out_channels(module)
             for item in full:
                 target = item.dep.target.module
                 target_name = self.graph._module2name.get(target)
@@ -149,7 +145,7 @@ class DependencyPlanner:
                 size = side_size(self.graph, target, out_side, item.dep.handler)
                 if size and idxs.numel():
                     if (int(idxs.max()) >= size or int(roots.max()) >= n) and not group.blocked:
-                        group.blocked = (f"torch-pruning maps its {n} channels onto {_describe(target_name, target)} in "
+                        group.blocked = (f"torch-pruning maps its {n} channels onto {target_name or target!r} in "
                                          f"another index space (index {int(idxs.max())} of {size}: a transpose or "
                                          "reshape it follows as if it kept the channels)")
                     group.limits.append((roots.clamp(max=n - 1), size))
@@ -338,10 +334,6 @@ class DependencyPlanner:
     def history(self) -> list:
         """torch-pruning's pruning history as plain data (``[name, is_out, idxs]`` rows)."""
         return [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in self.graph.pruning_history()]
-
-
-def _describe(name: Optional[str], target) -> str:
-    return repr(name) if name else f"a {type(target).__name__} of shape {list(getattr(target, 'shape', []))}"
 
 
 def _input_column_norms(module: nn.Module) -> torch.Tensor:
