@@ -10,6 +10,8 @@ not installable here), small enough for 8x8 digits: each takes ``[B, 1, 8, 8]`` 
   of a wider output, in place), as timm's ``rexnet_100``.
 - :func:`convnext`: ConvNeXt blocks (depthwise 7x7, channels-last LayerNorm through ``permute``,
   pointwise MLP, layer-scale ``gamma`` parameter, residual), as torchvision's ``convnext_tiny``.
+- :func:`poolformer`: PoolFormer blocks whose layer scale reshapes with a stored shape, as timm's
+  ``poolformer_s12``.
 - :func:`ghostnet`: GhostNet ghost modules (concat of a primary conv and a cheap depthwise conv,
   sliced) in residual bottlenecks on the stem, as timm's ``ghostnet_100``.
 - :func:`swin`: torchvision's Swin in small (padding, shifted windows with ``torch.roll``, window
@@ -168,6 +170,36 @@ def convnext(dim: int = 16) -> nn.Module:
     return _Pooled(stem, blocks, dim, head=nn.LayerNorm(dim))
 
 
+# ------------------------------------------------------------------ PoolFormer
+class Scale(nn.Module):
+    """timm's metaformer ``Scale``: a layer scale that reshapes with a stored shape."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.shape = (dim, 1, 1)
+        self.scale = nn.Parameter(0.1 * torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+class PoolFormerBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.pool, self.scale1 = nn.GroupNorm(1, dim), nn.AvgPool2d(3, 1, 1), Scale(dim)
+        self.norm2, self.scale2 = nn.GroupNorm(1, dim), Scale(dim)
+        self.mlp = nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), nn.GELU(), nn.Conv2d(2 * dim, dim, 1))
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.scale1(self.pool(y) - y)
+        return x + self.scale2(self.mlp(self.norm2(x)))
+
+
+def poolformer(dim: int = 16) -> nn.Module:
+    return _Pooled(nn.Conv2d(1, dim, 3, padding=1), nn.Sequential(PoolFormerBlock(dim), PoolFormerBlock(dim)), dim)
+
+
 # ------------------------------------------------------------------ GhostNet
 class GhostModule(nn.Module):
     def __init__(self, cin, cout, relu=True, ratio=2):
@@ -298,4 +330,4 @@ def swin() -> nn.Module:
 
 
 MODELS = {"shufflenet": shufflenet, "mixer": mixer, "rexnet": rexnet, "convnext": convnext, "ghostnet": ghostnet,
-          "swin": swin}
+          "poolformer": poolformer, "swin": swin}

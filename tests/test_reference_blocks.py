@@ -23,6 +23,7 @@ NOTES = {
     "rexnet": "breaks the forward",  # B: the partial residual's cached size ``out[:, :cin]``
     "convnext": "",  # D1: layer-scale gamma, pruned and put back during the search
     "ghostnet": "",  # D2: ghost modules couple channel j with j + C/2 of the stem
+    "poolformer": "breaks the forward",  # B: the layer scale's stored shape
     "swin": "did not end",  # F: the group search cycles through the attention (swin_t: unbounded memory)
 }
 
