@@ -32,7 +32,7 @@ from .batches import traceable_output
 from .guards import preserved_modes
 
 __all__ = ["GraphState", "GroupSearchTooLarge", "bounded_group", "build_graph", "forward_problem", "forward_shapes",
-           "leaving_one", "output_shapes", "side_size", "unmapped_reshapes"]
+           "frozen_index_mapping", "leaving_one", "output_shapes", "side_size", "unmapped_reshapes"]
 
 #: most group items (and most indices over all items) one group search may produce (normal groups:
 #: hundreds of items, ~100k indices for ResNet-50 or ViT-L; a runaway one grows without bound)
@@ -117,6 +117,25 @@ def _bounded_search() -> Iterator[None]:
         yield
     finally:
         Group.add_dep = original
+
+
+@contextlib.contextmanager
+def frozen_index_mapping(graph: tp.DependencyGraph) -> Iterator[None]:
+    """Within the block, ``graph.get_pruning_group`` does not work out the index mapping again
+    (torch-pruning does it at every call: most of a group search on a transformer). Valid while
+    no channel is removed: the mapping depends on the channel counts only."""
+    index_mapping.update_index_mapping(graph)
+    original = index_mapping.update_index_mapping
+
+    def update(other):
+        if other is not graph:
+            original(other)
+
+    index_mapping.update_index_mapping = update
+    try:
+        yield
+    finally:
+        index_mapping.update_index_mapping = original
 
 
 def bounded_group(graph: tp.DependencyGraph, module: nn.Module, idxs=None) -> Group:

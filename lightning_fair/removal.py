@@ -50,7 +50,7 @@ from torch_pruning import ops
 
 from .allocation import count_from_curve, layer_normalised, removal_order, tod_curve
 from .graph import GraphState, GroupSearchTooLarge, bounded_group, build_graph, forward_problem, forward_shapes, \
-    leaving_one, side_size, unmapped_reshapes
+    frozen_index_mapping, leaving_one, side_size, unmapped_reshapes
 from .guards import ModelSnapshot
 from .ranking import as_ranking
 from .layers import PRUNABLE_TYPES, is_depthwise
@@ -107,10 +107,12 @@ class DependencyPlanner:
         self._expected = None
         #: {root: why} of the groups the last :meth:`apply` skipped because torch-pruning refused them
         self.refused: Dict[str, str] = {}
-        self.groups = self._find_groups(scored, protected)
-        for group in self.groups:
-            if group.probe and not group.blocked and group.members:
-                self._probe(group, [j * (group.num_channels // group.channel_groups) for j in range(group.channel_groups)])
+        with frozen_index_mapping(self.graph):  # valid until a channel goes (a probe removes one group: fine)
+            self.groups = self._find_groups(scored, protected)
+            for group in self.groups:
+                if group.probe and not group.blocked and group.members:
+                    self._probe(group, [j * (group.num_channels // group.channel_groups)
+                                        for j in range(group.channel_groups)])
 
     def restore(self) -> None:
         """Put the model and the graph back as they were when the planner was made."""
@@ -317,8 +319,9 @@ class DependencyPlanner:
             self.restore()
             failure = error
         groups = {group.root: group for group in self.groups}
-        for root, idxs in applied.items():
-            self._probe(groups[root], idxs)
+        with frozen_index_mapping(self.graph):
+            for root, idxs in applied.items():
+                self._probe(groups[root], idxs)
         kept = self.apply({root: idxs for root, idxs in applied.items() if not groups[root].blocked}, record_history)
         applied = self._applied(applied)
         try:
