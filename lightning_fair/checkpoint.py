@@ -19,11 +19,10 @@ import math
 from typing import Mapping, Optional
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from .attention import find_attention, head_row_module, remove_heads
-from .batches import traceable_output
+from .graph import build_graph
 from .guards import on_uncompiled, rollback
 
 __all__ = [
@@ -169,8 +168,7 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
             for param in model.parameters():
                 param.requires_grad_(True)  # torch-pruning traces autograd; frozen layers must show up
             with torch.inference_mode(False), torch.enable_grad():
-                graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                              output_transform=traceable_output)
+                graph = build_graph(model, example)  # as prune built it (a channel shuffle's reshape unmapped)
                 snapshot.include(graph.module2node)
                 for number, (name, is_out, idxs) in enumerate(rows, start=len(mine)):
                     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import traceback
 from typing import Iterator
 
 from torch import nn
@@ -98,9 +99,16 @@ def rollback(model: nn.Module) -> Iterator["ModelSnapshot"]:
     snapshot = ModelSnapshot(model)
     try:
         yield snapshot
-    except BaseException:
-        snapshot.restore()
-        snapshot.restore_flags(model)
+    except BaseException as error:
+        if isinstance(error, MemoryError):  # free what the failed step held before putting the model back
+            traceback.clear_frames(error.__traceback__)
+        try:
+            snapshot.restore()
+            snapshot.restore_flags(model)
+        except BaseException as failed:  # the original error stays the one raised, with this as a note
+            if hasattr(error, "add_note"):
+                error.add_note(f"putting the model back failed too ({type(failed).__name__}: {failed}): "
+                               "the model may be left partly pruned")
         raise
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from .allocation import removal_order
 from .attention import AttentionUnits, find_attention, head_row, removable, remove_heads
 from .ranking import as_ranking
+from .graph import GroupSearchTooLarge, bounded_group
 from .removal import CoupledGroup, DependencyPlanner
 
 __all__ = ["EMBEDDING_NOTE", "TransformerPlanner", "head_order", "planner_for"]
@@ -50,15 +51,19 @@ class TransformerPlanner(DependencyPlanner):
     """Coupled channel groups plus whole attention heads (see the module docstring)."""
 
     def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
-                 heads: Dict[str, AttentionUnits], prune_embedding: bool = False):
+                 heads: Dict[str, AttentionUnits], prune_embedding: bool = False, graph=None):
         self.heads = {name: units for name, units in heads.items() if name in scored}
+        self.prune_embedding = prune_embedding
+        self.head_rows: list = []
         with warnings.catch_warnings():  # cls/position tokens: their groups are the embedding dimension, kept
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            super().__init__(model, example_inputs, [n for n in scored if n not in self.heads], protected)
-        self.head_rows: list = []
-        attention = find_attention(model).values()
-        self._keep_embedding([units for units in attention if units.kind == "mha"] if prune_embedding else attention,
-                             EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if prune_embedding else ""))
+            super().__init__(model, example_inputs, [n for n in scored if n not in self.heads], protected, graph=graph)
+
+    def _block_groups(self) -> None:
+        """The embedding dimension's groups blocked and attention kept whole listed, before any probe."""
+        attention = find_attention(self.model).values()
+        self._keep_embedding([units for units in attention if units.kind == "mha"] if self.prune_embedding
+                             else attention, EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if self.prune_embedding else ""))
         # attention whose heads are not units: listed with the reason (the report's notes)
         self.groups += [CoupledGroup(root=units.name, num_channels=units.num_heads,
                                      blocked=f"heads kept ({units.blocked})") for units in attention if units.blocked]
@@ -68,9 +73,10 @@ class TransformerPlanner(DependencyPlanner):
         the embedding dimension (residual stream), which q/k/v read and the output projection writes."""
         touching = {id(m) for units in attention for m in (units.module, units.output, *units.inputs)}
         for group in self.groups:  # a group blocked for another reason gets this one, which says more
-            module = self.modules[group.root]
-            pruning_fn = self.graph.get_pruner_of_module(module).prune_out_channels
-            items = self.graph.get_pruning_group(module, pruning_fn, list(range(group.num_channels)))
+            try:
+                items = bounded_group(self.graph, self.modules[group.root])
+            except GroupSearchTooLarge:
+                continue  # blocked already, with that reason (removal.DependencyPlanner._find_groups)
             if any(id(item.dep.target.module) in touching for item in items):
                 group.blocked = note
 
@@ -102,12 +108,13 @@ class TransformerPlanner(DependencyPlanner):
 
 
 def planner_for(model: nn.Module, example_inputs, scored: List[str], protected: set,
-                prune_embedding: bool = False) -> DependencyPlanner:
+                prune_embedding: bool = False, graph=None) -> DependencyPlanner:
     """A :class:`TransformerPlanner` if the model has attention modules, else a
     :class:`~lightning_fair.removal.DependencyPlanner`. ``prune_embedding``: the groups of the
-    embedding dimension are pruned like any other (except around ``nn.MultiheadAttention``)."""
+    embedding dimension are pruned like any other (except around ``nn.MultiheadAttention``);
+    ``graph``: torch-pruning's graph of ``model`` if already built (:func:`lightning_fair.graph.build_graph`)."""
     found = find_attention(model)
     if not found:
-        return DependencyPlanner(model, example_inputs, scored, protected)
+        return DependencyPlanner(model, example_inputs, scored, protected, graph=graph)
     heads = {name: units for name, units in removable(found).items() if name in scored}
-    return TransformerPlanner(model, example_inputs, scored, protected, heads, prune_embedding)
+    return TransformerPlanner(model, example_inputs, scored, protected, heads, prune_embedding, graph=graph)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "input_column_norms",
     "PRUNABLE_TYPES",
     "NORM_TYPES",
     "ACTIVATION_TYPES",
@@ -101,6 +102,20 @@ def batch_sum_per_unit(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Sum of a layer-output-shaped tensor over everything but the unit dimension."""
     return units_view(tensor, module).sum(dim=(0, 2))
 
+
+
+def input_column_norms(module: nn.Module) -> torch.Tensor:
+    """Per input channel of a Conv/Linear, the L2 norm of the weights that read it (float64)."""
+    weight = module.weight.detach()
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # [C_in, C_out / groups, *k]
+        squares = weight.flatten(1).abs().pow(2).sum(1)
+    elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:  # [C_out, C_in / g, *k]
+        g = module.groups
+        per_group = weight.reshape(g, weight.shape[0] // g, *weight.shape[1:])  # [g, C_out / g, C_in / g, *k]
+        squares = per_group.transpose(1, 2).flatten(2).abs().pow(2).sum(2).flatten()  # group-major: channel order
+    else:  # Conv [C_out, C_in, *k], Linear [out, in]
+        squares = weight.transpose(0, 1).flatten(1).abs().pow(2).sum(1)
+    return squares.double().cpu().sqrt()
 
 
 #: suffix of the statistics entry that observes a Conv/Linear's input (see :func:`input_key`)

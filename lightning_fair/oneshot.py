@@ -25,6 +25,7 @@ from .compensation import capture_consumers, fold_mean_replacement
 from .config import PruneConfig, configure
 from .guards import on_uncompiled, preserved_modes, rollback
 from .layers import resolve_ignored
+from .graph import build_graph
 from .head_planner import planner_for
 from .removal import DependencyPlanner
 from .report import LayerRow, PruneReport, measure, unit_counts
@@ -140,6 +141,9 @@ def prune(
     ignored = resolve_ignored(model, config.ignored_layers)
     example_inputs = resolve_example_inputs(model, dataloader, example_inputs, unpack, logits)
     check_recalibration(config, model, dataloader)
+    # trace: torch-pruning's graph before the (expensive) scoring pass, so that a model it cannot trace fails fast
+    target = model if inplace else copy.deepcopy(model)
+    graph = build_graph(target, example_inputs)
     # score
     if scores is None:
         scores = compute_scores(model, dataloader, config, loss_fn=loss_fn, unpack=unpack, logits=logits,
@@ -148,13 +152,12 @@ def prune(
     ranked = rank(scores, config)
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
     protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}
-    if not inplace:
-        model = copy.deepcopy(model)
+    model = target
     scored = scored_layers(model, scores, protected)
     notes: List[str] = []
 
     with rollback(model) as snapshot:
-        planner = planner_for(model, example_inputs, scored, protected, config.prune_embedding)  # heads: head_planner
+        planner = planner_for(model, example_inputs, scored, protected, config.prune_embedding, graph=graph)
         snapshot.include(planner.graph.module2node)  # concat/split ops keep channel sizes too
         macs_before, params_before = measure(model, example_inputs)
         before = unit_counts(model, scores.layers)
@@ -162,12 +165,11 @@ def prune(
         allocation = allocation_for(config.allocation, ranked, scored, config.group_policy)
         level = float(config.ratio) if config.ratio is not None else config.tolerance
         if config.target:
-            level = search_level(planner, snapshot, allocation, ranked, config, example_inputs,
-                                 (macs_before, params_before))
+            level = search_level(planner, allocation, ranked, config, (macs_before, params_before))
         counts, plan = plan_at(planner, allocation, ranked, level, config)
         # remove
         consumers = capture_consumers(model, planner.graph) if config.compensate else {}
-        kept = planner.apply(plan)
+        kept, plan, _ = planner.apply_checked(plan)
         snapshot.restore_flags(model)
         # repair
         compensated, recalibrated, repair_notes = repair(model, config, kept, scores, consumers, dataloader, unpack,
@@ -178,7 +180,8 @@ def prune(
             record_pruning(model, planner.history(), example_inputs)
     # report
     after = unit_counts(model, scores.layers)
-    notes = [f"{g.root}: {g.blocked}" for g in planner.groups if g.blocked] + notes
+    notes = ([f"{g.root}: {g.blocked}" for g in planner.groups if g.blocked]
+             + [f"{root}: {why}" for root, why in planner.refused.items()] + notes)
     report = PruneReport(
         layers=[LayerRow(n, before[n], after[n], scores.observed.get(n, "")) for n in scores.layers if n in before],
         macs_before=macs_before, macs_after=macs_after, params_before=params_before, params_after=params_after,
@@ -253,35 +256,64 @@ def plan_at(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking,
                                 tolerance=allocation.tolerance(level), seed=config.seed)
 
 
-def search_level(planner: DependencyPlanner, snapshot, allocation: Allocation, ranked: Ranking,
-                 config: PruneConfig, example_inputs, before: Tuple[int, int]) -> float:
+def search_level(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig,
+                 before: Tuple[int, int]) -> float:
     """Smallest level whose pruned model keeps at most the target fraction of MACs (params):
-    binary search over the allocation's ascending candidate levels, each tried and undone."""
+    binary search over the allocation's ascending candidate levels, each tried and undone.
+    A level whose pruned model fails (after the groups that fail alone are left whole) counts
+    as out of reach: the search stays below it. Where a trial leaves a group whole, the search
+    starts again (the levels tried before measured that group pruned)."""
+    while True:
+        blocked = [group.root for group in planner.groups if group.blocked]
+        level = _search(planner, allocation, ranked, config, before)
+        if blocked == [group.root for group in planner.groups if group.blocked]:
+            return level
+
+
+def _search(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig,
+            before: Tuple[int, int]) -> float:
     key, goal = next(iter(config.target.items()))
     candidates = allocation.levels()
+    tried: Dict[int, Optional[float]] = {}
+    failures: List[Exception] = []
 
-    def kept(level: float) -> float:
-        _, plan = plan_at(planner, allocation, ranked, level, config)
-        try:
-            planner.apply(plan, record_history=False)
-            macs, params = measure(planner.model, example_inputs)
-        finally:
-            snapshot.restore()
-        return macs / before[0] if key == "macs" else params / before[1]
+    def kept(index: int) -> Optional[float]:
+        if index not in tried:
+            _, plan = plan_at(planner, allocation, ranked, candidates[index], config)
+            try:
+                _, _, (macs, params) = planner.apply_checked(plan, record_history=False)
+                tried[index] = macs / before[0] if key == "macs" else params / before[1]
+            except Exception as error:  # this level's plan breaks the model: out of reach
+                tried[index] = None
+                failures.append(error)
+            finally:
+                planner.restore()
+        return tried[index]
 
-    best = kept(candidates[-1])
-    if best > goal + 1e-9:
+    top = len(candidates) - 1
+    if kept(top) is None:  # the most aggressive plans fail: the largest level that works
+        lo, hi = 0, top
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if kept(mid) is not None else (lo, mid - 1)
+        top = lo
+    best = kept(top)
+    if best is None or best > goal + 1e-9:
         how = ("at tolerance 1, where ToD removes up to 99% of each free layer" if allocation.level_name == "tolerance"
                else "with every layer down to one unit")
+        best = 1.0 if best is None else best
+        whole = [f"{group.root}: {group.blocked}" for group in planner.groups if group.blocked and group.members]
+        whole = f"; {len(whole)} coupled group(s) are left whole ({'; '.join(whole)[:300]})" if whole else ""
         raise ValueError(
             f"target_{key}={goal} cannot be reached in one shot: at most {1 - best:.1%} of the {key} can be "
-            f"removed (kept {best:.3f} {how}); "
+            f"removed (kept {best:.3f} {how}){whole}; "
             f"ask for target_{key}>={best:.3f}, or unfreeze layers listed in ignored_layers"
-        )
-    lo, hi = 0, len(candidates) - 1  # kept(candidates[hi]) <= goal
+        ) from (failures[0] if failures else None)
+    lo, hi = 0, top  # kept(hi) <= goal
     while lo < hi:
         mid = (lo + hi) // 2
-        if kept(candidates[mid]) <= goal + 1e-9:
+        value = kept(mid)
+        if value is not None and value <= goal + 1e-9:
             hi = mid
         else:
             lo = mid + 1

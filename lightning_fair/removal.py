@@ -46,15 +46,22 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from torch_pruning import ops
+
 from .allocation import count_from_curve, layer_normalised, removal_order, tod_curve
-from .batches import traceable_output
+from .graph import GraphState, GroupSearchTooLarge, bounded_group, build_graph, forward_problem, forward_shapes, \
+    frozen_index_mapping, leaving_one, side_size, unmapped_reshapes
 from .guards import ModelSnapshot
 from .ranking import as_ranking
-from .layers import PRUNABLE_TYPES, is_depthwise
+from .layers import PRUNABLE_TYPES, input_column_norms, is_depthwise
+from .report import measure
 
 __all__ = ["CoupledGroup", "DependencyPlanner", "GROUP_POLICIES", "ModelSnapshot"]
 
 GROUP_POLICIES = ("min_count", "joint")
+#: torch-pruning ops whose channel mapping is a guess (or whose module may cache a size): a group
+#: through one is checked by removing one channel and running the model
+_PROBED = (ops.OPTYPE.RESHAPE, ops.OPTYPE.SLICE, ops.OPTYPE.UNBIND, ops.OPTYPE.EXPAND, ops.OPTYPE.PARAMETER)
 
 
 @dataclass
@@ -71,6 +78,10 @@ class CoupledGroup:
     channel_groups: int = 1
     #: why the group is never pruned ("" if it may be)
     blocked: str = ""
+    #: (root idxs, channels) of every coupled item: a plan leaves each at least one channel
+    limits: List[tuple] = field(default_factory=list)
+    #: whether removal is checked by a forward first (the group passes a reshape, slice or parameter)
+    probe: bool = False
 
 
 def _out_pruning_fn(graph: tp.DependencyGraph, module: nn.Module):
@@ -78,54 +89,101 @@ def _out_pruning_fn(graph: tp.DependencyGraph, module: nn.Module):
 
 
 class DependencyPlanner:
-    """Coupled groups of a model's scored layers, and the removal of chosen root channels."""
+    """Coupled groups of a model's scored layers, and the removal of chosen root channels.
 
-    def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set):
+    A group torch-pruning cannot cut is left whole, the reason in ``group.blocked`` (the report's
+    notes): indices in another index space, a reshape it cannot map, a search that does not end,
+    or removing a channel breaks the forward (docs/method.md, "Coupled channels")."""
+
+    def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
+                 graph: Optional[tp.DependencyGraph] = None):
         self.model = model
+        self.example_inputs = example_inputs
         self.modules = dict(model.named_modules())
-        snapshot = ModelSnapshot(model)
-        try:
-            # torch-pruning traces grad_fn: a frozen layer fed by inputs without grad leaves
-            # no trace and is missing from the graph. Unfreeze while tracing (restored below).
-            for param in model.parameters():
-                param.requires_grad_(True)
-            with torch.inference_mode(False), torch.enable_grad():
-                self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                                   output_transform=traceable_output)
-        finally:
-            snapshot.restore_flags(model)  # build_dependency leaves the model in eval mode
-        self.groups = self._find_groups(scored, protected)
+        self.graph = graph if graph is not None else build_graph(model, example_inputs)
+        self.snapshot = ModelSnapshot(model)
+        self.snapshot.include(self.graph.module2node)  # concat/split ops keep channel sizes too
+        self.graph_state = GraphState(self.graph)
+        self._expected = None
+        #: {root: why} of the groups the last :meth:`apply` skipped because torch-pruning refused them
+        self.refused: Dict[str, str] = {}
+        with frozen_index_mapping(self.graph):  # valid until a channel goes (a probe removes one group: fine)
+            self.groups = self._find_groups(scored, protected)
+            self._block_groups()
+            for group in self.groups:
+                if group.probe and not group.blocked and group.members:
+                    self._probe(group, [j * (group.num_channels // group.channel_groups)
+                                        for j in range(group.channel_groups)])
+
+    def _block_groups(self) -> None:
+        """Block groups before the one-channel probes run (none here; a subclass's rules)."""
+
+    def restore(self) -> None:
+        """Put the model and the graph back as they were when the planner was made."""
+        self.snapshot.restore()
+        self.graph_state.restore()
 
     def _find_groups(self, scored: List[str], protected: set) -> List[CoupledGroup]:
         covered, groups = set(), []
         scored_set = set(scored)
+        unmapped = set(unmapped_reshapes(self.graph))
         for name in scored:
             if name in covered:
                 continue
             module = self.modules[name]
-            n = self.graph.get_out_channels(module)
-            full = self.graph.get_pruning_group(module, _out_pruning_fn(self.graph, module), list(range(n)))
-            group = CoupledGroup(root=name, num_channels=n)
+            group = CoupledGroup(root=name, num_channels=0)
+            groups.append(group)
+            try:
+                full = bounded_group(self.graph, module)
+            except GroupSearchTooLarge as error:
+                group.blocked = str(error)
+                continue
+            n = group.num_channels = self.graph.get_out_channels(module)
             for item in full:
                 target = item.dep.target.module
                 target_name = self.graph._module2name.get(target)
                 out_side = self.graph.is_out_channel_pruning_fn(item.dep.handler)
+                idxs, roots = torch.as_tensor(item.idxs, dtype=torch.long), torch.as_tensor(item.root_idxs, dtype=torch.long)
+                group.probe = group.probe or item.dep.target.type in _PROBED
+                if item.dep.target in unmapped and not group.blocked:
+                    group.blocked = "passes through a reshape whose channel mapping torch-pruning cannot work out " \
+                                    "(a channel shuffle?)"
+                size = side_size(self.graph, target, out_side, item.dep.handler)
+                if size and idxs.numel():
+                    if (int(idxs.max()) >= size or int(roots.max()) >= n) and not group.blocked:
+                        group.blocked = (f"torch-pruning maps its {n} channels onto {target_name or target!r} in "
+                                         f"another index space (index {int(idxs.max())} of {size}: a transpose or "
+                                         "reshape it follows as if it kept the channels)")
+                    group.limits.append((roots.clamp(max=n - 1), size))
                 if isinstance(target, nn.modules.conv._ConvNd) and target.groups > 1 and not is_depthwise(target):
                     group.channel_groups = max(group.channel_groups, target.groups)
                 if not out_side and isinstance(target, PRUNABLE_TYPES) and target_name is not None:
-                    group.consumers[target_name] = (torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
+                    group.consumers[target_name] = (idxs, roots)
                 if not (out_side and isinstance(target, PRUNABLE_TYPES)):
                     continue
                 if target_name in scored_set:
-                    group.members[target_name] = (torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs))
+                    group.members[target_name] = (idxs, roots)
                     covered.add(target_name)
                 elif not group.blocked:
                     reason = "protected" if target_name in protected else "not scored"
                     group.blocked = f"shares channels with {target_name!r} ({reason})"
             if group.channel_groups > 1 and n % group.channel_groups:
                 group.blocked = group.blocked or f"{n} channels do not split into {group.channel_groups} groups"
-            groups.append(group)
         return groups
+
+    def _probe(self, group: CoupledGroup, idxs) -> None:
+        """Remove ``idxs`` of the group, run the model, put both back; block the group if that fails."""
+        if self._expected is None:
+            self._expected = forward_shapes(self.model, self.example_inputs)
+        try:
+            self._remove({group.root: torch.as_tensor(idxs)}, record_history=False)
+            problem = "" if self.refused else forward_problem(self.model, self.example_inputs, self._expected)
+        except Exception as error:  # torch-pruning's own removal fails on this group
+            problem = f"{type(error).__name__}: {error}"
+        finally:
+            self.restore()
+        if problem:
+            group.blocked = f"removing its channels breaks the forward ({problem})"
 
     # ------------------------------------------------------------------ planning
     def plan(self, scores, counts: Dict[str, int], *, ranking: str = "utilization", policy: str = "min_count",
@@ -154,9 +212,9 @@ class DependencyPlanner:
             k = (k // g) * g
             if k <= 0:
                 continue
-            order = self._order(group, ranking, utilization, seed)
-            positions = order[: k // g]
-            plan[group.root] = torch.cat([positions + j * (n // g) for j in range(g)]).sort().values
+            positions = leaving_one(group.limits, self._order(group, ranking, utilization, seed), k // g, n, g)
+            if positions.numel():
+                plan[group.root] = torch.cat([positions + j * (n // g) for j in range(g)]).sort().values
         return plan
 
     def _order(self, group: CoupledGroup, ranking: str, utilization: torch.Tensor, seed: int) -> torch.Tensor:
@@ -204,7 +262,7 @@ class DependencyPlanner:
             module = self.modules[name]
             if is_depthwise(module) or idxs.numel() == 0:
                 continue
-            columns = _input_column_norms(module)
+            columns = input_column_norms(module)
             if int(idxs.max()) >= columns.numel():
                 continue  # not this module's input channels (torch-pruning bookkeeping): skip
             total.index_add_(0, roots, columns[idxs])
@@ -217,17 +275,25 @@ class DependencyPlanner:
     # ------------------------------------------------------------------ removal
     def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
         """Remove the planned channels, group by group (not atomic: see :func:`lightning_fair.prune`).
+        A group torch-pruning refuses is skipped and left whole (the reason in ``refused[root]``).
 
         Returns, for every module whose channels changed, the original indices it kept:
         ``{module name: {"out": idxs, "in": idxs}}`` (used to carry optimizer state).
         """
+        return self._remove(plan, record_history)
+
+    def _remove(self, plan: Dict[str, torch.Tensor], record_history: bool) -> Dict[str, Dict[str, torch.Tensor]]:
         kept: Dict[tuple, List[int]] = {}
         names = {id(m): n for n, m in self.modules.items()}
+        self.refused = {}
         for root, idxs in plan.items():
             module = self.modules[root]
             group = self.graph.get_pruning_group(module, _out_pruning_fn(self.graph, module), idxs.tolist())
             if not self.graph.check_pruning_group(group):
-                raise RuntimeError(f"torch-pruning refused to remove {len(idxs)} channels from {root!r}")
+                self.refused[root] = (f"torch-pruning refused to remove {len(idxs)} of its channels (coupled with "
+                                      f"{len(group[0].idxs)} of them, they would leave a layer without channels); "
+                                      "left whole")
+                continue
             for item in group:
                 target = item.dep.target.module
                 if id(target) not in names:
@@ -245,23 +311,38 @@ class DependencyPlanner:
             result.setdefault(name, {})[side] = torch.tensor(indices, dtype=torch.long)
         return result
 
+    def apply_checked(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> tuple:
+        """:meth:`apply`, then ``(MACs, params)`` of the pruned model. If that forward fails, the
+        model is put back, each group is tried alone, those that break it alone are left whole
+        (``blocked``) and the rest removed; if the rest still fails, the error is raised.
+
+        Returns ``(kept, the plan applied, (MACs, params))``."""
+        kept = self.apply(plan, record_history)
+        applied = self._applied(plan)
+        try:
+            return kept, applied, measure(self.model, self.example_inputs)
+        except Exception as error:  # what the pruned model raises; the groups to blame are found below
+            self.restore()
+            failure = error
+        groups = {group.root: group for group in self.groups}
+        with frozen_index_mapping(self.graph):
+            for root, idxs in applied.items():
+                self._probe(groups[root], idxs)
+        kept = self.apply({root: idxs for root, idxs in applied.items() if not groups[root].blocked}, record_history)
+        applied = self._applied(applied)
+        try:
+            return kept, applied, measure(self.model, self.example_inputs)
+        except Exception as error:
+            raise RuntimeError(f"the pruned model fails ({type(error).__name__}: {error}), although each coupled "
+                               "group removed alone runs") from failure
+
+    def _applied(self, plan: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        skipped = {group.root for group in self.groups if group.blocked} | set(self.refused)
+        return {root: idxs for root, idxs in plan.items() if root not in skipped}
+
     def history(self) -> list:
         """torch-pruning's pruning history as plain data (``[name, is_out, idxs]`` rows)."""
         return [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in self.graph.pruning_history()]
-
-
-def _input_column_norms(module: nn.Module) -> torch.Tensor:
-    """Per input channel of a Conv/Linear, the L2 norm of the weights that read it (float64)."""
-    weight = module.weight.detach()
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # [C_in, C_out / groups, *k]
-        squares = weight.flatten(1).abs().pow(2).sum(1)
-    elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:  # [C_out, C_in / g, *k]
-        g = module.groups
-        per_group = weight.reshape(g, weight.shape[0] // g, *weight.shape[1:])  # [g, C_out / g, C_in / g, *k]
-        squares = per_group.transpose(1, 2).flatten(2).abs().pow(2).sum(2).flatten()  # group-major: channel order
-    else:  # Conv [C_out, C_in, *k], Linear [out, in]
-        squares = weight.transpose(0, 1).flatten(1).abs().pow(2).sum(1)
-    return squares.double().cpu().sqrt()
 
 
 def _normalised(values: torch.Tensor) -> torch.Tensor:

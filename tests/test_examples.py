@@ -59,3 +59,9 @@ def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
     assert images, "no plot written"
     for image in images:
         assert f"img/{image.name}" in page
+
+
+def test_zoo_sweep_exits_cleanly_without_torchvision(capsys):
+    """examples/benchmarks/zoo_sweep.py tries the issue-14 zoo where torchvision/timm exist; here it skips."""
+    out = run_example("benchmarks/zoo_sweep.py", ["--only", "no_such_model"], capsys)
+    assert out.startswith("skipped:"), out

@@ -150,10 +150,7 @@ def test_one_head_left_is_kept_on_a_second_prune():
 EMBEDDING_CASES = [("vit_fused_qkv", dict(tolerance=0.3)), ("hf_bert", dict(tolerance=0.3)),
                    ("hf_distilbert", dict(tolerance=0.3)), ("hf_vit", dict(tolerance=0.3)),
                    ("hf_bert", dict(target_macs=0.5)), ("hf_distilbert", dict(target_macs=0.5)),
-                   pytest.param("vit_fused_qkv", dict(target_macs=0.5), marks=pytest.mark.xfail(
-                       reason="issue 14 D1/D2: torch-pruning refuses a probe of the target search once cls/position "
-                              "tokens are pruned ('refused to remove N channels from patch_embed'); fixed apart from "
-                              "this change", strict=False))]
+                   ("vit_fused_qkv", dict(target_macs=0.5)), ("hf_vit", dict(target_macs=0.5))]
 
 
 @pytest.mark.parametrize("name,budget", EMBEDDING_CASES)
