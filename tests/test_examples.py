@@ -55,6 +55,7 @@ def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
     assert "| method | one-shot 0.5 | one-shot 0.3 | (a) 0.5 |" in page and "#### Gradual vs one step" in page
     # the ViT (vit.py): FAIR and torch-pruning's head pruning, one-shot and fine-tuned
     assert "## A small Vision Transformer" in page and "| uniform L2 magnitude, heads |" in page
+    assert "| FAIR (ours, default pipeline) | failed" not in page
     images = list((tmp_path / "img").glob("*.png"))
     assert images, "no plot written"
     for image in images:

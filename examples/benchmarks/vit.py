@@ -212,7 +212,10 @@ def to_markdown(results: dict) -> str:
              f"{results['seconds']:.0f} s in all, 1 thread. Fine-tune: Adam, {epochs} epoch over "
              f"{256 if results['quick'] else images} training images, lr {lr:g} cosine to 0, from each pruned model.",
              "", "Top-1 %: one-shot <sub>(kept MACs reached)</sub>, after the fine-tune; the shape FAIR and the "
-             "baselines chose at each target.", "",
+             "baselines chose at each target. One trained model (seed 0): a point or two is within what another seed "
+             "could change. Kept MACs below the target mean the method's steps are coarse there (whole heads; a "
+             "uniform ratio removes the same number from every block): each baseline's ratio search takes the "
+             "smallest ratio at or below the target.", "",
              "| method | " + " | ".join(f"one-shot {t}" for t in TARGETS) + " | "
              + " | ".join(f"fine-tuned {t}" for t in TARGETS) + " |",
              "|---|" + "---:|" * (2 * len(TARGETS))]
