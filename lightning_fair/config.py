@@ -72,6 +72,10 @@ class PruneConfig:
         screening_weight: the weight of F against the filter magnitude, in [0, 1] (screening).
         samples_per_class: images per class kept for the utilization score (n in the paper).
         num_projections: random directions for the sliced W1 of conv channels (P in the paper).
+        max_classes: U compares at most this many classes (the reference's cap, 100): with more,
+            a random subset of the model's classes, seeded by ``seed``, is chosen once and only
+            their samples are kept (memory ~ classes, pairs ~ classes²); None compares all
+            (:mod:`lightning_fair.classes`; docs/method.md, "Many classes").
         seed: seeds the projection directions (and the random ranking).
         max_batches: calibration batches to use (all by default).
         memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit); over it
@@ -110,6 +114,7 @@ class PruneConfig:
     screening_weight: float = 0.5
     samples_per_class: int = 32
     num_projections: int = 128
+    max_classes: Optional[int] = 100
     seed: int = 0
     max_batches: Optional[int] = None
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET
@@ -152,6 +157,10 @@ class PruneConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if self.max_classes is not None and (isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int)
+                                             or self.max_classes < 2):
+            raise ValueError(f"max_classes must be an integer >= 2 (U compares pairs of classes) or None (all classes), "
+                             f"got {self.max_classes!r}")
         if self.max_batches is not None and (isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
                                              or self.max_batches < 1):
             raise ValueError(f"max_batches must be a positive integer or None (all batches), got {self.max_batches!r}")

@@ -40,8 +40,10 @@ import torch
 from torch import nn
 
 from .batches import default_unpack, first_inputs, grad_inputs, select_logits
+from .classes import chosen_classes, class_slots
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
+from .finite import FiniteChecks
 from .guards import preserved_modes
 from .layers import OBSERVATION_POINTS, candidate_layers, consumer_of, input_key, units_view
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
@@ -62,7 +64,8 @@ class LayerStatistics:
 
     name: str
     num_units: int
-    #: ``[K, n, C, D]`` projected observations, the first ``counts[k]`` rows of class k valid.
+    #: ``[K', n, C, D]`` projected observations of the K' classes U compares (the collector's
+    #: ``chosen_classes``), the first ``class_counts[k]`` rows of class k's slot valid.
     samples: Optional[torch.Tensor] = None
     #: ``[C]`` signed sum of dL/dz * z.
     taylor_sum: Optional[torch.Tensor] = None
@@ -87,6 +90,8 @@ class StatisticsCollector:
     model: nn.Module
     samples_per_class: int = 32
     num_projections: int = 128
+    #: U compares at most this many classes (a seeded random subset; None: all), :mod:`.classes`
+    max_classes: Optional[int] = 100
     observe: str = "activation"
     seed: int = 0
     loss_fn: Optional[Callable] = None
@@ -115,12 +120,19 @@ class StatisticsCollector:
             raise ValueError(f"samples_per_class must be a positive integer, got {self.samples_per_class!r}")
         if int(self.num_projections) < 1:
             raise ValueError(f"num_projections must be a positive integer, got {self.num_projections!r}")
+        if self.max_classes is not None and (isinstance(self.max_classes, bool) or int(self.max_classes) < 2):
+            raise ValueError(f"max_classes must be an integer >= 2 or None (all classes), got {self.max_classes!r}")
         self.loss_fn = self.loss_fn or nn.functional.cross_entropy
         self.layers: Dict[str, LayerStatistics] = {}
+        #: ``[K]`` samples kept per class (host); the classes U compares; each class's slot (-1: none)
         self.class_counts: Optional[torch.Tensor] = None
+        self.chosen_classes: Optional[torch.Tensor] = None
+        self.class_slots: Optional[torch.Tensor] = None
         self.num_batches = 0
         # calibration loss (sum of batch means) and top-1 hits, seen for free on the way
+        # (summed on the device during the pass, read once at its end)
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        self._tallies: Optional[torch.Tensor] = None
         #: {name: Conv/Linear} that may be scored (not ignored)
         self.candidates = candidate_layers(self.model, self.ignored)
         # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
@@ -141,6 +153,8 @@ class StatisticsCollector:
         self._projections: Dict[str, torch.Tensor] = {}
         #: where the buffers live (the model's first parameter's device)
         self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        #: NaN/inf checks: at once on the CPU, read once at the end of the pass on a GPU
+        self.checks = FiniteChecks(self.device)
         self.on_plan: Optional[Callable] = None  # called with the MemoryEstimate after the first batch
         self.chunks: List[Dict[str, Tuple[int, int]]] = []
 
@@ -154,6 +168,7 @@ class StatisticsCollector:
                     if max_batches is not None and self.num_batches >= max_batches:
                         break
                     self.update(batch)
+        self.settle()
         if self.distributed and is_distributed():
             merge_ranks(self)
         if self.num_batches == 0:
@@ -165,16 +180,27 @@ class StatisticsCollector:
         """Whether this pass gathers the screening moments (``screening`` and ``reconstruction``)."""
         return bool(self.screening) and bool(self.reconstruction)
 
+    def settle(self) -> None:
+        """Read what the pass kept on the device: the deferred NaN/inf checks (raising for the first
+        failure) and the loss/accuracy tallies. :meth:`run` calls it at the end of the pass."""
+        self.checks.flush()
+        if self._tallies is not None:
+            loss, correct = self._tallies.tolist()
+            self.loss_sum, self.correct, self._tallies = self.loss_sum + loss, self.correct + int(correct), None
+
     def update(self, batch) -> None:
-        """One forward and one backward over ``batch`` (the model must already be in eval mode)."""
-        inputs, target = self.unpack(batch)
+        """One forward and one backward over ``batch`` (the model must already be in eval mode).
+        No host round trip on a GPU while labels arrive on the CPU (as a DataLoader yields them);
+        labels on the GPU are copied to the host once per batch (which classes' samples to keep)."""
+        inputs, labels = self.unpack(batch)
         inputs = grad_inputs(inputs, self.device)
-        target = torch.as_tensor(target).to(self.device)
-        if target.dim() == 2 and target.shape[1] == 1:
-            target = target.flatten()
+        labels = torch.as_tensor(labels)
+        if labels.dim() == 2 and labels.shape[1] == 1:
+            labels = labels.flatten()
+        target = labels.to(self.device, non_blocking=True)
         if target.is_inference():
             target = target.clone()
-        recorder = BatchRecorder(self, target)
+        recorder = BatchRecorder(self, labels)
         recorder.model_input = inputs
         self._pooled_inputs = {}
         handles = recorder.attach()
@@ -194,8 +220,8 @@ class StatisticsCollector:
             self.num_batches += 1
             return
         loss = self.loss_fn(logits, target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the calibration loss is {loss.item()} on batch {self.num_batches}")
+        self.checks.check(loss, lambda batch=self.num_batches, loss=loss: (
+            f"the calibration loss is {loss.item()} on batch {batch}"))
         names = [n for n in self.layers if n in recorder.outputs]
         grads = torch.autograd.grad(loss, [recorder.outputs[n] for n in names], allow_unused=True)
         with torch.no_grad():
@@ -203,38 +229,33 @@ class StatisticsCollector:
                 if grad is None:
                     continue
                 per_sample = units_view(grad * recorder.outputs[name], self.candidates[name]).sum(2)  # [B, C]
-                if not torch.isfinite(per_sample).all():
-                    raise FloatingPointError(
-                        f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
-                        f"calibration batch {self.num_batches}; check the inputs and the model's numerics "
-                        "(e.g. a division by zero, fp16 overflow) before pruning"
-                    )
+                self.checks.check(per_sample, lambda name=name, batch=self.num_batches: (
+                    f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
+                    f"calibration batch {batch}; check the inputs and the model's numerics "
+                    "(e.g. a division by zero, fp16 overflow) before pruning"))
                 stats = self.layers[name]
                 stats.taylor_sum += per_sample.sum(0).to(torch.float64)
                 stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
             recorder.commit()
             if self.collects_screening:
                 self._accumulate_screening(recorder, target)
-        self.loss_sum += float(loss.detach())
-        self.correct += int((logits.detach().argmax(1) == target).sum())
+        tallies = torch.stack([loss.detach().to(torch.float64),
+                               (logits.detach().argmax(1) == target).sum().to(torch.float64)])
+        self._tallies = tallies if self._tallies is None else self._tallies + tallies
         self.seen += int(target.shape[0])
         self.num_batches += 1
 
     def _accumulate_screening(self, recorder: "BatchRecorder", target: torch.Tensor) -> None:
         """Add this batch's per-class count, sum and sum of squares of every pooled value."""
-        labels = target.detach().long().flatten()
+        labels = target.detach().long().flatten()  # checked on the host by the recorder
         num_classes = self.class_counts.numel()
-        if labels.numel() and int(labels.max()) >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs")
         for name, stats in self.layers.items():
             if name not in recorder.pooled:
                 continue
             stage, values = recorder.pooled[name]
-            if not torch.isfinite(values).all():
-                raise FloatingPointError(
-                    f"the activations observed for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
-                    f"on calibration batch {self.num_batches}; check the inputs and the model's numerics before pruning"
-                )
+            self.checks.check(values, lambda name=name, stage=stage, batch=self.num_batches: (
+                f"the activations observed for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
+                f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"))
             stats.moments.add(labels, values)
         for name, values in self._pooled_inputs.items():
             moments = self.input_moments.get(name, False)
@@ -261,6 +282,8 @@ class StatisticsCollector:
         if num_classes < 2:
             raise ValueError(f"the model's output has {num_classes} class; FAIR needs classification logits")
         self.class_counts = torch.zeros(num_classes, dtype=torch.long)
+        self.chosen_classes = chosen_classes(num_classes, self.max_classes, self.seed)
+        self.class_slots = class_slots(num_classes, self.chosen_classes)
         executed = [n for n in dict.fromkeys(recorder.order) if n in self.candidates]
         if not executed:
             raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")
@@ -298,9 +321,10 @@ class StatisticsCollector:
                 "the model has no prunable layer besides its output layer "
                 f"({output_layer!r}); check ignored_layers"
             )
+        compared = self.chosen_classes.numel()
         self.estimate = MemoryEstimate(
-            num_classes, int(self.samples_per_class), int(self.num_projections),
-            {name: (stats.num_units, unit_bytes(num_classes, int(self.samples_per_class),
+            compared, int(self.samples_per_class), int(self.num_projections),
+            {name: (stats.num_units, unit_bytes(compared, int(self.samples_per_class),
                                                recorder.map_sizes[name], int(self.num_projections)))
              for name, stats in self.layers.items()},
             8 * sum(t.numel() for t in self.input_sums.values()),
