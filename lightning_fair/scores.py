@@ -175,7 +175,9 @@ def compute_scores(
         distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process passes
             its own shard of the calibration data and the statistics of all processes are merged
             before scoring, so every process gets the same scores (collective: call on every rank).
-        verbose: print the memory estimate (and the number of passes) after the first batch.
+        verbose: print the estimate after the first batch: memory, passes, class pairs and distance
+            work (a warning names the options that bring it down when it would take far too long,
+            verbose or not).
 
     Memory: the utilization samples need about what :func:`lightning_fair.estimate_memory` says
     (estimated on the first batch from the layer shapes, classes, ``samples_per_class`` and
@@ -205,7 +207,7 @@ def compute_scores(
                    seed=config.seed, loss_fn=loss_fn, unpack=unpack, logits=logits, ignored=ignored,
                    distributed=distributed)
     collector = StatisticsCollector(model, memory_budget=budget, screening=config.criterion == "screening", **options)
-    collector.on_plan = (lambda estimate: print(estimate.describe(budget), flush=True)) if verbose else None
+    collector.on_plan = lambda estimate: _announce(estimate, budget, collector.device.type, verbose)
     collector.run(dataloader, max_batches=max_batches)
     scores = scores_from_statistics(collector, reconstruction=config.reconstruction)
     if len(collector.chunks) > 1 and iter(dataloader) is dataloader:
@@ -233,6 +235,17 @@ def compute_scores(
     scores.config["passes"] = len(collector.chunks)
     scores.config["memory_estimate"] = int(collector.estimate.total_bytes)
     return scores
+
+
+def _announce(estimate, budget: Optional[int], device: str, verbose: bool) -> None:
+    """After the first batch, before the rest of the pass: print the estimate (``verbose``), and
+    warn when the setting would take far too long, naming the options that bring it down."""
+    threads = torch.get_num_threads()
+    if verbose:
+        print(estimate.describe(budget, device, threads), flush=True)
+    message = estimate.cost_warning(budget, device, threads)
+    if message:
+        warnings.warn(message, stacklevel=5)
 
 
 def _present_classes(collector: StatisticsCollector) -> List[int]:

@@ -330,6 +330,7 @@ class StatisticsCollector:
             8 * sum(t.numel() for t in self.input_sums.values()),
             screening_bytes(num_classes, [s.num_units for s in self.layers.values() if s.moments is not None],
                             [v.shape[1] for v in self._pooled_inputs.values()]) if self.collects_screening else 0,
+            num_classes,
         )
         if self.channels is None:
             self.chunks = self.estimate.chunks(self.memory_budget)
