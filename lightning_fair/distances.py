@@ -122,6 +122,7 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
     # whole layer is ever held (only the chunk's, within ``max_elements``)
     views = [s.permute(1, 2, 0) for s in samples]
     num_classes = len(samples)
+    equal = len({s.shape[0] for s in samples}) == 1
     channels, dim = views[0].shape[:2]
     levels = widths.numel()
     per_channel = max(1, dim * num_classes * max(levels, num_classes))
@@ -131,10 +132,11 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
     for start in range(0, channels, chunk):
         stop = min(channels, start + chunk)
         # [c, D, K, L]: each class's quantile function per (unit, projection).
-        grid = torch.stack(
-            [_sort_last(v[start:stop].contiguous()).to(dtype).index_select(-1, idx) for v, idx in zip(views, indices)],
-            dim=2,
-        )
+        if equal:  # the sorted samples are the quantile functions: one sort for every class
+            grid = _sort_last(torch.stack([v[start:stop] for v in views], dim=2)).to(dtype)
+        else:
+            grid = torch.stack([_sort_last(v[start:stop].contiguous()).to(dtype).index_select(-1, idx)
+                                for v, idx in zip(views, indices)], dim=2)
         distances = pairwise_w1(grid, widths)  # [c, D, K, K]
         result[start:stop] = distances.mean(dim=1).amax(dim=(-2, -1))
     return result

@@ -13,6 +13,10 @@ Absolute times on shared machines are noisy; the ratios, measured side by side, 
 
 Run:  python examples/benchmarks/score_speed.py            (about a minute on 2 CPU cores)
       python examples/benchmarks/score_speed.py --quick    (smoke test)
+      python examples/benchmarks/score_speed.py --device cuda --no-reference   (on a GPU)
+
+Without scikit-learn the digits are replaced by generated 8x8 images (a class-dependent mean plus
+noise), which times the same.
 
 From Python: ``run(quick) -> dict`` and ``to_markdown(results) -> str`` (used by run_all.py).
 """
@@ -35,21 +39,32 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_fair import compute_scores, zoo
 
 
-def digits_loader(image_size: int, num_images: int, batch_size: int) -> DataLoader:
-    from sklearn.datasets import load_digits
-
+def digits_images(num_images: int):
+    """sklearn's digits (``[N, 1, 8, 8]`` in [0, 1], labels), or generated ones without scikit-learn."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        g = torch.Generator().manual_seed(0)
+        y = torch.arange(num_images) % 10
+        x = (torch.rand(num_images, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1) / 10.0).clamp(0, 1)
+        return x, y, "generated digit-sized images (scikit-learn not installed)"
     digits = load_digits()
     x = torch.tensor(digits.images[:num_images], dtype=torch.float32).unsqueeze(1) / 16.0
+    return x, torch.tensor(digits.target[:num_images], dtype=torch.long), "sklearn digits"
+
+
+def digits_loader(image_size: int, num_images: int, batch_size: int) -> DataLoader:
+    x, y, _ = digits_images(num_images)
     if image_size != 8:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    y = torch.tensor(digits.target[:num_images], dtype=torch.long)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
 def plain_pass(model: torch.nn.Module, loader: DataLoader) -> None:
     model.eval()
+    device = next(model.parameters()).device
     for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
         loss.backward()
     model.zero_grad(set_to_none=True)
 
@@ -77,9 +92,14 @@ def have_reference() -> bool:
     return FAIR_Pruner is not None
 
 
-def timed(fn) -> float:
+def timed(fn, device: str = "cpu") -> float:
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -88,11 +108,13 @@ DEFAULT_MODELS = ("small_cnn", "vgg_bn", "resnet")
 
 def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images: int = 640, batch_size: int = 64,
         samples_per_class: int = 32, repeats: int = 3, reference: Optional[bool] = None,
-        threads: Optional[int] = None, verbose: bool = False) -> dict:
+        threads: Optional[int] = None, verbose: bool = False, device: str = "cpu") -> dict:
     """Time plain / ours / reference per model; returns plain data (medians and every repeat).
 
     ``quick``: small_cnn only, 320 digits at 8x8, 1 repeat. ``reference``: time network-pruner
     (default: when installed). ``threads``: torch threads while timing (default: unchanged).
+    ``device``: where the model runs (``"cuda"``: the calibration batches stay on the host and are
+    moved per batch, as from a DataLoader; the reference is timed on the CPU only).
     """
     if quick:
         models, images, repeats, image_size = ("small_cnn",), 320, 1, 8
@@ -105,16 +127,18 @@ def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images
         torch.manual_seed(0)
         loader = digits_loader(image_size, images, batch_size)
         use_reference = have_reference() if reference is None else (reference and have_reference())
+        use_reference = use_reference and torch.device(device).type == "cpu"
         rows = []
         for name in models:
             torch.manual_seed(0)
-            model = zoo.MODELS[name]()
+            model = zoo.MODELS[name]().to(device)
             times = {"plain": [], "ours": [], "reference": []}
             plain_pass(copy.deepcopy(model), loader)  # warm-up, untimed: first calls allocate and pick kernels
             compute_scores(model, loader, samples_per_class=samples_per_class)
             for _ in range(repeats):  # interleaved, so drift hits every method alike
-                times["plain"].append(timed(lambda: plain_pass(copy.deepcopy(model), loader)))
-                times["ours"].append(timed(lambda: compute_scores(model, loader, samples_per_class=samples_per_class)))
+                times["plain"].append(timed(lambda: plain_pass(copy.deepcopy(model), loader), device))
+                times["ours"].append(timed(lambda: compute_scores(model, loader, samples_per_class=samples_per_class),
+                                           device))
                 if use_reference:
                     times["reference"].append(
                         timed(lambda: reference_metrics(copy.deepcopy(model), loader, samples_per_class))
@@ -129,7 +153,8 @@ def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images
         return {
             "config": {"models": list(models), "image_size": image_size, "images": images, "batch_size": batch_size,
                        "samples_per_class": samples_per_class, "repeats": repeats, "reference": use_reference,
-                       "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": quick},
+                       "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": quick,
+                       "device": str(device), "data": digits_images(1)[2]},
             "rows": rows,
         }
     finally:
@@ -179,11 +204,14 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-reference", action="store_true", help="skip network-pruner even if installed")
     parser.add_argument("--quick", action="store_true", help="tiny run: one model, 1 repeat")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the reference runs on the CPU only)")
     args = parser.parse_args(argv)
     quick = args.quick
     images, image_size, repeats = (320, 8, 1) if quick else (args.images, args.image_size, args.repeats)
-    use_reference = have_reference() and not args.no_reference
+    use_reference = have_reference() and not args.no_reference and args.device == "cpu"
     threads = args.threads or torch.get_num_threads()
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {device}; data: {digits_images(1)[2]}")
     print(f"calibration: {images} sklearn digits at {image_size}x{image_size}, batch {args.batch_size}, "
           f"{args.samples_per_class} samples/class; torch {torch.__version__}, {threads} threads; "
           f"reference {'network-pruner' if use_reference else 'not installed (pip install --no-deps network-pruner)'}")
@@ -191,7 +219,7 @@ def main(argv=None) -> None:
     print("-" * len(HEADER))
     run(quick=quick, models=args.models, image_size=args.image_size, images=args.images, batch_size=args.batch_size,
         samples_per_class=args.samples_per_class, repeats=args.repeats, reference=use_reference,
-        threads=args.threads, verbose=True)
+        threads=args.threads, verbose=True, device=args.device)
 
 
 if __name__ == "__main__":
