@@ -243,7 +243,8 @@ class BatchRecorder:
             theta = c.projection(name, map_size)
             projected = values if theta is None else values @ theta
             if stats.samples is None:
-                stats.samples = projected.new_zeros(c.chosen_classes.numel(), c.samples_per_class, *projected.shape[1:])
+                # rows past a class's count are never read: no need to zero them
+                stats.samples = projected.new_empty(c.chosen_classes.numel(), c.samples_per_class, *projected.shape[1:])
                 stats.observed = STAGE_NAMES[stage]
                 stats.map_size = map_size
             stats.samples[slots_d, positions_d] = projected
