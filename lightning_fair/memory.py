@@ -18,8 +18,8 @@ A unit's score does not depend on the other units, so the scores are the same as
 (given the same batches in the same order).
 
 Time: besides the passes, U compares the K classes of every (unit, projection) pairwise: one L1
-``cdist`` of ``K`` quantile functions of ``n`` levels, ``K² n`` operations, so ``K * bytes / 4``
-per unit in all (:attr:`MemoryEstimate.distance_ops`). ``max_classes`` (default 100, the
+``cdist`` of ``K`` quantile functions of ``n`` levels, about ``K² (n + 8)`` operations (the 8: what
+a pair costs beyond its ``n`` differences, measured), :attr:`MemoryEstimate.distance_ops`. ``max_classes`` (default 100, the
 reference's cap) bounds K; :meth:`MemoryEstimate.cost_warning` says which option brings a
 setting down when it would take far too long.
 """
@@ -44,9 +44,10 @@ __all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "screening_bytes"
 DEFAULT_BUDGET = "4GiB"
 #: Bytes of the bounded work buffers of one layer's distance computation.
 DISTANCE_WORK_BYTES = 5 * 2**25 * 4  # float32: sorted chunk, stacked class grids, the grid, its weighted copy, distances
-#: Distance operations (``K² n`` per unit and projection) a machine does per second, measured with
-#: :func:`lightning_fair.distances.max_pairwise_w1`: about 2e9 on one core of the CI machine; a GPU
-#: is assumed 100x one core. Only used to say when a setting would take far too long.
+#: Distance operations (``K² (n + 8)`` per unit and projection) a machine does per second, measured with
+#: :func:`lightning_fair.distances.max_pairwise_w1`: about 2e9 on one core of the CI machine (n = 2 to 32);
+#: a GPU is assumed 100x one core. Only used to say when a setting would take far too long.
+PAIR_OVERHEAD = 8
 OPS_PER_SECOND = {"cpu": 2e9, "cuda": 2e11}
 #: Above these the estimate warns (:meth:`MemoryEstimate.cost_warning`).
 LONG_SECONDS, MANY_PASSES = 3600.0, 8
@@ -113,8 +114,9 @@ class MemoryEstimate:
 
     @property
     def distance_ops(self) -> int:
-        """Operations of the pairwise distances (``K² n`` per unit and projection: ``K * bytes / 4`` per unit)."""
-        return sum(c * b * self.num_classes // 4 for c, b in self.layers.values())
+        """Operations of the pairwise distances: ``K² (n + 8)`` per unit and projection (``bytes / 4 = K n D``)."""
+        n = self.samples_per_class
+        return sum(c * b * self.num_classes * (n + PAIR_OVERHEAD) // (4 * n) for c, b in self.layers.values())
 
     def distance_seconds(self, device: str = "cpu", threads: int = 1) -> float:
         """Rough time of the pairwise distances (``device`` ``"cpu"`` with ``threads`` threads, or ``"cuda"``)."""

@@ -14,6 +14,8 @@ Absolute times on shared machines are noisy; the ratios, measured side by side, 
 Run:  python examples/benchmarks/score_speed.py            (about a minute on 2 CPU cores)
       python examples/benchmarks/score_speed.py --quick    (smoke test)
       python examples/benchmarks/score_speed.py --device cuda --no-reference   (on a GPU)
+      python examples/benchmarks/score_speed.py --no-reference --old 900901b   (and lightning_fair at that
+          git revision, extracted with ``git archive``, timed side by side: "old")
 
 Without scikit-learn the digits are replaced by generated 8x8 images (a class-dependent mean plus
 noise), which times the same.
@@ -25,11 +27,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -84,6 +89,19 @@ def reference_metrics(model: torch.nn.Module, loader: DataLoader, samples_per_cl
             sys.stdout = stdout
 
 
+def old_compute_scores(revision: str):
+    """``compute_scores`` of lightning_fair at git ``revision`` of this repository, extracted with
+    ``git archive`` into a temporary folder and imported as the package ``lightning_fair_old``."""
+    root = Path(__file__).resolve().parents[2]
+    folder = tempfile.mkdtemp(prefix="lightning_fair_old_")
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "lightning_fair"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    os.rename(os.path.join(folder, "lightning_fair"), os.path.join(folder, "lightning_fair_old"))
+    sys.path.insert(0, folder)
+    return importlib.import_module("lightning_fair_old").compute_scores
+
+
 def have_reference() -> bool:
     try:
         from Network_Pruner import FAIR_Pruner
@@ -108,13 +126,14 @@ DEFAULT_MODELS = ("small_cnn", "vgg_bn", "resnet")
 
 def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images: int = 640, batch_size: int = 64,
         samples_per_class: int = 32, repeats: int = 3, reference: Optional[bool] = None,
-        threads: Optional[int] = None, verbose: bool = False, device: str = "cpu") -> dict:
+        threads: Optional[int] = None, verbose: bool = False, device: str = "cpu", old: Optional[str] = None) -> dict:
     """Time plain / ours / reference per model; returns plain data (medians and every repeat).
 
     ``quick``: small_cnn only, 320 digits at 8x8, 1 repeat. ``reference``: time network-pruner
     (default: when installed). ``threads``: torch threads while timing (default: unchanged).
     ``device``: where the model runs (``"cuda"``: the calibration batches stay on the host and are
-    moved per batch, as from a DataLoader; the reference is timed on the CPU only).
+    moved per batch, as from a DataLoader; the reference is timed on the CPU only). ``old``: a git
+    revision whose ``compute_scores`` is timed too (:func:`old_compute_scores`; NaN if it fails there).
     """
     if quick:
         models, images, repeats, image_size = ("small_cnn",), 320, 1, 8
@@ -128,17 +147,28 @@ def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images
         loader = digits_loader(image_size, images, batch_size)
         use_reference = have_reference() if reference is None else (reference and have_reference())
         use_reference = use_reference and torch.device(device).type == "cpu"
+        old_scores = old_compute_scores(old) if old else None
         rows = []
         for name in models:
             torch.manual_seed(0)
             model = zoo.MODELS[name]().to(device)
-            times = {"plain": [], "ours": [], "reference": []}
+            times = {"plain": [], "ours": [], "reference": [], "old": []}
             plain_pass(copy.deepcopy(model), loader)  # warm-up, untimed: first calls allocate and pick kernels
             compute_scores(model, loader, samples_per_class=samples_per_class)
+            old_error = None
+            if old_scores is not None:
+                try:
+                    old_scores(model, loader, samples_per_class=samples_per_class)
+                except Exception as error:  # e.g. the old path on a GPU
+                    old_error = f"{type(error).__name__}: {error}"
+                    print(f"  {name}: lightning_fair at {old} fails here: {old_error[:300]}", flush=True)
             for _ in range(repeats):  # interleaved, so drift hits every method alike
                 times["plain"].append(timed(lambda: plain_pass(copy.deepcopy(model), loader), device))
                 times["ours"].append(timed(lambda: compute_scores(model, loader, samples_per_class=samples_per_class),
                                            device))
+                if old_scores is not None and old_error is None:
+                    times["old"].append(timed(lambda: old_scores(model, loader, samples_per_class=samples_per_class),
+                                              device))
                 if use_reference:
                     times["reference"].append(
                         timed(lambda: reference_metrics(copy.deepcopy(model), loader, samples_per_class))
@@ -146,7 +176,7 @@ def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images
             med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
             row = {"model": name, "plain": med["plain"], "ours": med["ours"], "reference": med["reference"],
                    "ours_over_plain": med["ours"] / med["plain"], "reference_over_ours": med["reference"] / med["ours"],
-                   "times": times}
+                   "old": med["old"], "old_over_plain": med["old"] / med["plain"], "times": times}
             rows.append(row)
             if verbose:
                 print(_line(row), flush=True)
@@ -161,12 +191,14 @@ def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images
         torch.set_num_threads(previous_threads)
 
 
-HEADER = f"{'model':<14}{'plain s':>9}{'ours s':>9}{'ref s':>9}{'ours/plain':>12}{'ref/ours':>10}"
+HEADER = (f"{'model':<14}{'plain s':>9}{'ours s':>9}{'ref s':>9}{'ours/plain':>12}{'ref/ours':>10}"
+          f"{'old s':>9}{'old/plain':>11}")
 
 
 def _line(row: dict) -> str:
     return (f"{row['model']:<14}{row['plain']:>9.3f}{row['ours']:>9.3f}{row['reference']:>9.3f}"
-            f"{row['ours_over_plain']:>12.2f}{row['reference_over_ours']:>10.1f}")
+            f"{row['ours_over_plain']:>12.2f}{row['reference_over_ours']:>10.1f}{row['old']:>9.3f}"
+            f"{row['old_over_plain']:>11.2f}")
 
 
 def _num(value: float, fmt: str) -> str:
@@ -205,6 +237,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip network-pruner even if installed")
     parser.add_argument("--quick", action="store_true", help="tiny run: one model, 1 repeat")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the reference runs on the CPU only)")
+    parser.add_argument("--old", default=None, help="a git revision of lightning_fair to time side by side")
     args = parser.parse_args(argv)
     quick = args.quick
     images, image_size, repeats = (320, 8, 1) if quick else (args.images, args.image_size, args.repeats)
@@ -219,7 +252,7 @@ def main(argv=None) -> None:
     print("-" * len(HEADER))
     run(quick=quick, models=args.models, image_size=args.image_size, images=args.images, batch_size=args.batch_size,
         samples_per_class=args.samples_per_class, repeats=args.repeats, reference=use_reference,
-        threads=args.threads, verbose=True, device=args.device)
+        threads=args.threads, verbose=True, device=args.device, old=args.old)
 
 
 if __name__ == "__main__":
