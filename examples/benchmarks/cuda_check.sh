@@ -31,7 +31,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
     say "=== $name: exit $rc in $((SECONDS - start)) s"
 }
 
-step versions 45 "$python" - <<'EOF'
+step versions 30 "$python" - <<'EOF'
 import platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda,
       "| cuDNN", torch.backends.cudnn.version(), "| CUDA available:", torch.cuda.is_available())
@@ -47,8 +47,8 @@ import lightning_fair
 print("lightning_fair from", lightning_fair.__file__)
 EOF
 
-step cuda_tests 130 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+step cuda_tests 120 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
 step score_speed 60 "$python" examples/benchmarks/score_speed.py --device cuda --no-reference --repeats 5
-step resnet50_cuda 65 "$python" examples/benchmarks/resnet50_memory.py --device cuda --images 800 --batch 64 \
+step resnet50_cuda 90 "$python" examples/benchmarks/resnet50_memory.py --device cuda --images 800 --batch 64 \
     --samples 8 --projections 128 --budget 32GiB
 say "=== done; outputs in $out"
