@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from .allocation import ALLOCATIONS, RANKINGS, check_tolerance, resolve_allocation
 from .layers import OBSERVATION_POINTS
-from .memory import DEFAULT_BUDGET, parse_bytes
+from .memory import DEFAULT_BUDGET, resolve_budget
 from .presets import PRESETS, resolve_preset
 from .removal import GROUP_POLICIES
 from .screening import CRITERIA, check_criterion
@@ -78,7 +78,8 @@ class PruneConfig:
             (:mod:`lightning_fair.classes`; docs/method.md, "Many classes").
         seed: seeds the projection directions (and the random ranking).
         max_batches: calibration batches to use (all by default).
-        memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit); over it
+        memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit; ``"auto"``, the
+            default: half the free memory of the CUDA device the model is on, 4 GiB on the CPU); over it
             they are collected in several passes.
         ignored_layers: qualified module names never pruned (the output layer never is);
             :func:`lightning_fair.prune` also accepts module objects here.
@@ -166,7 +167,7 @@ class PruneConfig:
             raise ValueError(f"max_batches must be a positive integer or None (all batches), got {self.max_batches!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        parse_bytes(self.memory_budget)  # a bad budget fails before anything runs
+        resolve_budget(self.memory_budget)  # a bad budget fails before anything runs
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -38,10 +38,13 @@ from .guards import preserved_modes
 from .layers import (ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, candidate_layers, input_key,
                      resolve_ignored, units_view)
 
-__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "screening_bytes", "DEFAULT_BUDGET"]
+__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "resolve_budget", "screening_bytes", "DEFAULT_BUDGET"]
 
-#: Default ``memory_budget`` of the statistics pass.
-DEFAULT_BUDGET = "4GiB"
+#: Default ``memory_budget`` of the statistics pass: ``"auto"`` (:func:`resolve_budget`) is half the
+#: free memory of the CUDA device the model is on, and ``CPU_BUDGET`` anywhere else.
+DEFAULT_BUDGET = "auto"
+CPU_BUDGET = "4GiB"
+AUTO_FRACTION = 0.5
 #: Bytes of the bounded work buffers of one layer's distance computation.
 DISTANCE_WORK_BYTES = 5 * 2**25 * 4  # float32: sorted chunk, stacked class grids, the grid, its weighted copy, distances
 #: Distance operations (``K² (n + 8)`` per unit and projection) a machine does per second, measured with
@@ -72,12 +75,30 @@ def parse_bytes(value: Union[int, float, str, None]) -> Optional[int]:
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
         if not match or match.group(2).lower() not in _UNITS:
-            raise ValueError(f"memory_budget must be bytes or a size like '4GiB' or '512MB', got {value!r}")
+            raise ValueError(f"memory_budget must be bytes, a size like '4GiB' or '512MB', 'auto' or None, got {value!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
     result = int(number * _UNITS[unit])
     if result <= 0:
         raise ValueError(f"memory_budget must be positive, got {value!r}")
     return result
+
+
+def resolve_budget(value: Union[int, float, str, None], device=None) -> Optional[int]:
+    """``memory_budget`` in bytes for statistics kept on ``device``: ``"auto"`` is half the free memory
+    of a CUDA device (what is free when scoring starts), 4 GiB on the CPU or any other device;
+    anything else as :func:`parse_bytes`.
+
+    Example:
+        >>> resolve_budget("auto", "cpu") == parse_bytes("4GiB"), resolve_budget("1GiB")
+        (True, 1073741824)
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        device = torch.device(device if device is not None else "cpu")
+        if device.type == "cuda" and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info(device)
+            return max(1, int(free * AUTO_FRACTION))
+        return parse_bytes(CPU_BUDGET)
+    return parse_bytes(value)
 
 
 def unit_bytes(num_classes: int, samples_per_class: int, map_size: int, num_projections: int) -> int:

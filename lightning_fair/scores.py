@@ -16,7 +16,7 @@ from torch import nn
 from .batches import default_unpack
 from .config import PruneConfig, configure
 from .distances import max_pairwise_w1
-from .memory import parse_bytes
+from .memory import resolve_budget
 from .screening import filter_norms, screening_scores
 from .layers import consumer_of, resolve_ignored
 from .statistics import RECONSTRUCTIONS, StatisticsCollector
@@ -200,7 +200,7 @@ def compute_scores(
     """
     config = configure(config, **options).resolved()
     samples_per_class, max_batches, memory_budget = config.samples_per_class, config.max_batches, config.memory_budget
-    budget = parse_bytes(memory_budget)
+    budget = resolve_budget(memory_budget, next((p.device for p in model.parameters()), None))
     ignored = resolve_ignored(model, config.ignored_layers)
     options = dict(samples_per_class=samples_per_class, num_projections=config.num_projections,
                    max_classes=config.max_classes, observe=config.observe,

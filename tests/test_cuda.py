@@ -203,3 +203,13 @@ def test_lightning_callback_prunes_mid_fit_on_a_gpu(tmp_path):
     assert next(model.parameters()).device.type == "cuda"
     after = [loss for epoch, loss in losses if epoch == 1]
     assert after and all(torch.isfinite(torch.tensor(after)))
+
+
+def test_the_auto_budget_is_half_the_free_device_memory():
+    from lightning_fair.memory import resolve_budget
+
+    free, total = torch.cuda.mem_get_info(CUDA)
+    budget = resolve_budget("auto", CUDA)
+    assert 0.4 * free <= budget <= 0.6 * free and budget < total
+    scores = compute_scores(model_on("small_cnn", CUDA), batches(CUDA), **FAST)  # default budget: "auto"
+    assert scores.config["passes"] == 1

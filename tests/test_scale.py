@@ -11,7 +11,7 @@ import torch
 from lightning_fair import PruneConfig, compute_scores, estimate_memory, zoo
 from lightning_fair.classes import chosen_classes, class_slots, rank_within_class
 from lightning_fair.finite import FiniteChecks
-from lightning_fair.memory import MANY_PASSES, MemoryEstimate, unit_bytes
+from lightning_fair.memory import MANY_PASSES, MemoryEstimate, parse_bytes, resolve_budget, unit_bytes
 
 FAST = dict(samples_per_class=4, num_projections=8)
 
@@ -136,3 +136,17 @@ def test_deferred_checks_raise_the_first_failure_at_flush():
     with pytest.raises(FloatingPointError, match="second failed"):
         checks.flush()
     checks.flush()  # nothing pending any more
+
+
+def test_the_default_budget_is_auto_and_4gib_on_the_cpu():
+    assert PruneConfig().memory_budget == "auto"
+    assert resolve_budget("auto", "cpu") == resolve_budget("AUTO", None) == parse_bytes("4GiB")
+    assert resolve_budget("2GiB", "cpu") == 2 * 2**30 and resolve_budget(None, "cpu") is None
+    with pytest.raises(ValueError, match="'auto'"):
+        PruneConfig(memory_budget="automatic")
+    data = batches(10, 120)
+    auto = compute_scores(model(10), data, **FAST)
+    four = compute_scores(model(10), data, memory_budget="4GiB", **FAST)
+    assert auto.config["passes"] == four.config["passes"] == 1
+    for name in auto.layers:
+        assert torch.equal(auto.utilization[name], four.utilization[name]), name
