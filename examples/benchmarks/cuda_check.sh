@@ -4,8 +4,9 @@
 #   2. the CUDA tests: python -m pytest -q tests/test_cuda.py (same scores and pruned channels as on
 #      the CPU, no host round trip per batch, the Lightning callback pruning mid-fit on the GPU);
 #   3. the score-speed benchmark on the GPU (examples/benchmarks/score_speed.py --device cuda);
-#   4. ResNet-50 at 224 with 1000 classes on the GPU: the estimate, the passes, the wall time and
-#      the peak device memory (examples/benchmarks/resnet50_memory.py --device cuda).
+#   4. ResNet-50 at 224 with 1000 classes on the GPU at the library's defaults (32 samples of each of
+#      the 100 compared classes, 128 projections, memory_budget="auto"): the estimate, the passes, the
+#      wall time and the peak device memory (examples/benchmarks/resnet50_memory.py --device cuda).
 # Needs torch with CUDA, lightning, torch-pruning and pytest; no scikit-learn, mlxtend or network.
 #
 # Run from the repository root:  bash examples/benchmarks/cuda_check.sh OUT_DIR [PYTHON]
@@ -47,8 +48,8 @@ import lightning_fair
 print("lightning_fair from", lightning_fair.__file__)
 EOF
 
-step cuda_tests 120 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
-step score_speed 60 "$python" examples/benchmarks/score_speed.py --device cuda --no-reference --repeats 5
-step resnet50_cuda 90 "$python" examples/benchmarks/resnet50_memory.py --device cuda --images 800 --batch 64 \
-    --samples 8 --projections 128 --budget 32GiB
+step cuda_tests 100 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+step score_speed 50 "$python" examples/benchmarks/score_speed.py --device cuda --no-reference --repeats 5
+step resnet50_cuda 120 "$python" examples/benchmarks/resnet50_memory.py --device cuda --images 3200 --batch 64 \
+    --samples 32 --projections 128 --budget auto
 say "=== done; outputs in $out"
