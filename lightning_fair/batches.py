@@ -87,7 +87,7 @@ def grad_inputs(inputs, device) -> torch.Tensor:
     require grad, so every layer output is part of the autograd graph."""
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"model inputs must be a tensor, got {type(inputs).__name__}; pass unpack=... to extract it")
-    inputs = inputs.to(device)
+    inputs = inputs.to(device, non_blocking=True)  # from the host: no wait for the device's queue
     if inputs.is_inference():
         inputs = inputs.clone()
     if inputs.is_floating_point():

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from .allocation import ALLOCATIONS, RANKINGS, check_tolerance, resolve_allocation
 from .layers import OBSERVATION_POINTS
-from .memory import DEFAULT_BUDGET, parse_bytes
+from .memory import DEFAULT_BUDGET, resolve_budget
 from .presets import PRESETS, resolve_preset
 from .removal import GROUP_POLICIES
 from .screening import CRITERIA, check_criterion
@@ -72,9 +72,14 @@ class PruneConfig:
         screening_weight: the weight of F against the filter magnitude, in [0, 1] (screening).
         samples_per_class: images per class kept for the utilization score (n in the paper).
         num_projections: random directions for the sliced W1 of conv channels (P in the paper).
+        max_classes: U compares at most this many classes (the reference's cap, 100): with more,
+            a random subset of the model's classes, seeded by ``seed``, is chosen once and only
+            their samples are kept (memory ~ classes, pairs ~ classes²); None compares all
+            (:mod:`lightning_fair.classes`; docs/method.md, "Many classes").
         seed: seeds the projection directions (and the random ranking).
         max_batches: calibration batches to use (all by default).
-        memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit); over it
+        memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit; ``"auto"``, the
+            default: half the free memory of the CUDA device the model is on, 4 GiB on the CPU); over it
             they are collected in several passes.
         ignored_layers: qualified module names never pruned (the output layer never is);
             :func:`lightning_fair.prune` also accepts module objects here.
@@ -114,6 +119,7 @@ class PruneConfig:
     screening_weight: float = 0.5
     samples_per_class: int = 32
     num_projections: int = 128
+    max_classes: Optional[int] = 100
     seed: int = 0
     max_batches: Optional[int] = None
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET
@@ -157,12 +163,16 @@ class PruneConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if self.max_classes is not None and (isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int)
+                                             or self.max_classes < 2):
+            raise ValueError(f"max_classes must be an integer >= 2 (U compares pairs of classes) or None (all classes), "
+                             f"got {self.max_classes!r}")
         if self.max_batches is not None and (isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
                                              or self.max_batches < 1):
             raise ValueError(f"max_batches must be a positive integer or None (all batches), got {self.max_batches!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        parse_bytes(self.memory_budget)  # a bad budget fails before anything runs
+        resolve_budget(self.memory_budget)  # a bad budget fails before anything runs
         if not isinstance(self.prune_embedding, bool):
             raise ValueError(f"prune_embedding must be True or False, got {self.prune_embedding!r}")
 

@@ -114,22 +114,29 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
     """
     if len(samples) < 2:
         channels = samples[0].shape[1] if samples else 0
-        return torch.zeros(channels)
+        return torch.zeros(channels, device=samples[0].device if samples else None)
+    device = samples[0].device
     indices, widths = quantile_grid([s.shape[0] for s in samples])
-    sorted_samples = [_sort_last(s.permute(1, 2, 0).contiguous()) for s in samples]  # [C, D, n_k]
+    indices, widths = [i.to(device) for i in indices], widths.to(device)
+    # [C, D, n_k] views; each chunk of units is sorted when it is scored, so no sorted copy of the
+    # whole layer is ever held (only the chunk's, within ``max_elements``)
+    views = [s.permute(1, 2, 0) for s in samples]
     num_classes = len(samples)
-    channels, dim = sorted_samples[0].shape[:2]
+    equal = len({s.shape[0] for s in samples}) == 1
+    channels, dim = views[0].shape[:2]
     levels = widths.numel()
     per_channel = max(1, dim * num_classes * max(levels, num_classes))
     chunk = max(1, max_elements // per_channel)
-    dtype = torch.promote_types(sorted_samples[0].dtype, torch.float32)
-    result = torch.empty(channels, dtype=dtype)
+    dtype = torch.promote_types(samples[0].dtype, torch.float32)
+    result = torch.empty(channels, dtype=dtype, device=device)
     for start in range(0, channels, chunk):
         stop = min(channels, start + chunk)
         # [c, D, K, L]: each class's quantile function per (unit, projection).
-        grid = torch.stack(
-            [s[start:stop].to(dtype).index_select(-1, idx) for s, idx in zip(sorted_samples, indices)], dim=2
-        )
+        if equal:  # the sorted samples are the quantile functions: one sort for every class
+            grid = _sort_last(torch.stack([v[start:stop] for v in views], dim=2)).to(dtype)
+        else:
+            grid = torch.stack([_sort_last(v[start:stop].contiguous()).to(dtype).index_select(-1, idx)
+                                for v, idx in zip(views, indices)], dim=2)
         distances = pairwise_w1(grid, widths)  # [c, D, K, K]
         result[start:stop] = distances.mean(dim=1).amax(dim=(-2, -1))
     return result
@@ -145,6 +152,7 @@ def wasserstein_1d(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(x.shape[0], -1, 1)
     y2 = y.reshape(y.shape[0], -1, 1)
     indices, widths = quantile_grid([x2.shape[0], y2.shape[0]])
+    indices, widths = [i.to(x.device) for i in indices], widths.to(x.device)
     qx = torch.sort(x2, dim=0).values.index_select(0, indices[0])
     qy = torch.sort(y2, dim=0).values.index_select(0, indices[1])
     w = widths.to(torch.promote_types(x.dtype, torch.float32)).reshape(-1, 1, 1)

@@ -89,20 +89,20 @@ def merge_ranks(col) -> None:
     if missing.item() > 0:
         raise RuntimeError("lightning_fair: a process recorded no samples for some layer; calibration batches "
                            "must not be empty")
-    counts = torch.stack(all_gather_tensor(col.class_counts))  # [W, K]
+    counts = torch.stack(all_gather_tensor(col.class_counts)).cpu()  # [W, K]
     n = col.samples_per_class
-    # for each class, the first n rows over the ranks' valid rows, in rank order
-    num_classes = counts.shape[1]
-    src_rank = torch.zeros(num_classes, n, dtype=torch.long)
-    src_row = torch.zeros(num_classes, n, dtype=torch.long)
-    merged_counts = torch.zeros(num_classes, dtype=torch.long)
-    for k in range(num_classes):
+    # for each class U compares (one slot each), the first n rows over the ranks' valid rows, in rank order
+    chosen = col.chosen_classes.tolist()
+    src_rank = torch.zeros(len(chosen), n, dtype=torch.long)
+    src_row = torch.zeros(len(chosen), n, dtype=torch.long)
+    merged_counts = torch.zeros(counts.shape[1], dtype=torch.long)
+    for slot, k in enumerate(chosen):
         ranks = torch.repeat_interleave(torch.arange(counts.shape[0]), counts[:, k])
         rows = torch.cat([torch.arange(int(c)) for c in counts[:, k]]) if counts[:, k].sum() else ranks
         take = min(n, ranks.numel())
-        src_rank[k, :take], src_row[k, :take] = ranks[:take], rows[:take]
+        src_rank[slot, :take], src_row[slot, :take] = ranks[:take], rows[:take]
         merged_counts[k] = take
-    classes = torch.arange(num_classes).unsqueeze(1).expand(-1, n)
+    classes = torch.arange(len(chosen)).unsqueeze(1).expand(-1, n)
     for name in names:
         stats = col.layers[name]
         gathered = torch.stack(all_gather_tensor(stats.samples))  # [W, K, n, C, D]

@@ -5,8 +5,8 @@ class for every unit, each seen through ``num_projections`` directions (conv map
 scalar (Linear): ``K * n * C * D`` float32 values. That grows with the number of classes and
 channels, not with the number of batches. Everything else is small: the reconstruction sums
 (``2 * C`` float64 per layer) and the mean input of every Conv/Linear (``C_in * spatial``
-float64). Scoring a layer briefly needs a sorted copy of its samples plus a bounded work
-buffer (:func:`lightning_fair.distances.max_pairwise_w1`). With ``screening=True`` the
+float64). Scoring a layer needs a bounded work buffer (:func:`lightning_fair.distances.max_pairwise_w1`
+sorts and compares a chunk of units at a time). With ``screening=True`` the
 screening criterion adds, per scored layer and per Conv/Linear input, a per-class count, sum
 and sum of squares: ``16 * K * C + 8 * K`` bytes (float64).
 
@@ -16,6 +16,12 @@ are collected one chunk per pass over the calibration data: the first pass also 
 everything else (one forward and one backward per batch), later passes are forward only.
 A unit's score does not depend on the other units, so the scores are the same as in one pass
 (given the same batches in the same order).
+
+Time: besides the passes, U compares the K classes of every (unit, projection) pairwise: one L1
+``cdist`` of ``K`` quantile functions of ``n`` levels, about ``K² (n + 8)`` operations (the 8: what
+a pair costs beyond its ``n`` differences, measured), :attr:`MemoryEstimate.distance_ops`. ``max_classes`` (default 100, the
+reference's cap) bounds K; :meth:`MemoryEstimate.cost_warning` says which option brings a
+setting down when it would take far too long.
 """
 
 from __future__ import annotations
@@ -34,12 +40,22 @@ from .mha import hookable_attention
 from .layers import (ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, candidate_layers, input_key,
                      resolve_ignored, units_view)
 
-__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "screening_bytes", "DEFAULT_BUDGET"]
+__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "resolve_budget", "screening_bytes", "DEFAULT_BUDGET"]
 
-#: Default ``memory_budget`` of the statistics pass.
-DEFAULT_BUDGET = "4GiB"
-#: Bytes of the bounded work buffers of one layer's distance computation (grid + distances).
-DISTANCE_WORK_BYTES = 4 * 2**25 * 4  # float32: stacked class grids, the grid, its weighted copy, the distances
+#: Default ``memory_budget`` of the statistics pass: ``"auto"`` (:func:`resolve_budget`) is half the
+#: free memory of the CUDA device the model is on, and ``CPU_BUDGET`` anywhere else.
+DEFAULT_BUDGET = "auto"
+CPU_BUDGET = "4GiB"
+AUTO_FRACTION = 0.5
+#: Bytes of the bounded work buffers of one layer's distance computation.
+DISTANCE_WORK_BYTES = 5 * 2**25 * 4  # float32: sorted chunk, stacked class grids, the grid, its weighted copy, distances
+#: Distance operations (``K² (n + 8)`` per unit and projection) a machine does per second, measured with
+#: :func:`lightning_fair.distances.max_pairwise_w1`: about 2e9 on one core of the CI machine (n = 2 to 32);
+#: a GPU is assumed 100x one core. Only used to say when a setting would take far too long.
+PAIR_OVERHEAD = 8
+OPS_PER_SECOND = {"cpu": 2e9, "cuda": 2e11}
+#: Above these the estimate warns (:meth:`MemoryEstimate.cost_warning`).
+LONG_SECONDS, MANY_PASSES = 3600.0, 8
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -61,12 +77,30 @@ def parse_bytes(value: Union[int, float, str, None]) -> Optional[int]:
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
         if not match or match.group(2).lower() not in _UNITS:
-            raise ValueError(f"memory_budget must be bytes or a size like '4GiB' or '512MB', got {value!r}")
+            raise ValueError(f"memory_budget must be bytes, a size like '4GiB' or '512MB', 'auto' or None, got {value!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
     result = int(number * _UNITS[unit])
     if result <= 0:
         raise ValueError(f"memory_budget must be positive, got {value!r}")
     return result
+
+
+def resolve_budget(value: Union[int, float, str, None], device=None) -> Optional[int]:
+    """``memory_budget`` in bytes for statistics kept on ``device``: ``"auto"`` is half the free memory
+    of a CUDA device (what is free when scoring starts), 4 GiB on the CPU or any other device;
+    anything else as :func:`parse_bytes`.
+
+    Example:
+        >>> resolve_budget("auto", "cpu") == parse_bytes("4GiB"), resolve_budget("1GiB")
+        (True, 1073741824)
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        device = torch.device(device if device is not None else "cpu")
+        if device.type == "cuda" and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info(device)
+            return max(1, int(free * AUTO_FRACTION))
+        return parse_bytes(CPU_BUDGET)
+    return parse_bytes(value)
 
 
 def unit_bytes(num_classes: int, samples_per_class: int, map_size: int, num_projections: int) -> int:
@@ -93,6 +127,44 @@ class MemoryEstimate:
     input_bytes: int = 0
     #: bytes of the screening statistics (0 unless ``screening=True``)
     screening_bytes: int = 0
+    #: classes of the model (``num_classes`` is how many U compares, at most ``max_classes``)
+    model_classes: int = 0
+
+    @property
+    def pairs(self) -> int:
+        """Class pairs U compares for every unit and projection."""
+        return self.num_classes * (self.num_classes - 1) // 2
+
+    @property
+    def distance_ops(self) -> int:
+        """Operations of the pairwise distances: ``K² (n + 8)`` per unit and projection (``bytes / 4 = K n D``)."""
+        n = self.samples_per_class
+        return sum(c * b * self.num_classes * (n + PAIR_OVERHEAD) // (4 * n) for c, b in self.layers.values())
+
+    def distance_seconds(self, device: str = "cpu", threads: int = 1) -> float:
+        """Rough time of the pairwise distances (``device`` ``"cpu"`` with ``threads`` threads, or ``"cuda"``)."""
+        rate = OPS_PER_SECOND.get(device, OPS_PER_SECOND["cpu"]) * (max(threads, 1) if device == "cpu" else 1)
+        return self.distance_ops / rate
+
+    def cost_warning(self, budget: Optional[int], device: str = "cpu", threads: int = 1) -> Optional[str]:
+        """A sentence naming the options that bring the cost down, if the setting would take far too
+        long (more than ``MANY_PASSES`` passes, or over an hour of distances); else None."""
+        passes = len(self.chunks(budget))
+        seconds = self.distance_seconds(device, threads)
+        if passes <= MANY_PASSES and seconds <= LONG_SECONDS:
+            return None
+        what = []
+        if passes > MANY_PASSES:
+            what.append(f"{passes} passes over the calibration data (memory_budget={_size(budget)} for "
+                        f"{_size(self.total_bytes)} of statistics)")
+        if seconds > LONG_SECONDS:
+            what.append(f"about {seconds / 3600:,.1f} h of class-pair distances on {device}"
+                        + (f" ({threads} thread(s))" if device == "cpu" else "")
+                        + f" ({self.pairs:,} pairs of {self.num_classes} classes per unit and projection)")
+        return ("lightning_fair: scoring would take far too long: " + "; ".join(what) + ". Bring it down with "
+                f"max_classes (now {self.num_classes} classes compared; time ~ classes², memory ~ classes), "
+                f"num_projections (now {self.num_projections}) or samples_per_class (now {self.samples_per_class})"
+                + (", or a larger memory_budget (passes only)" if passes > MANY_PASSES else ""))
 
     @property
     def samples_bytes(self) -> int:
@@ -105,9 +177,7 @@ class MemoryEstimate:
     def peak_bytes(self, chunk_bytes: Optional[int] = None) -> int:
         """Peak of one pass holding ``chunk_bytes`` of samples (default: everything at once)."""
         held = self.samples_bytes if chunk_bytes is None else chunk_bytes
-        largest = max((c * b for c, b in self.layers.values()), default=0)
-        copy = min(held, largest)  # the sorted copy of the layer being scored
-        return held + copy + DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
+        return held + DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -120,12 +190,12 @@ class MemoryEstimate:
         if budget is None or self.peak_bytes() <= budget:
             return [everything]
         fixed = DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
-        capacity = (budget - fixed) // 2  # samples held + the sorted copy of one layer
+        capacity = budget - fixed  # samples held (units are sorted and compared in bounded chunks)
         smallest = min((b for _, b in self.layers.values()), default=1)
         if capacity < smallest:
             raise ValueError(
-                f"memory_budget={budget / 2**20:.0f} MiB is below the {(fixed + 2 * smallest) / 2**20:.0f} MiB one unit "
-                "needs; raise memory_budget, or lower samples_per_class / num_projections"
+                f"memory_budget={budget / 2**20:.0f} MiB is below the {(fixed + smallest) / 2**20:.0f} MiB one unit "
+                "needs; raise memory_budget, or lower samples_per_class / num_projections / max_classes"
             )
         chunks, current, used = [], {}, 0
         for name, (units, per_unit) in self.layers.items():
@@ -144,11 +214,17 @@ class MemoryEstimate:
             chunks.append(current)
         return chunks
 
-    def describe(self, budget: Optional[int] = None) -> str:
+    def describe(self, budget: Optional[int] = None, device: str = "cpu", threads: int = 1) -> str:
+        """The estimate in words: memory, passes under ``budget``, class pairs and distance work."""
         passes = len(self.chunks(budget))
+        classes = (f"{self.num_classes} of {self.model_classes} classes" if self.model_classes > self.num_classes
+                   else f"{self.num_classes} classes")
+        seconds = self.distance_seconds(device, threads)
         text = (f"lightning_fair: statistics need about {self.total_bytes / 2**20:,.0f} MiB in one pass "
-                f"({len(self.layers)} layers, {self.num_classes} classes x {self.samples_per_class} samples, "
-                f"{self.num_projections} projections)")
+                f"({len(self.layers)} layers, {classes} x {self.samples_per_class} samples, "
+                f"{self.num_projections} projections); {self.pairs:,} class pairs, {self.distance_ops:.2g} distance "
+                f"operations (~{_duration(seconds)} on {device}" + (f", {threads} thread(s)" if device == "cpu" else "")
+                + ")")
         if passes > 1:
             worst = max(self.peak_bytes(sum((b - a) * self.layers[n][1] for n, (a, b) in chunk.items()))
                         for chunk in self.chunks(budget))
@@ -160,13 +236,23 @@ class MemoryEstimate:
         return self.describe()
 
 
+def _size(value: Optional[int]) -> str:
+    return "None" if value is None else f"{value / 2**30:,.1f} GiB" if value >= 2**30 else f"{value / 2**20:,.0f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:,.1f} s" if seconds < 120 else f"{seconds / 60:,.0f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+
+
 def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
-                    samples_per_class: int = 32, num_projections: int = 128, ignored_layers=None,
+                    samples_per_class: int = 32, num_projections: int = 128, max_classes: Optional[int] = 100,
+                    ignored_layers=None,
                     screening: bool = False, observe: str = "activation",
                     logits: Optional[Callable] = None, prune_embedding: bool = False) -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
-    ``num_classes`` defaults to the width of the model's output; ``screening=True`` counts the
+    ``num_classes`` defaults to the width of the model's output, of which U compares at most
+    ``max_classes`` (None: all); ``screening=True`` counts the
     screening criterion's statistics too (as ``compute_scores(..., screening=True)``); ``observe``
     as in ``compute_scores`` (it decides which layer inputs are observed apart, see
     :mod:`lightning_fair.statistics`); ``prune_embedding`` as in ``compute_scores`` (transformers).
@@ -242,12 +328,14 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
         finally:
             for h in handles:
                 h.remove()
-    classes = int(num_classes if num_classes is not None else output.shape[-1])
+    model_classes = int(num_classes if num_classes is not None else output.shape[-1])
+    classes = model_classes if max_classes is None else min(model_classes, int(max_classes))
     executed = list(dict.fromkeys(order))
     output_layer = [name for name in executed if name in modules][-1:]
     layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))
               for name in executed if name not in output_layer and calls[name] == 1 and name in shapes}
-    extra = screening_bytes(classes, [c for c, _ in layers.values()], list(widths.values())) if screening else 0
+    extra = screening_bytes(model_classes, [c for c, _ in layers.values()], list(widths.values())) if screening else 0
     layers.update({input_key(name): (c, unit_bytes(classes, samples_per_class, m, num_projections))
                    for name, (c, m) in seen_inputs.items() if input_calls[name] == 1})
-    return MemoryEstimate(classes, samples_per_class, num_projections, layers, 8 * sum(inputs.values()), extra)
+    return MemoryEstimate(classes, samples_per_class, num_projections, layers, 8 * sum(inputs.values()), extra,
+                          model_classes)

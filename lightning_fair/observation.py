@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .classes import rank_within_class
 from .layers import ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, consumer_of, input_key, units_view
 
 if TYPE_CHECKING:  # the collector imports this module at run time
@@ -80,24 +81,27 @@ class BatchRecorder:
         self.selected = self._select(target)
 
     def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
-        """Indices of this batch's samples still needed for U (the first n per class)."""
+        """Indices of this batch's samples still needed for U (the first n per chosen class), on
+        the device; worked out on the host from the labels (a copy of them only if they arrive on
+        another device)."""
         counts = self.c.class_counts
-        labels = target.detach().long().cpu().flatten()
         if target.dim() != 1:
             raise ValueError(f"labels must be one class index per sample, got shape {tuple(target.shape)}")
+        labels = self.labels = target.detach().long().cpu()
         if labels.numel() and labels.min() < 0:
             raise ValueError("labels must be class indices >= 0")
         if counts is None:  # first batch: the number of classes is known once the forward returns
             counts = torch.zeros(int(labels.max()) + 1 if labels.numel() else 1, dtype=torch.long)
-        elif labels.numel() and labels.max() >= counts.numel():
-            raise ValueError(f"labels must lie in [0, {counts.numel()}) for a model with {counts.numel()} outputs")
-        room = (self.c.samples_per_class - counts).clamp(min=0)
-        one_hot = torch.nn.functional.one_hot(labels, counts.numel())
-        rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # position of each sample within its class
-        keep = rank < room[labels]
+            room = self.c.samples_per_class - counts
+        else:
+            if labels.numel() and labels.max() >= counts.numel():
+                raise ValueError(f"labels must lie in [0, {counts.numel()}) for a model with {counts.numel()} outputs")
+            room = torch.where(self.c.class_slots >= 0, self.c.samples_per_class - counts, 0).clamp(min=0)
+        keep = rank_within_class(labels) < room[labels]
         if not keep.any():
             return None
-        return keep.nonzero().flatten().to(target.device)
+        self.selected_cpu = keep.nonzero().flatten()
+        return self.selected_cpu.to(self.c.device, non_blocking=True)
 
     def attach(self) -> list:
         handles = []
@@ -229,36 +233,38 @@ class BatchRecorder:
         self.observed[name] = (stage, values)
 
     def commit(self) -> None:
-        """Write this batch's selected observations into the per-class buffers."""
+        """Write this batch's selected observations into the per-class buffers (one slot per
+        chosen class, :mod:`lightning_fair.classes`)."""
         if self.selected is None:
             return
         c = self.c
-        labels = self.target.detach().long()[self.selected].cpu()
+        labels = self.labels[self.selected_cpu]
         counts = c.class_counts
-        positions = torch.empty_like(labels)
-        for k in labels.unique().tolist():
-            mask = labels == k
-            positions[mask] = counts[k] + torch.arange(int(mask.sum()))
-        keep = positions < c.samples_per_class  # first batch: more than n of a class may arrive
-        labels_d = labels[keep].to(c.device)
-        positions_d = positions[keep].to(c.device)
+        positions = counts[labels] + rank_within_class(labels)
+        slots = c.class_slots[labels]
+        # first batch: more than n of a class may arrive, and classes U does not compare
+        keep = ((positions < c.samples_per_class) & (slots >= 0)).nonzero().flatten()
+        if keep.numel() == 0:
+            return
+        # rows of the selection, slots, positions: one copy to the device
+        rows_d, slots_d, positions_d = torch.stack([keep, slots[keep], positions[keep]]).to(
+            c.device, non_blocking=True).unbind(0)
         for name, stats in c.layers.items():
             if name not in self.observed or name not in c.channels:
                 continue
             stage, values = self.observed[name]
             start, stop = c.channels[name]
-            values = values[keep.to(values.device), start:stop].float()
-            if not torch.isfinite(values).all():
-                raise FloatingPointError(
-                    f"the activations U observes for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
-                    f"on calibration batch {c.num_batches}; check the inputs and the model's numerics before pruning"
-                )
+            values = values.index_select(0, rows_d.to(values.device))[:, start:stop].float()
+            c.checks.check(values, lambda name=name, stage=stage, batch=c.num_batches: (
+                f"the activations U observes for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
+                f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"))
             map_size = values.shape[2]
             theta = c.projection(name, map_size)
             projected = values if theta is None else values @ theta
             if stats.samples is None:
-                stats.samples = projected.new_zeros(counts.numel(), c.samples_per_class, *projected.shape[1:])
+                # rows past a class's count are never read: no need to zero them
+                stats.samples = projected.new_empty(c.chosen_classes.numel(), c.samples_per_class, *projected.shape[1:])
                 stats.observed = STAGE_NAMES[stage]
                 stats.map_size = map_size
-            stats.samples[labels_d, positions_d] = projected
+            stats.samples[slots_d, positions_d] = projected
         counts += torch.bincount(labels[keep], minlength=counts.numel())

@@ -16,7 +16,7 @@ from torch import nn
 from .batches import default_unpack
 from .config import PruneConfig, configure
 from .distances import max_pairwise_w1
-from .memory import parse_bytes
+from .memory import resolve_budget
 from .screening import filter_norms, screening_scores
 from .layers import consumer_of, resolve_ignored
 from .statistics import RECONSTRUCTIONS, StatisticsCollector
@@ -175,7 +175,9 @@ def compute_scores(
         distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process passes
             its own shard of the calibration data and the statistics of all processes are merged
             before scoring, so every process gets the same scores (collective: call on every rank).
-        verbose: print the memory estimate (and the number of passes) after the first batch.
+        verbose: print the estimate after the first batch: memory, passes, class pairs and distance
+            work (a warning names the options that bring it down when it would take far too long,
+            verbose or not).
 
     Memory: the utilization samples need about what :func:`lightning_fair.estimate_memory` says
     (estimated on the first batch from the layer shapes, classes, ``samples_per_class`` and
@@ -198,13 +200,14 @@ def compute_scores(
     """
     config = configure(config, **options).resolved()
     samples_per_class, max_batches, memory_budget = config.samples_per_class, config.max_batches, config.memory_budget
-    budget = parse_bytes(memory_budget)
+    budget = resolve_budget(memory_budget, next((p.device for p in model.parameters()), None))
     ignored = resolve_ignored(model, config.ignored_layers)
-    options = dict(samples_per_class=samples_per_class, num_projections=config.num_projections, observe=config.observe,
+    options = dict(samples_per_class=samples_per_class, num_projections=config.num_projections,
+                   max_classes=config.max_classes, observe=config.observe,
                    seed=config.seed, loss_fn=loss_fn, unpack=unpack, logits=logits, ignored=ignored,
                    distributed=distributed, prune_embedding=config.prune_embedding)
     collector = StatisticsCollector(model, memory_budget=budget, screening=config.criterion == "screening", **options)
-    collector.on_plan = (lambda estimate: print(estimate.describe(budget), flush=True)) if verbose else None
+    collector.on_plan = lambda estimate: _announce(estimate, budget, collector.device.type, verbose)
     collector.run(dataloader, max_batches=max_batches)
     scores = scores_from_statistics(collector, reconstruction=config.reconstruction)
     if len(collector.chunks) > 1 and iter(dataloader) is dataloader:
@@ -221,7 +224,8 @@ def compute_scores(
             target = scores.utilization[name] if consumer is None else scores.input_utilization[consumer]
             target[start:stop] = _utilization(later, name)
         del later
-    short = {k: int(c) for k, c in enumerate(collector.class_counts.tolist()) if 0 < c < samples_per_class}
+    short = {k: int(collector.class_counts[k]) for k in collector.chosen_classes.tolist()
+             if 0 < collector.class_counts[k] < samples_per_class}
     if short:
         warnings.warn(
             f"{len(short)} class(es) have fewer calibration samples than samples_per_class={samples_per_class} "
@@ -233,21 +237,38 @@ def compute_scores(
     return scores
 
 
-def _present_classes(counts: torch.Tensor) -> List[int]:
-    present = [k for k in range(counts.numel()) if counts[k] > 0]
+def _announce(estimate, budget: Optional[int], device: str, verbose: bool) -> None:
+    """After the first batch, before the rest of the pass: print the estimate (``verbose``), and
+    warn when the setting would take far too long, naming the options that bring it down."""
+    threads = torch.get_num_threads()
+    if verbose:
+        print(estimate.describe(budget, device, threads), flush=True)
+    message = estimate.cost_warning(budget, device, threads)
+    if message:
+        warnings.warn(message, stacklevel=5)
+
+
+def _present_classes(collector: StatisticsCollector) -> List[int]:
+    """The classes U compares that the calibration data holds (ascending)."""
+    counts = collector.class_counts
+    present = (counts > 0).nonzero().flatten().tolist()
     if len(present) < 2:
+        compared = collector.chosen_classes.numel()
+        among = f" among the {compared} classes U compares (max_classes={collector.max_classes})" \
+            if compared < counts.numel() else ""
         raise ValueError(
-            f"the calibration data holds {len(present)} class(es); the utilization score compares "
+            f"the calibration data holds {len(present)} class(es){among}; the utilization score compares "
             "classes, so it needs labelled samples of at least two"
+            + ("; pass calibration data covering more classes, or a larger max_classes (None: all)" if among else "")
         )
     return present
 
 
 def _utilization(collector: StatisticsCollector, name: str) -> torch.Tensor:
     """U of the units of ``name`` whose samples this collector holds (its channel range)."""
-    counts = collector.class_counts
+    counts, slots = collector.class_counts, collector.class_slots
     stats = collector.layers[name]
-    per_class = [stats.samples[k, : int(counts[k])] for k in _present_classes(counts)]
+    per_class = [stats.samples[int(slots[k]), : int(counts[k])] for k in _present_classes(collector)]
     return max_pairwise_w1(per_class).cpu().float()
 
 
@@ -255,7 +276,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
     """Turn collected statistics into U and R (method.md §1.1-1.2). Units outside the
     collector's channel ranges (a split collection) get U = 0 until their pass fills them in."""
     counts = collector.class_counts
-    _present_classes(counts)
+    _present_classes(collector)
     utilization, protection, taylor, observed = {}, {}, {}, {}
     f_stat, norms, inputs_u = {}, {}, {}
     for name, stats in collector.layers.items():
@@ -291,6 +312,8 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         config={
             "samples_per_class": int(collector.samples_per_class),
             "num_projections": int(collector.num_projections),
+            "max_classes": collector.max_classes,
+            "classes_compared": int(collector.chosen_classes.numel()),
             "observe": collector.observe,
             "reconstruction": reconstruction,
             "seed": int(collector.seed),

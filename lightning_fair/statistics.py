@@ -41,9 +41,12 @@ from torch import nn
 
 from .attention import find_attention, removable
 from .batches import default_unpack, first_inputs, grad_inputs, select_logits
+from .classes import chosen_classes, class_slots
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
+from .finite import FiniteChecks
 from .guards import preserved_modes
+from .inputs import accumulate_input, pooled_input
 from .layers import OBSERVATION_POINTS, candidate_layers, consumer_of, input_key, units_view
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
 from .mha import hookable_attention
@@ -64,7 +67,8 @@ class LayerStatistics:
 
     name: str
     num_units: int
-    #: ``[K, n, C, D]`` projected observations, the first ``counts[k]`` rows of class k valid.
+    #: ``[K', n, C, D]`` projected observations of the K' classes U compares (the collector's
+    #: ``chosen_classes``), the first ``class_counts[k]`` rows of class k's slot valid.
     samples: Optional[torch.Tensor] = None
     #: ``[C]`` signed sum of dL/dz * z.
     taylor_sum: Optional[torch.Tensor] = None
@@ -78,6 +82,12 @@ class LayerStatistics:
     #: each unit's spatially averaged observed tensor.
     moments: Optional[ClassMoments] = None
 
+    @classmethod
+    def empty(cls, name: str, channels: int, device) -> "LayerStatistics":
+        """No batch seen yet: zero reconstruction sums on ``device``."""
+        zeros = (torch.zeros(channels, dtype=torch.float64, device=device) for _ in range(2))
+        return cls(name=name, num_units=channels, taylor_sum=next(zeros), taylor_abs_sum=next(zeros))
+
 
 @dataclass
 class StatisticsCollector:
@@ -89,6 +99,8 @@ class StatisticsCollector:
     model: nn.Module
     samples_per_class: int = 32
     num_projections: int = 128
+    #: U compares at most this many classes (a seeded random subset; None: all), :mod:`.classes`
+    max_classes: Optional[int] = 100
     observe: str = "activation"
     seed: int = 0
     loss_fn: Optional[Callable] = None
@@ -119,12 +131,19 @@ class StatisticsCollector:
             raise ValueError(f"samples_per_class must be a positive integer, got {self.samples_per_class!r}")
         if int(self.num_projections) < 1:
             raise ValueError(f"num_projections must be a positive integer, got {self.num_projections!r}")
+        if self.max_classes is not None and (isinstance(self.max_classes, bool) or int(self.max_classes) < 2):
+            raise ValueError(f"max_classes must be an integer >= 2 or None (all classes), got {self.max_classes!r}")
         self.loss_fn = self.loss_fn or nn.functional.cross_entropy
         self.layers: Dict[str, LayerStatistics] = {}
+        #: ``[K]`` samples kept per class (host); the classes U compares; each class's slot (-1: none)
         self.class_counts: Optional[torch.Tensor] = None
+        self.chosen_classes: Optional[torch.Tensor] = None
+        self.class_slots: Optional[torch.Tensor] = None
         self.num_batches = 0
         # calibration loss (sum of batch means) and top-1 hits, seen for free on the way
+        # (summed on the device during the pass, read once at its end)
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        self._tallies: Optional[torch.Tensor] = None
         #: {name: Conv/Linear} that may be scored (not ignored)
         self.candidates = candidate_layers(self.model, self.ignored)
         # transformers: attention heads are units (lightning_fair.attention), observed at their output
@@ -154,6 +173,8 @@ class StatisticsCollector:
         self._projections: Dict[str, torch.Tensor] = {}
         #: where the buffers live (the model's first parameter's device)
         self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        #: NaN/inf checks: at once on the CPU, read once at the end of the pass on a GPU
+        self.checks = FiniteChecks(self.device)
         self.on_plan: Optional[Callable] = None  # called with the MemoryEstimate after the first batch
         self.chunks: List[Dict[str, Tuple[int, int]]] = []
 
@@ -167,6 +188,7 @@ class StatisticsCollector:
                     if max_batches is not None and self.num_batches >= max_batches:
                         break
                     self.update(batch)
+        self.settle()
         if self.distributed and is_distributed():
             merge_ranks(self)
         if self.num_batches == 0:
@@ -178,16 +200,27 @@ class StatisticsCollector:
         """Whether this pass gathers the screening moments (``screening`` and ``reconstruction``)."""
         return bool(self.screening) and bool(self.reconstruction)
 
+    def settle(self) -> None:
+        """Read what the pass kept on the device: the deferred NaN/inf checks (raising for the first
+        failure) and the loss/accuracy tallies. :meth:`run` calls it at the end of the pass."""
+        self.checks.flush()
+        if self._tallies is not None:
+            loss, correct = self._tallies.tolist()
+            self.loss_sum, self.correct, self._tallies = self.loss_sum + loss, self.correct + int(correct), None
+
     def update(self, batch) -> None:
-        """One forward and one backward over ``batch`` (the model must already be in eval mode)."""
-        inputs, target = self.unpack(batch)
+        """One forward and one backward over ``batch`` (the model must already be in eval mode).
+        No host round trip on a GPU while labels arrive on the CPU (as a DataLoader yields them);
+        labels on the GPU are copied to the host once per batch (which classes' samples to keep)."""
+        inputs, labels = self.unpack(batch)
         inputs = grad_inputs(inputs, self.device)
-        target = torch.as_tensor(target).to(self.device)
-        if target.dim() == 2 and target.shape[1] == 1:
-            target = target.flatten()
+        labels = torch.as_tensor(labels)
+        if labels.dim() == 2 and labels.shape[1] == 1:
+            labels = labels.flatten()
+        target = labels.to(self.device, non_blocking=True)
         if target.is_inference():
             target = target.clone()
-        recorder = BatchRecorder(self, target)
+        recorder = BatchRecorder(self, labels)
         recorder.model_input = inputs
         self._pooled_inputs = {}
         handles = recorder.attach()
@@ -207,8 +240,8 @@ class StatisticsCollector:
             self.num_batches += 1
             return
         loss = self.loss_fn(logits, target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the calibration loss is {loss.item()} on batch {self.num_batches}")
+        self.checks.check(loss, lambda batch=self.num_batches, loss=loss: (
+            f"the calibration loss is {loss.item()} on batch {batch}"))
         names = [n for n in self.layers if n in recorder.outputs]
         grads = torch.autograd.grad(loss, [recorder.outputs[n] for n in names], allow_unused=True)
         with torch.no_grad():
@@ -216,38 +249,33 @@ class StatisticsCollector:
                 if grad is None:
                     continue
                 per_sample = units_view(grad * recorder.outputs[name], self.unit_module(name)).sum(2)  # [B, C]
-                if not torch.isfinite(per_sample).all():
-                    raise FloatingPointError(
-                        f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
-                        f"calibration batch {self.num_batches}; check the inputs and the model's numerics "
-                        "(e.g. a division by zero, fp16 overflow) before pruning"
-                    )
+                self.checks.check(per_sample, lambda name=name, batch=self.num_batches: (
+                    f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
+                    f"calibration batch {batch}; check the inputs and the model's numerics "
+                    "(e.g. a division by zero, fp16 overflow) before pruning"))
                 stats = self.layers[name]
                 stats.taylor_sum += per_sample.sum(0).to(torch.float64)
                 stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
             recorder.commit()
             if self.collects_screening:
                 self._accumulate_screening(recorder, target)
-        self.loss_sum += float(loss.detach())
-        self.correct += int((logits.detach().argmax(1) == target).sum())
+        tallies = torch.stack([loss.detach().to(torch.float64),
+                               (logits.detach().argmax(1) == target).sum().to(torch.float64)])
+        self._tallies = tallies if self._tallies is None else self._tallies + tallies
         self.seen += int(target.shape[0])
         self.num_batches += 1
 
     def _accumulate_screening(self, recorder: "BatchRecorder", target: torch.Tensor) -> None:
         """Add this batch's per-class count, sum and sum of squares of every pooled value."""
-        labels = target.detach().long().flatten()
+        labels = target.detach().long().flatten()  # checked on the host by the recorder
         num_classes = self.class_counts.numel()
-        if labels.numel() and int(labels.max()) >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs")
         for name, stats in self.layers.items():
             if name not in recorder.pooled:
                 continue
             stage, values = recorder.pooled[name]
-            if not torch.isfinite(values).all():
-                raise FloatingPointError(
-                    f"the activations observed for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
-                    f"on calibration batch {self.num_batches}; check the inputs and the model's numerics before pruning"
-                )
+            self.checks.check(values, lambda name=name, stage=stage, batch=self.num_batches: (
+                f"the activations observed for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
+                f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"))
             stats.moments.add(labels, values)
         for name, values in self._pooled_inputs.items():
             moments = self.input_moments.get(name, False)
@@ -274,6 +302,8 @@ class StatisticsCollector:
         if num_classes < 2:
             raise ValueError(f"the model's output has {num_classes} class; FAIR needs classification logits")
         self.class_counts = torch.zeros(num_classes, dtype=torch.long)
+        self.chosen_classes = chosen_classes(num_classes, self.max_classes, self.seed)
+        self.class_slots = class_slots(num_classes, self.chosen_classes)
         executed = [n for n in dict.fromkeys(recorder.order) if n in self.candidates]
         if not executed:
             raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")
@@ -293,12 +323,7 @@ class StatisticsCollector:
             out = recorder.outputs[name]
             module = self.unit_module(name)
             channels = units_view(out, module).shape[1]
-            self.layers[name] = LayerStatistics(
-                name=name,
-                num_units=channels,
-                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
-                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
-            )
+            self.layers[name] = LayerStatistics.empty(name, channels, self.device)
             if self.collects_screening:
                 self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self.device)
         for name, shape in recorder.input_shapes.items():
@@ -306,25 +331,23 @@ class StatisticsCollector:
                 continue  # runs more than once per forward, or its input is not batch-first: no distribution
             key = input_key(name)
             channels = shape[1]
-            self.layers[key] = LayerStatistics(
-                name=key, num_units=channels,
-                taylor_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
-                taylor_abs_sum=torch.zeros(channels, dtype=torch.float64, device=self.device),
-            )
+            self.layers[key] = LayerStatistics.empty(key, channels, self.device)
         self.output_layer = output_layer
         if not [n for n in self.layers if consumer_of(n) is None]:
             raise ValueError(
                 "the model has no prunable layer besides its output layer "
                 f"({output_layer!r}); check ignored_layers"
             )
+        compared = self.chosen_classes.numel()
         self.estimate = MemoryEstimate(
-            num_classes, int(self.samples_per_class), int(self.num_projections),
-            {name: (stats.num_units, unit_bytes(num_classes, int(self.samples_per_class),
+            compared, int(self.samples_per_class), int(self.num_projections),
+            {name: (stats.num_units, unit_bytes(compared, int(self.samples_per_class),
                                                recorder.map_sizes[name], int(self.num_projections)))
              for name, stats in self.layers.items()},
             8 * sum(t.numel() for t in self.input_sums.values()),
             screening_bytes(num_classes, [s.num_units for s in self.layers.values() if s.moments is not None],
                             [v.shape[1] for v in self._pooled_inputs.values()]) if self.collects_screening else 0,
+            num_classes,
         )
         if self.channels is None:
             self.chunks = self.estimate.chunks(self.memory_budget)
@@ -337,29 +360,13 @@ class StatisticsCollector:
     def _input_hook(self, name: str):
         def hook(module, args):
             self.input_calls[name] = self.input_calls.get(name, 0) + 1
-            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
-                return None
-            with torch.no_grad():
-                x = args[0].detach().to(torch.float64)
-                if isinstance(module, nn.Linear):
-                    total, count = x.reshape(-1, x.shape[-1]).sum(0), x.numel() // max(x.shape[-1], 1)
-                else:  # [B, C, *spatial] -> [C, *spatial]
-                    total, count = x.sum(0), x.shape[0]
-                if name in self.input_sums and self.input_sums[name].shape == total.shape:
-                    self.input_sums[name] += total
-                    self.input_counts[name] += count
-                elif name not in self.input_sums:
-                    self.input_sums[name], self.input_counts[name] = total, count
-                else:  # the input shape changes between batches: no single mean
-                    self.input_counts[name] = -1
-                if self.collects_screening:  # one value per sample and input feature / channel
-                    if isinstance(module, nn.Linear):
-                        pooled = x.reshape(x.shape[0], -1, x.shape[-1]).mean(1) if x.dim() > 1 else None
-                    else:
-                        pooled = x.reshape(x.shape[0], x.shape[1], -1).mean(2) if x.dim() > 2 else None
+            if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+                with torch.no_grad():
+                    x = args[0].detach().to(torch.float64)
+                    accumulate_input(name, x, module, self.input_sums, self.input_counts)
+                    pooled = pooled_input(x, module) if self.collects_screening else None
                     if pooled is not None:
                         self._pooled_inputs[name] = pooled
-            return None
 
         return hook
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from .batches import default_unpack, first_inputs
 from .layers import candidate_layers, resolve_ignored
-from .memory import DEFAULT_BUDGET, parse_bytes
+from .memory import DEFAULT_BUDGET, resolve_budget
 from .report import measure, si_count
 from .scores import FairScores, compute_scores
 from .screening import check_screening_weight, connection_masks, connection_scores
@@ -180,7 +180,7 @@ def prune_connections(
     """
     check_screening_weight(screening_weight)
     connection_masks({}, sparsity, allocation)  # validates sparsity and allocation
-    parse_bytes(memory_budget)
+    resolve_budget(memory_budget)
     if dataloader is None and scores is None:
         raise ValueError("pass a calibration dataloader, or scores=compute_scores(..., criterion='screening')")
     ignored = resolve_ignored(model, ignored_layers)
