@@ -70,7 +70,7 @@ def main(argv=None) -> None:
                 model = build().to(args.device).eval()
                 result = prune(model, loader, samples_per_class=4, num_projections=16, **budget)
                 with torch.no_grad():
-                    model(loader[0][0][:2])
+                    result.model.eval()(loader[0][0][:2])  # the pruned copy runs
                 report = result.report
                 print(f"ok     {label}: MACs {report.macs_before} -> {report.macs_after} ({report.macs_ratio:.3f}), "
                       f"{len(report.notes)} notes, {time.perf_counter() - start:.1f} s", flush=True)
