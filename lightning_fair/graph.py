@@ -42,8 +42,8 @@ _UNMAPPED = "_lightning_fair_unmapped_reshapes"
 
 
 class GroupSearchTooLarge(RuntimeError):
-    """torch-pruning's coupled-group search went past :data:`MAX_GROUP_ITEMS` / :data:`MAX_GROUP_INDICES`
-    (or could not start: the module is not in the graph)."""
+    """torch-pruning's coupled-group search went past :data:`MAX_GROUP_ITEMS` / :data:`MAX_GROUP_INDICES`,
+    could not start (the module is not in the graph) or failed in torch-pruning's index mapping."""
 
 
 def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
@@ -78,6 +78,10 @@ def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
 
 def _raised_in(error: BaseException, function: str) -> bool:
     return any(frame.name == function for frame in traceback.extract_tb(error.__traceback__))
+
+
+def _raised_in_file(error: BaseException, path: str) -> bool:
+    return any(path in frame.filename.replace("\\", "/") for frame in traceback.extract_tb(error.__traceback__))
 
 
 def _complete_index_mapping(graph: tp.DependencyGraph) -> None:
@@ -147,7 +151,14 @@ def bounded_group(graph: tp.DependencyGraph, module: nn.Module, idxs=None) -> Gr
     idxs = range(graph.get_out_channels(module)) if idxs is None else idxs
     function = graph.get_pruner_of_module(module).prune_out_channels
     with _bounded_search():
-        return graph.get_pruning_group(module, function, [int(i) for i in idxs])
+        try:
+            return graph.get_pruning_group(module, function, [int(i) for i in idxs])
+        except (IndexError, ArithmeticError) as error:
+            if not _raised_in_file(error, "torch_pruning/dependency/index_mapping"):
+                raise
+            raise GroupSearchTooLarge(f"torch-pruning's index mapping fails on its channels ({type(error).__name__}: "
+                                      f"{error}; a split or reshape it does not follow, e.g. after a channel shuffle)"
+                                      ) from error
 
 
 class GraphState:

@@ -84,6 +84,14 @@ def shufflenet(width: int = 16) -> nn.Module:
     return _Pooled(stem, blocks, 4 * width)
 
 
+def shufflenet_stage(width: int = 8) -> nn.Module:
+    """A whole stage as torchvision's ``shufflenet_v2_x0_5`` starts (a stride-2 unit and three stride-1
+    units): the split after the third shuffle is where torch-pruning's index mapping runs out of
+    offsets (IndexError), so those groups are left whole."""
+    units = [ShuffleUnit(width, 2 * width, 2)] + [ShuffleUnit(2 * width, 2 * width, 1) for _ in range(3)]
+    return _Pooled(_conv_bn(1, width, 3), nn.Sequential(*units, _conv_bn(2 * width, 4 * width)), 4 * width)
+
+
 # ------------------------------------------------------------------ MLP-Mixer
 class MixerBlock(nn.Module):
     def __init__(self, tokens, dim, token_hidden, channel_hidden):
@@ -329,5 +337,5 @@ def swin() -> nn.Module:
     return Swin()
 
 
-MODELS = {"shufflenet": shufflenet, "mixer": mixer, "rexnet": rexnet, "convnext": convnext, "ghostnet": ghostnet,
+MODELS = {"shufflenet": shufflenet, "shufflenet_stage": shufflenet_stage, "mixer": mixer, "rexnet": rexnet, "convnext": convnext, "ghostnet": ghostnet,
           "poolformer": poolformer, "swin": swin}

@@ -137,7 +137,9 @@ def test_statistics_pass_has_no_host_round_trip_per_batch():
                     collector.update(batch)
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
-    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchroniz" in str(w.message)]
+    # torch's own notice that the debug mode is a prototype is not a synchronisation
+    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+             if "synchroniz" in str(w.message).lower() and "debug mode is a prototype" not in str(w.message)]
     assert not syncs, "\n".join(syncs)
     collector.settle()
     assert collector.num_batches == len(data) and collector.correct <= collector.seen == 400
@@ -187,7 +189,8 @@ def test_lightning_callback_prunes_mid_fit_on_a_gpu(tmp_path):
 
     class Losses(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append((trainer.current_epoch, float(outputs["loss"])))
+            device = next(pl_module.parameters()).device.type  # the pruned module trains on the GPU
+            losses.append((trainer.current_epoch, float(outputs["loss"]), device))
 
     model = Classifier()
     widths = [m.out_channels for m in model.net.modules() if isinstance(m, nn.Conv2d)]
@@ -200,9 +203,10 @@ def test_lightning_callback_prunes_mid_fit_on_a_gpu(tmp_path):
     assert callback.events[0]["macs_ratio"] < 1.0
     pruned = [m.out_channels for m in model.net.modules() if isinstance(m, nn.Conv2d)]
     assert sum(pruned) < sum(widths)
-    assert next(model.parameters()).device.type == "cuda"
-    after = [loss for epoch, loss in losses if epoch == 1]
-    assert after and all(torch.isfinite(torch.tensor(after)))
+    # (after fit, Lightning's teardown moves the module back to the CPU)
+    after = [(loss, device) for epoch, loss, device in losses if epoch == 1]
+    assert after and all(torch.isfinite(torch.tensor([loss for loss, _ in after])))
+    assert {device for _, device in after} == {"cuda"}
 
 
 def test_the_auto_budget_is_half_the_free_device_memory():

@@ -19,6 +19,7 @@ FAST = dict(samples_per_class=8, num_projections=16)
 #: the note each model's report must carry (a group left whole and why), "" if none is expected
 NOTES = {
     "shufflenet": "channel shuffle",  # E: torch-pruning's reshape mapping divides by zero
+    "shufflenet_stage": "index mapping fails",  # E: torchvision's shufflenet_v2 stage: IndexError in the mapping
     "mixer": "another index space",  # C: the token-mixing fc2 (16 tokens) mapped onto the 32 channels
     "rexnet": "breaks the forward",  # B: the partial residual's cached size ``out[:, :cin]``
     "convnext": "",  # D1: layer-scale gamma, pruned and put back during the search

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import time
+import traceback
 
 import torch
 
@@ -79,6 +80,8 @@ def main(argv=None) -> None:
             except Exception as error:  # one line per failure; the next model runs
                 print(f"failed {label}: {type(error).__name__}: {str(error)[:300]} "
                       f"({time.perf_counter() - start:.1f} s)", flush=True)
+                for line in traceback.format_exc(limit=-4).splitlines()[1:-1]:  # where it failed
+                    print(f"         {line}")
 
 
 if __name__ == "__main__":
