@@ -769,6 +769,9 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
     # ---- many classes and GPUs: measured by hand (too slow for the suite), kept in scale.md
     if (HERE / "scale.md").exists():
         lines += [(HERE / "scale.md").read_text().rstrip(), ""]
+    # ---- torchvision / timm models: measured by hand where those libraries exist, kept in zoo.md
+    if (HERE / "zoo.md").exists():
+        lines += [(HERE / "zoo.md").read_text().rstrip(), ""]
     # ---- memory / latency
     for key, heading in (("memory", "Memory of score collection"), ("latency", "Latency of pruned models")):
         if key not in sections:
