@@ -56,6 +56,8 @@ def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
     # the ViT (vit.py): FAIR and torch-pruning's head pruning, one-shot and fine-tuned
     assert "## A small Vision Transformer" in page and "| uniform L2 magnitude, heads |" in page
     assert "| FAIR (ours, default pipeline) | failed" not in page
+    # the tiny BERT (bert.py): Hugging Face batches, heads and feed-forward neurons
+    assert "## A tiny BERT on a sequence task" in page and "heads per layer; feed-forward neurons per layer; pooler" in page
     images = list((tmp_path / "img").glob("*.png"))
     assert images, "no plot written"
     for image in images:

@@ -7,8 +7,8 @@
 Sections: accuracy after pruning (quality.py) with the variant study of the FAIR pipeline's
 options (variants.py) and the related methods, unstructured screening and on-the-fly pruning
 (related.py), standard architectures with fine-tuning (standard.py: VGG-11-BN, ResNet-20/56,
-MobileNetV2 at their usual widths), a small Vision Transformer with head pruning (vit.py),
-score-collection speed (score_speed.py), and,
+MobileNetV2 at their usual widths), a small Vision Transformer and a tiny BERT with head pruning (vit.py,
+bert.py), score-collection speed (score_speed.py), and,
 when their modules are there and import, peak memory of scoring (memory.py) and CPU latency of
 the pruned models (latency.py, timed on the very models quality.py pruned). Needs the ``bench``
 extra (``pip install -e '.[bench]'``: matplotlib, mlxtend, scikit-learn); the authors'
@@ -35,6 +35,7 @@ import quality  # noqa: E402
 import related  # noqa: E402
 import standard  # noqa: E402
 import vit  # noqa: E402
+import bert  # noqa: E402
 import score_speed  # noqa: E402
 import variants  # noqa: E402
 
@@ -547,6 +548,26 @@ def vit_section(r, quick: bool) -> list:
     ]
 
 
+def bert_section(r, quick: bool) -> list:
+    """The "tiny BERT" section (bert.py)."""
+    lines = ["## A tiny BERT on a sequence task", ""]
+    if not isinstance(r, dict):
+        return lines + [f"Not run: {r}", ""]
+    return lines + [
+        "No text data set is available offline here, so the task is real data read as tokens: each sklearn digit "
+        "is a sequence of its 64 pixel intensities (tokens 0..16) after a `[CLS]` token, classified by a Hugging "
+        "Face `BertForSequenceClassification` (tiny config, random init) trained here; the batches are Hugging "
+        "Face dicts (`input_ids`, `labels`). FAIR's default pipeline against torch-pruning's head pruning (as its "
+        "BERT example; the residual stream kept by both), one-shot and fine-tuned. Regenerate on its own with",
+        "",
+        "```bash",
+        "python examples/benchmarks/bert.py" + (" --quick" if quick else ""),
+        "```",
+        "",
+        bert.to_markdown(r),
+    ]
+
+
 def variant_section(v, q, quick: bool) -> list:
     """The "Variant study" subsection (inside "Accuracy after pruning")."""
     lines = ["### Variant study", ""]
@@ -611,7 +632,8 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
            else "")
         + (" · [standard architectures](#standard-architectures-with-fine-tuning)" if "standard" in sections
            else "")
-        + (" · [ViT](#a-small-vision-transformer)" if "vit" in sections else "") + " · "
+        + (" · [ViT](#a-small-vision-transformer)" if "vit" in sections else "")
+        + (" · [BERT](#a-tiny-bert-on-a-sequence-task)" if "bert" in sections else "") + " · "
         "[score-collection speed](#score-collection-speed)"
         + (" · [memory](#memory-of-score-collection)" if "memory" in sections else "")
         + (" · [latency](#latency-of-pruned-models)" if "latency" in sections else ""),
@@ -729,6 +751,8 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         lines += standard_section(sections["standard"], quick)
     if "vit" in sections:
         lines += vit_section(sections["vit"], quick)
+    if "bert" in sections:
+        lines += bert_section(sections["bert"], quick)
     # ---- speed
     s = sections.get("speed")
     lines += ["## Score-collection speed", "",
@@ -806,7 +830,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test, well under a minute)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="where benchmarks.md and img/ go (default: docs)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,related,standard,vit,speed,memory,latency")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,related,standard,vit,bert,speed,memory,latency")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     img_dir = out / "img"
@@ -849,6 +873,7 @@ def main(argv=None) -> None:
     guarded("related", lambda: related.run(args.quick))
     guarded("standard", lambda: standard.run(args.quick))
     guarded("vit", lambda: vit.run(args.quick))
+    guarded("bert", lambda: bert.run(args.quick))
     if "speed" not in skip:
         start = stage("speed")
         sections["speed"] = raw["speed"] = score_speed.run(
