@@ -8,17 +8,62 @@ reference (which scores at most 100 randomly chosen classes), U compares at most
 classes is chosen once, on the first batch, and only their samples are kept. With at most
 ``max_classes`` classes nothing changes (every class, no random draw).
 
+The number of projections of the sliced W1 follows the classes compared too
+(``num_projections="auto"``, the default, :func:`projections_for`): 128 directions when fewer than
+``MANY_CLASSES`` classes are compared, 32 from there on. With many classes the maximum over many
+pairs is steady enough that 32 directions move U no more than other random directions do; with
+10 classes they move it clearly (docs/method.md, "Many classes"; ``examples/benchmarks/class_cap.py``).
+
 Pure tensor bookkeeping on the host: labels arrive from the data loader, usually on the CPU.
 """
 
 from __future__ import annotations
 
+import numbers
 import zlib
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
-__all__ = ["chosen_classes", "class_slots", "rank_within_class"]
+__all__ = ["chosen_classes", "class_slots", "rank_within_class", "check_projections", "projections_for",
+           "AUTO_PROJECTIONS", "MANY_CLASSES"]
+
+#: ``num_projections="auto"``: ``FEW`` directions below ``MANY_CLASSES`` compared classes, ``MANY`` from there on
+AUTO_PROJECTIONS = {"few": 128, "many": 32}
+MANY_CLASSES = 50
+
+
+def check_projections(num_projections: Union[int, str]) -> None:
+    """Raise a ValueError naming ``num_projections`` and the fix unless it is a positive integer or ``"auto"``.
+
+    Example:
+        >>> check_projections("auto"), check_projections(8)
+        (None, None)
+        >>> check_projections(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_projections must be a positive integer or 'auto' (128 directions below 50 compared classes, 32 from 50 on), got 0
+    """
+    if isinstance(num_projections, str) and num_projections == "auto":
+        return
+    if isinstance(num_projections, bool) or not isinstance(num_projections, numbers.Integral) or num_projections < 1:
+        raise ValueError(f"num_projections must be a positive integer or 'auto' ({AUTO_PROJECTIONS['few']} directions "
+                         f"below {MANY_CLASSES} compared classes, {AUTO_PROJECTIONS['many']} from {MANY_CLASSES} on), "
+                         f"got {num_projections!r}")
+
+
+def projections_for(num_projections: Union[int, str], compared: int) -> int:
+    """The directions of the sliced W1 when U compares ``compared`` classes: ``num_projections``
+    itself if an integer; ``"auto"``: 128 below ``MANY_CLASSES`` compared classes, 32 from there on.
+
+    Example:
+        >>> projections_for("auto", 10), projections_for("auto", 100), projections_for(64, 1000)
+        (128, 32, 64)
+    """
+    check_projections(num_projections)
+    if num_projections == "auto":
+        return AUTO_PROJECTIONS["many" if compared >= MANY_CLASSES else "few"]
+    return int(num_projections)
 
 
 def chosen_classes(num_classes: int, max_classes: Optional[int], seed: int) -> torch.Tensor:

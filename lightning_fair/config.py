@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from .allocation import ALLOCATIONS, RANKINGS, check_tolerance, resolve_allocation
+from .classes import check_projections
 from .layers import OBSERVATION_POINTS
 from .memory import DEFAULT_BUDGET, resolve_budget
 from .presets import PRESETS, resolve_preset
@@ -71,7 +72,10 @@ class PruneConfig:
             :mod:`lightning_fair.screening`).
         screening_weight: the weight of F against the filter magnitude, in [0, 1] (screening).
         samples_per_class: images per class kept for the utilization score (n in the paper).
-        num_projections: random directions for the sliced W1 of conv channels (P in the paper).
+        num_projections: random directions for the sliced W1 of conv channels (P in the paper); ``"auto"``,
+            the default: 128 when U compares fewer than 50 classes, 32 from 50 on (where 32 move U no
+            more than other random directions do; :func:`lightning_fair.classes.projections_for`, docs/method.md,
+            "Many classes"). The count used is in the scores' ``config`` and the report's options.
         max_classes: U compares at most this many classes (the reference's cap, 100): with more,
             a random subset of the model's classes, seeded by ``seed``, is chosen once and only
             their samples are kept (memory ~ classes, pairs ~ classes²); None compares all
@@ -118,7 +122,7 @@ class PruneConfig:
     criterion: Literal[CRITERIA] = "fair"
     screening_weight: float = 0.5
     samples_per_class: int = 32
-    num_projections: int = 128
+    num_projections: Union[int, Literal["auto"]] = "auto"
     max_classes: Optional[int] = 100
     seed: int = 0
     max_batches: Optional[int] = None
@@ -159,10 +163,10 @@ class PruneConfig:
         elif allocation == "uniform" and not self.target:
             raise ValueError("allocation='uniform' removes the same fraction of every layer: pass ratio=... (e.g. 0.3), "
                              "or target_macs=.../target_params=... to search it")
-        for key in ("samples_per_class", "num_projections"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(self.samples_per_class, bool) or not isinstance(self.samples_per_class, int) \
+                or self.samples_per_class < 1:
+            raise ValueError(f"samples_per_class must be a positive integer, got {self.samples_per_class!r}")
+        check_projections(self.num_projections)
         if self.max_classes is not None and (isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int)
                                              or self.max_classes < 2):
             raise ValueError(f"max_classes must be an integer >= 2 (U compares pairs of classes) or None (all classes), "

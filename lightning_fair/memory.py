@@ -20,8 +20,9 @@ A unit's score does not depend on the other units, so the scores are the same as
 Time: besides the passes, U compares the K classes of every (unit, projection) pairwise: one L1
 ``cdist`` of ``K`` quantile functions of ``n`` levels, about ``K² (n + 8)`` operations (the 8: what
 a pair costs beyond its ``n`` differences, measured), :attr:`MemoryEstimate.distance_ops`. ``max_classes`` (default 100, the
-reference's cap) bounds K; :meth:`MemoryEstimate.cost_warning` says which option brings a
-setting down when it would take far too long.
+reference's cap) bounds K, and ``num_projections="auto"`` (the default) takes 32 directions instead of
+128 from 50 compared classes on (:func:`lightning_fair.classes.projections_for`);
+:meth:`MemoryEstimate.cost_warning` says which option brings a setting down when it would take far too long.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch import nn
 
 from .attention import find_attention, removable
 from .batches import select_logits
+from .classes import AUTO_PROJECTIONS, MANY_CLASSES, projections_for
 from .guards import preserved_modes
 from .mha import hookable_attention
 from .layers import (ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, candidate_layers, input_key,
@@ -163,7 +165,9 @@ class MemoryEstimate:
                         + f" ({self.pairs:,} pairs of {self.num_classes} classes per unit and projection)")
         return ("lightning_fair: scoring would take far too long: " + "; ".join(what) + ". Bring it down with "
                 f"max_classes (now {self.num_classes} classes compared; time ~ classes², memory ~ classes), "
-                f"num_projections (now {self.num_projections}) or samples_per_class (now {self.samples_per_class})"
+                f"num_projections (now {self.num_projections}; the default 'auto' takes "
+                f"{AUTO_PROJECTIONS['many']} from {MANY_CLASSES} compared classes on; "
+                f"time and memory ~ projections) or samples_per_class (now {self.samples_per_class})"
                 + (", or a larger memory_budget (passes only)" if passes > MANY_PASSES else ""))
 
     @property
@@ -245,14 +249,16 @@ def _duration(seconds: float) -> str:
 
 
 def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
-                    samples_per_class: int = 32, num_projections: int = 128, max_classes: Optional[int] = 100,
+                    samples_per_class: int = 32, num_projections: Union[int, str] = "auto",
+                    max_classes: Optional[int] = 100,
                     ignored_layers=None,
                     screening: bool = False, observe: str = "activation",
                     logits: Optional[Callable] = None, prune_embedding: bool = False) -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
     ``num_classes`` defaults to the width of the model's output, of which U compares at most
-    ``max_classes`` (None: all); ``screening=True`` counts the
+    ``max_classes`` (None: all), each conv unit through ``num_projections`` directions (``"auto"``: by
+    the classes compared, as the statistics pass, :func:`lightning_fair.classes.projections_for`); ``screening=True`` counts the
     screening criterion's statistics too (as ``compute_scores(..., screening=True)``); ``observe``
     as in ``compute_scores`` (it decides which layer inputs are observed apart, see
     :mod:`lightning_fair.statistics`); ``prune_embedding`` as in ``compute_scores`` (transformers).
@@ -330,6 +336,7 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
                 h.remove()
     model_classes = int(num_classes if num_classes is not None else output.shape[-1])
     classes = model_classes if max_classes is None else min(model_classes, int(max_classes))
+    num_projections = projections_for(num_projections, classes)
     executed = list(dict.fromkeys(order))
     output_layer = [name for name in executed if name in modules][-1:]
     layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))

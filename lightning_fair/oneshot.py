@@ -186,7 +186,8 @@ def prune(
         layers=[LayerRow(n, before[n], after[n], scores.observed.get(n, "")) for n in scores.layers if n in before],
         macs_before=macs_before, macs_after=macs_after, params_before=params_before, params_after=params_after,
         tolerance=float(level) if config.allocation == "tod" else None, target=config.target, notes=notes,
-        options=config.to_dict(), compensated=compensated, recalibrated=recalibrated,
+        options={**config.to_dict(), "num_projections": scores.config.get("num_projections", config.num_projections)},
+        compensated=compensated, recalibrated=recalibrated,
     )
     return PruneResult(
         model=model, scores=scores, report=report, counts=counts,

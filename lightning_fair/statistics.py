@@ -4,7 +4,7 @@ For every prunable layer, one forward and one backward per batch collect
 
 * the projected per-class samples of the observed tensor (for the utilization score):
   the first ``samples_per_class`` images of each class, each unit seen through
-  ``num_projections`` seeded unit directions (conv maps) or as its scalar (Linear);
+  ``num_projections`` seeded unit directions (conv maps; ``"auto"``: by the classes compared) or as its scalar (Linear);
 * the signed sum over batches, samples and positions of ``dL/dz * z`` (for the
   reconstruction score), and the sum over samples of its per-sample absolute value
   (the ``"sum_of_abs"`` aggregation variant);
@@ -34,14 +34,14 @@ from __future__ import annotations
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .attention import find_attention, removable
 from .batches import default_unpack, first_inputs, grad_inputs, select_logits
-from .classes import chosen_classes, class_slots
+from .classes import check_projections, chosen_classes, class_slots, projections_for
 from .distances import random_projections
 from .distributed import is_distributed, merge_ranks
 from .finite import FiniteChecks
@@ -98,7 +98,7 @@ class StatisticsCollector:
 
     model: nn.Module
     samples_per_class: int = 32
-    num_projections: int = 128
+    num_projections: Union[int, str] = "auto"
     #: U compares at most this many classes (a seeded random subset; None: all), :mod:`.classes`
     max_classes: Optional[int] = 100
     observe: str = "activation"
@@ -129,8 +129,7 @@ class StatisticsCollector:
             raise ValueError(f"observe must be one of {OBSERVATION_POINTS}, got {self.observe!r}")
         if int(self.samples_per_class) < 1:
             raise ValueError(f"samples_per_class must be a positive integer, got {self.samples_per_class!r}")
-        if int(self.num_projections) < 1:
-            raise ValueError(f"num_projections must be a positive integer, got {self.num_projections!r}")
+        check_projections(self.num_projections)  # "auto": resolved on the first batch (:func:`.projections_for`)
         if self.max_classes is not None and (isinstance(self.max_classes, bool) or int(self.max_classes) < 2):
             raise ValueError(f"max_classes must be an integer >= 2 or None (all classes), got {self.max_classes!r}")
         self.loss_fn = self.loss_fn or nn.functional.cross_entropy
@@ -304,6 +303,7 @@ class StatisticsCollector:
         self.class_counts = torch.zeros(num_classes, dtype=torch.long)
         self.chosen_classes = chosen_classes(num_classes, self.max_classes, self.seed)
         self.class_slots = class_slots(num_classes, self.chosen_classes)
+        self.num_projections = projections_for(self.num_projections, self.chosen_classes.numel())
         executed = [n for n in dict.fromkeys(recorder.order) if n in self.candidates]
         if not executed:
             raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")

@@ -124,7 +124,7 @@ def prune_connections(
     include_output: bool = False,
     observe: str = "activation",
     samples_per_class: int = 32,
-    num_projections: int = 128,
+    num_projections: Union[int, str] = "auto",
     seed: int = 0,
     loss_fn: Optional[Callable] = None,
     unpack: Callable = default_unpack,

@@ -142,3 +142,13 @@ def test_example_prune_section_file_and_flag_override(tmp_path):
                 run=False)
     with pytest.raises(SystemExit):  # a misspelt option: the parser refuses it
         FairCLI(args=["-c", example, "--prune.tolerence=0.1", *trainer_args(tmp_path)], run=False)
+
+
+def test_num_projections_auto_and_an_integer_from_the_command_line(tmp_path):
+    """``num_projections`` is ``Union[int, Literal["auto"]]``: both forms parse, anything else is refused."""
+    auto = the_callback(FairCLI(args=[*MODEL, "--prune.num_projections=auto", *trainer_args(tmp_path)], run=False))
+    assert auto.config.num_projections == "auto" and auto.config == PruneConfig()
+    fixed = the_callback(FairCLI(args=[*MODEL, "--prune.num_projections=64", *trainer_args(tmp_path)], run=False))
+    assert fixed.config.num_projections == 64
+    with pytest.raises(SystemExit):
+        FairCLI(args=[*MODEL, "--prune.num_projections=many", *trainer_args(tmp_path)], run=False)

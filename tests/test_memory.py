@@ -73,13 +73,13 @@ def test_chunks_cover_every_unit_once_within_the_budget():
 
 
 def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
-    # defaults: 32 samples, 128 projections, U compares max_classes=100 of the 1000 classes
-    estimate = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224))
+    # 32 samples, 128 projections (the default before "auto"), U compares max_classes=100 of the 1000 classes
+    estimate = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224), num_projections=128)
     # 53 scored layers, and the inputs of the Conv/Linear layers that read a residual stream (observed apart)
     assert len([n for n in estimate.layers if consumer_of(n) is None]) == 53
     assert (estimate.num_classes, estimate.model_classes) == (100, 1000)
     assert len(estimate.layers) == 53 + 17  # a stage's first block and shortcut read one tensor: observed once
-    every = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224), max_classes=None)
+    every = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224), max_classes=None, num_projections=128)
     assert every.total_bytes > 500 * 2**30 and every.pairs == 499_500  # all classes: hundreds of GiB in one pass
     assert estimate.total_bytes < 64 * 2**30 and estimate.pairs == 4_950
     budget = parse_bytes("4GiB")
@@ -89,6 +89,11 @@ def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
     text = estimate.describe(budget)
     assert f"{len(chunks)} passes" in text and "MiB" in text
     assert len(every.chunks(budget)) > 9 * len(chunks)  # 185 passes -> 19
+    # the defaults (num_projections="auto": 32 directions at 100 compared classes): a quarter, 16 GiB, 5 passes
+    default = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224))
+    assert default.num_projections == 32 and default.total_bytes < 17 * 2**30
+    assert len(default.chunks(budget)) <= 5 and default.cost_warning(budget) is None
+    assert "num_projections (now 128" in estimate.cost_warning(budget)  # 19 passes: the warning names the count
     # with a handful of samples per class it is a single pass (2 before the class cap; 3 with all classes, since
     # the residual streams' consumer inputs, observed for the coupled groups' ranking, add 15k units)
     small = estimate_memory(helpers.resnet50(), torch.randn(1, 3, 224, 224), samples_per_class=2, num_projections=16)

@@ -8,8 +8,9 @@ import warnings
 import pytest
 import torch
 
-from lightning_fair import PruneConfig, compute_scores, estimate_memory, zoo
-from lightning_fair.classes import chosen_classes, class_slots, rank_within_class
+from lightning_fair import PruneConfig, compute_scores, estimate_memory, prune, zoo
+from lightning_fair.classes import MANY_CLASSES, chosen_classes, class_slots, projections_for, rank_within_class
+from lightning_fair.statistics import StatisticsCollector
 from lightning_fair.finite import FiniteChecks
 from lightning_fair.memory import MANY_PASSES, MemoryEstimate, parse_bytes, resolve_budget, unit_bytes
 
@@ -88,6 +89,42 @@ def test_too_few_chosen_classes_in_the_data_names_max_classes():
     data = [(torch.randn(60, 1, 8, 8, generator=g), y)]
     with pytest.raises(ValueError, match="max_classes"):
         compute_scores(model(50), data, max_classes=2, **FAST)
+
+
+# ------------------------------------------------------------------------------ num_projections="auto"
+def test_auto_projections_are_128_below_many_classes_and_32_from_there_on():
+    assert PruneConfig().num_projections == "auto" and MANY_CLASSES == 50
+    assert [projections_for("auto", k) for k in (2, 10, MANY_CLASSES - 1, MANY_CLASSES, 100, 1000)] == \
+        [128, 128, 128, 32, 32, 32]
+    few, many = batches(10, 120), batches(60, 600)
+    for classes, data, expected in ((10, few, 128), (60, many, 32)):
+        collector = StatisticsCollector(model(classes), samples_per_class=2).run(data)
+        assert collector.num_projections == expected  # resolved on the first batch
+        scores = compute_scores(model(classes), data, samples_per_class=2)
+        assert scores.config["num_projections"] == expected  # recorded with the scores
+        estimate = estimate_memory(model(classes), data[0][0][:1], samples_per_class=2)
+        assert estimate.num_projections == expected and f"{expected} projections" in estimate.describe()
+        same = compute_scores(model(classes), data, samples_per_class=2, num_projections=expected)
+        assert all(torch.equal(scores.utilization[n], same.utilization[n]) for n in scores.layers)
+    # the classes U compares decide, not the model's: 20 of 60 compared take 128
+    assert compute_scores(model(60), many, samples_per_class=2, max_classes=20).config["num_projections"] == 128
+    assert estimate_memory(model(60), many[0][0][:1], max_classes=20).num_projections == 128
+    # an integer is used as given, whatever the classes
+    assert compute_scores(model(60), many, samples_per_class=2, num_projections=8).config["num_projections"] == 8
+    assert estimate_memory(model(60), many[0][0][:1], num_projections=8).num_projections == 8
+    # the report says which count was used
+    result = prune(model(60), many, samples_per_class=2, tolerance=0.1, allocation="tod")
+    assert result.report.options["num_projections"] == 32 and result.config.num_projections == "auto"
+
+
+@pytest.mark.parametrize("value", [0, -3, "many", "128", 2.5, True, None])
+def test_bad_num_projections_are_refused_naming_the_option_and_the_fix(value):
+    with pytest.raises(ValueError, match="num_projections must be a positive integer or 'auto'"):
+        PruneConfig(num_projections=value)
+    with pytest.raises(ValueError, match="num_projections"):
+        compute_scores(model(10), batches(10, 60), num_projections=value)
+    with pytest.raises(ValueError, match="num_projections"):
+        StatisticsCollector(model(10), num_projections=value)
 
 
 # ------------------------------------------------------------------------------ cost estimate

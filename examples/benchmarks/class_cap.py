@@ -17,9 +17,11 @@ calibration batches:
 
 Models: the benchmark suite's trained small models on real data (10 classes: a cap of 5 shows
 what comparing half the classes does), and small CNNs trained here on generated 16x16 tasks with
-100 and 1000 classes (class prototypes plus noise), where caps of 50/25/10 and 100 are tried.
+25, 50, 100 and 1000 classes (class prototypes plus noise), where caps of 50/25/10 and 100 are tried
+(and, at 25 and 50 classes, fewer projections alone: where ``num_projections="auto"`` switches to 32).
+The exact setting pins ``num_projections=128`` (the ``"auto"`` default gives 32 from 50 compared classes on).
 
-Run:  python examples/benchmarks/class_cap.py [--quick] [--parts real,100,1000]
+Run:  python examples/benchmarks/class_cap.py [--quick] [--parts real,25,50,100,1000]
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def trained_generated(num_classes: int, per_class: int, epochs: int, width: int 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="real,100,1000", help="real (benchmark models), 100, 1000 (generated)")
+    parser.add_argument("--parts", default="real,100,1000", help="real (benchmark models), 25, 50, 100, 1000 (generated)")
     parser.add_argument("--quick", action="store_true", help="one real model, fewer samples")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
@@ -134,7 +136,14 @@ def main(argv=None) -> None:
             compare(task.label, model, calib, data.test,
                     {"seed=1": {"seed": 1}, "max_classes=5": {"max_classes": 5}, "projections=64": {"num_projections": 64},
                      "projections=32": {"num_projections": 32}},
-                    {"max_classes": None})
+                    {"max_classes": None, "num_projections": 128})
+    for classes in (int(part) for part in ("25", "50") if part in parts):  # where "auto" projections switch
+        model, calib, test = trained_generated(classes, 16 if args.quick else 32, epochs=4)
+        print(f"  (generated {classes} classes: test accuracy {common.accuracy(model, test):.2f}%)")
+        compare(f"small CNN / {classes} classes", model, common.loader(calib, 200), test,
+                {"seed=1": {"seed": 1}, "projections=64": {"num_projections": 64},
+                 "projections=32": {"num_projections": 32}},
+                {"max_classes": None, "samples_per_class": 16 if args.quick else 32, "num_projections": 128}, target=0.8)
     if "100" in parts:
         model, calib, test = trained_generated(100, 16 if args.quick else 32, epochs=4)
         print(f"  (generated 100 classes: test accuracy {common.accuracy(model, test):.2f}%)")
@@ -142,7 +151,7 @@ def main(argv=None) -> None:
                 {"seed=1": {"seed": 1}, "max_classes=50": {"max_classes": 50}, "max_classes=25": {"max_classes": 25},
                  "max_classes=10": {"max_classes": 10}, "projections=32": {"num_projections": 32},
                  "max50,proj32": {"max_classes": 50, "num_projections": 32}},
-                {"max_classes": None, "samples_per_class": 16 if args.quick else 32}, target=0.8)
+                {"max_classes": None, "samples_per_class": 16 if args.quick else 32, "num_projections": 128}, target=0.8)
     if "1000" in parts:
         model, calib, test = trained_generated(1000, 8, epochs=6)
         print(f"  (generated 1000 classes: test accuracy {common.accuracy(model, test):.2f}%)")

@@ -7,7 +7,7 @@
 #   4. the torchvision / timm models of issue 14, where those libraries are installed
 #      (examples/benchmarks/zoo_sweep.py --device cuda: prune under a tolerance and a MACs target);
 #   5. ResNet-50 at 224 with 1000 classes on the GPU at the library's defaults (32 samples of each of
-#      the 100 compared classes, 128 projections, memory_budget="auto"): the estimate, the passes, the
+#      the 100 compared classes, num_projections="auto" (32 there), memory_budget="auto"): the estimate, the passes, the
 #      wall time and the peak device memory (examples/benchmarks/resnet50_memory.py --device cuda).
 # Needs torch with CUDA, lightning, torch-pruning and pytest; no scikit-learn, mlxtend or network.
 #
@@ -54,5 +54,5 @@ step cuda_tests 100 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_cu
 step score_speed 50 "$python" examples/benchmarks/score_speed.py --device cuda --no-reference --repeats 5
 step zoo_sweep 150 "$python" examples/benchmarks/zoo_sweep.py --size 64 --device cuda
 step resnet50_cuda 120 "$python" examples/benchmarks/resnet50_memory.py --device cuda --images 3200 --batch 64 \
-    --samples 32 --projections 128 --budget auto
+    --samples 32 --projections auto --budget auto
 say "=== done; outputs in $out"

@@ -5,15 +5,17 @@ weights) and random 224x224 images whose labels cycle through the classes U comp
 class cap, the seeded 100 of :func:`lightning_fair.classes.chosen_classes`: a few images per
 compared class exercise every class pair; images of the other classes would only add to R). Prints the
 estimate (memory, passes under the budget, class pairs, distance work) for the current defaults
-(U compares ``max_classes=100`` of the classes) and for the old path that compared all 1000
-(``--max-classes 0``: what lightning_fair did before the class cap), then runs ``compute_scores``
+(U compares ``max_classes=100`` of the classes, through ``num_projections="auto"``: 32 directions at
+100 compared classes), for 128 projections (the default before "auto") and for the old path that compared
+all 1000 (``--max-classes 0``: what lightning_fair did before the class cap), then runs ``compute_scores``
 for real with the settings given and reports the passes, the wall time and the peak memory
 (the process's resident memory on the CPU; the device's peak allocation on a GPU).
 
 Run:  python examples/benchmarks/resnet50_memory.py [--images 32] [--samples 2] [--projections 16] [--budget 1GiB]
       python examples/benchmarks/resnet50_memory.py --images 128 --samples 2 --projections 128 --budget 4GiB
       python examples/benchmarks/resnet50_memory.py --device cuda --images 3200 --batch 64 --samples 32 --projections 128 --budget auto
-      (the last: the defaults on a GPU, every compared class filled: 61 GiB of statistics)
+      (the last: the defaults before "auto" projections on a GPU, every compared class filled: 61 GiB of
+      statistics; ``--projections auto``: today's defaults, 16 GiB)
       (``--max-classes 0``: compare every class, the old path; ``--estimate-only``: no scoring run)
 """
 
@@ -45,7 +47,8 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--projections", type=int, default=16)
+    parser.add_argument("--projections", type=lambda v: v if v == "auto" else int(v), default=16,
+                        help="an integer, or auto (the library's default: 32 from 50 compared classes on, else 128)")
     parser.add_argument("--budget", default="1GiB", help="bytes, e.g. 4GiB, or auto (the library's default)")
     parser.add_argument("--max-classes", type=int, default=100, help="0: every class (the path before the cap)")
     parser.add_argument("--device", default="cpu")
@@ -59,9 +62,12 @@ def main(argv=None) -> None:
     example = torch.randn(1, 3, 224, 224, device=device)
     four = parse_bytes("4GiB")
     where = "cuda" if device.type == "cuda" else "cpu"
-    for label, cap in (("defaults now (max_classes=100)", 100), ("before the class cap (all 1000 classes)", None)):
-        estimate = estimate_memory(model, example, max_classes=cap)
-        print(f"{label}, 32 samples/class, 128 projections: {estimate.describe(four, where, args.threads)}")
+    for label, cap, projections in (("defaults now (max_classes=100, num_projections='auto')", 100, "auto"),
+                                    ("before 'auto' projections (max_classes=100)", 100, 128),
+                                    ("before the class cap (all 1000 classes)", None, 128)):
+        estimate = estimate_memory(model, example, max_classes=cap, num_projections=projections)
+        print(f"{label}, 32 samples/class, {estimate.num_projections} projections: "
+              f"{estimate.describe(four, where, args.threads)}")
     cap = args.max_classes or None
     budget = resolve_budget(args.budget, device)
     small = estimate_memory(model, example, samples_per_class=args.samples, num_projections=args.projections,

@@ -135,7 +135,8 @@ def prune_checkpoint(
     data = {
         "source_checkpoint": os.path.abspath(ckpt_path),
         "checkpoint": os.path.abspath(paths["pruned.ckpt"]),
-        "options": config.to_dict(),
+        "options": {**config.to_dict(),  # "auto" options as used
+                    "num_projections": result.scores.config.get("num_projections", config.num_projections)},
         "level": result.level,
         "level_name": result.level_name,
         "tolerance": result.level,  # the 0.1 key: the level, whatever its kind (read level and level_name)
