@@ -27,16 +27,13 @@ Run:  python examples/benchmarks/bert.py            # prints the markdown sectio
 from __future__ import annotations
 
 import argparse
-import collections
 import copy
 import hashlib
 import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,26 +41,18 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import heads  # noqa: E402
 import quality  # noqa: E402
 
 import lightning_fair  # noqa: E402
 from lightning_fair.report import measure  # noqa: E402
 
-TARGETS = (0.5, 0.3)
 CLS = 17  # pixel intensities are 0..16
 CONFIG = dict(vocab_size=18, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
               max_position_embeddings=65, num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 QUICK_CONFIG = dict(CONFIG, num_hidden_layers=2)
 #: (epochs, peak lr) of training; the fine-tune: one epoch, lr FINETUNE_LR cosine to 0
 TRAINING, QUICK_TRAINING, FINETUNE_LR = (40, 2e-3), (3, 2e-3), 5e-4
-METHODS = {
-    "fair": "FAIR (ours, default pipeline)",
-    "l2": "uniform L2 magnitude, heads",
-    "taylor": "uniform Taylor, heads",
-    "global_l2": "global L2 magnitude, heads",
-}
-
-
 def tokens(split: common.Split) -> torch.Tensor:
     """``[N, 65]`` token ids: ``[CLS]`` then the 64 pixel intensities (0..16) in reading order."""
     pixels = (split.x * 16).round().long().flatten(1)
@@ -172,57 +161,35 @@ def taylor_gradients(model: nn.Module, calib) -> nn.Module:
 
 
 def evaluate(quick: bool, verbose: bool = True, seed: int = 0) -> dict:
+    import torch_pruning as tp
+
     data = common.load_data("digits")
     model = trained(quick, data, seed)
     calib = batches(data.calib, 100)
     example = calib[0]["input_ids"][:1]  # the model is called with one tensor: input_ids
     base_macs, params = measure(model, example)
-    out: Dict[str, dict] = collections.defaultdict(dict)
 
     def kept(pruned):
         return measure(pruned, example)[0] / base_macs
 
-    def put(method, t, pruned, note):
-        rec = {"kept": kept(pruned), "oneshot": accuracy(pruned, data.test), "shape": shape(pruned), "note": note}
-        rec["ft"] = accuracy(train(pruned, data.train, 1, FINETUNE_LR, seed + 7919, "cosine"), data.test)
-        out[method][t] = rec
-        if verbose:
-            print(f"  {method} {t}: kept {rec['kept']:.2f} one-shot {rec['oneshot']:.1f} ft {rec['ft']:.1f} "
-                  f"({rec['shape']})", flush=True)
+    def record(pruned):
+        row = {"kept": kept(pruned), "oneshot": accuracy(pruned, data.test), "shape": shape(pruned)}
+        return dict(row, ft=accuracy(train(pruned, data.train, 1, FINETUNE_LR, seed + 7919, "cosine"), data.test))
 
-    try:
+    def fair_models():
         scores = lightning_fair.compute_scores(model, calib, seed=seed)
-        for t in TARGETS:
+        for t in heads.TARGETS:
             result = lightning_fair.prune(copy.deepcopy(model), calib, target_macs=t, scores=scores, seed=seed)
-            put("fair", t, result.model.eval(), f"global threshold {result.level:.3g}")
-    except Exception as err:  # recorded in the table, not hidden
-        traceback.print_exc()
-        for t in TARGETS:
-            out["fair"][t] = {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"}
-    import torch_pruning as tp
+            yield t, result.model.eval(), f"global threshold {result.level:.3g}"
 
     taylor_source = taylor_gradients(copy.deepcopy(model), calib)
-    for method in ("l2", "taylor", "global_l2"):
-        source = taylor_source if method == "taylor" else model
 
-        def pruned_at(ratio, method=method, source=source):
-            importance = tp.importance.TaylorImportance() if method == "taylor" else tp.importance.MagnitudeImportance(p=2)
-            candidate = quality.clone_with_grads(source) if method == "taylor" else copy.deepcopy(source)
-            return tp_heads(candidate, example, importance, ratio, global_pruning=method == "global_l2")
+    def pruned_at(method, ratio):
+        importance = tp.importance.TaylorImportance() if method == "taylor" else tp.importance.MagnitudeImportance(p=2)
+        candidate = quality.clone_with_grads(taylor_source) if method == "taylor" else copy.deepcopy(model)
+        return tp_heads(candidate, example, importance, ratio, global_pruning=method == "global_l2")
 
-        def kept_at(ratio):
-            try:
-                return kept(pruned_at(ratio))
-            except ValueError:  # no head left somewhere: that ratio does not give a model
-                return 1.0
-
-        ratios, unreachable = quality.search_ratios(kept_at, TARGETS, grid=7 if quick else 13,
-                                                    iterations=3 if quick else 6)
-        for t in TARGETS:
-            if ratios[t] is None:
-                out[method][t] = {"status": f"reaches {unreachable[t]:.2f} at best"}
-            else:
-                put(method, t, pruned_at(ratios[t]), f"ratio {ratios[t]:.3f}")
+    out = heads.compare(fair_models, pruned_at, kept, record, quick, verbose)
     return {"macs": base_macs, "params": params, "baseline": accuracy(model, data.test), "shape": shape(model),
             "config": QUICK_CONFIG if quick else CONFIG, "training": QUICK_TRAINING if quick else TRAINING,
             "test_images": len(data.test), "methods": out}
@@ -236,14 +203,6 @@ def run(quick: bool = False, verbose: bool = True, threads: int = 1) -> dict:
     return results
 
 
-def _cell(rec: Optional[dict], key: str) -> str:
-    if not rec:
-        return "–"
-    if key not in rec:
-        return rec.get("status", "–")
-    return f"{rec[key]:.1f} <sub>({rec['kept']:.2f})</sub>" if key == "oneshot" else f"{rec[key]:.1f}"
-
-
 def to_markdown(results: dict) -> str:
     c, (epochs, lr) = results["config"], results["training"]
     lines = [f"BERT (`BertForSequenceClassification`), hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
@@ -252,23 +211,8 @@ def to_markdown(results: dict) -> str:
              f"{lr:g}) on the 1100 training digits as 65-token sequences; held-out accuracy before pruning "
              f"**{results['baseline']:.1f}%** ({results['test_images']} test digits); {results['seconds']:.0f} s in all, "
              f"1 thread. Fine-tune: AdamW, one epoch over the training digits, lr {FINETUNE_LR:g} cosine to 0. One "
-             "trained model (seed 0).", "",
-             "| method | " + " | ".join(f"one-shot {t}" for t in TARGETS) + " | "
-             + " | ".join(f"fine-tuned {t}" for t in TARGETS) + " |",
-             "|---|" + "---:|" * (2 * len(TARGETS))]
-    for method, label in METHODS.items():
-        rows = results["methods"].get(method, {})
-        cells = [_cell(rows.get(t) or rows.get(str(t)), "oneshot") for t in TARGETS]
-        cells += [_cell(rows.get(t) or rows.get(str(t)), "ft") for t in TARGETS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | kept MACs | heads per layer; feed-forward neurons per layer; pooler |", "|---|---:|---|",
-              f"| unpruned | 1.00 | {results['shape']} |"]
-    for method, label in METHODS.items():
-        for t in TARGETS:
-            rec = results["methods"].get(method, {}).get(t) or results["methods"].get(method, {}).get(str(t))
-            if rec and "shape" in rec:
-                lines.append(f"| {label} | {rec['kept']:.2f} | {rec['shape']} |")
-    return "\n".join(lines) + "\n"
+             "trained model (seed 0).", ""]
+    return "\n".join(lines + heads.tables(results, "heads per layer; feed-forward neurons per layer; pooler")) + "\n"
 
 
 def main(argv=None) -> None:

@@ -529,43 +529,35 @@ def standard_section(r, quick: bool) -> list:
     ]
 
 
-def vit_section(r, quick: bool) -> list:
-    """The "Vision Transformer" section (vit.py)."""
-    lines = ["## A small Vision Transformer", ""]
+def _script_section(title: str, r, intro: str, script: str, body, quick: bool) -> list:
+    """A section with its own script: title, intro, the command that regenerates it, ``body(r)``."""
+    lines = [f"## {title}", ""]
     if not isinstance(r, dict):
         return lines + [f"Not run: {r}", ""]
-    return lines + [
+    return lines + [intro + " Regenerate on its own with", "", "```bash",
+                    f"python examples/benchmarks/{script}" + (" --quick" if quick else ""), "```", "", body(r)]
+
+
+def vit_section(r, quick: bool) -> list:
+    """The "Vision Transformer" section (vit.py)."""
+    return _script_section(
+        "A small Vision Transformer", r,
         "Attention heads and MLP hidden neurons as units: a ViT written the way timm writes it (models.py), trained "
         "here on the MNIST images above (4x4 patches), pruned by FAIR's default pipeline and by torch-pruning's head "
-        "pruning (whole heads, uniform or global ratio, the residual stream kept by both), then fine-tuned. "
-        "Regenerate on its own with",
-        "",
-        "```bash",
-        "python examples/benchmarks/vit.py" + (" --quick" if quick else ""),
-        "```",
-        "",
-        vit.to_markdown(r),
-    ]
+        "pruning (whole heads, uniform or global ratio, the residual stream kept by both), then fine-tuned.",
+        "vit.py", vit.to_markdown, quick)
 
 
 def bert_section(r, quick: bool) -> list:
     """The "tiny BERT" section (bert.py)."""
-    lines = ["## A tiny BERT on a sequence task", ""]
-    if not isinstance(r, dict):
-        return lines + [f"Not run: {r}", ""]
-    return lines + [
+    return _script_section(
+        "A tiny BERT on a sequence task", r,
         "No text data set is available offline here, so the task is real data read as tokens: each sklearn digit "
         "is a sequence of its 64 pixel intensities (tokens 0..16) after a `[CLS]` token, classified by a Hugging "
         "Face `BertForSequenceClassification` (tiny config, random init) trained here; the batches are Hugging "
         "Face dicts (`input_ids`, `labels`). FAIR's default pipeline against torch-pruning's head pruning (as its "
-        "BERT example; the residual stream kept by both), one-shot and fine-tuned. Regenerate on its own with",
-        "",
-        "```bash",
-        "python examples/benchmarks/bert.py" + (" --quick" if quick else ""),
-        "```",
-        "",
-        bert.to_markdown(r),
-    ]
+        "BERT example; the residual stream kept by both), one-shot and fine-tuned.",
+        "bert.py", bert.to_markdown, quick)
 
 
 def variant_section(v, q, quick: bool) -> list:

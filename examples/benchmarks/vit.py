@@ -25,34 +25,25 @@ Run:  python examples/benchmarks/vit.py            # prints the markdown section
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import heads  # noqa: E402
 import models  # noqa: E402
 import quality  # noqa: E402
 
 import lightning_fair  # noqa: E402
 from lightning_fair.report import measure  # noqa: E402
 
-TARGETS = (0.5, 0.3)
 #: Adam, cosine to 0: (epochs, training images per epoch, lr)
 FINETUNE = (1, 1000, 5e-4)
-METHODS = {
-    "fair": "FAIR (ours, default pipeline)",
-    "l2": "uniform L2 magnitude, heads",
-    "taylor": "uniform Taylor, heads",
-    "global_l2": "global L2 magnitude, heads",
-}
 
 
 @dataclass(frozen=True)
@@ -133,55 +124,25 @@ class Run:
         return common.train_epochs(model, self.data.train, epochs, lr, 64, self.seed + 7919,
                                    limit=256 if self.quick else images, optimizer="adam", schedule="cosine")
 
+    def record(self, model: nn.Module) -> dict:
+        row = {"kept": self.kept(model), "oneshot": self.accuracy(model), "shape": shape(model)}
+        return dict(row, ft=self.accuracy(self.finetune(model)))
+
 
 def evaluate(run: Run, verbose: bool = True) -> dict:
-    out: Dict[str, dict] = collections.defaultdict(dict)
-
-    def put(method, t, pruned, note, seconds):
-        rec = {"kept": run.kept(pruned), "oneshot": run.accuracy(pruned), "shape": shape(pruned), "note": note,
-               "seconds": seconds}
-        rec["ft"] = run.accuracy(run.finetune(pruned))
-        out[method][t] = rec
-        if verbose:
-            print(f"  {method} {t}: kept {rec['kept']:.2f} one-shot {rec['oneshot']:.1f} ft {rec['ft']:.1f} "
-                  f"({rec['shape']})", flush=True)
-
-    start = time.perf_counter()
-    try:
+    def fair_models():
         scores = lightning_fair.compute_scores(run.model, run.calib, seed=run.seed)
-        scoring = time.perf_counter() - start
-        for t in TARGETS:
-            start = time.perf_counter()
+        for t in heads.TARGETS:
             result = lightning_fair.prune(common.clone(run.model), run.calib, target_macs=t, scores=scores,
                                           seed=run.seed)
-            put("fair", t, result.model.eval(), f"global threshold {result.level:.3g}",
-                scoring + time.perf_counter() - start)
-    except Exception as err:  # recorded in the table, not hidden
-        traceback.print_exc()
-        for t in TARGETS:
-            out["fair"][t] = {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"}
+            yield t, result.model.eval(), f"global threshold {result.level:.3g}"
+
     taylor_source = quality.taylor_gradients(common.clone(run.model), run.calib)
-    for method in ("l2", "taylor", "global_l2"):
-        source = taylor_source if method == "taylor" else run.model
-        search_start = time.perf_counter()
 
-        def kept(ratio):
-            try:
-                return run.kept(run.baseline(method, ratio, source))
-            except ValueError:  # no head left somewhere: that ratio does not give a model
-                return 1.0
+    def pruned_at(method, ratio):
+        return run.baseline(method, ratio, taylor_source if method == "taylor" else run.model)
 
-        ratios, unreachable = quality.search_ratios(kept, TARGETS, grid=7 if run.quick else 13,
-                                                    iterations=3 if run.quick else 6)
-        search = time.perf_counter() - search_start
-        for t in TARGETS:
-            if ratios[t] is None:
-                out[method][t] = {"status": f"reaches {unreachable[t]:.2f} at best"}
-                continue
-            start = time.perf_counter()
-            pruned = run.baseline(method, ratios[t], source)
-            put(method, t, pruned, f"ratio {ratios[t]:.3f}", search + time.perf_counter() - start)
-    return out
+    return heads.compare(fair_models, pruned_at, run.kept, run.record, run.quick, verbose)
 
 
 def run(quick: bool = False, verbose: bool = True, threads: int = 1) -> dict:
@@ -196,14 +157,6 @@ def run(quick: bool = False, verbose: bool = True, threads: int = 1) -> dict:
     return results
 
 
-def _cell(rec: Optional[dict], key: str) -> str:
-    if not rec:
-        return "–"
-    if key not in rec:
-        return rec.get("status", "–")
-    return f"{rec[key]:.1f} <sub>({rec['kept']:.2f})</sub>" if key == "oneshot" else f"{rec[key]:.1f}"
-
-
 def to_markdown(results: dict) -> str:
     epochs, images, lr = FINETUNE
     lines = [f"{results['label']}: {results['macs'] / 1e6:.1f} M MACs (Linear and Conv), {results['params'] / 1e6:.2f} M "
@@ -216,22 +169,8 @@ def to_markdown(results: dict) -> str:
              "could change. Kept MACs below the target mean the method's steps are coarse there (whole heads; a "
              "uniform ratio removes the same number from every block): each baseline's ratio search takes the "
              "smallest ratio at or below the target.", "",
-             "| method | " + " | ".join(f"one-shot {t}" for t in TARGETS) + " | "
-             + " | ".join(f"fine-tuned {t}" for t in TARGETS) + " |",
-             "|---|" + "---:|" * (2 * len(TARGETS))]
-    for method, label in METHODS.items():
-        rows = results["methods"].get(method, {})
-        cells = [_cell(rows.get(t) or rows.get(str(t)), "oneshot") for t in TARGETS]
-        cells += [_cell(rows.get(t) or rows.get(str(t)), "ft") for t in TARGETS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | kept MACs | heads per block; MLP hidden per block |", "|---|---:|---|",
-              f"| unpruned | 1.00 | {results['shape']} |"]
-    for method, label in METHODS.items():
-        for t in TARGETS:
-            rec = results["methods"].get(method, {}).get(t) or results["methods"].get(method, {}).get(str(t))
-            if rec and "shape" in rec:
-                lines.append(f"| {label} | {rec['kept']:.2f} | {rec['shape']} |")
-    return "\n".join(lines) + "\n"
+    ]
+    return "\n".join(lines + heads.tables(results, "heads per block; MLP hidden per block")) + "\n"
 
 
 def main(argv=None) -> None:
