@@ -19,7 +19,7 @@ import warnings
 import lightning as L
 
 from lightning_fair import FairPruneCallback
-from lightning_fair.demo import DigitsDataModule, ImageClassifier
+from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 
 
 def trainer(**kwargs) -> L.Trainer:

@@ -18,9 +18,9 @@ import lightning as L
 import torch
 
 from lightning_fair import OnTheFlyPruning
-from lightning_fair.demo import DigitsDataModule, ImageClassifier
-from lightning_fair.evaluation import evaluate
-from lightning_fair.onthefly import prune_on_the_fly
+from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
+from lightning_fair.methods.onthefly import prune_on_the_fly
+from lightning_fair.pipeline.evaluation import evaluate
 
 LAYERS = ["net.features.0.0", "net.features.1.0", "net.features.3.0", "net.head.0"]
 

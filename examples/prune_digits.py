@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_fair
-from lightning_fair import PruneConfig, zoo
+from lightning_fair import PruneConfig
+from lightning_fair.demos import zoo
 
 
 def digits_splits(seed: int = 0):

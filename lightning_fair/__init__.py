@@ -7,21 +7,21 @@ filter norm instead; ``prune_connections`` prunes single weights with it.
 
 The Lightning parts (:mod:`lightning_fair.lightning`: ``FairPruneCallback``, ``OnTheFlyPruning``,
 ``FairPruningMixin``, ``PruningError``) are importable from here too, loaded on first use so
-that ``import lightning_fair`` does not import Lightning. ``lightning_fair.zoo`` (model
-definitions) and ``lightning_fair.demo`` (a digits LightningModule and DataModule) are demos.
+that ``import lightning_fair`` does not import Lightning. ``lightning_fair.demos.zoo`` (model
+definitions) and ``lightning_fair.demos.digits`` (a digits LightningModule and DataModule) are demos.
 """
 
-from .allocation import tod_curve, tolerance_count, tolerance_counts
-from .checkpoint import load_pruned, save_pruned
+from .allocation.tolerance import tod_curve, tolerance_count, tolerance_counts
+from .collect.memory import estimate_memory
 from .config import PruneConfig
-from .evaluation import evaluate
-from .memory import estimate_memory
-from .oneshot import PruneResult, prune
-from .recalibration import recalibrate_bn
-from .report import PruneReport
-from .scores import FairScores, compute_scores
-from .sweep import SweepResult, sweep
-from .unstructured import prune_connections
+from .methods.unstructured import prune_connections
+from .pipeline.evaluation import evaluate
+from .pipeline.oneshot import PruneResult, prune
+from .pipeline.report import PruneReport
+from .pipeline.sweeping import SweepResult, sweep
+from .removal.history import load_pruned, save_pruned
+from .repair.batchnorm import recalibrate_bn
+from .scoring.fair import FairScores, compute_scores
 
 __version__ = "0.1.0"
 

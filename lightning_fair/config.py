@@ -10,22 +10,194 @@ functions that use them.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Union
-
-from .allocation import ALLOCATIONS, RANKINGS, check_tolerance, resolve_allocation
-from .classes import check_projections
-from .layers import OBSERVATION_POINTS
-from .memory import DEFAULT_BUDGET, resolve_budget
-from .presets import PRESETS, resolve_preset
-from .removal import GROUP_POLICIES
-from .screening import CRITERIA, check_criterion
-from .statistics import RECONSTRUCTIONS
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union, get_args
 
 __all__ = ["PIPELINE_OPTIONS", "PruneConfig", "configure"]
 
-#: the choices of each option are declared once, by the module that implements them
-PRESET_NAMES = tuple(PRESETS)
+
+# ---------------------------------------------------------------------- vocabularies
+# Each option's choices, declared once as a Literal type (what IDEs, mypy and jsonargparse read) and
+# as the tuple of its values (what the validation and the error messages read).
+
+#: Where the utilization score observes a unit: its layer's output, after the following norm,
+#: or after the following nonlinearity (falling back to the furthest point reached).
+Observe = Literal["output", "norm", "activation"]
+OBSERVATION_POINTS: Tuple[str, ...] = get_args(Observe)
+
+#: How R aggregates dL/dz * z: the paper's absolute value of the total (``"abs_of_sum"``),
+#: or the sum over samples of each sample's absolute value (``"sum_of_abs"``).
+Reconstruction = Literal["abs_of_sum", "sum_of_abs"]
+RECONSTRUCTIONS: Tuple[str, ...] = get_args(Reconstruction)
+
+#: Coupled groups (residual adds, concatenations): each member's own count, the smallest wins
+#: (``"min_count"``), or one count on the members' combined scores (``"joint"``).
+GroupPolicy = Literal["min_count", "joint"]
+GROUP_POLICIES: Tuple[str, ...] = get_args(GroupPolicy)
+
+#: How many units each layer loses: FAIR's per-layer ToD counts (``"tod"``), one global
+#: threshold on U normalised by its layer's mean (``"global"``; needs a MACs/params target),
+#: the same fraction of every layer (``"uniform"``; a ``ratio`` or a target), or ``"auto"``:
+#: global under a target, ToD under a tolerance, uniform with a ratio.
+AllocationName = Literal["auto", "tod", "global", "uniform"]
+ALLOCATIONS: Tuple[str, ...] = get_args(AllocationName)
+
+#: Which units of a layer go first, once its count is known (the ``ranking`` option).
+#: "utilization_x_consumers" needs the model's consumer weights: :class:`~lightning_fair.removal.planner.DependencyPlanner`
+#: applies it (the removal score times how strongly the next layers read each unit), not
+#: :func:`~lightning_fair.allocation.order.removal_order`.
+RankingName = Literal["utilization", "l1", "random", "utilization_x_consumers"]
+RANKINGS: Tuple[str, ...] = get_args(RankingName)
+
+#: Which score ranks the units for removal: FAIR's utilization score, or the screening score.
+CriterionName = Literal["fair", "screening"]
+CRITERIA: Tuple[str, ...] = get_args(CriterionName)
+
+#: The named pipeline configurations (:data:`PRESETS`).
+PresetName = Literal["default", "paper"]
+
+
+
+# ---------------------------------------------------------------------- validation
+def check_tolerance(tolerance: float) -> float:
+    tolerance = float(tolerance)
+    if not 0.0 <= tolerance <= 1.0:
+        raise ValueError(f"tolerance must lie in [0, 1] (a fraction of overlap), got {tolerance}")
+    return tolerance
+
+
+def check_criterion(criterion: str, screening_weight: float) -> float:
+    """Validate ``criterion`` and ``screening_weight``; return the weight as a float."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    return check_screening_weight(screening_weight)
+
+
+def check_screening_weight(weight: float) -> float:
+    """``screening_weight`` must be a number in [0, 1] (1: F only, 0: filter magnitude only)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"screening_weight is the weight of the F-statistic against the filter magnitude, a number "
+                         f"in [0, 1] (1: F only, 0: magnitude only), got {weight!r}")
+    return float(weight)
+
+
+#: Default ``memory_budget`` of the statistics pass: ``"auto"`` (:func:`resolve_budget`) is half the
+#: free memory of the CUDA device the model is on, and ``CPU_BUDGET`` anywhere else.
+DEFAULT_BUDGET = "auto"
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value: Union[int, float, str, None]) -> Optional[int]:
+    """``4GiB``, ``"512MB"``, ``2e9`` or None (no budget) -> bytes.
+
+    Example:
+        >>> parse_bytes("1.5GiB"), parse_bytes(1024), parse_bytes(None)
+        (1610612736, 1024, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError("memory_budget must be a number of bytes or a string like '4GiB', got a bool")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"memory_budget must be bytes, a size like '4GiB' or '512MB', 'auto' or None, got {value!r}")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    result = int(number * _UNITS[unit])
+    if result <= 0:
+        raise ValueError(f"memory_budget must be positive, got {value!r}")
+    return result
+
+
+def check_budget(value: Union[int, float, str, None]) -> None:
+    """Raise unless ``value`` is a ``memory_budget``: ``"auto"``, None, bytes or a size like ``"4GiB"``
+    (resolved to bytes for a device by :func:`lightning_fair.collect.memory.resolve_budget`).
+
+    Example:
+        >>> check_budget("auto"), check_budget("1GiB"), check_budget(None)
+        (None, None, None)
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return
+    parse_bytes(value)
+
+
+#: ``num_projections="auto"``: ``FEW`` directions below ``MANY_CLASSES`` compared classes, ``MANY`` from there on
+AUTO_PROJECTIONS = {"few": 128, "many": 32}
+MANY_CLASSES = 50
+
+
+def check_projections(num_projections: Union[int, str]) -> None:
+    """Raise a ValueError naming ``num_projections`` and the fix unless it is a positive integer or ``"auto"``.
+
+    Example:
+        >>> check_projections("auto"), check_projections(8)
+        (None, None)
+        >>> check_projections(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_projections must be a positive integer or 'auto' (128 directions below 50 compared classes, 32 from 50 on), got 0
+    """
+    if isinstance(num_projections, str) and num_projections == "auto":
+        return
+    if isinstance(num_projections, bool) or not isinstance(num_projections, numbers.Integral) or num_projections < 1:
+        raise ValueError(f"num_projections must be a positive integer or 'auto' ({AUTO_PROJECTIONS['few']} directions "
+                         f"below {MANY_CLASSES} compared classes, {AUTO_PROJECTIONS['many']} from {MANY_CLASSES} on), "
+                         f"got {num_projections!r}")
+
+
+# ---------------------------------------------------------------------- presets
+PRESETS: Dict[str, Dict[str, object]] = {
+    # arXiv 2508.02291 / network-pruner 2.x: U observes the Conv/Linear output itself,
+    # R = |Σ dL/dz·z|, per-layer ToD counts, coupled groups prune the smallest member count,
+    # no BatchNorm re-estimation, no compensation.
+    "paper": dict(observe="output", reconstruction="abs_of_sum", group_policy="min_count", allocation="tod",
+                  recalibrate=False, compensate=False, ranking="utilization"),
+    # chosen by evidence (docs/benchmarks.md, "Variant study"): U after the nonlinearity, a
+    # global U threshold when a MACs/params budget is given (ToD counts for a tolerance),
+    # BatchNorm re-estimation and mean-replacement compensation.
+    # units ranked by U times how strongly the next layers read them (docs/method.md: one-shot better
+    # in 17 of 24 standard-model cells over three training seeds, neutral after fine-tuning)
+    "default": dict(observe="activation", reconstruction="abs_of_sum", group_policy="min_count", allocation="auto",
+                    recalibrate=True, compensate=True, ranking="utilization_x_consumers"),
+}
+
+
+assert set(PRESETS) == set(get_args(PresetName)), "PresetName lists the presets"
+
+
+def resolve_preset(preset: str, **options) -> Dict[str, object]:
+    """The preset's options with every non-None entry of ``options`` taking precedence.
+
+    Example:
+        >>> resolve_preset("paper", observe="activation")["observe"]
+        'activation'
+        >>> resolve_preset("paper")["recalibrate"]
+        False
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    resolved = dict(PRESETS[preset])
+    unknown = set(options) - set(resolved)
+    if unknown:
+        raise TypeError(f"unknown preset option(s): {sorted(unknown)}")
+    resolved.update({key: value for key, value in options.items() if value is not None})
+    return resolved
+
+
+def resolve_allocation(allocation: str, has_target: bool, has_ratio: bool = False) -> str:
+    """``"auto"`` -> ``"uniform"`` with a ratio, ``"global"`` with a MACs/params target, else ``"tod"``."""
+    if allocation == "auto":
+        return "uniform" if has_ratio else "global" if has_target else "tod"
+    return allocation
+
+
+# ---------------------------------------------------------------------- the config
 
 #: the options a preset sets (None in a config: the preset's value)
 PIPELINE_OPTIONS = ("observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate", "ranking")
@@ -47,7 +219,7 @@ class PruneConfig:
         ratio: the fraction of every layer's units to remove (``allocation="uniform"``), in [0, 1).
         preset: ``"default"`` (the configuration the benchmarks found best one-shot) or ``"paper"``
             (the method exactly as published: U on the raw layer output, no BatchNorm
-            re-estimation, no compensation); see :mod:`lightning_fair.presets`.
+            re-estimation, no compensation); see :mod:`lightning_fair.config`.
         observe: what U observes: the layer's ``"output"``, the tensor after the following
             ``"norm"``, or after the following nonlinearity (``"activation"``).
         reconstruction: ``"abs_of_sum"`` (the paper's ``R = |sum dL/dz z|``) or ``"sum_of_abs"``.
@@ -60,7 +232,7 @@ class PruneConfig:
         recalibrate: re-estimate BatchNorm running statistics on the calibration batches after
             removal (needs a calibration dataloader).
         compensate: mean-replacement compensation: fold each removed input's calibration mean
-            into its consumer's bias (:mod:`lightning_fair.compensation`).
+            into its consumer's bias (:mod:`lightning_fair.repair.compensation`).
         ranking: which units a layer's count removes (None: the preset's; ``"utilization_x_consumers"``
             in the default, ``"utilization"`` in the paper's): ``"utilization"`` (the criterion's score),
             ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations), or
@@ -69,17 +241,17 @@ class PruneConfig:
             layers barely read goes first; the counts are the same as with ``"utilization"``).
         criterion: what ranks the units: ``"fair"`` (U, with R as ToD's protection) or
             ``"screening"`` (class-separation F-statistic combined with the filter norm,
-            :mod:`lightning_fair.screening`).
+            :mod:`lightning_fair.scoring.screening`).
         screening_weight: the weight of F against the filter magnitude, in [0, 1] (screening).
         samples_per_class: images per class kept for the utilization score (n in the paper).
         num_projections: random directions for the sliced W1 of conv channels (P in the paper); ``"auto"``,
             the default: 128 when U compares fewer than 50 classes, 32 from 50 on (where 32 move U no
-            more than other random directions do; :func:`lightning_fair.classes.projections_for`, docs/method.md,
+            more than other random directions do; :func:`lightning_fair.collect.classes.projections_for`, docs/method.md,
             "Many classes"). The count used is in the scores' ``config`` and the report's options.
         max_classes: U compares at most this many classes (the reference's cap, 100): with more,
             a random subset of the model's classes, seeded by ``seed``, is chosen once and only
             their samples are kept (memory ~ classes, pairs ~ classes²); None compares all
-            (:mod:`lightning_fair.classes`; docs/method.md, "Many classes").
+            (:mod:`lightning_fair.collect.classes`; docs/method.md, "Many classes").
         seed: seeds the projection directions (and the random ranking).
         max_batches: calibration batches to use (all by default).
         memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit; ``"auto"``, the
@@ -89,7 +261,7 @@ class PruneConfig:
             :func:`lightning_fair.prune` also accepts module objects here.
         prune_embedding: transformers: also prune the embedding dimension (the residual stream:
             embeddings, LayerNorms, attention output projections, cls/position tokens); off by
-            default, heads and MLP neurons only (:mod:`lightning_fair.head_planner`). Not for
+            default, heads and MLP neurons only (:mod:`lightning_fair.removal.heads`). Not for
             ``nn.MultiheadAttention``, whose embedding dimension is always kept.
 
     Raises:
@@ -111,15 +283,15 @@ class PruneConfig:
     target_macs: Optional[float] = None
     target_params: Optional[float] = None
     ratio: Optional[float] = None
-    preset: Literal[PRESET_NAMES] = "default"
-    observe: Optional[Literal[OBSERVATION_POINTS]] = None
-    reconstruction: Optional[Literal[RECONSTRUCTIONS]] = None
-    group_policy: Optional[Literal[GROUP_POLICIES]] = None
-    allocation: Optional[Literal[ALLOCATIONS]] = None
+    preset: PresetName = "default"
+    observe: Optional[Observe] = None
+    reconstruction: Optional[Reconstruction] = None
+    group_policy: Optional[GroupPolicy] = None
+    allocation: Optional[AllocationName] = None
     recalibrate: Optional[bool] = None
     compensate: Optional[bool] = None
-    ranking: Optional[Literal[RANKINGS]] = None
-    criterion: Literal[CRITERIA] = "fair"
+    ranking: Optional[RankingName] = None
+    criterion: CriterionName = "fair"
     screening_weight: float = 0.5
     samples_per_class: int = 32
     num_projections: Union[int, Literal["auto"]] = "auto"
@@ -176,7 +348,7 @@ class PruneConfig:
             raise ValueError(f"max_batches must be a positive integer or None (all batches), got {self.max_batches!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        resolve_budget(self.memory_budget)  # a bad budget fails before anything runs
+        check_budget(self.memory_budget)  # a bad budget fails before anything runs
         if not isinstance(self.prune_embedding, bool):
             raise ValueError(f"prune_embedding must be True or False, got {self.prune_embedding!r}")
 

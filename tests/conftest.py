@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from lightning_fair import zoo
+from lightning_fair.demos import zoo
 
 
 @pytest.fixture(scope="session")

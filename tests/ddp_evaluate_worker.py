@@ -44,7 +44,8 @@ def plain(rank: int, world: int, out: str, port: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from lightning_fair import evaluate, zoo
+    from lightning_fair import evaluate
+    from lightning_fair.demos import zoo
 
     torch.manual_seed(0)
     model = zoo.small_cnn(width=8).train()  # evaluate switches to eval mode and back
@@ -64,7 +65,7 @@ def lightning(out: str) -> None:
     from lightning.pytorch.loggers import Logger
 
     from lightning_fair import FairPruneCallback, evaluate
-    from lightning_fair.demo import DigitsDataModule, ImageClassifier
+    from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 
     class Recorder(Logger):
         """Every rank keeps what the callback logs (Lightning's own loggers write on rank zero only)."""

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lightning_fair import FairPruneCallback  # noqa: E402
-from lightning_fair.demo import DigitsDataModule, ImageClassifier  # noqa: E402
+from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 
 OPTIONS = dict(samples_per_class=64, num_projections=16, seed=5, progress=False, verbose=False)
 

@@ -25,7 +25,7 @@ def batches():
 
 
 def model():
-    from lightning_fair import zoo
+    from lightning_fair.demos import zoo
 
     torch.manual_seed(0)
     net = zoo.small_cnn(width=8)

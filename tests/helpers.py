@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_fair import compute_scores, zoo
+from lightning_fair import compute_scores
+from lightning_fair.demos import zoo
 
 #: examples/benchmarks, whose scripts define the larger models
 BENCHMARKS = Path(__file__).resolve().parents[1] / "examples" / "benchmarks"

@@ -1,6 +1,6 @@
 """Shared pieces for the Lightning tests (test_callback.py, test_checkpoint.py).
 
-Real data (sklearn digits through ``lightning_fair.demo.DigitsDataModule``), a tiny
+Real data (sklearn digits through ``lightning_fair.demos.digits.DigitsDataModule``), a tiny
 ``ImageClassifier`` (width 8), CPU only, quiet Trainers.
 """
 
@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 from lightning_fair.lightning.callback import FairPruneCallback
-from lightning_fair.demo import DigitsDataModule, ImageClassifier
 
 #: calibration settings that keep the statistics pass fast
 FAST = dict(samples_per_class=8, num_projections=16, progress=False, verbose=False)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import copy
 import math
 
+import helpers
 import pytest
 import torch
+from lightning_fair.allocation.order import removal_order
+from lightning_fair.allocation.tolerance import count_from_curve
 
 import lightning_fair
-from lightning_fair import oneshot, tod_curve, tolerance_count, tolerance_counts
-from lightning_fair.allocation import count_from_curve, removal_order
-
-import helpers
+from lightning_fair import tod_curve, tolerance_count, tolerance_counts
+from lightning_fair.pipeline import oneshot
 
 ALPHAS = (0.0, 0.005, 0.05, 0.2, 0.5, 1.0)
 

@@ -6,13 +6,14 @@ One test per case of issue 6; each checks the message and that the model is exac
 
 from __future__ import annotations
 
+import helpers
 import pytest
 import torch
+from helpers import FAST
 from torch import nn
 
-import helpers
-from helpers import FAST
-from lightning_fair import compute_scores, prune, zoo
+from lightning_fair import compute_scores, prune
+from lightning_fair.demos import zoo
 
 
 def fingerprint(model: nn.Module):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_fair import prune, zoo
+from lightning_fair import prune
+from lightning_fair.demos import zoo
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "examples" / "benchmarks"
 

@@ -11,18 +11,29 @@ import torch
 import torch_pruning as tp
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning_fair.removal.planner import DependencyPlanner
+from lightning_helpers import (
+    CONVS,
+    FAST,
+    FairPruneCallback,
+    assert_optimizer_matches_model,
+    assert_same_optimizer,
+    assert_same_state,
+    classifier,
+    datamodule,
+    finite,
+    optimizer_copy,
+    read_metrics,
+    shapes,
+    state_copy,
+    trainer,
+)
 from torch import nn
 
 import lightning_fair.lightning.callback
-import lightning_fair.oneshot
+import lightning_fair.pipeline.oneshot
 from lightning_fair.lightning.callback import PruningError
-from lightning_fair.removal import DependencyPlanner
-from lightning_fair.report import measure
-
-from lightning_helpers import (
-    CONVS, FAST, FairPruneCallback, assert_optimizer_matches_model, assert_same_optimizer, assert_same_state,
-    classifier, datamodule, finite, optimizer_copy, read_metrics, shapes, state_copy, trainer,
-)
+from lightning_fair.units.cost import measure
 
 TOLERANCE = 0.1
 
@@ -390,11 +401,11 @@ def _failing_recalibration(monkeypatch):
                     module.num_batches_tracked.add_(7)
         raise RuntimeError("boom in BatchNorm re-estimation")
 
-    monkeypatch.setattr(lightning_fair.oneshot, "recalibrate_bn", recalibrate_bn)
+    monkeypatch.setattr(lightning_fair.pipeline.oneshot, "recalibrate_bn", recalibrate_bn)
 
 
 def _failing_real_recalibration(monkeypatch):
-    original = lightning_fair.oneshot.recalibrate_bn
+    original = lightning_fair.pipeline.oneshot.recalibrate_bn
 
     def recalibrate_bn(model, dataloader, **kwargs):  # the real pass, on data that breaks at batch 2
         def batches():
@@ -404,12 +415,12 @@ def _failing_real_recalibration(monkeypatch):
                 yield batch
         return original(model, batches(), **kwargs)
 
-    monkeypatch.setattr(lightning_fair.oneshot, "recalibrate_bn", recalibrate_bn)
+    monkeypatch.setattr(lightning_fair.pipeline.oneshot, "recalibrate_bn", recalibrate_bn)
 
 
 def _failing_compensation(monkeypatch):
-    monkeypatch.setattr(lightning_fair.oneshot, "fold_mean_replacement",
-                        _raise_after(lightning_fair.oneshot.fold_mean_replacement, "boom in compensation"))
+    monkeypatch.setattr(lightning_fair.pipeline.oneshot, "fold_mean_replacement",
+                        _raise_after(lightning_fair.pipeline.oneshot.fold_mean_replacement, "boom in compensation"))
 
 
 def _failing_repoint(monkeypatch):
@@ -516,7 +527,7 @@ def test_keyboard_interrupt_restores_and_propagates_unchanged(tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lightning_fair.oneshot, "fold_mean_replacement", interrupted)
+    monkeypatch.setattr(lightning_fair.pipeline.oneshot, "fold_mean_replacement", interrupted)
     model, dm = classifier(), datamodule()
     callback = Guarded(prune_at=0, tolerance=0.3, max_batches=3, compensate=True, **FAST)
     fit = trainer(tmp_path, [callback], max_epochs=2, limit_train_batches=2)

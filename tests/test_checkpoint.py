@@ -5,17 +5,29 @@ from __future__ import annotations
 import copy
 import math
 
+import helpers
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_fair.removal.history import (
+    CHECKPOINT_KEY,
+    pruning_state,
+    replay_pruning,
+)
+from lightning_helpers import (
+    FAST,
+    FairPruneCallback,
+    assert_same_state,
+    classifier,
+    datamodule,
+    shapes,
+    trainer,
+)
 
-from lightning_fair import load_pruned, prune, save_pruned, zoo
-from lightning_fair.checkpoint import CHECKPOINT_KEY, pruning_state, replay_pruning
-from lightning_fair.demo import ImageClassifier
-
-import helpers
-from lightning_helpers import FAST, FairPruneCallback, assert_same_state, classifier, datamodule, shapes, trainer
+from lightning_fair import load_pruned, prune, save_pruned
+from lightning_fair.demos import zoo
+from lightning_fair.demos.digits import ImageClassifier
 
 PRUNE_FAST = {k: v for k, v in FAST.items() if k in ("samples_per_class", "num_projections")}
 

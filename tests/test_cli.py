@@ -15,12 +15,12 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # noqa: E402
 
 from lightning_fair import FairPruneCallback  # noqa: E402
+from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 from lightning_fair.lightning.cli import FairCLI  # noqa: E402
-from lightning_fair.demo import DigitsDataModule, ImageClassifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
-         "--data=lightning_fair.demo.DigitsDataModule"]
+MODEL = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
+         "--data=lightning_fair.demos.digits.DigitsDataModule"]
 FAST_PRUNE = ["--prune.progress=false", "--prune.verbose=false", "--prune.samples_per_class=8",
               "--prune.num_projections=8"]
 WIDTHS = [8, 8, 16, 64]  # small_cnn(width=8): units of net.features.0.0, .1.0, .3.0, net.head.0

@@ -19,8 +19,8 @@ pytest.importorskip("jsonargparse")
 from lightning_fair import FairPruneCallback, PruneConfig  # noqa: E402
 from lightning_fair.lightning.cli import FairCLI  # noqa: E402
 
-MODEL = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
-         "--data=lightning_fair.demo.DigitsDataModule"]
+MODEL = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
+         "--data=lightning_fair.demos.digits.DigitsDataModule"]
 FIRST_CONV = "net.features.0.0"
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import helpers
 import pytest
 import torch
+from helpers import FAST
 from torch import nn
 
-import helpers
-from helpers import FAST
-from lightning_fair import compute_scores, prune, zoo
+from lightning_fair import compute_scores, prune
+from lightning_fair.demos import zoo
 
 
 def _inputs_seen(model: nn.Module, batches, names):
@@ -152,7 +153,7 @@ def test_failure_after_compensation_leaves_the_model_as_it_was(monkeypatch):
     original = copy.deepcopy(model)
     params = {n: p for n, p in model.named_parameters()}
     buffers = {n: b for n, b in model.named_buffers()}
-    import lightning_fair.oneshot as oneshot
+    import lightning_fair.pipeline.oneshot as oneshot
 
     calls = []
 

@@ -1,12 +1,13 @@
 """A model with a ``torch.compile``d inner module is pruned as its uncompiled self (issue 13 item 6):
 plain layer names, hooks run eagerly (no recompilation per hook), the compiled wrapper kept."""
 
+import helpers
+import lightning_helpers as lh
 import torch
 from torch import nn
 
-import helpers
-import lightning_helpers as lh
-from lightning_fair import FairPruneCallback, load_pruned, prune, save_pruned, zoo
+from lightning_fair import FairPruneCallback, load_pruned, prune, save_pruned
+from lightning_fair.demos import zoo
 
 
 class Wrapper(nn.Module):

@@ -9,13 +9,20 @@ import sys
 
 import pytest
 import torch
+from helpers import (
+    FAST,
+    calibration_loader,
+    example_inputs,
+    module_shapes,
+    trained_small_cnn,
+)
+from lightning_fair.allocation.order import removal_order
+from lightning_fair.removal.planner import DependencyPlanner
 from torch import nn
 
-from helpers import FAST, calibration_loader, example_inputs, module_shapes, trained_small_cnn
 from lightning_fair import PruneConfig, compute_scores, prune
-from lightning_fair.allocation import RANKINGS, layer_normalised, removal_order
-from lightning_fair.removal import DependencyPlanner
-from lightning_fair.ranking import Ranking
+from lightning_fair.config import RANKINGS
+from lightning_fair.scoring.ranking import Ranking, layer_normalised
 
 NEW = "utilization_x_consumers"
 
@@ -158,7 +165,9 @@ def test_prune_and_config_accept_it_same_counts_on_real_data():
 
 def test_callback_accepts_it(tmp_path):
     pytest.importorskip("lightning")
-    from lightning_helpers import FAST as CALLBACK_FAST, classifier, datamodule, trainer
+    from lightning_helpers import FAST as CALLBACK_FAST
+    from lightning_helpers import classifier, datamodule, trainer
+
     from lightning_fair import FairPruneCallback
 
     callback = FairPruneCallback(prune_at=0, target_macs=0.6, ranking=NEW, **CALLBACK_FAST)
@@ -178,8 +187,8 @@ def test_cli_flag(tmp_path, monkeypatch, capsys):
     from lightning_fair.lightning.cli import FairCLI
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    args = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
-            "--data=lightning_fair.demo.DigitsDataModule", "--trainer.logger=false",
+    args = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
+            "--data=lightning_fair.demos.digits.DigitsDataModule", "--trainer.logger=false",
             f"--trainer.default_root_dir={tmp_path}", "--prune.target_macs=0.6"]
     cli = FairCLI(args=[*args, f"--prune.ranking={NEW}"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]

@@ -19,8 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_fair import PruneConfig, compute_scores, prune, zoo
-from lightning_fair.statistics import StatisticsCollector
+from lightning_fair import PruneConfig, compute_scores, prune
+from lightning_fair.collect.collector import StatisticsCollector
+from lightning_fair.demos import zoo
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -210,7 +211,7 @@ def test_lightning_callback_prunes_mid_fit_on_a_gpu(tmp_path):
 
 
 def test_the_auto_budget_is_half_the_free_device_memory():
-    from lightning_fair.memory import resolve_budget
+    from lightning_fair.collect.memory import resolve_budget
 
     free, total = torch.cuda.mem_get_info(CUDA)
     budget = resolve_budget("auto", CUDA)

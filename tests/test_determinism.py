@@ -15,12 +15,12 @@ import textwrap
 
 import pytest
 import torch
+from helpers import calibration_loader, digits, module_shapes
 from torch import nn
 
 import lightning_fair
-from lightning_fair import FairScores, compute_scores, zoo
-
-from helpers import calibration_loader, digits, module_shapes
+from lightning_fair import FairScores, compute_scores
+from lightning_fair.demos import zoo
 
 SCORING = dict(samples_per_class=8, num_projections=16)
 ARCHITECTURES = {
@@ -145,7 +145,8 @@ def test_prune_is_repeatable(arch, how):
 _CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
-    from lightning_fair import compute_scores, zoo
+    from lightning_fair import compute_scores
+    from lightning_fair.demos import zoo
     model = {factory}
     model.load_state_dict(torch.load({weights!r}, weights_only=True))
     model.eval()

@@ -67,7 +67,7 @@ def lightning_ranks(tmp_path_factory):
 
 def test_ddp_validate_scores_equal_one_process_on_all_the_validation_data(lightning_ranks):
     from lightning_fair import compute_scores
-    from lightning_fair.demo import DigitsDataModule, ImageClassifier
+    from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 
     r0, r1 = lightning_ranks
     assert r0["world_size"] == 2

@@ -43,7 +43,7 @@ def test_every_dotted_name_resolves():
     for path, text in texts(DOCS + EXAMPLES).items():
         for match in re.finditer(r"\blightning_fair(?:\.[A-Za-z_]\w*)+", text):
             names.setdefault(match.group(0), set()).add(path)
-    assert "lightning_fair.lightning.cli.FairCLI" in names and "lightning_fair.demo.ImageClassifier" in names
+    assert "lightning_fair.lightning.cli.FairCLI" in names and "lightning_fair.demos.digits.ImageClassifier" in names
     missing = {}
     for name, where in sorted(names.items()):
         try:
@@ -81,7 +81,7 @@ def test_yaml_blocks_of_lightning_md_load_under_faircli(index, tmp_path, monkeyp
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     path = tmp_path / "block.yaml"
     path.write_text(yaml_blocks()[index])
-    cli = FairCLI(args=["--model=lightning_fair.demo.ImageClassifier", "--data=lightning_fair.demo.DigitsDataModule",
+    cli = FairCLI(args=["--model=lightning_fair.demos.digits.ImageClassifier", "--data=lightning_fair.demos.digits.DigitsDataModule",
                         "-c", str(path), "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert callback.prune_at == 5

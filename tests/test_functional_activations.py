@@ -1,11 +1,11 @@
 """Activations called as functions (``F.relu``) are observed like activation modules (issue 13)."""
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import helpers
 from lightning_fair import compute_scores, prune
 
 

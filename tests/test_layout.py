@@ -1,11 +1,12 @@
-"""The package's layout: what modules may use of each other, how large they are, what ships.
+"""The package's layout: what modules may use of each other, what ships.
 
 Read with :mod:`ast`, nothing imported (except where a test says so):
 
+- the folders are layers (``LAYERS``, lowest first): a module imports only from its own folder or
+  a lower one, at module level or inside a function (data flows one way);
 - no module imports a private name (``_x``) from another lightning_fair module, nor reads
   ``module._x`` of one;
 - the module-level imports between lightning_fair modules form no cycle;
-- no file is longer than ``MAX_LINES``;
 - private Lightning APIs are used in ``lightning_fair/lightning/private.py`` only;
 - ``import lightning_fair`` imports neither Lightning nor jsonargparse, and ``dir(lightning_fair)``
   lists every public name, each of which resolves.
@@ -26,7 +27,10 @@ import lightning_fair
 
 PACKAGE = Path(lightning_fair.__file__).resolve().parent
 ROOT = "lightning_fair"
-MAX_LINES = 400
+#: the package's folders (and config.py), lowest first: statistics -> scores -> allocation -> removal ->
+#: repair -> pipeline, with the shared ground (config, runtime, units) below and the glue above
+LAYERS = ("config", "runtime", "units", "collect", "scoring", "allocation", "removal", "repair", "pipeline",
+          "methods", "lightning", "demos")
 #: private Lightning attributes and methods lightning_fair reaches for (see lightning/private.py)
 PRIVATE_LIGHTNING = {"_data_source", "_setup_model", "_register_ddp_hooks", "_legacy_state_key",
                      "_generate_state_key", "_trainer", "_instantiate_trainer"}
@@ -204,9 +208,9 @@ def private_lightning_uses(name: str) -> List[Tuple[int, str]]:
 
 # --------------------------------------------------------------------------- the checks themselves
 def test_the_scan_sees_the_package():
-    assert {"lightning_fair", "lightning_fair.oneshot", "lightning_fair.lightning.private"} <= set(SOURCES)
+    assert {"lightning_fair", "lightning_fair.pipeline.oneshot", "lightning_fair.lightning.private"} <= set(SOURCES)
     graph = import_graph()
-    assert "lightning_fair.guards" in graph["lightning_fair.oneshot"]
+    assert "lightning_fair.runtime.guards" in graph["lightning_fair.pipeline.oneshot"]
     assert "lightning_fair.lightning.callback" in graph["lightning_fair.lightning"]
     assert "lightning_fair.lightning.private" in graph["lightning_fair.lightning.mixin"]
 
@@ -226,10 +230,49 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": ["b", "c"], "b": ["c"], "c": []}) is None
 
 
-@pytest.mark.parametrize("name", sorted(SOURCES))
-def test_no_file_is_longer_than_the_limit(name):
-    lines = len(SOURCES[name].read_text().splitlines())
-    assert lines <= MAX_LINES, f"{SOURCES[name].relative_to(PACKAGE.parent)} has {lines} lines (at most {MAX_LINES})"
+def layer_of(module: str) -> int:
+    """The rank of the folder ``module`` lives in (the package's ``__init__``, the facade, is above all)."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 else len(LAYERS)
+
+
+def all_imports(name: str) -> Iterator[Tuple[int, str]]:
+    """``(line, module)`` of every lightning_fair module ``name`` imports, anywhere in the file."""
+    for node in ast.walk(_tree(name)):
+        for target in _imported_modules(name, node):
+            if target != name:
+                yield node.lineno, target
+
+
+def upward_imports(sources=None) -> List[str]:
+    """``file:line importer -> imported`` for every import from a lower folder into a higher one."""
+    found = []
+    for name in sorted(sources or SOURCES):
+        for line, target in all_imports(name):
+            if layer_of(target) > layer_of(name):
+                found.append(f"{SOURCES[name].name}:{line} {name} -> {target}")
+    return found
+
+
+def test_every_module_lives_in_a_layer():
+    strays = [name for name in SOURCES if name != ROOT and name.split(".")[1] not in LAYERS]
+    assert not strays, f"modules outside the layers {LAYERS} (put each in the folder of its concept): {strays}"
+    assert set(LAYERS) <= {name.split(".")[1] for name in SOURCES if name != ROOT}
+
+
+def test_imports_go_only_downwards_between_folders():
+    found = upward_imports()
+    assert not found, (f"imports from a lower folder into a higher one (layers, lowest first: {LAYERS}); move the "
+                       "shared piece down, or pass it in as an argument:\n" + "\n".join(found))
+
+
+def test_the_direction_check_sees_an_upward_import(tmp_path, monkeypatch):
+    # the check itself can fail: a units/ module importing the pipeline is reported
+    stray = tmp_path / "stray.py"
+    stray.write_text("from ..pipeline.oneshot import prune\n")
+    monkeypatch.setitem(SOURCES, "lightning_fair.units.stray", stray)
+    assert any("lightning_fair.units.stray -> lightning_fair.pipeline.oneshot" in line
+               for line in upward_imports(["lightning_fair.units.stray"]))
 
 
 def test_private_lightning_apis_are_used_in_private_py_only():

@@ -2,15 +2,17 @@
 
 from dataclasses import dataclass
 
+import helpers
 import lightning as L
+import lightning_helpers as lh
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import helpers
-import lightning_helpers as lh
-from lightning_fair import FairPruneCallback, compute_scores, evaluate, prune, sweep, zoo
+from lightning_fair import FairPruneCallback, compute_scores, evaluate, prune
+from lightning_fair.demos import zoo
+from lightning_fair import sweep
 
 
 def first(output):
@@ -95,7 +97,7 @@ def test_callback_with_logits_prunes_a_tuple_output_module(tmp_path):
 def test_cli_logits_flag_takes_an_import_path(tmp_path):
     from lightning_fair.lightning.cli import FairCLI
 
-    cli = FairCLI(args=["validate", "--model=test_logits.TupleClassifier", "--data=lightning_fair.demo.DigitsDataModule",
+    cli = FairCLI(args=["validate", "--model=test_logits.TupleClassifier", "--data=lightning_fair.demos.digits.DigitsDataModule",
                         "--trainer.logger=false", "--trainer.enable_progress_bar=false",
                         f"--trainer.default_root_dir={tmp_path}", "--prune.prune_at=validate",
                         "--prune.target_macs=0.6", "--prune.logits=test_logits.first", "--prune.samples_per_class=8",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import helpers
 import pytest
-
-from lightning_fair.layers import consumer_of
 import torch
 
-import helpers
-import lightning_fair.scores as scores_module
-from lightning_fair import compute_scores, zoo
-from lightning_fair.memory import DISTANCE_WORK_BYTES, estimate_memory, parse_bytes
-from lightning_fair.statistics import StatisticsCollector
+import lightning_fair.scoring.fair as scores_module
+from lightning_fair import compute_scores
+from lightning_fair.collect.collector import StatisticsCollector
+from lightning_fair.collect.memory import DISTANCE_WORK_BYTES, estimate_memory
+from lightning_fair.config import parse_bytes
+from lightning_fair.demos import zoo
+from lightning_fair.units.channels import consumer_of
 
 OPTIONS = dict(samples_per_class=16, num_projections=32)
 

@@ -1,4 +1,4 @@
-"""On-the-fly pruning (arXiv 2212.12651, our reconstruction): ``lightning_fair.onthefly`` and
+"""On-the-fly pruning (arXiv 2212.12651, our reconstruction): ``lightning_fair.methods.onthefly`` and
 ``OnTheFlyPruning`` on real data (sklearn digits), CPU, one thread."""
 
 from __future__ import annotations
@@ -12,20 +12,23 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning_helpers import classifier, datamodule, read_metrics, trainer
 from torch import nn
 from torch.nn.utils import parametrize
 
 import lightning_fair
-import lightning_fair.onthefly as onthefly
-from lightning_fair import zoo
+import lightning_fair.methods.onthefly as onthefly
+from lightning_fair.demos import zoo
+from lightning_fair.demos.digits import ImageClassifier, digits_tensors
 from lightning_fair.lightning.callback import PruningError
-from lightning_fair.demo import ImageClassifier, digits_tensors
-from lightning_fair.onthefly import (
-    add_polarization_grad, hyperspherical_layers, make_hyperspherical, plain_state_dict, polarization_stats,
+from lightning_fair.methods.onthefly import (
+    add_polarization_grad,
+    hyperspherical_layers,
+    make_hyperspherical,
+    plain_state_dict,
+    polarization_stats,
     prune_on_the_fly,
 )
-
-from lightning_helpers import classifier, datamodule, read_metrics, trainer
 
 OnTheFlyPruning = lightning_fair.OnTheFlyPruning
 #: the layers OnTheFlyPruning uses in ImageClassifier(arch="small_cnn") by default (all but net.classifier)
@@ -403,7 +406,7 @@ def test_import_lightning_fair_does_not_import_lightning():
     import subprocess
     import sys
 
-    code = ("import sys, lightning_fair, lightning_fair.onthefly; print('lightning.pytorch' in sys.modules); "
+    code = ("import sys, lightning_fair, lightning_fair.methods.onthefly; print('lightning.pytorch' in sys.modules); "
             "lightning_fair.OnTheFlyPruning; print('lightning.pytorch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["False", "True"], run.stderr

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_fair import prune, zoo
-from lightning_fair.optim import repoint_optimizer, slice_like
+from lightning_fair import prune
+from lightning_fair.demos import zoo
+from lightning_fair.runtime.optim import repoint_optimizer, slice_like
 
 FAST = dict(samples_per_class=8, num_projections=16)
 

@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from lightning_fair import PruneConfig, prune, zoo
+from lightning_fair import PruneConfig, prune
+from lightning_fair.demos import zoo
 
 PINNED = os.path.join(os.path.dirname(__file__), "data", "pinned_pruning.pt")
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import copy
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FAST
+from lightning_fair.allocation.budgets import global_counts
 from torch import nn
 
-import helpers
-from helpers import FAST
-from lightning_fair import compute_scores, prune, recalibrate_bn, zoo
-from lightning_fair.allocation import global_counts
-from lightning_fair.presets import PRESETS
+from lightning_fair import compute_scores, prune, recalibrate_bn
+from lightning_fair.config import PRESETS
+from lightning_fair.demos import zoo
 
 
 # ------------------------------------------------------------------ presets

@@ -1,7 +1,7 @@
 """Property tests (hypothesis) for the pure score math: ToD allocation and Wasserstein-1 distances.
 
-Every property is checked against the public functions of ``lightning_fair.allocation`` and
-``lightning_fair.distances`` on generated inputs that include ties, constant and all-zero
+Every property is checked against the public functions of ``lightning_fair.allocation.budgets`` and
+``lightning_fair.scoring.distances`` on generated inputs that include ties, constant and all-zero
 vectors and sizes 1..40. Example counts are kept modest so the file runs in a few seconds.
 """
 
@@ -16,11 +16,21 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from lightning_fair.allocation.budgets import global_counts
+from lightning_fair.allocation.tolerance import (
+    count_from_curve,
+    tod_curve,
+    tolerance_count,
+)
 from scipy.stats import wasserstein_distance
 
-from lightning_fair.allocation import count_from_curve, global_counts, tod_curve, tolerance_count
-from lightning_fair.distances import max_pairwise_w1, pairwise_w1, quantile_grid, wasserstein_1d
-from lightning_fair.scores import FairScores
+from lightning_fair.scoring.distances import (
+    max_pairwise_w1,
+    pairwise_w1,
+    quantile_grid,
+    wasserstein_1d,
+)
+from lightning_fair.scoring.fair import FairScores
 
 FAST = settings(max_examples=60, deadline=None)
 SLOW = settings(max_examples=25, deadline=None)

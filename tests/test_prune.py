@@ -10,17 +10,19 @@ import io
 import json
 import math
 
+import helpers
 import pytest
 import torch
 import torch_pruning as tp
+from lightning_fair.allocation.tolerance import tod_curve
+from lightning_fair.removal import planner as removal
+from lightning_fair.removal.planner import DependencyPlanner
 from torch import nn
 
 import lightning_fair
-from lightning_fair import oneshot, prune, removal, tolerance_counts, zoo
-from lightning_fair.allocation import tod_curve
-from lightning_fair.removal import DependencyPlanner
-
-import helpers
+from lightning_fair import prune, tolerance_counts
+from lightning_fair.demos import zoo
+from lightning_fair.pipeline import oneshot
 
 BUILDERS = {
     "mlp": lambda: zoo.mlp(in_features=64),

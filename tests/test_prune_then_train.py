@@ -14,14 +14,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning_helpers import trainer
 from torch import nn
 
 import lightning_fair.lightning.callback
 from lightning_fair import FairPruningMixin
+from lightning_fair.demos.digits import DigitsDataModule
 from lightning_fair.lightning.callback import RECALIBRATION_BATCHES, FairPruneCallback
-from lightning_fair.demo import DigitsDataModule
-
-from lightning_helpers import trainer
 
 
 class Block(nn.Module):

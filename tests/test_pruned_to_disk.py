@@ -4,13 +4,13 @@
 import os
 
 import lightning as L
+import lightning_helpers as lh
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import lightning_helpers as lh
 from lightning_fair import FairPruneCallback
-from lightning_fair.demo import ImageClassifier
+from lightning_fair.demos.digits import ImageClassifier
 from lightning_fair.lightning.cli import FairCLI
 
 FAST = dict(lh.FAST, target_macs=0.6)
@@ -59,8 +59,8 @@ def test_write_checkpoint_false_writes_nothing(tmp_path):
 
 def test_cli_validate_with_prune_at_validate_saves_the_pruned_model(tmp_path):
     """0.1: `lightning-fair validate --prune.prune_at=validate` printed a report and saved nothing."""
-    args = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
-            "--data=lightning_fair.demo.DigitsDataModule", "--trainer.logger=false",
+    args = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
+            "--data=lightning_fair.demos.digits.DigitsDataModule", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
             "--prune.prune_at=validate", "--prune.target_macs=0.6", "--prune.samples_per_class=8",
             "--prune.num_projections=8", "--prune.verbose=false"]

@@ -1,12 +1,13 @@
 """The ranking stage: FAIR's U and the screening score reach allocation under their own names."""
 
 import torch
+from lightning_fair.allocation.budgets import global_counts
 
-from lightning_fair import PruneConfig, compute_scores, zoo
-from lightning_fair.allocation import global_counts
-from lightning_fair.oneshot import rank
-from lightning_fair.ranking import Ranking
-from lightning_fair.screening import screening_scores
+from lightning_fair import PruneConfig, compute_scores
+from lightning_fair.demos import zoo
+from lightning_fair.pipeline.oneshot import rank
+from lightning_fair.scoring.ranking import Ranking
+from lightning_fair.scoring.screening import screening_scores
 
 
 def batches():

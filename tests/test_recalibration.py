@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_fair import recalibrate_bn, zoo
+from lightning_fair import recalibrate_bn
+from lightning_fair.demos import zoo
 
 torch.set_num_threads(1)
 

@@ -5,14 +5,17 @@ and reload from the pruning history."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import helpers
+import pytest
 import reference_blocks as blocks
-from lightning_fair import graph, guards, load_pruned, prune, save_pruned, zoo
-from lightning_fair.layers import PRUNABLE_TYPES
-from lightning_fair.removal import DependencyPlanner
+import torch
+from lightning_fair.removal import graph
+from lightning_fair.removal.planner import DependencyPlanner
+
+from lightning_fair import load_pruned, prune, save_pruned
+from lightning_fair.demos import zoo
+from lightning_fair.runtime import guards
+from lightning_fair.units.channels import PRUNABLE_TYPES
 
 FAST = dict(samples_per_class=8, num_projections=16)
 
@@ -169,8 +172,8 @@ def test_graph_is_built_before_scoring(monkeypatch, loader):
     def fail(model, example_inputs):
         raise RuntimeError("cannot trace")
 
-    monkeypatch.setattr("lightning_fair.oneshot.build_graph", fail)
-    monkeypatch.setattr("lightning_fair.oneshot.compute_scores", lambda *a, **k: pytest.fail("scored first"))
+    monkeypatch.setattr("lightning_fair.pipeline.oneshot.build_graph", fail)
+    monkeypatch.setattr("lightning_fair.pipeline.oneshot.compute_scores", lambda *a, **k: pytest.fail("scored first"))
     with pytest.raises(RuntimeError, match="cannot trace"):
         prune(build("shufflenet"), loader, tolerance=0.3, **FAST)
 

@@ -14,6 +14,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -21,10 +22,11 @@ import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fair import FairScores, compute_scores, distances, prune, zoo
-from lightning_fair.layers import input_key
-
-import helpers
+from lightning_fair import FairScores, compute_scores, prune
+from lightning_fair.demos import zoo
+from lightning_fair.scoring import distances
+from lightning_fair.collect import projections
+from lightning_fair.units.channels import input_key
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +66,7 @@ def test_consumer_input_utilization_matches_brute_force():
         inputs = _capture_input(model, modules[name], x).double()
         maps = inputs.flatten(2) if inputs.dim() == 4 else inputs.unsqueeze(-1)
         if maps.shape[2] > 1:
-            theta = distances.random_projections(maps.shape[2], num_proj,
+            theta = projections.random_projections(maps.shape[2], num_proj,
                                                  seed=zlib.crc32(input_key(name).encode()) ^ seed).double()
             maps = maps @ theta
         maps = maps.numpy()

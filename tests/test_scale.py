@@ -8,11 +8,23 @@ import warnings
 import pytest
 import torch
 
-from lightning_fair import PruneConfig, compute_scores, estimate_memory, prune, zoo
-from lightning_fair.classes import MANY_CLASSES, chosen_classes, class_slots, projections_for, rank_within_class
-from lightning_fair.statistics import StatisticsCollector
-from lightning_fair.finite import FiniteChecks
-from lightning_fair.memory import MANY_PASSES, MemoryEstimate, parse_bytes, resolve_budget, unit_bytes
+from lightning_fair import PruneConfig, compute_scores, estimate_memory, prune
+from lightning_fair.collect.classes import (
+    chosen_classes,
+    class_slots,
+    projections_for,
+    rank_within_class,
+)
+from lightning_fair.collect.collector import StatisticsCollector
+from lightning_fair.collect.finite import FiniteChecks
+from lightning_fair.collect.memory import (
+    MANY_PASSES,
+    MemoryEstimate,
+    resolve_budget,
+    unit_bytes,
+)
+from lightning_fair.config import MANY_CLASSES, parse_bytes
+from lightning_fair.demos import zoo
 
 FAST = dict(samples_per_class=4, num_projections=8)
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from lightning_fair.removal.history import CHECKPOINT_KEY, pruning_state
+from lightning_helpers import (
+    FAST,
+    FairPruneCallback,
+    assert_optimizer_matches_model,
+    classifier,
+    datamodule,
+    shapes,
+    trainer,
+)
 
 import lightning_fair.lightning.callback
-from lightning_fair.checkpoint import CHECKPOINT_KEY, pruning_state
-from lightning_fair.demo import ImageClassifier
-from lightning_fair.report import measure
-
-from lightning_helpers import (
-    FAST, FairPruneCallback, assert_optimizer_matches_model, classifier, datamodule, shapes, trainer,
-)
+from lightning_fair.demos.digits import ImageClassifier
+from lightning_fair.units.cost import measure
 
 STEPS, TARGET = [0, 1, 2], 0.5
 #: the linear schedule in the removed fraction: kept after step i of n = 1 - (1 - target) * i / n

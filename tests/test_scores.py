@@ -18,8 +18,10 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fair import FairScores, compute_scores, distances
-from lightning_fair.statistics import StatisticsCollector
+from lightning_fair import FairScores, compute_scores
+from lightning_fair.collect.collector import StatisticsCollector
+from lightning_fair.scoring import distances
+from lightning_fair.collect import projections
 
 MLP_LAYERS = ("features.1", "features.3")  # zoo.mlp's hidden Linears, each followed by ReLU(inplace=True)
 CNN_CONVS = {"features.0.0": "features.0.1", "features.1.0": "features.1.1", "features.3.0": "features.3.1"}  # conv -> BN
@@ -158,11 +160,11 @@ def test_max_pairwise_w1_needs_two_classes():
 
 
 def test_random_projections_seeded_unit_columns():
-    a = distances.random_projections(20, 5, seed=7)
+    a = projections.random_projections(20, 5, seed=7)
     assert a.shape == (20, 5) and a.dtype == torch.float32
     assert torch.allclose(a.norm(dim=0), torch.ones(5))
-    assert torch.equal(a, distances.random_projections(20, 5, seed=7))
-    assert not torch.allclose(a, distances.random_projections(20, 5, seed=8))
+    assert torch.equal(a, projections.random_projections(20, 5, seed=7))
+    assert not torch.allclose(a, projections.random_projections(20, 5, seed=8))
 
 
 # --------------------------------------------------- 2. Linear utilization vs brute force
@@ -213,7 +215,7 @@ def test_conv_sliced_utilization_matches_brute_force(trained_cnn, digits, observ
             maps = capture(trained_cnn, modules[conv], x)
         maps = maps.double().flatten(2).numpy()  # [N, C, HW]
         hw = maps.shape[2]
-        theta = distances.random_projections(hw, num_proj, seed=zlib.crc32(conv.encode()) ^ seed).double().numpy()
+        theta = projections.random_projections(hw, num_proj, seed=zlib.crc32(conv.encode()) ^ seed).double().numpy()
         classes = sorted(picks)
         expected = np.zeros(maps.shape[1])
         for c in range(maps.shape[1]):
@@ -385,7 +387,7 @@ def test_one_forward_and_one_backward_per_batch(trained_cnn, digits):
     calls = []
     handle = trained_cnn.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
-        with mock.patch("lightning_fair.statistics.torch.autograd.grad", wraps=torch.autograd.grad) as grad, \
+        with mock.patch("lightning_fair.collect.collector.torch.autograd.grad", wraps=torch.autograd.grad) as grad, \
                 mock.patch("torch.autograd.backward", wraps=torch.autograd.backward) as backward:
             scores = compute_scores(trained_cnn, data, samples_per_class=4, num_projections=4)
         assert len(calls) == 7

@@ -6,16 +6,17 @@ from __future__ import annotations
 import copy
 import warnings
 
+import helpers
 import numpy as np
 import pytest
 import torch
+from lightning_fair.allocation.tolerance import tolerance_count
 from torch import nn
 
-import helpers
-from lightning_fair import FairScores, compute_scores, prune, prune_connections, zoo
-from lightning_fair.allocation import tolerance_count
-from lightning_fair.report import measure
-from lightning_fair.screening import connection_scores, screening_scores
+from lightning_fair import FairScores, compute_scores, prune, prune_connections
+from lightning_fair.demos import zoo
+from lightning_fair.scoring.screening import connection_scores, screening_scores
+from lightning_fair.units.cost import measure
 
 f_classif = pytest.importorskip("sklearn.feature_selection").f_classif
 
@@ -376,8 +377,8 @@ def test_cli_flags_reach_the_callback(monkeypatch):
     from lightning_fair.lightning.cli import FairCLI
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    cli = FairCLI(args=["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
-                        "--data=lightning_fair.demo.DigitsDataModule", "--trainer.logger=false",
+    cli = FairCLI(args=["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
+                        "--data=lightning_fair.demos.digits.DigitsDataModule", "--trainer.logger=false",
                         "--prune.criterion=screening", "--prune.screening_weight=0.3", "--prune.ratio=0.2"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert {k: getattr(callback.config, k) for k in ("criterion", "screening_weight", "ratio")} == {
@@ -385,9 +386,9 @@ def test_cli_flags_reach_the_callback(monkeypatch):
 
 
 def test_screening_memory_is_k_by_c_and_in_the_estimate():
-    from lightning_fair.layers import consumer_of
-    from lightning_fair.memory import estimate_memory
-    from lightning_fair.statistics import StatisticsCollector
+    from lightning_fair.collect.collector import StatisticsCollector
+    from lightning_fair.collect.memory import estimate_memory
+    from lightning_fair.units.channels import consumer_of
 
     model, batches = helpers.trained_small_cnn(), helpers.calibration_loader(300, 100)
     collector = StatisticsCollector(model, screening=True, **FAST).run(batches)
@@ -404,7 +405,7 @@ def test_screening_memory_is_k_by_c_and_in_the_estimate():
 
 
 def test_grouped_and_transposed_convs_map_connections_and_filters_to_the_right_channels():
-    from lightning_fair.screening import filter_norms
+    from lightning_fair.scoring.screening import filter_norms
 
     torch.manual_seed(0)
     f_in = torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float64)  # F of the 4 input channels, mean 3

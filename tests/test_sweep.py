@@ -3,11 +3,12 @@
 import copy
 import csv
 
+import helpers
 import pytest
 import torch
 
-import helpers
-from lightning_fair import PruneConfig, compute_scores, prune, sweep
+from lightning_fair import PruneConfig, compute_scores, prune
+from lightning_fair import sweep
 
 
 def test_sweep_rows_are_the_full_pipeline_at_each_target(tmp_path):
@@ -64,8 +65,8 @@ def test_sweep_subcommand_on_a_trained_checkpoint(tmp_path):
     """`lightning-fair sweep --ckpt_path=... --targets=[...]`: the table printed and in sweep.csv."""
     from lightning_fair.lightning.cli import FairCLI
 
-    model = ["--model=lightning_fair.demo.ImageClassifier", "--model.width=8",
-             "--data=lightning_fair.demo.DigitsDataModule", "--trainer.logger=false",
+    model = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
+             "--data=lightning_fair.demos.digits.DigitsDataModule", "--trainer.logger=false",
              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
     fit = FairCLI(args=["fit", *model, "--trainer.max_epochs=2"])
     ckpt = fit.trainer.checkpoint_callback.best_model_path

@@ -9,11 +9,23 @@ import io
 import pytest
 import torch
 from torch import nn
+from transformer_helpers import (
+    FAST,
+    MODELS,
+    check_heads,
+    embedding_widths,
+    hf_model,
+    image_batches,
+    inputs_of,
+    logits,
+    token_batches,
+    train,
+    trained,
+)
 
 from lightning_fair import load_pruned, prune, save_pruned
-from lightning_fair.attention import find_attention, head_count
-from transformer_helpers import (FAST, MODELS, check_heads, embedding_widths, hf_model, image_batches, inputs_of,
-                                 logits, token_batches, train, trained)
+from lightning_fair.units.attention import find_attention, head_count
+
 
 class SequenceFirst(nn.Module):
     """``nn.TransformerEncoderLayer(batch_first=False)``: its Linear outputs are [T, B, C]."""
@@ -64,7 +76,7 @@ def test_memory_estimate_and_split_passes_know_heads():
     """estimate_memory lists the heads as the collector does, and scores collected in several passes
     under a memory budget equal those of one pass."""
     from lightning_fair import compute_scores, estimate_memory
-    from lightning_fair.statistics import StatisticsCollector
+    from lightning_fair.collect.collector import StatisticsCollector
 
     model = trained("vit_fused_qkv")
     batches = image_batches()

@@ -13,12 +13,24 @@ import io
 import pytest
 import torch
 from torch import nn
+from transformer_helpers import (
+    BUDGETS,
+    FAST,
+    MODELS,
+    EncoderClassifier,
+    check_heads,
+    embedding_widths,
+    image_batches,
+    inputs_of,
+    logits,
+    token_batches,
+    trained,
+)
 
 from lightning_fair import load_pruned, prune, save_pruned
-from lightning_fair.attention import find_attention, head_count
-from lightning_fair.mha import HeadPrunedMultiheadAttention
-from transformer_helpers import (BUDGETS, FAST, MODELS, EncoderClassifier, check_heads, embedding_widths, image_batches,
-                                 inputs_of, logits, token_batches, trained)
+from lightning_fair.units.attention import find_attention, head_count
+from lightning_fair.units.mha import HeadPrunedMultiheadAttention
+
 
 @pytest.mark.parametrize("budget", BUDGETS, ids=["tolerance", "target_macs"])
 @pytest.mark.parametrize("name", list(MODELS))
@@ -85,7 +97,9 @@ def test_head_and_neuron_utilization_match_brute_force():
 
     from scipy.stats import wasserstein_distance
 
-    from lightning_fair import compute_scores, distances
+    from lightning_fair import compute_scores
+    from lightning_fair.scoring import distances
+    from lightning_fair.collect import projections
 
     model = trained("vit_fused_qkv")
     n, num_proj, seed = 4, 5, 2
@@ -106,7 +120,7 @@ def test_head_and_neuron_utilization_match_brute_force():
     heads = seen["heads"].reshape(x.shape[0], -1, 4, 8).permute(0, 2, 1, 3).flatten(2).double()  # [N, H, T * d]
     neurons = seen["fc1"].transpose(1, 2).double()  # [N, C, T]
     for name, points in (("blocks.0.attn", heads), ("blocks.0.mlp.fc1", neurons)):
-        theta = distances.random_projections(points.shape[2], num_proj, seed=zlib.crc32(name.encode()) ^ seed).double()
+        theta = projections.random_projections(points.shape[2], num_proj, seed=zlib.crc32(name.encode()) ^ seed).double()
         projected = points @ theta  # [N, units, P]
         expected = torch.zeros(points.shape[1], dtype=torch.float64)
         for unit in range(points.shape[1]):
@@ -130,7 +144,7 @@ def test_pruned_mha_matches_plain_and_fails_atomically(monkeypatch):
 
     model = trained("nn_transformer_encoder")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    import lightning_fair.oneshot as oneshot
+    import lightning_fair.pipeline.oneshot as oneshot
 
     def broken(*args, **kwargs):
         raise RuntimeError("repair failed")

@@ -9,12 +9,12 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
-
-from lightning_fair.attention import head_count
-from lightning_fair.lightning.mixin import FairPruningMixin
 from lightning_helpers import FAST, assert_optimizer_matches_model, datamodule, trainer
-from lightning_fair.lightning.callback import FairPruneCallback
 from transformer_helpers import TinyViT
+
+from lightning_fair.lightning.callback import FairPruneCallback
+from lightning_fair.lightning.mixin import FairPruningMixin
+from lightning_fair.units.attention import head_count
 
 
 class ViTClassifier(FairPruningMixin, L.LightningModule):

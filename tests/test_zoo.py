@@ -1,12 +1,11 @@
-"""Tests for the reference model zoo (``lightning_fair.zoo``), and the models tests and benchmarks define."""
+"""Tests for the reference model zoo (``lightning_fair.demos.zoo``), and the models tests and benchmarks define."""
+import helpers
 import pytest
 import torch
 import torch.fx
 from torch import nn
 
-from lightning_fair import zoo
-
-import helpers
+from lightning_fair.demos import zoo
 
 B, NUM_CLASSES = 2, 10
 

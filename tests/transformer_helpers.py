@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_fair.attention import head_count
-from lightning_fair.mha import HeadPrunedMultiheadAttention
+from lightning_fair.units.attention import head_count
+from lightning_fair.units.mha import HeadPrunedMultiheadAttention
 
 
 class Attention(nn.Module):

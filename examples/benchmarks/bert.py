@@ -45,7 +45,7 @@ import heads  # noqa: E402
 import quality  # noqa: E402
 
 import lightning_fair  # noqa: E402
-from lightning_fair.report import measure  # noqa: E402
+from lightning_fair.units.cost import measure
 
 CLS = 17  # pixel intensities are 0..16
 CONFIG = dict(vocab_size=18, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,

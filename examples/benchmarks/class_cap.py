@@ -30,12 +30,13 @@ import argparse
 import copy
 import time
 
+import common
 import torch
 import torch.nn.functional as F
+from lightning_fair.allocation.tolerance import tolerance_counts
 
-import common
-from lightning_fair import compute_scores, prune, zoo
-from lightning_fair.allocation import tolerance_counts
+from lightning_fair import compute_scores, prune
+from lightning_fair.demos import zoo
 
 TOLERANCE = 0.05
 

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fair import evaluate, recalibrate_bn, zoo
+from lightning_fair import evaluate, recalibrate_bn
+from lightning_fair.demos import zoo
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / ".cache"
@@ -125,7 +126,7 @@ class Task:
     """A model on a data set, and how it is trained."""
 
     name: str
-    builder: str  # key of lightning_fair.zoo.MODELS
+    builder: str  # key of lightning_fair.demos.zoo.MODELS
     data: str
     kwargs: Tuple[Tuple[str, object], ...] = ()
     epochs: int = 3

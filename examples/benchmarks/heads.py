@@ -7,9 +7,8 @@ import collections
 import traceback
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
-from torch import nn
-
 import quality
+from torch import nn
 
 TARGETS = (0.5, 0.3)
 METHODS = {

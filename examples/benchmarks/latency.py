@@ -4,7 +4,7 @@ For each (original, pruned) pair, in one process, eval mode, ``torch.inference_m
 warm-up, the original and the pruned model are timed **interleaved** (alternating which goes
 first) at batch 1 and batch 64, and the median over repeats is reported (each batch-1 repeat
 times a few calls back to back so it lasts about 2 ms and the clock's resolution does not
-matter). Next to it: the MACs and parameters from :func:`lightning_fair.report.measure` (per
+matter). Next to it: the MACs and parameters from :func:`lightning_fair.units.cost.measure` (per
 sample) and the fraction of non-zero weights. ``torch.set_num_threads`` is fixed: 1 by default;
 ``--threads 1,2`` adds rows at 2 threads, which on a machine shared with other jobs mostly time the
 contention (with as many busy threads as cores, another process stalls the thread pool: on the
@@ -109,7 +109,7 @@ def unstructured_copy(model: nn.Module, amount: float = 0.5) -> nn.Module:
 def default_models(quick: bool = False, seed: int = 0, target_macs: float = TARGET_MACS,
                    archs: Sequence[str] = DEFAULT_ARCHS) -> tuple:
     """``({name: (original, pruned, example_input)}, info)`` for the default zoo models."""
-    from lightning_fair import zoo
+    from lightning_fair.demos import zoo
 
     batches, source = calibration_batches(num_batches=4 if quick else 8, image_size=INPUT_SHAPE[-1], seed=seed)
     models, info = {}, {"calibration": f"{sum(len(b[1]) for b in batches)} images, {source}", "notes": {}}
@@ -246,7 +246,7 @@ def run(quick: bool = False, models: Optional[dict] = None, *, threads: Optional
         "b64": {...}}], "notes": {...}, "seconds": total}``.
     """
     t0 = time.perf_counter()
-    from lightning_fair.report import measure
+    from lightning_fair.units.cost import measure
 
     default_threads = torch.get_num_threads()
     load_before = _loadavg()
@@ -341,7 +341,7 @@ def to_markdown(results: dict) -> str:
         f"(process default {cfg['default_threads']}, {cfg['cpu_count']} cores), eval mode, `torch.inference_mode`; "
         f"original and pruned interleaved in one process after a warm-up, median of repeats ({reps}; a batch-1 "
         f"repeat runs a few calls back to back to last ≥ {cfg['min_repeat_ms']:g} ms). Speed-up = original ms / "
-        "pruned ms; MACs kept and params kept from `lightning_fair.report.measure` (per sample); nonzero = "
+        "pruned ms; MACs kept and params kept from `lightning_fair.units.cost.measure` (per sample); nonzero = "
         "fraction of non-zero parameters in the pruned model."
         + (f" Calibration for the pruned models: {cfg['calibration']}, seeded untrained weights." if cfg.get("calibration") else "")
         + (f" 1-minute load average {cfg['load_average'][0]} before, {cfg['load_average'][1]} after the run."

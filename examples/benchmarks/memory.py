@@ -3,7 +3,7 @@
 
 For each model and each (number of batches, samples_per_class) this measures
 
-* **buffers** (exact): the bytes held by :class:`lightning_fair.statistics.StatisticsCollector`'s
+* **buffers** (exact): the bytes held by :class:`lightning_fair.collect.collector.StatisticsCollector`'s
   per-layer statistics, ``samples`` ``[K, n, C, D]`` float32 and ``taylor_sum`` ``[C]`` float64,
   summed as ``numel * element_size`` after ``collector.run(batches)``; next to the formula
   ``K * n * sum_l(C_l * D_l) * 4 + sum_l(C_l) * 8`` (``D_l = P`` projections for a conv map,
@@ -81,7 +81,7 @@ class GeneratedBatches:
 
 def default_models(seed: int = 0) -> Dict[str, tuple]:
     """``{name: (model, example_input)}``: zoo.vgg_bn at 1x28x28 and zoo.resnet at 3x32x32."""
-    from lightning_fair import zoo
+    from lightning_fair.demos import zoo
 
     torch.manual_seed(seed)
     vgg = zoo.vgg_bn(in_channels=1, num_classes=10).eval()
@@ -109,7 +109,13 @@ def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
     except the last one to run (the output layer, never scored), then for every Conv/Linear whose
     input is not a layer's output seen through the norms and activations after it (a residual
     add, a pooling, ...: U observes such inputs apart) the input's ``(channels, map size)``."""
-    from lightning_fair.layers import ACTIVATION_TYPES, NORM_TYPES, PASS_THROUGH_TYPES, PRUNABLE_TYPES, units_view
+    from lightning_fair.units.channels import (
+        ACTIVATION_TYPES,
+        NORM_TYPES,
+        PASS_THROUGH_TYPES,
+        PRUNABLE_TYPES,
+        units_view,
+    )
 
     seen, inputs, observed = {}, {}, {}  # id -> tensor: kept alive, so ids are not reused
     handles = []
@@ -217,8 +223,8 @@ def _child(spec: dict) -> dict:
     start = time.perf_counter()
     out = {}
     if spec["mode"] == "scores":
-        from lightning_fair.scores import scores_from_statistics
-        from lightning_fair.statistics import StatisticsCollector
+        from lightning_fair.collect.collector import StatisticsCollector
+        from lightning_fair.scoring.fair import scores_from_statistics
 
         # compute_scores(model, batches, samples_per_class=n, num_projections=P), in its two steps
         collector = StatisticsCollector(model, samples_per_class=spec["samples_per_class"],
@@ -383,7 +389,7 @@ def _try_child(spec, info):
 
 
 def _in_process(model, nb, n, spec_base):
-    from lightning_fair.statistics import StatisticsCollector
+    from lightning_fair.collect.collector import StatisticsCollector
 
     threads = torch.get_num_threads()
     torch.set_num_threads(spec_base["threads"])

@@ -1,6 +1,6 @@
 """Standard architectures at their usual widths, for 28x28 single-channel images (standard.py).
 
-Built from ``lightning_fair.zoo``'s builders where those match, adjusted where they do not:
+Built from ``lightning_fair.demos.zoo``'s builders where those match, adjusted where they do not:
 
 * ``vgg11_bn``: VGG-11 with BatchNorm, convs 64-M-128-M-256-256-M-512-512-M-512-512 (bias-free
   3x3 conv + BN + ReLU; four max-pools, so 28x28 ends at 1x1), global average pool, **one**
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_fair import zoo
+from lightning_fair.demos import zoo
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
 MOBILENET_V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),

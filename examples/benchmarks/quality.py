@@ -25,7 +25,7 @@ after one epoch of fine-tuning on the train split, for
   ``pruning_ratio`` for every layer (output layer ignored) and ``MagnitudeImportance(p=1)`` /
   ``MagnitudeImportance(p=2)`` / ``TaylorImportance()`` (gradients of the calibration loss) /
   ``RandomImportance()``; the ratio that hits each target is found by grid + bisection, measuring
-  MACs with ``lightning_fair.report.measure`` (once per architecture: uniform counts depend only
+  MACs with ``lightning_fair.units.cost.measure`` (once per architecture: uniform counts depend only
   on the ratio);
 * ``global_l1`` / ``global_l2`` / ``global_taylor`` / ``lamp``: ``MetaPruner(global_pruning=True)``
   with ``MagnitudeImportance(p=1)`` / ``(p=2)`` / ``TaylorImportance()`` (torch-pruning's default
@@ -71,7 +71,7 @@ import common  # noqa: E402
 
 import lightning_fair  # noqa: E402
 from lightning_fair import compute_scores  # noqa: E402
-from lightning_fair.report import measure  # noqa: E402
+from lightning_fair.units.cost import measure
 
 TARGETS = (0.8, 0.6, 0.5, 0.4, 0.3)
 QUICK_TARGETS = (0.5, 0.3)

@@ -11,7 +11,7 @@ Two studies, on the trained models and splits of :mod:`common`:
   layers (every Linear, the output layer included, as ``prune_connections`` does). The scores
   are computed once per seed with ``compute_scores(..., criterion="screening")``. Held-out one-shot
   accuracy (no fine-tuning) and the fraction of zero weights in the pruned layers.
-* **On-the-fly pruning** (our reconstruction of arXiv 2212.12651, ``lightning_fair.onthefly``):
+* **On-the-fly pruning** (our reconstruction of arXiv 2212.12651, ``lightning_fair.methods.onthefly``):
   the model trained from scratch with exactly :func:`common.train_epochs`'s schedule (seed,
   data order, Adam, one-cycle), but hyperspherical (:func:`make_hyperspherical`, before the
   optimizer is built) and with the polarising penalty's gradient added before every optimizer
@@ -44,7 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from lightning_fair import compute_scores, prune_connections  # noqa: E402
-from lightning_fair.onthefly import add_polarization_grad, make_hyperspherical, prune_on_the_fly  # noqa: E402
+from lightning_fair.methods.onthefly import (
+    add_polarization_grad,
+    make_hyperspherical,
+    prune_on_the_fly,
+)
 
 SEEDS = (0, 1, 2)
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)

@@ -2,7 +2,7 @@
 
 Generated model and data (no download): :func:`resnet50` below (25.6 M parameters, random
 weights) and random 224x224 images whose labels cycle through the classes U compares (with the
-class cap, the seeded 100 of :func:`lightning_fair.classes.chosen_classes`: a few images per
+class cap, the seeded 100 of :func:`lightning_fair.collect.classes.chosen_classes`: a few images per
 compared class exercise every class pair; images of the other classes would only add to R). Prints the
 estimate (memory, passes under the budget, class pairs, distance work) for the current defaults
 (U compares ``max_classes=100`` of the classes, through ``num_projections="auto"``: 32 directions at
@@ -27,9 +27,11 @@ import time
 
 import torch
 
-from lightning_fair import compute_scores, zoo
-from lightning_fair.classes import chosen_classes
-from lightning_fair.memory import estimate_memory, parse_bytes, resolve_budget
+from lightning_fair import compute_scores
+from lightning_fair.collect.classes import chosen_classes
+from lightning_fair.collect.memory import estimate_memory, resolve_budget
+from lightning_fair.config import parse_bytes
+from lightning_fair.demos import zoo
 
 
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> torch.nn.Module:

@@ -27,17 +27,16 @@ import time
 import traceback
 from pathlib import Path
 
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import bert  # noqa: E402
 import common  # noqa: E402
 import quality  # noqa: E402
 import related  # noqa: E402
-import standard  # noqa: E402
-import vit  # noqa: E402
-import bert  # noqa: E402
 import score_speed  # noqa: E402
+import standard  # noqa: E402
 import variants  # noqa: E402
+import vit  # noqa: E402
 
 REPO = HERE.parents[1]
 
@@ -488,7 +487,7 @@ def related_section(r, quick: bool) -> list:
         "the connection's input across classes. `w = 0` is layer-normalised magnitude alone. Against torch's "
         "global L1 magnitude (`torch.nn.utils.prune.global_unstructured` with `L1Unstructured`, what Lightning's "
         "`ModelPruning(\"l1_unstructured\")` applies) on the same layers, made permanent.",
-        "* **On-the-fly** (`lightning_fair.onthefly`, the plain functions the `OnTheFlyPruning` callback calls): "
+        "* **On-the-fly** (`lightning_fair.methods.onthefly`, the plain functions the `OnTheFlyPruning` callback calls): "
         "each model trained from scratch with the schedule of the models above (`common.train_epochs`: Adam, "
         "one-cycle lr peaking at 3e-3, batch 64, same seed and data order) but hyperspherical "
         "(`make_hyperspherical` before the optimizer is built: every Conv/Linear but the output layer) and with "
@@ -649,7 +648,7 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             f"split, seeds {', '.join(map(str, st['seeds']))}; the training seed is also the pruning seed "
             "(FAIR projections, random importance, fine-tuning order). Cells are mean ± std over the seeds.",
             "* Each method prunes a copy of the trained model to a **kept-MACs target** (MACs counted by "
-            "`lightning_fair.report.measure`, per sample, every Conv and Linear); the bracket shows the kept MACs "
+            "`lightning_fair.units.cost.measure`, per sample, every Conv and Linear); the bracket shows the kept MACs "
             "actually reached (mean). Then held-out top-1 accuracy **one-shot** (no training at all after "
             f"pruning) and **after one epoch of fine-tuning** ({ft} training images, fresh Adam, lr "
             f"{st['finetune_lr']:g}, batch 64)"

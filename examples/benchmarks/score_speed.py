@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fair import compute_scores, zoo
+from lightning_fair import compute_scores
+from lightning_fair.demos import zoo
 
 
 def digits_images(num_images: int):
@@ -211,7 +212,7 @@ def to_markdown(results: dict) -> str:
     lines = [
         f"{cfg['images']} sklearn digits resized to {cfg['image_size']}x{cfg['image_size']}, batch "
         f"{cfg['batch_size']}, {cfg['images'] // cfg['batch_size']} batches, {cfg['samples_per_class']} "
-        f"samples/class, 128 projections; models from `lightning_fair.zoo` at default widths, seeded "
+        f"samples/class, 128 projections; models from `lightning_fair.demos.zoo` at default widths, seeded "
         f"random init; torch {cfg['torch']}, {cfg['threads']} thread(s); medians of {cfg['repeats']} "
         f"interleaved repeat(s)"
         + ("." if cfg["reference"] else "; network-pruner not run (not installed or disabled)."),
@@ -227,7 +228,7 @@ def to_markdown(results: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="from lightning_fair.zoo.MODELS, e.g. add mobilenet_v2 (the reference takes minutes there)")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="from lightning_fair.demos.zoo.MODELS, e.g. add mobilenet_v2 (the reference takes minutes there)")
     parser.add_argument("--image-size", type=int, default=16, help="digits are resized to this (8 = native)")
     parser.add_argument("--images", type=int, default=640, help="calibration images")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -4,7 +4,7 @@ The quality benchmark (quality.py) uses small models; this one asks the same que
 overparameterized architectures users have, at their usual widths (models.py), trained here on
 the real MNIST images (``common.load_data("mnist")``) with SGD (momentum 0.9, Nesterov, weight
 decay 5e-4, one-cycle learning rate, batch 64; cached like every benchmark model). For each model,
-at kept MACs 0.5 and 0.3 (measured by ``lightning_fair.report.measure``):
+at kept MACs 0.5 and 0.3 (measured by ``lightning_fair.units.cost.measure``):
 
 * ``fair``: the default pipeline, ``lightning_fair.prune(copy, calib, target_macs=t, scores=s)``,
   scores computed once per model with ``lightning_fair.compute_scores``;
@@ -55,7 +55,7 @@ import quality  # noqa: E402
 
 import lightning_fair  # noqa: E402
 from lightning_fair import compute_scores  # noqa: E402
-from lightning_fair.report import measure  # noqa: E402
+from lightning_fair.units.cost import measure
 
 TARGETS = (0.5, 0.3)
 SEEDS = (0,)

@@ -20,11 +20,20 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import quality  # noqa: E402
-from standard import (ALWAYS_FINETUNED, FINETUNES, GRADUAL_METHODS, GRADUAL_STEPS, GRADUAL_TARGET,  # noqa: E402
-                      METHODS, TARGETS, settings, tasks)
+from standard import (  # noqa: E402
+    ALWAYS_FINETUNED,
+    FINETUNES,
+    GRADUAL_METHODS,
+    GRADUAL_STEPS,
+    GRADUAL_TARGET,
+    METHODS,
+    TARGETS,
+    settings,
+    tasks,
+)
 
 from lightning_fair import compute_scores  # noqa: E402
-from lightning_fair.report import measure  # noqa: E402
+from lightning_fair.units.cost import measure
 
 
 def _seconds_per_batch(model: nn.Module, x: torch.Tensor, train: bool, repeats: int = 3) -> float:

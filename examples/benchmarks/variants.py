@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from lightning_fair import compute_scores, prune  # noqa: E402
-from lightning_fair.presets import PRESETS  # noqa: E402
+from lightning_fair.config import PRESETS
 
 TARGETS = (0.5, 0.3)
 SEEDS = (0, 1, 2)

@@ -40,7 +40,7 @@ import models  # noqa: E402
 import quality  # noqa: E402
 
 import lightning_fair  # noqa: E402
-from lightning_fair.report import measure  # noqa: E402
+from lightning_fair.units.cost import measure
 
 #: Adam, cosine to 0: (epochs, training images per epoch, lr)
 FINETUNE = (1, 1000, 5e-4)

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from lightning_fair import FairPruneCallback
-from lightning_fair.demo import DigitsDataModule, ImageClassifier
+from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 
 
 def train(args, callbacks, root: str) -> tuple:

@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${1:-lightning_logs/prune_checkpoint}
 LF=${LIGHTNING_FAIR:-lightning-fair}
 # model and data classes; a checkpoint's own hyperparameters (arch, width, ...) override --model's defaults
-COMMON=(--model=lightning_fair.demo.ImageClassifier --data=lightning_fair.demo.DigitsDataModule
+COMMON=(--model=lightning_fair.demos.digits.ImageClassifier --data=lightning_fair.demos.digits.DigitsDataModule
         --seed_everything=0 --trainer.enable_progress_bar=false --trainer.enable_model_summary=false)
 
 # 1. train without pruning (a stand-in for any trained checkpoint)

@@ -14,17 +14,17 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from ..checkpoint import CHECKPOINT_KEY, pruning_state
+from ..collect.collector import default_unpack, first_inputs
 from ..config import PruneConfig, configure
-from ..distributed import is_distributed
-from ..evaluation import evaluate
-from ..oneshot import prune
-from ..optim import repoint_optimizer
-from ..recalibration import recalibrate_bn
-from ..report import measure
-from ..schedule import check_prune_at, step_options
-from ..scores import compute_scores
-from ..statistics import default_unpack, first_inputs
+from ..pipeline.evaluation import evaluate
+from ..pipeline.oneshot import prune
+from ..pipeline.schedule import check_prune_at, step_options
+from ..removal.history import CHECKPOINT_KEY, pruning_state
+from ..repair.batchnorm import recalibrate_bn
+from ..runtime.distributed import is_distributed
+from ..runtime.optim import repoint_optimizer
+from ..scoring.fair import compute_scores
+from ..units.cost import measure
 from .private import attached_val_loader, generated_state_key, rewrap_ddp
 from .progress import Progress, announce
 from .state import check_callback_state, to_plain
@@ -210,7 +210,7 @@ class FairPruneCallback(Callback):
 
     def _config_now(self, trainer: Trainer, pl_module: LightningModule, example) -> Tuple[Optional[PruneConfig], dict]:
         """The config for :func:`lightning_fair.prune` now and the schedule's record of this step
-        (:func:`lightning_fair.schedule.step_options`); None (and an info note) for a step already met."""
+        (:func:`lightning_fair.pipeline.schedule.step_options`); None (and an info note) for a step already met."""
         if isinstance(example, torch.Tensor):
             example = example.to(pl_module.device)
         original = self.events[0]["report"] if self.events else None
@@ -240,7 +240,7 @@ class FairPruneCallback(Callback):
         loader = self._calibration_loader(trainer, pl_module)
         calibration = self._with_progress(loader, trainer)
         # DDP (one or many nodes): every rank scores its shard; the statistics are merged so all
-        # ranks remove the same channels (lightning_fair.distributed)
+        # ranks remove the same channels (lightning_fair.runtime.distributed)
         distributed = trainer.world_size > 1 and is_distributed()
         step = "reading the first calibration batch"
         with torch.inference_mode(False), torch.enable_grad():

@@ -9,7 +9,7 @@ Two additions to Lightning's own CLI (``fit``, ``validate``, ``test``, ``predict
 - a ``prune`` subcommand: prune a trained checkpoint one-shot on the validation data with
   :func:`lightning_fair.prune` and write ``pruned.ckpt``, ``report.txt`` and ``report.json``::
 
-      lightning-fair fit --model=lightning_fair.demo.ImageClassifier --data=lightning_fair.demo.DigitsDataModule \
+      lightning-fair fit --model=lightning_fair.demos.digits.ImageClassifier --data=lightning_fair.demos.digits.DigitsDataModule \
           --trainer.max_epochs=10 --prune.tolerance=0.05 --prune.prune_at=5
       lightning-fair prune -c config.yaml --ckpt_path=last.ckpt --tolerance=0.1 --output_dir=out
       lightning-fair test -c config.yaml --ckpt_path=out/pruned.ckpt
@@ -34,12 +34,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from ..batches import default_unpack
-from ..checkpoint import CHECKPOINT_KEY, pruning_state
 from ..config import PruneConfig, configure
-from ..evaluation import evaluate
-from ..oneshot import PruneResult
-from ..oneshot import prune as fair_prune
+from ..pipeline.evaluation import evaluate
+from ..pipeline.oneshot import PruneResult
+from ..pipeline.oneshot import prune as fair_prune
+from ..removal.history import CHECKPOINT_KEY, pruning_state
+from ..runtime.batches import default_unpack
 from .callback import FairPruneCallback
 from .loading import restore_checkpoint, validation_loader
 from .mixin import FairPruningMixin

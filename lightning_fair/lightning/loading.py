@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ..checkpoint import CHECKPOINT_KEY, replay_pruning
+from ..removal.history import CHECKPOINT_KEY, replay_pruning
 
 __all__ = ["restore_checkpoint", "test_loader", "validation_loader"]
 

@@ -1,6 +1,6 @@
 """``FairPruningMixin``: LightningModule checkpoints that hold a pruned model.
 
-Saving writes the pruning history (:mod:`lightning_fair.checkpoint`) into the checkpoint; loading
+Saving writes the pruning history (:mod:`lightning_fair.removal.history`) into the checkpoint; loading
 replays it before the weights load. The module does not import Lightning itself: a plain
 ``nn.Module`` user never needs it.
 """
@@ -11,8 +11,8 @@ from typing import Mapping
 
 import torch
 
-from ..checkpoint import CHECKPOINT_KEY, check_fits, pruning_state, replay_pruning
-from ..guards import rollback
+from ..removal.history import CHECKPOINT_KEY, check_fits, pruning_state, replay_pruning
+from ..runtime.guards import rollback
 from .private import attached_trainer, legacy_state_key, loads_state_dict_through_module
 from .state import check_callback_state
 
@@ -93,7 +93,9 @@ class FairPruningMixin:
         states = checkpoint.get("callbacks")
         if trainer is None or not isinstance(states, Mapping):
             return
-        from .callback import FairPruneCallback  # Lightning is there: a Trainer is attached
+        from .callback import (
+            FairPruneCallback,  # Lightning is there: a Trainer is attached
+        )
 
         for callback in getattr(trainer, "callbacks", []):
             if isinstance(callback, FairPruneCallback):

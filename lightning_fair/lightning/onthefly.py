@@ -1,6 +1,6 @@
 """``OnTheFlyPruning``: Pruning On-the-Fly (arXiv 2212.12651, our reconstruction) in a ``Trainer``.
 
-The hooks only decide *when*; the work is in :mod:`lightning_fair.onthefly` (plain PyTorch):
+The hooks only decide *when*; the work is in :mod:`lightning_fair.methods.onthefly` (plain PyTorch):
 ``setup`` makes the layers hyperspherical (before the optimizers exist), every optimizer step
 adds the polarising penalty's gradient, and at the chosen moment the layers are pruned with
 mean recovery and the optimizers re-pointed.
@@ -16,11 +16,18 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from ..onthefly import (
-    RECOVERIES, add_polarization_grad, check_ratio, hold_pruned, hypersphere_of, unregister_hypersphere,
-    hyperspherical_layers, make_hyperspherical, prune_on_the_fly, select_layers,
+from ..methods.onthefly import (
+    RECOVERIES,
+    add_polarization_grad,
+    check_ratio,
+    hold_pruned,
+    hypersphere_of,
+    hyperspherical_layers,
+    make_hyperspherical,
+    prune_on_the_fly,
+    select_layers,
+    unregister_hypersphere,
 )
-
 from .callback import PruningError
 from .private import rewrap_ddp
 from .progress import announce
@@ -33,7 +40,7 @@ class OnTheFlyPruning(Callback):
     r"""Train hyperspherical layers with a polarising penalty, then prune without fine-tuning.
 
     Our reconstruction of Pruning On-the-Fly (Liu & Liu, arXiv 2212.12651; see
-    :mod:`lightning_fair.onthefly` and docs/method.md). In ``setup`` every chosen Conv/Linear
+    :mod:`lightning_fair.methods.onthefly` and docs/method.md). In ``setup`` every chosen Conv/Linear
     weight becomes ``radius * V / ||V||`` per output filter (``torch.nn.utils.parametrize``;
     ``V`` is the same Parameter object, ``radius`` a new learnable one, so
     ``configure_optimizers`` sees both). Before every optimizer step the gradient of
@@ -168,11 +175,11 @@ class OnTheFlyPruning(Callback):
         elif not self.pruned:
             rank_zero_warn(f"OnTheFlyPruning(prune_at={self.prune_at}) did not prune: training ended at epoch "
                            f"{trainer.current_epoch}; the layers stay hyperspherical (use prune_at='fit_end' or "
-                           "lightning_fair.onthefly.prune_on_the_fly)")
+                           "lightning_fair.methods.onthefly.prune_on_the_fly)")
 
     # ------------------------------------------------------------------ what
     def prune_now(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Prune now (see :func:`lightning_fair.onthefly.prune_on_the_fly`), re-point the optimizers, log.
+        """Prune now (see :func:`lightning_fair.methods.onthefly.prune_on_the_fly`), re-point the optimizers, log.
 
         Atomic: on failure the module (parametrisations, values) and the optimizers are as they
         were, nothing is recorded, and :class:`lightning_fair.lightning.callback.PruningError` is raised

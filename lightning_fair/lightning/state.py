@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..checkpoint import describe, is_int
+from ..removal.history import describe, is_int
 
 __all__ = ["check_callback_state", "to_plain"]
 

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from ..config import PruneConfig, configure
-from ..sweep import SweepResult
-from ..sweep import sweep as fair_sweep
+from ..pipeline.sweeping import SweepResult
+from ..pipeline.sweeping import sweep as fair_sweep
 from .loading import restore_checkpoint, test_loader, validation_loader
 
 __all__ = ["sweep_checkpoint"]

@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import LightningModule
 
-from ..guards import ModelSnapshot
-from ..optim import OptimizerSnapshot
+from ..runtime.guards import ModelSnapshot
+from ..runtime.optim import OptimizerSnapshot
 
 __all__ = ["Undo"]
 
 
 class Undo:
     """What :meth:`FairPruneCallback.prune_now` may change, to be put back exactly if it fails:
-    the module (:class:`~lightning_fair.guards.ModelSnapshot`, plus a copy of its buffers: an
+    the module (:class:`~lightning_fair.runtime.guards.ModelSnapshot`, plus a copy of its buffers: an
     in-place write such as a BatchNorm re-estimation cut short), the optimizers
-    (:class:`~lightning_fair.optim.OptimizerSnapshot`) and the strategy's DDP wrapper."""
+    (:class:`~lightning_fair.runtime.optim.OptimizerSnapshot`) and the strategy's DDP wrapper."""
 
     def __init__(self, module: LightningModule, optimizers):
         self.module = module

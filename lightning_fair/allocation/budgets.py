@@ -1,0 +1,164 @@
+"""How many units each layer loses at a *level*: ToD counts at a tolerance, one global threshold, or
+a uniform ratio, behind one :class:`Allocation` interface that a target search (kept MACs or
+parameters) asks for its levels and counts.
+
+Pure functions over a :class:`~lightning_fair.scoring.ranking.Ranking`; no model, no data.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ..config import ALLOCATIONS
+from ..scoring.ranking import Ranking, as_ranking, layer_normalised
+from .tolerance import count_from_curve, layer_curves
+
+__all__ = ["Allocation", "GlobalAllocation", "ToDAllocation", "UniformAllocation", "allocation_for", "global_counts",
+           "global_thresholds", "uniform_counts", "uniform_ratios"]
+
+
+def _normalised_removal(ranking: Ranking, name: str) -> torch.Tensor:
+    return layer_normalised(ranking.removal[name].double())
+
+
+def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
+    """``{layer: units whose U / mean U of the layer < threshold}``, at most ``floor(0.99 n)``
+    and always leaving one unit (the ``"global"`` allocation).
+
+    Example:
+        >>> from lightning_fair.scoring.fair import FairScores
+        >>> s = FairScores({"a": torch.tensor([1., 2., 3.]), "b": torch.tensor([1., 1.])}, {"a": torch.ones(3), "b": torch.ones(2)})
+        >>> global_counts(s, 0.9)   # a: 1/2 = 0.5 is below 0.9; b: all equal 1.0
+        {'a': 1, 'b': 0}
+    """
+    ranking = as_ranking(scores)
+    counts = {}
+    for name in layers if layers is not None else ranking.layers:
+        normalised = _normalised_removal(ranking, name)
+        n = normalised.numel()
+        counts[name] = min(int((normalised < threshold).sum()), int(0.99 * n), n - 1)
+    return counts
+
+
+def global_thresholds(scores, layers=None) -> list:
+    """Every threshold at which :func:`global_counts` changes, ascending (search candidates)."""
+    ranking = as_ranking(scores)
+    values = torch.cat([_normalised_removal(ranking, n) for n in (layers if layers is not None else ranking.layers)])
+    unique = torch.unique(values)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), unique, unique[-1:] + 1]).tolist()
+
+
+def _uniform_count(ratio: float, n: int) -> int:
+    return min(int(ratio * n + 1e-9), int(0.99 * n), n - 1)
+
+
+def uniform_counts(scores, ratio: float, layers=None) -> Dict[str, int]:
+    """``{layer: floor(ratio * n)}``: the same fraction of every layer's units (the ``"uniform"``
+    allocation), at most ``floor(0.99 n)`` and always leaving one unit.
+
+    Example:
+        >>> from lightning_fair.scoring.fair import FairScores
+        >>> s = FairScores({"a": torch.rand(10), "b": torch.rand(3)}, {"a": torch.ones(10), "b": torch.ones(3)})
+        >>> uniform_counts(s, 0.5)
+        {'a': 5, 'b': 1}
+    """
+    ratio = float(ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {ratio}")
+    ranking = as_ranking(scores)
+    return {name: _uniform_count(ratio, ranking.removal[name].numel())
+            for name in (layers if layers is not None else ranking.layers)}
+
+
+def uniform_ratios(scores, layers=None) -> list:
+    """Every ratio at which :func:`uniform_counts` changes, ascending (search candidates)."""
+    ranking = as_ranking(scores)
+    sizes = {ranking.removal[n].numel() for n in (layers if layers is not None else ranking.layers)}
+    ratios = {j / n for n in sizes for j in range(n)}
+    return sorted(ratios | {0.0, 1.0 - 1e-9})
+
+
+class Allocation:
+    """How many units each layer loses at a *level*: the two questions a target search asks.
+
+    Built from a :class:`~lightning_fair.scoring.ranking.Ranking` (or ``FairScores``: FAIR's ranking).
+
+    ``levels()`` are the ascending levels at which the counts change (search candidates);
+    ``counts(level)`` is ``{layer: units to remove}``. ``level_name`` says what a level is;
+    ``group_policy`` is how coupled groups combine their members' counts; ``tolerance(level)``
+    is what the ``"joint"`` group policy needs (a ToD tolerance, or None).
+    """
+
+    level_name = "level"
+
+    def __init__(self, scores, layers, group_policy: str = "min_count"):
+        self.ranking, self.layers, self.group_policy = as_ranking(scores), list(layers), group_policy
+
+    def levels(self) -> list:
+        raise NotImplementedError
+
+    def counts(self, level: float) -> Dict[str, int]:
+        raise NotImplementedError
+
+    def tolerance(self, level: float):
+        return None
+
+
+class ToDAllocation(Allocation):
+    """FAIR's per-layer counts: the largest m with ``ToD(m) <= tolerance`` in every layer."""
+
+    level_name = "tolerance"
+
+    def __init__(self, scores, layers, group_policy: str = "min_count"):
+        super().__init__(scores, layers, group_policy)
+        self.curves = layer_curves(self.ranking)
+
+    def levels(self) -> list:
+        curves = list(self.curves.values()) + [torch.tensor([0.0, 1.0], dtype=torch.float64)]
+        candidates = torch.unique(torch.cat(curves))
+        return candidates[(candidates >= 0) & (candidates <= 1)].tolist()
+
+    def counts(self, level: float) -> Dict[str, int]:
+        return {name: count_from_curve(self.curves[name], level) for name in self.layers}
+
+    def tolerance(self, level: float):
+        return level
+
+
+class GlobalAllocation(Allocation):
+    """One threshold on layer-normalised scores across all layers (:func:`global_counts`)."""
+
+    level_name = "threshold"
+
+    def levels(self) -> list:
+        return global_thresholds(self.ranking, self.layers)
+
+    def counts(self, level: float) -> Dict[str, int]:
+        return global_counts(self.ranking, level, self.layers)
+
+
+class UniformAllocation(Allocation):
+    """The same fraction of every layer (:func:`uniform_counts`); the level is that ratio."""
+
+    level_name = "ratio"
+
+    def levels(self) -> list:
+        return uniform_ratios(self.ranking, self.layers)
+
+    def counts(self, level: float) -> Dict[str, int]:
+        return uniform_counts(self.ranking, level, self.layers)
+
+
+def allocation_for(name: str, scores, layers, group_policy: str = "min_count") -> Allocation:
+    """The :class:`Allocation` called ``name`` (``"tod"``, ``"global"`` or ``"uniform"``; resolve
+    ``"auto"`` first with :func:`resolve_allocation`). Global and uniform counts are per layer
+    already, so their coupled groups always take the smallest member count."""
+    if name == "tod":
+        return ToDAllocation(scores, layers, group_policy)
+    if name == "global":
+        return GlobalAllocation(scores, layers)
+    if name == "uniform":
+        return UniformAllocation(scores, layers)
+    raise ValueError(f"allocation must be one of {ALLOCATIONS[1:]} here (resolve 'auto' first), got {name!r}")

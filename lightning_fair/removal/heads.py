@@ -1,0 +1,126 @@
+"""Removal planning for models with attention: whole heads beside torch-pruning's coupled groups.
+
+:class:`TransformerPlanner` is a :class:`~lightning_fair.removal.planner.DependencyPlanner` whose
+scored layers may include attention modules (:func:`lightning_fair.units.attention.find_attention`):
+their units are heads, counted by the same allocation as every other layer and removed by
+:func:`lightning_fair.units.attention.remove_heads` (not through torch-pruning's graph, which cuts
+through the head layout). Everything else (MLP hidden neurons, convs) goes through the
+dependency graph as before. The q/k/v and output projections are never channel units, so the
+groups of the embedding dimension (the residual stream: embeddings, LayerNorms, output
+projections, cls/position tokens) hold an unscored layer and are left whole.
+
+Heads are removed first and recorded as history rows ``[attention + "<heads>", True, heads]``
+(:func:`lightning_fair.units.attention.head_row`), which :func:`lightning_fair.removal.history.replay_pruning`
+replays. Head removal and the dependency graph's groups touch disjoint layers, so the order
+between the two kinds of rows does not matter.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..allocation.order import removal_order
+from ..scoring.ranking import as_ranking
+from ..units.attention import (
+    AttentionUnits,
+    find_attention,
+    head_row,
+    removable,
+    remove_heads,
+)
+from .graph import GroupSearchTooLarge, bounded_group
+from .planner import CoupledGroup, DependencyPlanner
+
+__all__ = ["EMBEDDING_NOTE", "TransformerPlanner", "head_order", "planner_for"]
+
+#: why the groups of a transformer's embedding dimension are left whole
+EMBEDDING_NOTE = "the embedding dimension (residual stream) of a transformer is not pruned"
+
+
+def head_order(units: AttentionUnits, removal: torch.Tensor, ranking: str, seed: int = 0) -> torch.Tensor:
+    """Heads of one attention module, first-to-remove first, under ``ranking`` (as channels:
+    ``"utilization_x_consumers"`` multiplies the removal score by how strongly the output
+    projection reads each head, the L2 norm of its columns over their mean)."""
+    removal = removal.double()
+    if ranking == "utilization_x_consumers":
+        reading = units.output_columns()
+        return removal_order("utilization", removal * reading / reading.mean().clamp_min(1e-12))
+    return removal_order(ranking, removal, units.weight, seed=seed + zlib.crc32(units.name.encode()))
+
+
+class TransformerPlanner(DependencyPlanner):
+    """Coupled channel groups plus whole attention heads (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
+                 heads: Dict[str, AttentionUnits], prune_embedding: bool = False, graph=None):
+        self.heads = {name: units for name, units in heads.items() if name in scored}
+        self.prune_embedding = prune_embedding
+        self.head_rows: list = []
+        with warnings.catch_warnings():  # cls/position tokens: their groups are the embedding dimension, kept
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            super().__init__(model, example_inputs, [n for n in scored if n not in self.heads], protected, graph=graph)
+
+    def _block_groups(self) -> None:
+        """The embedding dimension's groups blocked and attention kept whole listed, before any probe."""
+        attention = find_attention(self.model).values()
+        self._keep_embedding([units for units in attention if units.kind == "mha"] if self.prune_embedding
+                             else attention, EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if self.prune_embedding else ""))
+        # attention whose heads are not units: listed with the reason (the report's notes)
+        self.groups += [CoupledGroup(root=units.name, num_channels=units.num_heads,
+                                     blocked=f"heads kept ({units.blocked})") for units in attention if units.blocked]
+
+    def _keep_embedding(self, attention, note: str) -> None:
+        """Block every group that reaches an attention module's channels other than through its heads:
+        the embedding dimension (residual stream), which q/k/v read and the output projection writes."""
+        touching = {id(m) for units in attention for m in (units.module, units.output, *units.inputs)}
+        for group in self.groups:  # a group blocked for another reason gets this one, which says more
+            try:
+                items = bounded_group(self.graph, self.modules[group.root])
+            except GroupSearchTooLarge:
+                continue  # blocked already, with that reason (removal.DependencyPlanner._find_groups)
+            if any(id(item.dep.target.module) in touching for item in items):
+                group.blocked = note
+
+    def plan(self, scores, counts: Dict[str, int], *, ranking: str = "utilization", policy: str = "min_count",
+             tolerance: Optional[float] = None, seed: int = 0) -> Dict[str, torch.Tensor]:
+        """Root channels per coupled group, and ``{attention: head indices}`` per attention module."""
+        plan = super().plan(scores, counts, ranking=ranking, policy=policy, tolerance=tolerance, seed=seed)
+        ranked = as_ranking(scores)
+        for name, units in self.heads.items():
+            k = min(int(counts.get(name, 0)), units.num_heads - 1)
+            if k > 0:
+                plan[name] = head_order(units, ranked.removal[name], ranking, seed)[:k].sort().values
+        return plan
+
+    def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
+        kept: Dict[str, Dict[str, torch.Tensor]] = {}
+        for name, idxs in plan.items():
+            if name in self.heads:
+                kept.update(remove_heads(self.heads[name], idxs.tolist()))
+                if record_history:
+                    self.head_rows.append([head_row(name), True, [int(i) for i in idxs]])
+        for name, sides in super().apply({n: i for n, i in plan.items() if n not in self.heads},
+                                         record_history).items():
+            kept.setdefault(name, {}).update(sides)  # a module may lose heads on one side, channels on the other
+        return kept
+
+    def history(self) -> list:
+        return [list(row) for row in self.head_rows] + super().history()
+
+
+def planner_for(model: nn.Module, example_inputs, scored: List[str], protected: set,
+                prune_embedding: bool = False, graph=None) -> DependencyPlanner:
+    """A :class:`TransformerPlanner` if the model has attention modules, else a
+    :class:`~lightning_fair.removal.planner.DependencyPlanner`. ``prune_embedding``: the groups of the
+    embedding dimension are pruned like any other (except around ``nn.MultiheadAttention``);
+    ``graph``: torch-pruning's graph of ``model`` if already built (:func:`lightning_fair.removal.graph.build_graph`)."""
+    found = find_attention(model)
+    if not found:
+        return DependencyPlanner(model, example_inputs, scored, protected, graph=graph)
+    heads = {name: units for name, units in removable(found).items() if name in scored}
+    return TransformerPlanner(model, example_inputs, scored, protected, heads, prune_embedding, graph=graph)

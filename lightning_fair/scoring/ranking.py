@@ -1,0 +1,67 @@
+"""What ranks the units, separate from how the scores were measured.
+
+A :class:`Ranking` holds, per scored layer, a **removal score** (lowest goes first) and a
+**protection score** (ToD protects the highest), plus the removal score of what each consumer
+of a residual stream receives (coupled groups) and the signed Taylor sums (the ``"joint"`` group
+policy). Allocation (:mod:`lightning_fair.allocation.budgets`) and removal
+(:mod:`lightning_fair.removal.planner`) read only a Ranking:
+
+- FAIR (:meth:`Ranking.of`): removal = the utilization score U, protection = the reconstruction
+  score R, consumers = the consumers' input U;
+- screening (:func:`lightning_fair.scoring.screening.screening_ranking`): removal = the screening score,
+  protection = R, no consumers (coupled groups are ranked by their members' screening scores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+
+__all__ = ["Ranking", "as_ranking"]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Per-layer removal and protection scores (keys: qualified layer names, in execution order).
+
+    Attributes:
+        removal: ``{layer: [C]}``, lowest removed first.
+        protection: ``{layer: [C]}``, the ToD protection (highest protected first).
+        consumers: ``{Conv/Linear: [C_in]}``, the removal score of what a layer reading a residual
+            stream receives (ranks coupled groups; empty: members' scores are combined instead).
+        taylor_sum: ``{layer: [C]}``, signed first-order sums (the ``"joint"`` group policy's R).
+        criterion: what the removal score is (``"fair"``: U; ``"screening"``).
+    """
+
+    removal: Dict[str, torch.Tensor]
+    protection: Dict[str, torch.Tensor]
+    consumers: Dict[str, torch.Tensor] = field(default_factory=dict)
+    taylor_sum: Dict[str, torch.Tensor] = field(default_factory=dict)
+    criterion: str = "fair"
+
+    @property
+    def layers(self) -> List[str]:
+        return list(self.removal)
+
+    @classmethod
+    def of(cls, scores) -> "Ranking":
+        """FAIR's ranking of :class:`~lightning_fair.FairScores`: U removes, R protects."""
+        return cls(removal=dict(scores.utilization), protection=dict(scores.reconstruction),
+                   consumers=dict(scores.input_utilization), taylor_sum=dict(scores.taylor_sum), criterion="fair")
+
+
+def as_ranking(scores) -> Ranking:
+    """``scores`` if it is a :class:`Ranking`, else FAIR's ranking of a ``FairScores``."""
+    return scores if isinstance(scores, Ranking) else Ranking.of(scores)
+
+
+def layer_normalised(values: torch.Tensor) -> torch.Tensor:
+    """``values / mean(values)`` (the mean floored at 1e-12): one layer's scores on a common scale.
+
+    Example:
+        >>> layer_normalised(torch.tensor([1.0, 3.0])).tolist()
+        [0.5, 1.5]
+    """
+    return values / values.mean().clamp_min(1e-12)
