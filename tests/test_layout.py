@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import pytest
 
 import lightning_fair
 

@@ -52,7 +52,8 @@ def test_same_pruned_model_as_before_the_restructuring(case, pinned):
     expected = pinned[case]
     assert result.removed == expected["removed"]
     assert result.counts == expected["counts"]
-    assert result.level == expected["level"]
+    # the level is a threshold on float32 scores: another CPU may round its sums in the 8th digit
+    assert result.level == pytest.approx(expected["level"], rel=1e-5, abs=1e-9)
     state = result.model.state_dict()
     assert state.keys() == expected["state"].keys()
     for name, value in expected["state"].items():

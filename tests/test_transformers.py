@@ -98,7 +98,6 @@ def test_head_and_neuron_utilization_match_brute_force():
     from scipy.stats import wasserstein_distance
 
     from lightning_fair import compute_scores
-    from lightning_fair.scoring import distances
     from lightning_fair.collect import projections
 
     model = trained("vit_fused_qkv")

@@ -19,9 +19,7 @@ import torch
 from ..config import check_tolerance
 from ..scoring.ranking import as_ranking
 
-__all__ = ["tod_curve", "tolerance_count", "tolerance_counts", "removal_order", "global_counts",
-           "global_thresholds", "uniform_counts", "uniform_ratios", "RANKINGS", "ALLOCATIONS", "Allocation",
-           "ToDAllocation", "GlobalAllocation", "UniformAllocation", "allocation_for"]
+__all__ = ["tod_curve", "tolerance_count", "tolerance_counts"]
 
 
 

@@ -43,9 +43,8 @@ from ..config import OBSERVATION_POINTS, check_projections
 from ..runtime.batches import default_unpack, first_inputs, grad_inputs, select_logits
 from ..runtime.distributed import is_distributed
 from ..runtime.guards import preserved_modes
-from ..units.attention import find_attention, removable
 from ..units.channels import candidate_layers, consumer_of, input_key, units_view
-from ..units.mha import hookable_attention
+from ..units.families import collecting, find_units, removable
 from .classes import chosen_classes, class_slots, projections_for
 from .finite import FiniteChecks
 from .memory import MemoryEstimate, screening_bytes, unit_bytes
@@ -55,7 +54,7 @@ from .projections import random_projections
 from .ranks import merge_ranks
 
 # default_unpack and first_inputs live in .batches; imported from here too
-__all__ = ["LayerStatistics", "RECONSTRUCTIONS", "StatisticsCollector", "default_unpack", "first_inputs"]
+__all__ = ["LayerStatistics", "StatisticsCollector", "default_unpack", "first_inputs"]
 
 
 
@@ -145,13 +144,13 @@ class StatisticsCollector:
         self.candidates = candidate_layers(self.model, self.ignored)
         # transformers: attention heads are units (lightning_fair.units.attention), observed at their output
         # projection's input; the projections' own channels are not units
-        attention = find_attention(self.model, self.ignored)
+        attention = find_units(self.model, self.ignored)
         projections = {name for units in attention.values() for name in units.projections(self.prune_embedding)}
         self.candidates = {n: m for n, m in self.candidates.items() if n not in projections}
         self.heads = removable(attention)
         for name, units in attention.items():
             if units.blocked and self.channels is None:  # warned once, by the first pass
-                warnings.warn(f"the heads of {name!r} are not pruned ({units.blocked}); its projections are kept whole")
+                warnings.warn(f"the {units.unit_noun} of {name!r} are not pruned ({units.blocked}); its projections are kept whole")
         # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
         self.input_sums: Dict[str, torch.Tensor] = {}
         self.input_counts: Dict[str, int] = {}
@@ -178,7 +177,7 @@ class StatisticsCollector:
     # ------------------------------------------------------------------ the pass
     def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
         """Run every batch (or the first ``max_batches``) once; return self."""
-        with preserved_modes(self.model), hookable_attention(self.model):
+        with preserved_modes(self.model), collecting(self.model):
             self.model.eval()
             with torch.inference_mode(False), torch.enable_grad():
                 for batch in batches:

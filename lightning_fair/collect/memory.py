@@ -36,7 +36,6 @@ from torch import nn
 from ..config import AUTO_PROJECTIONS, MANY_CLASSES, parse_bytes
 from ..runtime.batches import select_logits
 from ..runtime.guards import preserved_modes
-from ..units.attention import find_attention, removable
 from ..units.channels import (
     ACTIVATION_TYPES,
     NORM_TYPES,
@@ -46,10 +45,10 @@ from ..units.channels import (
     resolve_ignored,
     units_view,
 )
-from ..units.mha import hookable_attention
+from ..units.families import collecting, find_units, removable
 from .classes import projections_for
 
-__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "resolve_budget", "screening_bytes", "DEFAULT_BUDGET"]
+__all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "resolve_budget", "screening_bytes"]
 
 CPU_BUDGET = "4GiB"
 AUTO_FRACTION = 0.5
@@ -250,7 +249,7 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
         (['features.0.0', 'features.1.0', 'features.3.0', 'head.0', 'features.3.0<input>', 'head.0<input>'], 10)
     """
     ignored = resolve_ignored(model, ignored_layers)
-    attention = find_attention(model, ignored)  # attention heads are units, their projections are not (statistics)
+    attention = find_units(model, ignored)  # attention heads are units, their projections are not (statistics)
     projections = {name for units in attention.values() for name in units.projections(prune_embedding)}
     heads = removable(attention)
     modules = {n: m for n, m in candidate_layers(model, ignored).items() if n not in projections}
@@ -306,7 +305,7 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
     handles += [units.output.register_forward_pre_hook(head_hook(n, units)) for n, units in heads.items()]
     handles += [m.register_forward_hook(follow_hook) for m in model.modules() if isinstance(m, follow)]
     handles += [m.register_forward_pre_hook(in_hook(n)) for n, m in consumers.items()]
-    with preserved_modes(model), hookable_attention(model):
+    with preserved_modes(model), collecting(model):
         try:
             model.eval()
             with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-__all__ = ["describe_pipeline", "LayerRow", "PruneReport", "measure", "si_count", "unit_counts"]
+__all__ = ["describe_pipeline", "LayerRow", "PruneReport", "si_count"]
 
 
 @dataclass

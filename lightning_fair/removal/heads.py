@@ -1,18 +1,19 @@
-"""Removal planning for models with attention: whole heads beside torch-pruning's coupled groups.
+"""Removal planning for models with unit families: whole family units (attention heads) beside
+torch-pruning's coupled groups.
 
 :class:`TransformerPlanner` is a :class:`~lightning_fair.removal.planner.DependencyPlanner` whose
-scored layers may include attention modules (:func:`lightning_fair.units.attention.find_attention`):
-their units are heads, counted by the same allocation as every other layer and removed by
-:func:`lightning_fair.units.attention.remove_heads` (not through torch-pruning's graph, which cuts
-through the head layout). Everything else (MLP hidden neurons, convs) goes through the
-dependency graph as before. The q/k/v and output projections are never channel units, so the
-groups of the embedding dimension (the residual stream: embeddings, LayerNorms, output
-projections, cls/position tokens) hold an unscored layer and are left whole.
+scored layers may include modules of a unit family (:func:`lightning_fair.units.families.find_units`;
+attention modules, whose units are heads): they are counted by the same allocation as every other
+layer and removed by the family's own ``Units.remove`` (not through torch-pruning's graph, which cuts
+through the head layout). Everything else (MLP hidden neurons, convs) goes through the dependency
+graph as before. A family's projections are never channel units, so the groups of the dimension they
+read and write (a transformer's embedding dimension, the residual stream: embeddings, LayerNorms,
+output projections, cls/position tokens) hold an unscored layer and are left whole.
 
-Heads are removed first and recorded as history rows ``[attention + "<heads>", True, heads]``
-(:func:`lightning_fair.units.attention.head_row`), which :func:`lightning_fair.removal.history.replay_pruning`
-replays. Head removal and the dependency graph's groups touch disjoint layers, so the order
-between the two kinds of rows does not matter.
+Family units are removed first and recorded as history rows ``[module + "<heads>", True, units]``
+(:func:`lightning_fair.units.families.history_row`), which :func:`lightning_fair.removal.history.replay_pruning`
+replays. Family units and the dependency graph's groups touch disjoint layers, so the order between
+the two kinds of rows does not matter.
 """
 
 from __future__ import annotations
@@ -26,13 +27,7 @@ from torch import nn
 
 from ..allocation.order import removal_order
 from ..scoring.ranking import as_ranking
-from ..units.attention import (
-    AttentionUnits,
-    find_attention,
-    head_row,
-    removable,
-    remove_heads,
-)
+from ..units.families import Units, find_units, history_row, removable
 from .graph import GroupSearchTooLarge, bounded_group
 from .planner import CoupledGroup, DependencyPlanner
 
@@ -42,10 +37,10 @@ __all__ = ["EMBEDDING_NOTE", "TransformerPlanner", "head_order", "planner_for"]
 EMBEDDING_NOTE = "the embedding dimension (residual stream) of a transformer is not pruned"
 
 
-def head_order(units: AttentionUnits, removal: torch.Tensor, ranking: str, seed: int = 0) -> torch.Tensor:
-    """Heads of one attention module, first-to-remove first, under ``ranking`` (as channels:
-    ``"utilization_x_consumers"`` multiplies the removal score by how strongly the output
-    projection reads each head, the L2 norm of its columns over their mean)."""
+def head_order(units: Units, removal: torch.Tensor, ranking: str, seed: int = 0) -> torch.Tensor:
+    """Units of one family module (heads of an attention module), first-to-remove first, under
+    ``ranking`` (as channels: ``"utilization_x_consumers"`` multiplies the removal score by how strongly
+    the output projection reads each unit, the L2 norm of its columns over their mean)."""
     removal = removal.double()
     if ranking == "utilization_x_consumers":
         reading = units.output_columns()
@@ -57,7 +52,7 @@ class TransformerPlanner(DependencyPlanner):
     """Coupled channel groups plus whole attention heads (see the module docstring)."""
 
     def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
-                 heads: Dict[str, AttentionUnits], prune_embedding: bool = False, graph=None):
+                 heads: Dict[str, Units], prune_embedding: bool = False, graph=None):
         self.heads = {name: units for name, units in heads.items() if name in scored}
         self.prune_embedding = prune_embedding
         self.head_rows: list = []
@@ -67,12 +62,12 @@ class TransformerPlanner(DependencyPlanner):
 
     def _block_groups(self) -> None:
         """The embedding dimension's groups blocked and attention kept whole listed, before any probe."""
-        attention = find_attention(self.model).values()
-        self._keep_embedding([units for units in attention if units.kind == "mha"] if self.prune_embedding
+        attention = find_units(self.model).values()
+        self._keep_embedding([units for units in attention if units.fixed_embedding] if self.prune_embedding
                              else attention, EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if self.prune_embedding else ""))
         # attention whose heads are not units: listed with the reason (the report's notes)
-        self.groups += [CoupledGroup(root=units.name, num_channels=units.num_heads,
-                                     blocked=f"heads kept ({units.blocked})") for units in attention if units.blocked]
+        self.groups += [CoupledGroup(root=units.name, num_channels=units.num_units,
+                                     blocked=f"{units.unit_noun} kept ({units.blocked})") for units in attention if units.blocked]
 
     def _keep_embedding(self, attention, note: str) -> None:
         """Block every group that reaches an attention module's channels other than through its heads:
@@ -92,7 +87,7 @@ class TransformerPlanner(DependencyPlanner):
         plan = super().plan(scores, counts, ranking=ranking, policy=policy, tolerance=tolerance, seed=seed)
         ranked = as_ranking(scores)
         for name, units in self.heads.items():
-            k = min(int(counts.get(name, 0)), units.num_heads - 1)
+            k = min(int(counts.get(name, 0)), units.num_units - 1)
             if k > 0:
                 plan[name] = head_order(units, ranked.removal[name], ranking, seed)[:k].sort().values
         return plan
@@ -101,9 +96,11 @@ class TransformerPlanner(DependencyPlanner):
         kept: Dict[str, Dict[str, torch.Tensor]] = {}
         for name, idxs in plan.items():
             if name in self.heads:
-                kept.update(remove_heads(self.heads[name], idxs.tolist()))
+                if record_history:  # the row names the family, which the module no longer shows once pruned
+                    row = history_row(self.model, name, idxs.tolist())
+                kept.update(self.heads[name].remove(idxs.tolist()))
                 if record_history:
-                    self.head_rows.append([head_row(name), True, [int(i) for i in idxs]])
+                    self.head_rows.append(row)
         for name, sides in super().apply({n: i for n, i in plan.items() if n not in self.heads},
                                          record_history).items():
             kept.setdefault(name, {}).update(sides)  # a module may lose heads on one side, channels on the other
@@ -115,11 +112,11 @@ class TransformerPlanner(DependencyPlanner):
 
 def planner_for(model: nn.Module, example_inputs, scored: List[str], protected: set,
                 prune_embedding: bool = False, graph=None) -> DependencyPlanner:
-    """A :class:`TransformerPlanner` if the model has attention modules, else a
+    """A :class:`TransformerPlanner` if the model has unit-family modules (attention), else a
     :class:`~lightning_fair.removal.planner.DependencyPlanner`. ``prune_embedding``: the groups of the
     embedding dimension are pruned like any other (except around ``nn.MultiheadAttention``);
     ``graph``: torch-pruning's graph of ``model`` if already built (:func:`lightning_fair.removal.graph.build_graph`)."""
-    found = find_attention(model)
+    found = find_units(model)
     if not found:
         return DependencyPlanner(model, example_inputs, scored, protected, graph=graph)
     heads = {name: units for name, units in removable(found).items() if name in scored}

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..runtime.guards import on_uncompiled, rollback
-from ..units.attention import find_attention, head_row_module, remove_heads
+from ..units.families import replay_row, row_target
 from .graph import build_graph
 
 __all__ = [
@@ -172,8 +172,8 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
                 snapshot.include(graph.module2node)
                 for number, (name, is_out, idxs) in enumerate(rows, start=len(mine)):
                     try:
-                        if head_row_module(name) is not None:  # whole attention heads (lightning_fair.units.attention)
-                            _replay_heads(model, head_row_module(name), idxs)
+                        if row_target(name) is not None:  # a unit family's units, e.g. whole attention heads
+                            replay_row(model, name, idxs)
                         else:
                             _replay_row(graph, modules[name], name, is_out, idxs)
                     except Exception as error:
@@ -186,16 +186,8 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
 
 
 def _row_module(name: str) -> str:
-    attention = head_row_module(name)
-    return name if attention is None else attention
-
-
-def _replay_heads(model: nn.Module, attention: str, heads: list) -> None:
-    units = find_attention(model).get(attention)
-    if units is None or units.blocked:
-        reason = f" ({units.blocked})" if units is not None else ""
-        raise ValueError(f"{attention!r} is not an attention module whose heads can be removed{reason}")
-    remove_heads(units, heads)
+    target = row_target(name)
+    return name if target is None else target[1]
 
 
 def _replay_row(graph, module: nn.Module, name: str, is_out: bool, idxs: list) -> None:

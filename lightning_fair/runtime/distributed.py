@@ -21,7 +21,7 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size", "all_reduce_sum", "all_gather_tensor", "merge_ranks"]
+__all__ = ["is_distributed", "world_size", "all_reduce_sum", "all_gather_tensor"]
 
 
 def is_distributed() -> bool:

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["random_projections", "quantile_grid", "pairwise_w1", "max_pairwise_w1", "wasserstein_1d"]
+__all__ = ["quantile_grid", "pairwise_w1", "max_pairwise_w1", "wasserstein_1d"]
 
 
 

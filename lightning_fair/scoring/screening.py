@@ -31,8 +31,7 @@ from torch import nn
 from ..config import check_screening_weight
 from .ranking import Ranking, layer_normalised
 
-__all__ = ["CRITERIA", "ClassMoments", "check_criterion", "check_screening_weight", "f_statistic", "filter_norms", "screening_scores",
-           "screening_ranking", "connection_scores", "connection_masks", "CONNECTION_ALLOCATIONS"]
+__all__ = ["check_screening_weight", "f_statistic", "filter_norms", "screening_scores", "screening_ranking", "connection_scores"]
 
 
 _RELATIVE_ZERO = 1e-12  # sums of squares below this fraction of Σx² are rounding noise

@@ -24,7 +24,7 @@ is left whole.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -74,10 +74,27 @@ class AttentionUnits:
     input_names: Tuple[str, ...] = ()
     #: why its heads are not units ("" if they are): its projections are then kept whole
     blocked: str = ""
+    #: what a unit of this family is called (:class:`lightning_fair.units.families.Units`)
+    unit_noun: ClassVar[str] = "heads"
 
     @property
     def num_heads(self) -> int:
         return head_count(self.module)
+
+    @property
+    def num_units(self) -> int:
+        """The units of this family are heads (:class:`lightning_fair.units.families.Units`)."""
+        return self.num_heads
+
+    @property
+    def fixed_embedding(self) -> bool:
+        """``nn.MultiheadAttention``'s embedding dimension is never pruned (torch-pruning sees its
+        ``out_proj`` only through the module)."""
+        return self.kind == "mha"
+
+    def remove(self, units: List[int]) -> Dict[str, Dict[str, torch.Tensor]]:
+        """:func:`remove_heads` of these heads."""
+        return remove_heads(self, units)
 
     @property
     def head_dim(self) -> int:
@@ -91,7 +108,7 @@ class AttentionUnits:
         fused qkv), whose channels belong to heads, and the output projection, whose channels are the
         embedding dimension (with ``prune_embedding``, a channel unit unless it is
         ``nn.MultiheadAttention``'s ``out_proj``, which torch-pruning sees only through its module)."""
-        keep_output = not prune_embedding or self.kind == "mha"
+        keep_output = not prune_embedding or self.fixed_embedding
         return list(self.input_names) + ([self.output_name] if keep_output else [])
 
     def units_view(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -7,18 +7,7 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import nn
 
-__all__ = [
-    "input_column_norms",
-    "PRUNABLE_TYPES",
-    "NORM_TYPES",
-    "ACTIVATION_TYPES",
-    "PASS_THROUGH_TYPES",
-    "OBSERVATION_POINTS",
-    "is_depthwise",
-    "resolve_ignored",
-    "input_key",
-    "consumer_of",
-]
+__all__ = ["input_column_norms", "PRUNABLE_TYPES", "NORM_TYPES", "ACTIVATION_TYPES", "PASS_THROUGH_TYPES", "is_depthwise", "resolve_ignored", "input_key", "consumer_of"]
 
 #: Modules whose output channels / features are FAIR units.
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)

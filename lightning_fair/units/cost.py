@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..runtime.guards import on_uncompiled, preserved_modes
-from .attention import head_count
 from .channels import PRUNABLE_TYPES
+from .families import unit_count
 from .mha import no_fastpath
 
 __all__ = ["measure", "unit_counts"]
@@ -75,7 +75,8 @@ def _prod(values) -> int:
 
 
 def unit_counts(model: nn.Module, names) -> Dict[str, int]:
-    """Current number of units (output channels / features) of the named layers."""
+    """Current number of units of the named layers: output channels / features, or the units of a
+    family module (:func:`lightning_fair.units.families.unit_count`, e.g. an attention module's heads)."""
     modules = dict(model.named_modules())
     counts = {}
     for name in names:
@@ -84,6 +85,6 @@ def unit_counts(model: nn.Module, names) -> Dict[str, int]:
             counts[name] = module.out_features
         elif isinstance(module, PRUNABLE_TYPES):
             counts[name] = module.out_channels
-        elif head_count(module) is not None:  # an attention module: its heads
-            counts[name] = head_count(module)
+        elif unit_count(module) is not None:
+            counts[name] = unit_count(module)
     return counts
