@@ -23,8 +23,14 @@ from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 
 
 def trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir="lightning_logs/demo", **kwargs)
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir="lightning_logs/demo",
+        **kwargs,
+    )
 
 
 def say(text: str) -> None:
@@ -57,13 +63,21 @@ def main(argv=None) -> None:
     say(f"    held-out test accuracy {trained:.2%}")
     say("2/3 pruning with FairPruneCallback(prune_at='validate'): scoring on the validation split, removing ...")
 
-    callback = FairPruneCallback(prune_at="validate", tolerance=args.tolerance, target_macs=args.target_macs,
-                                 seed=args.seed, progress=False, verbose=False)
+    callback = FairPruneCallback(
+        prune_at="validate",
+        tolerance=args.tolerance,
+        target_macs=args.target_macs,
+        seed=args.seed,
+        progress=False,
+        verbose=False,
+    )
     trainer(callbacks=[callback]).validate(model, datamodule=data, verbose=False)
     result = callback.last_result
     one_shot = test_accuracy(model, data)
-    say(f"    kept MACs {result.report.macs_ratio:.1%}, held-out test accuracy {one_shot:.2%}; pruned checkpoint "
-        f"{callback.events[-1].get('checkpoint')}")
+    say(
+        f"    kept MACs {result.report.macs_ratio:.1%}, held-out test accuracy {one_shot:.2%}; pruned checkpoint "
+        f"{callback.events[-1].get('checkpoint')}"
+    )
     say(f"3/3 fine-tuning the pruned model for {args.finetune_epochs} epochs ...")
     trainer(max_epochs=args.finetune_epochs).fit(model, datamodule=data)
     finetuned = test_accuracy(model, data)
@@ -71,10 +85,14 @@ def main(argv=None) -> None:
 
     print(result.report)
     print()
-    print(f"held-out test accuracy: trained {trained:.2%} | pruned one-shot {one_shot:.2%} | "
-          f"after {args.finetune_epochs} fine-tuning epochs {finetuned:.2%}")
-    print(f"MACs kept {result.report.macs_ratio:.1%}, parameters kept {result.report.params_ratio:.1%}, "
-          f"{result.level_name} {result.level:.4g}")
+    print(
+        f"held-out test accuracy: trained {trained:.2%} | pruned one-shot {one_shot:.2%} | "
+        f"after {args.finetune_epochs} fine-tuning epochs {finetuned:.2%}"
+    )
+    print(
+        f"MACs kept {result.report.macs_ratio:.1%}, parameters kept {result.report.params_ratio:.1%}, "
+        f"{result.level_name} {result.level:.4g}"
+    )
 
 
 if __name__ == "__main__":

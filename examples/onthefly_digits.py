@@ -50,19 +50,34 @@ def main() -> None:
     torch.set_num_threads(1)
     datamodule = DigitsDataModule(batch_size=64)
     datamodule.setup("fit")
-    configs = [("plain (no penalty, not hyperspherical)", None), ("hyperspherical, penalty 0", 0.0),
-               ("penalty 1e-3", 1e-3), ("penalty 1e-2 (default)", 1e-2)]
+    configs = [
+        ("plain (no penalty, not hyperspherical)", None),
+        ("hyperspherical, penalty 0", 0.0),
+        ("penalty 1e-3", 1e-3),
+        ("penalty 1e-2 (default)", 1e-2),
+    ]
     print("| training | trained | zeroed | layer mean | channel mean |\n|---|---|---|---|---|")
     for label, penalty in configs:
         runs = []
         for seed in range(args.seeds):
             L.seed_everything(seed, verbose=False)
             measure = Measure(datamodule, args.ratio)
-            callbacks = [measure] if penalty is None else [
-                OnTheFlyPruning(ratio=args.ratio, penalty=penalty, verbose=False), measure]
-            trainer = L.Trainer(max_epochs=args.epochs, callbacks=callbacks, logger=False, accelerator="cpu",
-                                devices=1, enable_progress_bar=False, enable_model_summary=False,
-                                enable_checkpointing=False, num_sanity_val_steps=0)
+            callbacks = (
+                [measure]
+                if penalty is None
+                else [OnTheFlyPruning(ratio=args.ratio, penalty=penalty, verbose=False), measure]
+            )
+            trainer = L.Trainer(
+                max_epochs=args.epochs,
+                callbacks=callbacks,
+                logger=False,
+                accelerator="cpu",
+                devices=1,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                num_sanity_val_steps=0,
+            )
             trainer.fit(ImageClassifier(width=8), datamodule=datamodule)
             runs.append(measure.accuracy)
         cells = []

@@ -56,8 +56,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tolerance", type=float, default=0.05, help="tolerance of difference (ignored with a target)")
     parser.add_argument("--target-macs", type=float, default=None, help="fraction of MACs to keep, e.g. 0.5")
-    parser.add_argument("--preset", choices=["default", "paper"], default="default",
-                        help="'paper': the method exactly as published (no compensation, no BatchNorm re-estimation)")
+    parser.add_argument(
+        "--preset",
+        choices=["default", "paper"],
+        default="default",
+        help="'paper': the method exactly as published (no compensation, no BatchNorm re-estimation)",
+    )
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -77,8 +81,10 @@ def main(argv=None) -> None:
     print(result.report)
     print()
     print(f"held-out accuracy: {before:.2%} before, {after:.2%} after one-shot pruning (no fine-tuning)")
-    print(f"MACs kept {result.report.macs_ratio:.1%}, parameters kept {result.report.params_ratio:.1%}, "
-          f"{result.level_name} {result.level:.4g}")
+    print(
+        f"MACs kept {result.report.macs_ratio:.1%}, parameters kept {result.report.params_ratio:.1%}, "
+        f"{result.level_name} {result.level:.4g}"
+    )
 
 
 if __name__ == "__main__":

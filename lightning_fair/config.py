@@ -45,7 +45,8 @@ AllocationName = Literal["auto", "tod", "global", "uniform"]
 ALLOCATIONS: Tuple[str, ...] = get_args(AllocationName)
 
 #: Which units of a layer go first, once its count is known (the ``ranking`` option).
-#: "utilization_x_consumers" needs the model's consumer weights: :class:`~lightning_fair.removal.planner.DependencyPlanner`
+#: "utilization_x_consumers" needs the model's consumer weights:
+#: :class:`~lightning_fair.removal.planner.DependencyPlanner`
 #: applies it (the removal score times how strongly the next layers read each unit), not
 #: :func:`~lightning_fair.allocation.order.removal_order`.
 RankingName = Literal["utilization", "l1", "random", "utilization_x_consumers"]
@@ -57,7 +58,6 @@ CRITERIA: Tuple[str, ...] = get_args(CriterionName)
 
 #: The named pipeline configurations (:data:`PRESETS`).
 PresetName = Literal["default", "paper"]
-
 
 
 # ---------------------------------------------------------------------- validation
@@ -78,16 +78,32 @@ def check_criterion(criterion: str, screening_weight: float) -> float:
 def check_screening_weight(weight: float) -> float:
     """``screening_weight`` must be a number in [0, 1] (1: F only, 0: filter magnitude only)."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
-        raise ValueError(f"screening_weight is the weight of the F-statistic against the filter magnitude, a number "
-                         f"in [0, 1] (1: F only, 0: magnitude only), got {weight!r}")
+        raise ValueError(
+            f"screening_weight is the weight of the F-statistic against the filter magnitude, a number "
+            f"in [0, 1] (1: F only, 0: magnitude only), got {weight!r}"
+        )
     return float(weight)
 
 
 #: Default ``memory_budget`` of the statistics pass: ``"auto"`` (:func:`resolve_budget`) is half the
 #: free memory of the CUDA device the model is on, and ``CPU_BUDGET`` anywhere else.
 DEFAULT_BUDGET = "auto"
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(value: Union[int, float, str, None]) -> Optional[int]:
@@ -106,7 +122,9 @@ def parse_bytes(value: Union[int, float, str, None]) -> Optional[int]:
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
         if not match or match.group(2).lower() not in _UNITS:
-            raise ValueError(f"memory_budget must be bytes, a size like '4GiB' or '512MB', 'auto' or None, got {value!r}")
+            raise ValueError(
+                f"memory_budget must be bytes, a size like '4GiB' or '512MB', 'auto' or None, got {value!r}"
+            )
         number, unit = float(match.group(1)), match.group(2).lower()
     result = int(number * _UNITS[unit])
     if result <= 0:
@@ -141,14 +159,16 @@ def check_projections(num_projections: Union[int, str]) -> None:
         >>> check_projections(0)
         Traceback (most recent call last):
         ...
-        ValueError: num_projections must be a positive integer or 'auto' (128 directions below 50 compared classes, 32 from 50 on), got 0
+        ValueError: num_projections must be a positive integer or 'auto' (128 directions below 50 ...
     """
     if isinstance(num_projections, str) and num_projections == "auto":
         return
     if isinstance(num_projections, bool) or not isinstance(num_projections, numbers.Integral) or num_projections < 1:
-        raise ValueError(f"num_projections must be a positive integer or 'auto' ({AUTO_PROJECTIONS['few']} directions "
-                         f"below {MANY_CLASSES} compared classes, {AUTO_PROJECTIONS['many']} from {MANY_CLASSES} on), "
-                         f"got {num_projections!r}")
+        raise ValueError(
+            f"num_projections must be a positive integer or 'auto' ({AUTO_PROJECTIONS['few']} directions "
+            f"below {MANY_CLASSES} compared classes, {AUTO_PROJECTIONS['many']} from {MANY_CLASSES} on), "
+            f"got {num_projections!r}"
+        )
 
 
 # ---------------------------------------------------------------------- presets
@@ -156,15 +176,29 @@ PRESETS: Dict[str, Dict[str, object]] = {
     # arXiv 2508.02291 / network-pruner 2.x: U observes the Conv/Linear output itself,
     # R = |Σ dL/dz·z|, per-layer ToD counts, coupled groups prune the smallest member count,
     # no BatchNorm re-estimation, no compensation.
-    "paper": dict(observe="output", reconstruction="abs_of_sum", group_policy="min_count", allocation="tod",
-                  recalibrate=False, compensate=False, ranking="utilization"),
+    "paper": dict(
+        observe="output",
+        reconstruction="abs_of_sum",
+        group_policy="min_count",
+        allocation="tod",
+        recalibrate=False,
+        compensate=False,
+        ranking="utilization",
+    ),
     # chosen by evidence (docs/benchmarks.md, "Variant study"): U after the nonlinearity, a
     # global U threshold when a MACs/params budget is given (ToD counts for a tolerance),
     # BatchNorm re-estimation and mean-replacement compensation.
     # units ranked by U times how strongly the next layers read them (docs/method.md: one-shot better
     # in 17 of 24 standard-model cells over three training seeds, neutral after fine-tuning)
-    "default": dict(observe="activation", reconstruction="abs_of_sum", group_policy="min_count", allocation="auto",
-                    recalibrate=True, compensate=True, ranking="utilization_x_consumers"),
+    "default": dict(
+        observe="activation",
+        reconstruction="abs_of_sum",
+        group_policy="min_count",
+        allocation="auto",
+        recalibrate=True,
+        compensate=True,
+        ranking="utilization_x_consumers",
+    ),
 }
 
 
@@ -246,7 +280,8 @@ class PruneConfig:
         samples_per_class: images per class kept for the utilization score (n in the paper).
         num_projections: random directions for the sliced W1 of conv channels (P in the paper); ``"auto"``,
             the default: 128 when U compares fewer than 50 classes, 32 from 50 on (where 32 move U no
-            more than other random directions do; :func:`lightning_fair.collect.classes.projections_for`, docs/method.md,
+            more than other random directions do; :func:`lightning_fair.collect.classes.projections_for`,
+            docs/method.md,
             "Many classes"). The count used is in the scores' ``config`` and the report's options.
         max_classes: U compares at most this many classes (the reference's cap, 100): with more,
             a random subset of the model's classes, seeded by ``seed``, is chosen once and only
@@ -309,11 +344,17 @@ class PruneConfig:
         if self.target_macs is not None and self.target_params is not None:
             raise ValueError("give target_macs or target_params, not both")
         for key, value in (("target_macs", self.target_macs), ("target_params", self.target_params)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0.0 < float(value) <= 1.0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0
+            ):
                 raise ValueError(f"{key} is the fraction to keep, in (0, 1], got {value!r}")
-        for key, allowed in (("ranking", RANKINGS), ("group_policy", GROUP_POLICIES), ("observe", OBSERVATION_POINTS),
-                             ("reconstruction", RECONSTRUCTIONS), ("allocation", ALLOCATIONS)):
+        for key, allowed in (
+            ("ranking", RANKINGS),
+            ("group_policy", GROUP_POLICIES),
+            ("observe", OBSERVATION_POINTS),
+            ("reconstruction", RECONSTRUCTIONS),
+            ("allocation", ALLOCATIONS),
+        ):
             value = pipeline.get(key, getattr(self, key))
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
@@ -322,29 +363,44 @@ class PruneConfig:
                 raise ValueError(f"{key} must be True, False or None (the preset's value), got {pipeline[key]!r}")
         allocation = pipeline["allocation"]
         if allocation == "global" and not self.target:
-            raise ValueError("allocation='global' ranks units across layers and needs a budget: pass target_macs=... "
-                             "or target_params=... (or use allocation='tod' with a tolerance)")
+            raise ValueError(
+                "allocation='global' ranks units across layers and needs a budget: pass target_macs=... "
+                "or target_params=... (or use allocation='tod' with a tolerance)"
+            )
         if self.ratio is not None:
             if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 <= self.ratio < 1.0:
-                raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {self.ratio!r}")
+                raise ValueError(
+                    f"ratio is the fraction of every layer's units to remove, in [0, 1), got {self.ratio!r}"
+                )
             if allocation not in ("uniform", "auto"):
-                raise ValueError(f"ratio= sets the per-layer fraction of allocation='uniform', not of "
-                                 f"allocation={allocation!r}; pass allocation='uniform' (or leave it unset), or drop ratio")
+                raise ValueError(
+                    f"ratio= sets the per-layer fraction of allocation='uniform', not of "
+                    f"allocation={allocation!r}; pass allocation='uniform' (or leave it unset), or drop ratio"
+                )
             if self.target:
                 raise ValueError("give ratio or a target (target_macs/target_params), not both")
         elif allocation == "uniform" and not self.target:
-            raise ValueError("allocation='uniform' removes the same fraction of every layer: pass ratio=... (e.g. 0.3), "
-                             "or target_macs=.../target_params=... to search it")
-        if isinstance(self.samples_per_class, bool) or not isinstance(self.samples_per_class, int) \
-                or self.samples_per_class < 1:
+            raise ValueError(
+                "allocation='uniform' removes the same fraction of every layer: pass ratio=... (e.g. 0.3), "
+                "or target_macs=.../target_params=... to search it"
+            )
+        if (
+            isinstance(self.samples_per_class, bool)
+            or not isinstance(self.samples_per_class, int)
+            or self.samples_per_class < 1
+        ):
             raise ValueError(f"samples_per_class must be a positive integer, got {self.samples_per_class!r}")
         check_projections(self.num_projections)
-        if self.max_classes is not None and (isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int)
-                                             or self.max_classes < 2):
-            raise ValueError(f"max_classes must be an integer >= 2 (U compares pairs of classes) or None (all classes), "
-                             f"got {self.max_classes!r}")
-        if self.max_batches is not None and (isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
-                                             or self.max_batches < 1):
+        if self.max_classes is not None and (
+            isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int) or self.max_classes < 2
+        ):
+            raise ValueError(
+                f"max_classes must be an integer >= 2 (U compares pairs of classes) or None (all classes), "
+                f"got {self.max_classes!r}"
+            )
+        if self.max_batches is not None and (
+            isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int) or self.max_batches < 1
+        ):
             raise ValueError(f"max_batches must be a positive integer or None (all batches), got {self.max_batches!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
@@ -375,8 +431,11 @@ class PruneConfig:
     @property
     def target(self) -> Dict[str, float]:
         """``{"macs": fraction}``, ``{"params": fraction}`` or ``{}`` (no target: a tolerance or a ratio)."""
-        return {key: float(value) for key, value in (("macs", self.target_macs), ("params", self.target_params))
-                if value is not None}
+        return {
+            key: float(value)
+            for key, value in (("macs", self.target_macs), ("params", self.target_params))
+            if value is not None
+        }
 
     def resolved(self) -> "PruneConfig":
         """This config with the preset's values written into the pipeline options."""
@@ -408,11 +467,14 @@ def configure(config: Optional[PruneConfig] = None, **overrides: Any) -> PruneCo
     """
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
-        raise TypeError(f"unknown pruning option(s) {unknown}; the options are the fields of PruneConfig: "
-                        f"{', '.join(FIELDS)}")
+        raise TypeError(
+            f"unknown pruning option(s) {unknown}; the options are the fields of PruneConfig: {', '.join(FIELDS)}"
+        )
     if config is None:
         return PruneConfig(**overrides)
     if not isinstance(config, PruneConfig):
-        raise TypeError(f"config must be a lightning_fair.PruneConfig, got {type(config).__name__}; "
-                        "pass options as keywords, e.g. prune(model, loader, target_macs=0.5)")
+        raise TypeError(
+            f"config must be a lightning_fair.PruneConfig, got {type(config).__name__}; "
+            "pass options as keywords, e.g. prune(model, loader, target_macs=0.5)"
+        )
     return dataclasses.replace(config, **overrides) if overrides else config

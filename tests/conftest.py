@@ -1,4 +1,5 @@
 """Shared fixtures: sklearn digits as [N, 1, 8, 8] images in [0, 1] and two quick-trained zoo models."""
+
 import copy
 import sys
 

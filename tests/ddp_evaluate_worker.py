@@ -31,7 +31,7 @@ def batches():
     y = torch.tensor(data.target)
     out, start = [], 0
     for size in SIZES:
-        out.append((x[start:start + size], y[start:start + size]))
+        out.append((x[start : start + size], y[start : start + size]))
         start += size
     return out
 
@@ -88,18 +88,37 @@ def lightning(out: str) -> None:
     recorder = Recorder()
     # the script runs once per rank (Lightning's launcher sets LOCAL_RANK in the second process)
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    callback = FairPruneCallback(prune_at="validate", tolerance=0.2, dataloader=shard(rank), samples_per_class=8,
-                                 num_projections=8, progress=False, verbose=False)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", callbacks=[callback], logger=recorder,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=out)
+    callback = FairPruneCallback(
+        prune_at="validate",
+        tolerance=0.2,
+        dataloader=shard(rank),
+        samples_per_class=8,
+        num_projections=8,
+        progress=False,
+        verbose=False,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        callbacks=[callback],
+        logger=recorder,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=out,
+    )
     trainer.validate(model, datamodule=DigitsDataModule(batch_size=64, val_size=128), verbose=False)
     assert trainer.global_rank == rank and callback.events, "the callback did not prune"
     both = [b for r in range(2) for b in shard(r)]
-    torch.save({"logged": {k: v for k, v in recorder.metrics.items() if k.startswith("fair/calibration")},
-                "single": evaluate(model, both),  # the pruned model (the same on both ranks), one process
-                "local": evaluate(model, shard(rank))},
-               os.path.join(out, f"lightning_rank{rank}.pt"))
+    torch.save(
+        {
+            "logged": {k: v for k, v in recorder.metrics.items() if k.startswith("fair/calibration")},
+            "single": evaluate(model, both),  # the pruned model (the same on both ranks), one process
+            "local": evaluate(model, shard(rank)),
+        },
+        os.path.join(out, f"lightning_rank{rank}.pt"),
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,19 @@ OPTIONS = dict(samples_per_class=64, num_projections=16, seed=5, progress=False,
 
 
 def trainer(root, callback, **kwargs):
-    return L.Trainer(accelerator="cpu", devices=2, strategy="ddp", callbacks=[callback], logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                     num_sanity_val_steps=0, default_root_dir=root, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        **kwargs,
+    )
 
 
 class Recording(FairPruneCallback):
@@ -58,20 +68,28 @@ def main(out: str) -> None:
     validate.validate(model, datamodule=data)
     rank = validate.global_rank
     result = first.last_result
-    saved = {"initial": initial, "scores": result.scores.state_dict(), "removed": result.removed,
-             "pruned_state": first.pruned_state, "world_size": validate.world_size}
+    saved = {
+        "initial": initial,
+        "scores": result.scores.state_dict(),
+        "removed": result.removed,
+        "pruned_state": first.pruned_state,
+        "world_size": validate.world_size,
+    }
 
     torch.manual_seed(1)
     model = ImageClassifier(width=8)
     second = Recording(prune_at=0, tolerance=0.2, **OPTIONS)
     fit = trainer(out, second, max_epochs=3, limit_train_batches=4)
     fit.fit(model, datamodule=data)
-    saved.update(fit_removed=second.last_result.removed, fit_pruned_state=second.pruned_state,
-                 fit_final_state={k: v.detach().clone() for k, v in model.state_dict().items()},
-                 fit_events=second.events, optimizer_params=sum(p.numel() for g in fit.optimizers[0].param_groups
-                                                                for p in g["params"]),
-                 model_params=sum(p.numel() for p in model.parameters()),
-                 wrapped_params=sum(p.numel() for p in fit.strategy.model.parameters()))
+    saved.update(
+        fit_removed=second.last_result.removed,
+        fit_pruned_state=second.pruned_state,
+        fit_final_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        fit_events=second.events,
+        optimizer_params=sum(p.numel() for g in fit.optimizers[0].param_groups for p in g["params"]),
+        model_params=sum(p.numel() for p in model.parameters()),
+        wrapped_params=sum(p.numel() for p in fit.strategy.model.parameters()),
+    )
     torch.save(saved, os.path.join(out, f"lightning_rank{rank}.pt"))
 
 

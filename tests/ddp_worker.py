@@ -21,7 +21,7 @@ def batches():
     data = load_digits()
     x = torch.tensor(data.images[:360], dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(data.target[:360])
-    return [(x[i:i + 40], y[i:i + 40]) for i in range(0, 360, 40)]  # 9 batches: ranks get 5 and 4
+    return [(x[i : i + 40], y[i : i + 40]) for i in range(0, 360, 40)]  # 9 batches: ranks get 5 and 4
 
 
 def model():
@@ -48,13 +48,17 @@ def run(rank: int, world: int, out: str, port: str) -> None:
     options = dict(samples_per_class=100, num_projections=16, seed=3)  # 100 >= images per class: all are used
     scores = compute_scores(model(), mine, distributed=True, criterion="screening", **options)
     result = prune(model(), mine, target_macs=0.5, distributed=True, **options)
-    torch.save({"scores": scores.state_dict(), "removed": result.removed,
-                "state": result.model.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save(
+        {"scores": scores.state_dict(), "removed": result.removed, "state": result.model.state_dict()},
+        os.path.join(out, f"rank{rank}.pt"),
+    )
     if rank == 0:
         single = compute_scores(model(), batches(), criterion="screening", **options)
         alone = prune(model(), batches(), target_macs=0.5, **options)
-        torch.save({"scores": single.state_dict(), "removed": alone.removed, "state": alone.model.state_dict()},
-                   os.path.join(out, "single.pt"))
+        torch.save(
+            {"scores": single.state_dict(), "removed": alone.removed, "state": alone.model.state_dict()},
+            os.path.join(out, "single.pt"),
+        )
     dist.barrier()
     dist.destroy_process_group()
 

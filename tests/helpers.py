@@ -42,7 +42,7 @@ def digits():
 def calibration_loader(num: int = 400, batch_size: int = 100):
     """A list of labelled batches from the training split (a valid 'dataloader')."""
     x, y, _, _ = digits()
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, num, batch_size)]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, num, batch_size)]
 
 
 def example_inputs(n: int = 2) -> torch.Tensor:
@@ -81,7 +81,7 @@ def _train(model, epochs, seed, batch_size):
     for _ in range(epochs):
         perm = torch.randperm(len(y), generator=generator)
         for i in range(0, len(y), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
@@ -116,10 +116,7 @@ def trained_small_cnn_scores():
 def module_shapes(model: nn.Module) -> dict:
     """Every module's channel/feature sizes (what structural pruning changes)."""
     keys = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
-    return {
-        name: {k: getattr(m, k) for k in keys if hasattr(m, k)}
-        for name, m in model.named_modules()
-    }
+    return {name: {k: getattr(m, k) for k in keys if hasattr(m, k)} for name, m in model.named_modules()}
 
 
 def units(module: nn.Module) -> int:
@@ -139,8 +136,7 @@ class GuardedCNN(nn.Module):
     Example: ``GuardedCNN(input_size=28)(torch.randn(2, 1, 28, 28)).shape == (2, 10)``.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16,
-                 input_size: int = 8):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, input_size: int = 8):
         super().__init__()
         self.input_size = input_size
         self.block1 = _conv_bn_relu(in_channels, width)
@@ -151,8 +147,7 @@ class GuardedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"expected {self.input_size}x{self.input_size} input, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise ValueError(f"expected {self.input_size}x{self.input_size} input, got {tuple(x.shape[-2:])}")
         if x.dim() == 4 and x.shape[0] > 0:
             h = self.block1(x)
             h = self.block2(h) + h

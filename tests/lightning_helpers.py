@@ -36,9 +36,17 @@ def classifier(seed: int = 0, **kwargs) -> ImageClassifier:
 
 def trainer(tmp_path, callbacks=(), max_epochs: int = 2, logger=False, **kwargs) -> L.Trainer:
     options = dict(
-        max_epochs=max_epochs, callbacks=list(callbacks), logger=logger, accelerator="cpu", devices=1,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-        enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        max_epochs=max_epochs,
+        callbacks=list(callbacks),
+        logger=logger,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )
     options.update(kwargs)
     return L.Trainer(**options)
@@ -112,13 +120,30 @@ def finite(value) -> bool:
 
 
 __all__ = [
-    "CONVS", "FAST", "FairPruneCallback", "assert_optimizer_matches_model", "assert_same_optimizer",
-    "assert_same_state", "classifier", "datamodule", "finite", "optimizer_copy", "read_metrics", "shapes",
-    "state_copy", "trainer",
+    "CONVS",
+    "FAST",
+    "FairPruneCallback",
+    "assert_optimizer_matches_model",
+    "assert_same_optimizer",
+    "assert_same_state",
+    "classifier",
+    "datamodule",
+    "finite",
+    "optimizer_copy",
+    "read_metrics",
+    "shapes",
+    "state_copy",
+    "trainer",
 ]
 
 
 def trainer_args(root, epochs=1):
     """``--trainer.*`` flags of a quiet, seeded CLI run writing under ``root`` (the CLI tests)."""
-    return [f"--trainer.max_epochs={epochs}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}", "--seed_everything=0"]
+    return [
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={root}",
+        "--seed_everything=0",
+    ]

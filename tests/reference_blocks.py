@@ -64,8 +64,9 @@ class ShuffleUnit(nn.Module):
         if stride > 1:
             self.branch1 = nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin, act=False), _conv_bn(cin, half))
         branch_in = cin if stride > 1 else half
-        self.branch2 = nn.Sequential(_conv_bn(branch_in, half), _conv_bn(half, half, 3, stride, groups=half, act=False),
-                                     _conv_bn(half, half))
+        self.branch2 = nn.Sequential(
+            _conv_bn(branch_in, half), _conv_bn(half, half, 3, stride, groups=half, act=False), _conv_bn(half, half)
+        )
 
     def forward(self, x):
         if self.stride == 1:
@@ -79,8 +80,12 @@ class ShuffleUnit(nn.Module):
 def shufflenet(width: int = 16) -> nn.Module:
     """Three units (the third makes torch-pruning's reshape mapping divide by zero) and a 1x1 conv."""
     stem = _conv_bn(1, width, 3)
-    blocks = nn.Sequential(ShuffleUnit(width, 2 * width, 2), ShuffleUnit(2 * width, 2 * width, 1),
-                           ShuffleUnit(2 * width, 2 * width, 1), _conv_bn(2 * width, 4 * width))
+    blocks = nn.Sequential(
+        ShuffleUnit(width, 2 * width, 2),
+        ShuffleUnit(2 * width, 2 * width, 1),
+        ShuffleUnit(2 * width, 2 * width, 1),
+        _conv_bn(2 * width, 4 * width),
+    )
     return _Pooled(stem, blocks, 4 * width)
 
 
@@ -141,14 +146,15 @@ class PartialResidual(nn.Module):
 
     def forward(self, x):
         out = self.conv_pwl(self.conv_dw(self.conv_exp(x)))
-        out[:, 0:self.cin] += x
+        out[:, 0 : self.cin] += x
         return out
 
 
 def rexnet(width: int = 16) -> nn.Module:
     stem = _conv_bn(1, width, 3)
-    blocks = nn.Sequential(PartialResidual(width, width + 6), PartialResidual(width + 6, width + 12),
-                           _conv_bn(width + 12, 2 * width))
+    blocks = nn.Sequential(
+        PartialResidual(width, width + 6), PartialResidual(width + 6, width + 12), _conv_bn(width + 12, 2 * width)
+    )
     return _Pooled(stem, blocks, 2 * width)
 
 
@@ -219,7 +225,7 @@ class GhostModule(nn.Module):
 
     def forward(self, x):
         x1 = self.primary_conv(x)
-        return torch.cat([x1, self.cheap_operation(x1)], dim=1)[:, :self.cout]
+        return torch.cat([x1, self.cheap_operation(x1)], dim=1)[:, : self.cout]
 
 
 class GhostBottleneck(nn.Module):
@@ -234,8 +240,9 @@ class GhostBottleneck(nn.Module):
 
 def ghostnet(width: int = 16) -> nn.Module:
     stem = _conv_bn(1, width, 3)
-    blocks = nn.Sequential(GhostBottleneck(width, 2 * width, width), GhostBottleneck(width, 2 * width, width),
-                           _conv_bn(width, 2 * width))
+    blocks = nn.Sequential(
+        GhostBottleneck(width, 2 * width, width), GhostBottleneck(width, 2 * width, width), _conv_bn(width, 2 * width)
+    )
     return _Pooled(stem, blocks, 2 * width)
 
 
@@ -279,13 +286,24 @@ class ShiftedWindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(0.02 * torch.randn((2 * window - 1) ** 2, heads))
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-        self.register_buffer("relative_position_index", (relative[..., 0] * (2 * window - 1) + relative[..., 1]).flatten())
+        self.register_buffer(
+            "relative_position_index", (relative[..., 0] * (2 * window - 1) + relative[..., 1]).flatten()
+        )
 
     def forward(self, x):
-        n = self.window ** 2
+        n = self.window**2
         bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
-        return shifted_window_attention(x, self.qkv.weight, self.proj.weight, bias.unsqueeze(0), self.window,
-                                        self.heads, self.shift, self.qkv.bias, self.proj.bias)
+        return shifted_window_attention(
+            x,
+            self.qkv.weight,
+            self.proj.weight,
+            bias.unsqueeze(0),
+            self.window,
+            self.heads,
+            self.shift,
+            self.qkv.bias,
+            self.proj.bias,
+        )
 
 
 class SwinBlock(nn.Module):
@@ -321,9 +339,9 @@ class Swin(nn.Module):
         self.stem, self.stem_norm = nn.Conv2d(1, dim, 2, 2), nn.LayerNorm(dim)  # [B, 4, 4, dim]
         stages = []
         for i, h in enumerate(heads):
-            stages.append(SwinBlock(dim * 2 ** i, h, window, window // 2 if i == 0 else 0))
+            stages.append(SwinBlock(dim * 2**i, h, window, window // 2 if i == 0 else 0))
             if i < len(heads) - 1:
-                stages.append(PatchMerging(dim * 2 ** i))
+                stages.append(PatchMerging(dim * 2**i))
         self.blocks = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dim * 2 ** (len(heads) - 1))
         self.classifier = nn.Linear(dim * 2 ** (len(heads) - 1), NUM_CLASSES)
@@ -337,5 +355,13 @@ def swin() -> nn.Module:
     return Swin()
 
 
-MODELS = {"shufflenet": shufflenet, "shufflenet_stage": shufflenet_stage, "mixer": mixer, "rexnet": rexnet, "convnext": convnext, "ghostnet": ghostnet,
-          "poolformer": poolformer, "swin": swin}
+MODELS = {
+    "shufflenet": shufflenet,
+    "shufflenet_stage": shufflenet_stage,
+    "mixer": mixer,
+    "rexnet": rexnet,
+    "convnext": convnext,
+    "ghostnet": ghostnet,
+    "poolformer": poolformer,
+    "swin": swin,
+}

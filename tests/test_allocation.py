@@ -13,11 +13,11 @@ import math
 import helpers
 import pytest
 import torch
-from lightning_fair.allocation.order import removal_order
-from lightning_fair.allocation.tolerance import count_from_curve
 
 import lightning_fair
 from lightning_fair import tod_curve, tolerance_count, tolerance_counts
+from lightning_fair.allocation.order import removal_order
+from lightning_fair.allocation.tolerance import count_from_curve
 from lightning_fair.pipeline import oneshot
 
 ALPHAS = (0.0, 0.005, 0.05, 0.2, 0.5, 1.0)
@@ -47,7 +47,9 @@ def reference_count(curve, alpha):
 
 def distinct_scores(n, generator):
     """n distinct floats in random order."""
-    return (torch.randperm(n, generator=generator).double() + 0.5 * torch.rand(n, generator=generator, dtype=torch.float64)).float()
+    return (
+        torch.randperm(n, generator=generator).double() + 0.5 * torch.rand(n, generator=generator, dtype=torch.float64)
+    ).float()
 
 
 def score_pairs():
@@ -202,7 +204,13 @@ def test_two_tolerances_from_one_score_collection(monkeypatch):
     before = copy.deepcopy(scores)
     results = {}
     for alpha, counts in ((low, counts_low), (high, counts_high)):
-        result = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=helpers.example_inputs(), tolerance=alpha, recalibrate=False)
+        result = lightning_fair.prune(
+            copy.deepcopy(model),
+            scores=scores,
+            example_inputs=helpers.example_inputs(),
+            tolerance=alpha,
+            recalibrate=False,
+        )
         assert result.scores is scores
         assert result.counts == counts
         # small_cnn has no coupled layers: every layer loses exactly its own ToD count
@@ -245,8 +253,12 @@ def test_prune_l1_ranking_removes_smallest_l1_with_utilization_counts():
     x = helpers.example_inputs()
     alpha = 0.3
     weights = {name: module.weight.detach().clone() for name, module in model.named_modules() if name in scores.layers}
-    fair = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, recalibrate=False, ranking="utilization")
-    l1 = lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, ranking="l1", recalibrate=False)
+    fair = lightning_fair.prune(
+        copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, recalibrate=False, ranking="utilization"
+    )
+    l1 = lightning_fair.prune(
+        copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, ranking="l1", recalibrate=False
+    )
     assert _removed_per_layer(l1.report) == _removed_per_layer(fair.report) == tolerance_counts(scores, alpha)
     differs = False
     for name in scores.layers:  # every group of small_cnn has one member
@@ -265,8 +277,18 @@ def test_prune_random_ranking_is_reproducible():
     model = helpers.trained_small_cnn()
     scores = helpers.trained_small_cnn_scores()
     x = helpers.example_inputs()
-    runs = [lightning_fair.prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, ranking="random", seed=s, recalibrate=False)
-            for s in (5, 5, 6)]
+    runs = [
+        lightning_fair.prune(
+            copy.deepcopy(model),
+            scores=scores,
+            example_inputs=x,
+            tolerance=0.3,
+            ranking="random",
+            seed=s,
+            recalibrate=False,
+        )
+        for s in (5, 5, 6)
+    ]
     assert runs[0].removed == runs[1].removed
     assert runs[0].removed != runs[2].removed
     assert _removed_per_layer(runs[2].report) == tolerance_counts(scores, 0.3)

@@ -17,9 +17,11 @@ from lightning_fair.demos import zoo
 
 
 def fingerprint(model: nn.Module):
-    return ({n: p for n, p in model.named_parameters()},
-            {k: v.detach().clone() for k, v in model.state_dict().items()},
-            {n: m.training for n, m in model.named_modules()})
+    return (
+        {n: p for n, p in model.named_parameters()},
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        {n: m.training for n, m in model.named_modules()},
+    )
 
 
 def assert_untouched(model: nn.Module, before) -> None:
@@ -88,6 +90,7 @@ def test_nan_or_inf_is_refused(model, where):
     elif where == "activation":
         handle = model.features[1][0].register_forward_hook(lambda m, a, out: out * float("inf"))
     elif where == "gradient":
+
         class InfGrad(torch.autograd.Function):
             @staticmethod
             def forward(ctx, t):
@@ -96,6 +99,7 @@ def test_nan_or_inf_is_refused(model, where):
             @staticmethod
             def backward(ctx, g):
                 return g * float("inf")
+
         handle = model.features[3][0].register_forward_hook(lambda m, a, out: InfGrad.apply(out))
     else:
         loss_fn = lambda logits, target: nn.functional.cross_entropy(logits, target) / 0.0  # noqa: E731
@@ -137,8 +141,14 @@ def test_unreachable_target_says_what_is_reachable(model):
     before = fingerprint(model)
     scores = helpers.trained_small_cnn_scores()
     with pytest.raises(ValueError, match=r"cannot be reached.*ask for target_macs>=0\.\d+") as error:
-        prune(model, scores=scores, example_inputs=helpers.example_inputs(), target_macs=0.001,
-              allocation="tod", recalibrate=False)
+        prune(
+            model,
+            scores=scores,
+            example_inputs=helpers.example_inputs(),
+            target_macs=0.001,
+            allocation="tod",
+            recalibrate=False,
+        )
     assert "target_macs=0.001" in str(error.value)
     with pytest.raises(ValueError, match=r"target_macs is the fraction to keep, in \(0, 1\]"):
         prune(model, scores=scores, example_inputs=helpers.example_inputs(), target_macs=1.5)
@@ -158,8 +168,9 @@ def test_empty_dataloader(model):
     with pytest.raises(ValueError, match="yielded no batches; pass a non-empty dataloader"):
         prune(model, [], tolerance=0.1, **FAST)
     with pytest.raises(ValueError, match="yielded no batches"):
-        compute_scores(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 1, 8, 8))),
-                       **FAST)
+        compute_scores(
+            model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 1, 8, 8))), **FAST
+        )
     assert_untouched(model, before)
 
 

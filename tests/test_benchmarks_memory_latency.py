@@ -38,8 +38,15 @@ def tiny_cnn():
 def test_memory_buffers_flat_in_batches_linear_in_n(memory, tmp_path):
     model = tiny_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    results = memory.run(quick=True, models={"tiny": (model, torch.zeros(1, 1, 8, 8))}, batch_counts=(1, 3),
-                         samples_per_class=(2, 4), batch_size=16, num_projections=8, measure_rss=False)
+    results = memory.run(
+        quick=True,
+        models={"tiny": (model, torch.zeros(1, 1, 8, 8))},
+        batch_counts=(1, 3),
+        samples_per_class=(2, 4),
+        batch_size=16,
+        num_projections=8,
+        measure_rss=False,
+    )
     rows = results["rows"]
     assert len(rows) == 4
     by_n = {}
@@ -60,8 +67,13 @@ def test_memory_buffers_flat_in_batches_linear_in_n(memory, tmp_path):
 
 
 def test_memory_subprocess_peak(memory):
-    results = memory.run(models={"tiny": (tiny_cnn(), torch.zeros(1, 1, 8, 8))}, batch_counts=(2,),
-                         samples_per_class=(2,), batch_size=16, num_projections=8)
+    results = memory.run(
+        models={"tiny": (tiny_cnn(), torch.zeros(1, 1, 8, 8))},
+        batch_counts=(2,),
+        samples_per_class=(2,),
+        batch_size=16,
+        num_projections=8,
+    )
     row = results["rows"][0]
     assert "rss_error" not in results["models"]["tiny"], results["models"]["tiny"]
     assert row["peak_delta_mib"] is not None and row["peak_delta_mib"] >= 0
@@ -77,8 +89,9 @@ def test_latency_pruned_vs_original(latency, tmp_path):
     original = tiny_cnn()
     data = [(torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 10)]
     pruned = prune(original, data, tolerance=0.3, samples_per_class=4, num_projections=8, inplace=False).model
-    results = latency.run(quick=True, models={"tiny": (original, pruned, torch.zeros(1, 1, 8, 8))}, threads=(1,),
-                          repeats={1: 3, 64: 2})
+    results = latency.run(
+        quick=True, models={"tiny": (original, pruned, torch.zeros(1, 1, 8, 8))}, threads=(1,), repeats={1: 3, 64: 2}
+    )
     rows = results["rows"]
     assert [r["kind"] for r in rows] == ["structured", "unstructured"]
     for row in rows:

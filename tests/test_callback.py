@@ -11,7 +11,6 @@ import torch
 import torch_pruning as tp
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning_fair.removal.planner import DependencyPlanner
 from lightning_helpers import (
     CONVS,
     FAST,
@@ -33,6 +32,7 @@ from torch import nn
 import lightning_fair.lightning.callback
 import lightning_fair.pipeline.oneshot
 from lightning_fair.lightning.callback import PruningError
+from lightning_fair.removal.planner import DependencyPlanner
 from lightning_fair.units.cost import measure
 
 TOLERANCE = 0.1
@@ -67,8 +67,12 @@ class Capturing(FairPruneCallback):
             super().prune_now(trainer, pl_module, stage)
         except BaseException as error:
             # compare now, inside the hook: nothing else has had a chance to change the model
-            self.failure = {"error": error, "params": dict(pl_module.named_parameters()),
-                            "state": state_copy(pl_module), "shapes": shapes(pl_module)}
+            self.failure = {
+                "error": error,
+                "params": dict(pl_module.named_parameters()),
+                "state": state_copy(pl_module),
+                "shapes": shapes(pl_module),
+            }
             if optimizer is not None:
                 assert_same_optimizer(optimizer, before["optimizer"])
             raise
@@ -121,8 +125,7 @@ def pruned_mid_fit(tmp_path_factory):
         logger = CSVLogger(str(tmp_path), name="logs")
         fit = trainer(tmp_path, [callback, recorder], max_epochs=3, logger=logger)
         fit.fit(model, datamodule=dm)
-        return {"trainer": fit, "model": model, "callback": callback, "recorder": recorder,
-                "log_dir": logger.log_dir}
+        return {"trainer": fit, "model": model, "callback": callback, "recorder": recorder, "log_dir": logger.log_dir}
     finally:
         torch.set_num_threads(threads)
 
@@ -204,9 +207,19 @@ def test_logged_metrics_reach_the_csv_logger(pruned_mid_fit):
     fair_rows = [r for r in rows if r.get("fair/macs_before")]
     assert len(fair_rows) == 1
     row = fair_rows[0]
-    keys = ["fair/macs_before", "fair/macs_after", "fair/macs_ratio", "fair/params_before", "fair/params_after",
-            "fair/params_ratio", "fair/tolerance", "fair/calibration_loss_before", "fair/calibration_loss_after",
-            "fair/calibration_accuracy_before", "fair/calibration_accuracy_after"]
+    keys = [
+        "fair/macs_before",
+        "fair/macs_after",
+        "fair/macs_ratio",
+        "fair/params_before",
+        "fair/params_after",
+        "fair/params_ratio",
+        "fair/tolerance",
+        "fair/calibration_loss_before",
+        "fair/calibration_loss_after",
+        "fair/calibration_accuracy_before",
+        "fair/calibration_accuracy_after",
+    ]
     for key in keys:
         assert finite(row.get(key)), key
     report = callback.last_result.report
@@ -218,7 +231,8 @@ def test_logged_metrics_reach_the_csv_logger(pruned_mid_fit):
     for key in ("fair/calibration_accuracy_before", "fair/calibration_accuracy_after"):
         assert 0.0 <= float(row[key]) <= 1.0
     assert float(row["fair/calibration_loss_before"]) == pytest.approx(
-        callback.last_result.scores.config["calibration_loss"])
+        callback.last_result.scores.config["calibration_loss"]
+    )
     model = pruned_mid_fit["model"]
     modules = dict(model.named_modules())
     # the kept channels logged are the widths right after pruning (epoch 2 does not change widths)
@@ -325,11 +339,16 @@ def test_adam_state_is_sliced_to_the_kept_channels(tmp_path):
     class AfterPrune(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
             optimizer = trainer.optimizers[0]
-            seen.update({n: {k: v.clone() if isinstance(v, torch.Tensor) else v
-                             for k, v in optimizer.state[p].items()}
-                         for n, p in pl_module.named_parameters() if p in optimizer.state})
-            seen["__objects__"] = {n: optimizer.state[p] for n, p in pl_module.named_parameters()
-                                   if p in optimizer.state}
+            seen.update(
+                {
+                    n: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state[p].items()}
+                    for n, p in pl_module.named_parameters()
+                    if p in optimizer.state
+                }
+            )
+            seen["__objects__"] = {
+                n: optimizer.state[p] for n, p in pl_module.named_parameters() if p in optimizer.state
+            }
 
     fit = trainer(tmp_path, [callback, AfterPrune()], max_epochs=1, limit_val_batches=2)
     fit.fit(model, datamodule=dm)
@@ -413,24 +432,34 @@ def _failing_real_recalibration(monkeypatch):
                 if number == 1:
                     raise OSError("boom: calibration data unreadable")
                 yield batch
+
         return original(model, batches(), **kwargs)
 
     monkeypatch.setattr(lightning_fair.pipeline.oneshot, "recalibrate_bn", recalibrate_bn)
 
 
 def _failing_compensation(monkeypatch):
-    monkeypatch.setattr(lightning_fair.pipeline.oneshot, "fold_mean_replacement",
-                        _raise_after(lightning_fair.pipeline.oneshot.fold_mean_replacement, "boom in compensation"))
+    monkeypatch.setattr(
+        lightning_fair.pipeline.oneshot,
+        "fold_mean_replacement",
+        _raise_after(lightning_fair.pipeline.oneshot.fold_mean_replacement, "boom in compensation"),
+    )
 
 
 def _failing_repoint(monkeypatch):
-    monkeypatch.setattr(lightning_fair.lightning.callback, "repoint_optimizer",
-                        _raise_after(lightning_fair.lightning.callback.repoint_optimizer, "boom in repoint"))
+    monkeypatch.setattr(
+        lightning_fair.lightning.callback,
+        "repoint_optimizer",
+        _raise_after(lightning_fair.lightning.callback.repoint_optimizer, "boom in repoint"),
+    )
 
 
 def _failing_evaluation(monkeypatch):
-    monkeypatch.setattr(lightning_fair.lightning.callback, "evaluate", _raise_after(lightning_fair.lightning.callback.evaluate,
-                                                                          "boom in evaluate"))
+    monkeypatch.setattr(
+        lightning_fair.lightning.callback,
+        "evaluate",
+        _raise_after(lightning_fair.lightning.callback.evaluate, "boom in evaluate"),
+    )
 
 
 def _raise_after(original, message):
@@ -454,8 +483,9 @@ FAILURES = {
 
 
 def _hooks(model) -> dict:
-    return {n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for n, m in model.named_modules()}
+    return {
+        n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for n, m in model.named_modules()
+    }
 
 
 class Guarded(FairPruneCallback):
@@ -464,14 +494,18 @@ class Guarded(FairPruneCallback):
     def prune_now(self, trainer, pl_module, stage="fit"):
         (optimizer,) = trainer.optimizers
         before = {
-            "epoch": trainer.current_epoch, "step": trainer.global_step,
-            "params": dict(pl_module.named_parameters()), "buffers": dict(pl_module.named_buffers()),
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "params": dict(pl_module.named_parameters()),
+            "buffers": dict(pl_module.named_buffers()),
             "state": state_copy(pl_module),
             "grads": {n: (p.grad, None if p.grad is None else p.grad.clone()) for n, p in pl_module.named_parameters()},
             "training": {n: m.training for n, m in pl_module.named_modules()},
             "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
-            "optimizer": optimizer_copy(optimizer), "group_lists": [g["params"] for g in optimizer.param_groups],
-            "hooks": _hooks(pl_module), "attributes": set(pl_module.__dict__),
+            "optimizer": optimizer_copy(optimizer),
+            "group_lists": [g["params"] for g in optimizer.param_groups],
+            "hooks": _hooks(pl_module),
+            "attributes": set(pl_module.__dict__),
         }
         try:
             super().prune_now(trainer, pl_module, stage)
@@ -539,20 +573,44 @@ def test_keyboard_interrupt_restores_and_propagates_unchanged(tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------ 7: bad options
-@pytest.mark.parametrize("kwargs", [
-    {"tolerance": 2}, {"tolerance": -0.1}, {"prune_at": "sometimes"}, {"prune_at": -1}, {"prune_at": True},
-    {"prune_at": 1.5}, {"target_macs": 0}, {"target_macs": 1.5}, {"target_params": 0},
-    {"target_macs": 0.5, "target_params": 0.5}, {"ranking": "x"}, {"observe": "x"}, {"group_policy": "x"},
-    {"max_batches": 0}, {"max_batches": 1.5}, {"samples_per_class": 0}, {"num_projections": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tolerance": 2},
+        {"tolerance": -0.1},
+        {"prune_at": "sometimes"},
+        {"prune_at": -1},
+        {"prune_at": True},
+        {"prune_at": 1.5},
+        {"target_macs": 0},
+        {"target_macs": 1.5},
+        {"target_params": 0},
+        {"target_macs": 0.5, "target_params": 0.5},
+        {"ranking": "x"},
+        {"observe": "x"},
+        {"group_policy": "x"},
+        {"max_batches": 0},
+        {"max_batches": 1.5},
+        {"samples_per_class": 0},
+        {"num_projections": 0},
+    ],
+)
 def test_bad_options_raise_at_construction(kwargs):
     with pytest.raises(ValueError):
         FairPruneCallback(**kwargs)
 
 
 def test_good_options_construct():
-    for kwargs in ({"prune_at": 0}, {"prune_at": "validate"}, {"target_macs": 0.5}, {"target_params": 1.0},
-                   {"max_batches": 1}, {"ranking": "l1"}, {"tolerance": 0.0}, {"tolerance": 1.0}):
+    for kwargs in (
+        {"prune_at": 0},
+        {"prune_at": "validate"},
+        {"target_macs": 0.5},
+        {"target_params": 1.0},
+        {"max_batches": 1},
+        {"ranking": "l1"},
+        {"tolerance": 0.0},
+        {"tolerance": 1.0},
+    ):
         FairPruneCallback(**kwargs)
 
 
@@ -574,7 +632,7 @@ def test_dataloader_option_overrides_the_validation_loader(tmp_path):
     model, dm = classifier(), datamodule()
     dm.setup("fit")
     x, y = dm.train_set.tensors
-    calibration = [(x[i:i + 50], y[i:i + 50]) for i in range(0, 150, 50)]  # 3 batches; val has 5
+    calibration = [(x[i : i + 50], y[i : i + 50]) for i in range(0, 150, 50)]  # 3 batches; val has 5
     callback = FairPruneCallback(prune_at=0, tolerance=TOLERANCE, dataloader=calibration, **FAST)
     trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2).fit(model, datamodule=dm)
     assert callback.last_result.scores.config["num_batches"] == 3
@@ -627,8 +685,9 @@ def test_callback_state_round_trips_through_a_checkpoint(tmp_path):
     model, dm = classifier(), datamodule()
     callback = FairPruneCallback(prune_at=0, tolerance=TOLERANCE, **FAST)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer(tmp_path, [callback, checkpoint], max_epochs=1, enable_checkpointing=True,
-            limit_train_batches=2).fit(model, datamodule=dm)
+    trainer(tmp_path, [callback, checkpoint], max_epochs=1, enable_checkpointing=True, limit_train_batches=2).fit(
+        model, datamodule=dm
+    )
     assert len(callback.events) == 1
     data = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     (key,) = [k for k in data["callbacks"] if k.startswith("FairPruneCallback")]
@@ -666,8 +725,15 @@ def _plain(value) -> bool:
 
 
 def _event(**changes):
-    event = {"stage": "fit", "epoch": 1, "global_step": 20, "tolerance": 0.1, "macs_ratio": 0.5,
-             "params_ratio": 0.6, "report": {"layers": [], "macs_before": 10}}
+    event = {
+        "stage": "fit",
+        "epoch": 1,
+        "global_step": 20,
+        "tolerance": 0.1,
+        "macs_ratio": 0.5,
+        "params_ratio": 0.6,
+        "report": {"layers": [], "macs_before": 10},
+    }
     event.update(changes)
     return {k: v for k, v in event.items() if v is not _DROP}
 
@@ -688,8 +754,10 @@ MALFORMED_STATES = {
     "ratio_a_string": ({"events": [_event(macs_ratio="0.5")]}, r"\['macs_ratio'\] must be a finite number"),
     "ratio_nan": ({"events": [_event(params_ratio=float("nan"))]}, r"\['params_ratio'\] must be a finite number"),
     "report_not_a_dict": ({"events": [_event(report="table")]}, r"\['report'\] must be a dict, got str"),
-    "object_inside": ({"events": [_event(report={"device": torch.device("cpu")})]},
-                      r"events.*\['device'\] is a device, not plain data"),
+    "object_inside": (
+        {"events": [_event(report={"device": torch.device("cpu")})]},
+        r"events.*\['device'\] is a device, not plain data",
+    ),
     "tensor_inside": ({"events": [_event()], "extra": torch.zeros(2)}, r"\['extra'\] is a Tensor, not plain data"),
 }
 
@@ -729,10 +797,10 @@ def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
     model, dm = classifier(), datamodule()
-    callback = FairPruneCallback(prune_at=0, tolerance=TOLERANCE, max_batches=3,
-                                 **{**FAST, "progress": True})
+    callback = FairPruneCallback(prune_at=0, tolerance=TOLERANCE, max_batches=3, **{**FAST, "progress": True})
     trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2, enable_progress_bar=True).fit(
-        model, datamodule=dm)
+        model, datamodule=dm
+    )
     ours = [bar for bar in bars if bar.desc.startswith("lightning_fair")]
     assert callback.last_result.report.recalibrated, "the test model has BatchNorm: it is re-estimated"
     assert [bar.desc for bar in ours] == ["lightning_fair: scoring units", "lightning_fair: re-estimating BatchNorm"]

@@ -10,11 +10,6 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning_fair.removal.history import (
-    CHECKPOINT_KEY,
-    pruning_state,
-    replay_pruning,
-)
 from lightning_helpers import (
     FAST,
     FairPruneCallback,
@@ -28,6 +23,11 @@ from lightning_helpers import (
 from lightning_fair import load_pruned, prune, save_pruned
 from lightning_fair.demos import zoo
 from lightning_fair.demos.digits import ImageClassifier
+from lightning_fair.removal.history import (
+    CHECKPOINT_KEY,
+    pruning_state,
+    replay_pruning,
+)
 
 PRUNE_FAST = {k: v for k, v in FAST.items() if k in ("samples_per_class", "num_projections")}
 
@@ -62,8 +62,14 @@ def pruned_run(tmp_path_factory):
         fit = trainer(tmp_path, [callback, checkpoint], max_epochs=2, enable_checkpointing=True)
         fit.fit(model, datamodule=dm)
         assert [e["epoch"] for e in callback.events] == [1]
-        return {"model": model, "dm": dm, "callback": callback, "trainer": fit, "dir": tmp_path / "ckpt",
-                "tmp": tmp_path}
+        return {
+            "model": model,
+            "dm": dm,
+            "callback": callback,
+            "trainer": fit,
+            "dir": tmp_path / "ckpt",
+            "tmp": tmp_path,
+        }
     finally:
         torch.set_num_threads(threads)
 
@@ -110,8 +116,11 @@ def test_fit_resumes_from_a_pruned_checkpoint(pruned_run, tmp_path):
             optimizer = trainer.optimizers[0]
             params = [p for g in optimizer.param_groups for p in g["params"]]
             seen["shapes"] = shapes(pl_module)
-            seen["state"] = {i: {k: v.clone() for k, v in optimizer.state[p].items()}
-                             for i, p in enumerate(params) if p in optimizer.state}
+            seen["state"] = {
+                i: {k: v.clone() for k, v in optimizer.state[p].items()}
+                for i, p in enumerate(params)
+                if p in optimizer.state
+            }
             seen["ids"] = {id(p) for p in params} == {id(p) for p in pl_module.parameters()}
             seen["epoch"] = trainer.current_epoch
 
@@ -136,8 +145,11 @@ def test_fit_resumes_from_a_pruned_checkpoint(pruned_run, tmp_path):
     assert len(seen["losses"]) == 2 and all(math.isfinite(v) for v in seen["losses"])
     assert callback.events == pruned_run["callback"].events
     assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 4
-    assert all(fresh.get_parameter(n).shape == torch.Size(s) for n, s in pruned_shapes.items()
-               if n in dict(fresh.named_parameters()))
+    assert all(
+        fresh.get_parameter(n).shape == torch.Size(s)
+        for n, s in pruned_shapes.items()
+        if n in dict(fresh.named_parameters())
+    )
 
 
 def test_residual_network_checkpoint_round_trip(tmp_path):
@@ -145,8 +157,14 @@ def test_residual_network_checkpoint_round_trip(tmp_path):
     model, dm = classifier(arch="resnet"), datamodule()
     callback = FairPruneCallback(prune_at=0, tolerance=0.3, **FAST)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer(tmp_path, [callback, checkpoint], max_epochs=1, limit_train_batches=3, limit_val_batches=2,
-            enable_checkpointing=True).fit(model, datamodule=dm)
+    trainer(
+        tmp_path,
+        [callback, checkpoint],
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        enable_checkpointing=True,
+    ).fit(model, datamodule=dm)
     assert callback.events and shapes(model) != shapes(classifier(arch="resnet"))
     restored = ImageClassifier.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     x = next(iter(dm.val_dataloader()))[0]
@@ -182,8 +200,10 @@ def _callback_state_edited(data):
 
 CKPT_CASES = {
     "weights_wider_than_history": (
-        _widened, r"saved weights do not fit .*'net.features.0.0.weight' is \[\d+, 1, 3, 3\] in the checkpoint "
-                  r"but \[\d+, 1, 3, 3\] in the model"),
+        _widened,
+        r"saved weights do not fit .*'net.features.0.0.weight' is \[\d+, 1, 3, 3\] in the checkpoint "
+        r"but \[\d+, 1, 3, 3\] in the model",
+    ),
     "unknown_layer": (_unknown_layer_ckpt, r"row 0 names the layer 'net.no_such_layer'"),
     "index_out_of_range": (_out_of_range_ckpt, r"row \d+ \('net[\w.]+'\): removes \w+ channel 999 .*out of range"),
     "string_index": (_string_index_ckpt, r"row 0 .*indices must be integers, got '1'"),
@@ -203,10 +223,14 @@ def _edited_checkpoint(source, tmp_path, edit):
 
 
 def _module_record(model):
-    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "shapes": shapes(model),
-            "params": dict(model.named_parameters()), "buffers": dict(model.named_buffers()),
-            "training": {n: m.training for n, m in model.named_modules()},
-            "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()}}
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "shapes": shapes(model),
+        "params": dict(model.named_parameters()),
+        "buffers": dict(model.named_buffers()),
+        "training": {n: m.training for n, m in model.named_modules()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+    }
 
 
 def assert_module_untouched(model, record):
@@ -357,11 +381,15 @@ def _fresh_with_record(seed: int = 2):
     fresh = resnet(seed=seed)
     fresh.layer_frozen = None  # an attribute that must survive
     fresh.features[0][0].weight.requires_grad_(False)  # a frozen parameter stays frozen
-    record = {"state": {k: v.clone() for k, v in fresh.state_dict().items()}, "shapes": shapes(fresh),
-              "params": dict(fresh.named_parameters()), "buffers": dict(fresh.named_buffers()),
-              "training": {n: m.training for n, m in fresh.named_modules()},
-              "requires_grad": {n: p.requires_grad for n, p in fresh.named_parameters()},
-              "pruning": pruning_state(fresh)}
+    record = {
+        "state": {k: v.clone() for k, v in fresh.state_dict().items()},
+        "shapes": shapes(fresh),
+        "params": dict(fresh.named_parameters()),
+        "buffers": dict(fresh.named_buffers()),
+        "training": {n: m.training for n, m in fresh.named_modules()},
+        "requires_grad": {n: p.requires_grad for n, p in fresh.named_parameters()},
+        "pruning": pruning_state(fresh),
+    }
     return fresh, record
 
 
@@ -378,12 +406,16 @@ def assert_untouched(model, record):
     assert outputs(model, helpers.example_inputs(2)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("edit, replay_fails, message", [
-    (_unknown_layer, True, r"row 0 names the layer 'net.no_such_layer', which this model does not have"),
-    (_out_of_range, True, r"row \d+ \('[\w.]+'\): removes \w+ channel 999 .*out of range"),
-    (_too_many, True, r"row \d+ \('[\w.]+'\): removes \w+ channel 63 .*out of range"),
-    (_last_row_lost, False, r"weights do not fit .* is \[\d+(, \d+)*\] in the checkpoint but"),
-], ids=["unknown_layer", "index_out_of_range", "too_many_indices", "weights_do_not_fit"])
+@pytest.mark.parametrize(
+    "edit, replay_fails, message",
+    [
+        (_unknown_layer, True, r"row 0 names the layer 'net.no_such_layer', which this model does not have"),
+        (_out_of_range, True, r"row \d+ \('[\w.]+'\): removes \w+ channel 999 .*out of range"),
+        (_too_many, True, r"row \d+ \('[\w.]+'\): removes \w+ channel 63 .*out of range"),
+        (_last_row_lost, False, r"weights do not fit .* is \[\d+(, \d+)*\] in the checkpoint but"),
+    ],
+    ids=["unknown_layer", "index_out_of_range", "too_many_indices", "weights_do_not_fit"],
+)
 def test_a_history_that_does_not_fit_leaves_the_model_alone(twice_pruned, tmp_path, edit, replay_fails, message):
     path = _rewritten(twice_pruned["path"], tmp_path, edit)
     loaders = [lambda m: load_pruned(m, path)]
@@ -400,12 +432,14 @@ def test_a_history_that_does_not_fit_leaves_the_model_alone(twice_pruned, tmp_pa
 def _set_row(index, value):
     def edit(state):
         state["history"][index] = value
+
     return edit
 
 
 def _set_indices(value):
     def edit(state):
         state["history"][-1][2] = value
+
     return edit
 
 
@@ -415,12 +449,14 @@ def _set(path, value):
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return edit
 
 
 def _delete(key):
     def edit(state):
         del state[key]
+
     return edit
 
 
@@ -461,8 +497,10 @@ def test_a_malformed_pruning_state_is_refused_before_anything_changes(twice_prun
     edit(data[CHECKPOINT_KEY])
     path = tmp_path / "edited.pt"
     torch.save(data, path)
-    for load in (lambda m: load_pruned(m, path),
-                 lambda m: replay_pruning(m, torch.load(path, weights_only=True)[CHECKPOINT_KEY])):
+    for load in (
+        lambda m: load_pruned(m, path),
+        lambda m: replay_pruning(m, torch.load(path, weights_only=True)[CHECKPOINT_KEY]),
+    ):
         fresh, record = _fresh_with_record()
         with pytest.raises(ValueError, match=message) as error:
             load(fresh)
@@ -483,8 +521,9 @@ def test_removing_every_channel_of_a_layer_is_refused(twice_pruned):
     fresh, record = _fresh_with_record()
     width = fresh.features[0][0].out_channels
     state["history"] = [["features.0.0", True, list(range(width))]]
-    with pytest.raises(ValueError, match=f"row 0 \\('features.0.0'\\): removes {width} output channels but the layer "
-                                         f"has only {width}"):
+    with pytest.raises(
+        ValueError, match=f"row 0 \\('features.0.0'\\): removes {width} output channels but the layer has only {width}"
+    ):
         replay_pruning(fresh, state)
     assert_untouched(fresh, record)
 
@@ -495,8 +534,11 @@ def test_a_model_pruned_differently_is_refused(twice_pruned):
     fresh = resnet(seed=2)
     replay_pruning(fresh, first)
     assert pruning_state(fresh)["history"] == state["history"][:1]
-    record = {"state": {k: v.clone() for k, v in fresh.state_dict().items()}, "shapes": shapes(fresh),
-              "params": dict(fresh.named_parameters())}
+    record = {
+        "state": {k: v.clone() for k, v in fresh.state_dict().items()},
+        "shapes": shapes(fresh),
+        "params": dict(fresh.named_parameters()),
+    }
     other = copy.deepcopy(state)
     other["history"][0][2] = [i for i in range(8) if i not in state["history"][0][2]][:1]
     for bad in (other, {**state, "history": []}):  # different first row; shorter than what was applied

@@ -1,5 +1,6 @@
 """LightningCLI integration: the plain LightningCLI callback forms, FairCLI's --prune.* group and its
 ``prune`` subcommand (in-process and through the console script)."""
+
 import json
 import os
 import shutil
@@ -19,10 +20,17 @@ from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
 from lightning_fair.lightning.cli import FairCLI  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
-         "--data=lightning_fair.demos.digits.DigitsDataModule"]
-FAST_PRUNE = ["--prune.progress=false", "--prune.verbose=false", "--prune.samples_per_class=8",
-              "--prune.num_projections=8"]
+MODEL = [
+    "--model=lightning_fair.demos.digits.ImageClassifier",
+    "--model.width=8",
+    "--data=lightning_fair.demos.digits.DigitsDataModule",
+]
+FAST_PRUNE = [
+    "--prune.progress=false",
+    "--prune.verbose=false",
+    "--prune.samples_per_class=8",
+    "--prune.num_projections=8",
+]
 WIDTHS = [8, 8, 16, 64]  # small_cnn(width=8): units of net.features.0.0, .1.0, .3.0, net.head.0
 
 
@@ -31,11 +39,14 @@ from lightning_helpers import trainer_args  # noqa: E402
 pytestmark = pytest.mark.usefixtures("quiet_cli")
 
 
-
 def widths(model):
     net = model.net
-    return [net.features[0][0].out_channels, net.features[1][0].out_channels, net.features[3][0].out_channels,
-            net.head[0].out_features]
+    return [
+        net.features[0][0].out_channels,
+        net.features[1][0].out_channels,
+        net.features[3][0].out_channels,
+        net.head[0].out_features,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +69,16 @@ def test_fit_without_prune_flags_adds_nothing(trained):
 
 
 def test_fit_with_prune_flags_prunes(tmp_path):
-    cli = FairCLI(args=["fit", *MODEL, *trainer_args(tmp_path, epochs=2), "--prune.tolerance=0.05",
-                        "--prune.prune_at=0", *FAST_PRUNE])
+    cli = FairCLI(
+        args=[
+            "fit",
+            *MODEL,
+            *trainer_args(tmp_path, epochs=2),
+            "--prune.tolerance=0.05",
+            "--prune.prune_at=0",
+            *FAST_PRUNE,
+        ]
+    )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert callback.prune_at == 0 and callback.config.tolerance == 0.05
     assert callback.last_result.report.options["preset"] == "default" and callback.last_result.report.recalibrated
@@ -98,13 +117,22 @@ def test_prune_at_takes_a_list_of_epochs(tmp_path):
 
 
 def test_plain_lightningcli_callback_flags(tmp_path):
-    cli = LightningCLI(ImageClassifier, DigitsDataModule, args=[
-        "fit", "--model.width=8", *trainer_args(tmp_path),
-        "--trainer.callbacks+=lightning_fair.FairPruneCallback", "--trainer.callbacks.tolerance=0.05",
-        "--trainer.callbacks.progress=false", "--trainer.callbacks.verbose=false",
-        "--trainer.callbacks.num_projections=8", "--trainer.callbacks.samples_per_class=8",
-        "--trainer.callbacks.loss_fn=torch.nn.functional.cross_entropy",
-    ])
+    cli = LightningCLI(
+        ImageClassifier,
+        DigitsDataModule,
+        args=[
+            "fit",
+            "--model.width=8",
+            *trainer_args(tmp_path),
+            "--trainer.callbacks+=lightning_fair.FairPruneCallback",
+            "--trainer.callbacks.tolerance=0.05",
+            "--trainer.callbacks.progress=false",
+            "--trainer.callbacks.verbose=false",
+            "--trainer.callbacks.num_projections=8",
+            "--trainer.callbacks.samples_per_class=8",
+            "--trainer.callbacks.loss_fn=torch.nn.functional.cross_entropy",
+        ],
+    )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert callback.loss_fn is torch.nn.functional.cross_entropy
     assert callback.events and callback.events[0]["stage"] == "fit"  # pruned at fit end
@@ -144,14 +172,28 @@ def test_example_config_and_prune_section(tmp_path):
         FairCLI(args=["-c", example, "--prune.prune_at=5", *trainer_args(tmp_path)], run=False)
     # at different moments, both act (e.g. prune at epoch 5 and again at the end of fit)
     cli = FairCLI(args=["-c", example, "--prune.tolerance=0.1", *trainer_args(tmp_path)], run=False)
-    assert sorted(str(c.prune_at) for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)) == ["5", "fit_end"]
+    assert sorted(str(c.prune_at) for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)) == [
+        "5",
+        "fit_end",
+    ]
 
 
 def test_prune_subcommand(trained, tmp_path, capsys):
     _, ckpt = trained
     out = tmp_path / "out"
-    cli = FairCLI(args=["prune", *MODEL, *trainer_args(tmp_path), f"--ckpt_path={ckpt}", f"--output_dir={out}",
-                        "--tolerance=0.1", "--num_projections=8", "--samples_per_class=8", "--max_batches=3"])
+    cli = FairCLI(
+        args=[
+            "prune",
+            *MODEL,
+            *trainer_args(tmp_path),
+            f"--ckpt_path={ckpt}",
+            f"--output_dir={out}",
+            "--tolerance=0.1",
+            "--num_projections=8",
+            "--samples_per_class=8",
+            "--max_batches=3",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "MACs" in printed and "validation loss" in printed
 
@@ -180,12 +222,32 @@ def test_prune_subcommand(trained, tmp_path, capsys):
 def test_prune_subcommand_pipeline_flags(trained, tmp_path):
     _, ckpt = trained
     out = tmp_path / "out"
-    FairCLI(args=["prune", *MODEL, *trainer_args(tmp_path), f"--ckpt_path={ckpt}", f"--output_dir={out}",
-                  "--tolerance=0.1", "--num_projections=8", "--samples_per_class=8", "--max_batches=3",
-                  "--preset=paper", "--recalibrate=true"])
+    FairCLI(
+        args=[
+            "prune",
+            *MODEL,
+            *trainer_args(tmp_path),
+            f"--ckpt_path={ckpt}",
+            f"--output_dir={out}",
+            "--tolerance=0.1",
+            "--num_projections=8",
+            "--samples_per_class=8",
+            "--max_batches=3",
+            "--preset=paper",
+            "--recalibrate=true",
+        ]
+    )
     report = json.loads((out / "report.json").read_text())["report"]
-    pipeline = {"preset": "paper", "observe": "output", "reconstruction": "abs_of_sum", "group_policy": "min_count",
-                "allocation": "tod", "recalibrate": True, "compensate": False, "criterion": "fair"}
+    pipeline = {
+        "preset": "paper",
+        "observe": "output",
+        "reconstruction": "abs_of_sum",
+        "group_policy": "min_count",
+        "allocation": "tod",
+        "recalibrate": True,
+        "compensate": False,
+        "criterion": "fair",
+    }
     assert {key: report["options"][key] for key in pipeline} == pipeline  # options: the whole config
     assert report["recalibrated"] and not report["compensated"]
     with pytest.raises(SystemExit):  # a bad value is refused by the parser, before anything runs
@@ -201,8 +263,18 @@ def test_prune_subcommand_on_pruned_checkpoint_with_fit_config(trained, tmp_path
     config = tmp_path / "fit" / "config.yaml"
     assert "prune:" in config.read_text()
     with pytest.warns(UserWarning, match="ignored by the prune subcommand"):
-        cli = FairCLI(args=["prune", "-c", str(config), f"--ckpt_path={ckpt}", f"--output_dir={tmp_path / 'out'}",
-                            "--tolerance=0.2", "--num_projections=8", "--samples_per_class=8"])
+        cli = FairCLI(
+            args=[
+                "prune",
+                "-c",
+                str(config),
+                f"--ckpt_path={ckpt}",
+                f"--output_dir={tmp_path / 'out'}",
+                "--tolerance=0.2",
+                "--num_projections=8",
+                "--samples_per_class=8",
+            ]
+        )
     assert sum(widths(cli.model)) < sum(widths(fit.model))
     restored = ImageClassifier.load_from_checkpoint(tmp_path / "out" / "pruned.ckpt")
     assert widths(restored) == widths(cli.model)
@@ -213,16 +285,35 @@ def test_help_documents_the_prune_options(capsys):
         FairCLI(args=["fit", "--help"])
     assert exit_.value.code == 0
     fit_help = capsys.readouterr().out
-    for option in ("--prune.tolerance", "--prune.prune_at", "--prune.target_macs", "--prune.ignored_layers",
-                   "--prune=FairPruneCallback", "--prune.help"):
+    for option in (
+        "--prune.tolerance",
+        "--prune.prune_at",
+        "--prune.target_macs",
+        "--prune.ignored_layers",
+        "--prune=FairPruneCallback",
+        "--prune.help",
+    ):
         assert option in fit_help
 
     with pytest.raises(SystemExit):
         FairCLI(args=["prune", "--help"])
     prune_help = capsys.readouterr().out
-    for option in ("--ckpt_path", "--output_dir", "--tolerance", "--target_macs", "--target_params",
-                   "--samples_per_class", "--num_projections", "--observe", "--seed", "--ranking", "--group_policy",
-                   "--ignored_layers", "--max_batches", "tolerance of difference"):
+    for option in (
+        "--ckpt_path",
+        "--output_dir",
+        "--tolerance",
+        "--target_macs",
+        "--target_params",
+        "--samples_per_class",
+        "--num_projections",
+        "--observe",
+        "--seed",
+        "--ranking",
+        "--group_policy",
+        "--ignored_layers",
+        "--max_batches",
+        "tolerance of difference",
+    ):
         assert option in prune_help
 
     with pytest.raises(SystemExit):
@@ -236,10 +327,23 @@ def test_console_script(trained, tmp_path):
     command = [script] if script else [sys.executable, "-m", "lightning_fair.lightning.cli"]
     out = tmp_path / "out"
     run = subprocess.run(
-        [*command, "prune", *MODEL, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-         "--trainer.enable_progress_bar=false", f"--ckpt_path={ckpt}", f"--output_dir={out}",
-         "--target_macs=0.7", "--num_projections=8", "--samples_per_class=8"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            *command,
+            "prune",
+            *MODEL,
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--ckpt_path={ckpt}",
+            f"--output_dir={out}",
+            "--target_macs=0.7",
+            "--num_projections=8",
+            "--samples_per_class=8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "MACs" in run.stdout

@@ -19,15 +19,17 @@ pytest.importorskip("jsonargparse")
 from lightning_fair import FairPruneCallback, PruneConfig  # noqa: E402
 from lightning_fair.lightning.cli import FairCLI  # noqa: E402
 
-MODEL = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
-         "--data=lightning_fair.demos.digits.DigitsDataModule"]
+MODEL = [
+    "--model=lightning_fair.demos.digits.ImageClassifier",
+    "--model.width=8",
+    "--data=lightning_fair.demos.digits.DigitsDataModule",
+]
 FIRST_CONV = "net.features.0.0"
 
 
 from lightning_helpers import trainer_args  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("quiet_cli")
-
 
 
 def the_callback(cli) -> FairPruneCallback:
@@ -50,15 +52,21 @@ def test_prune_section_with_preset_target_and_ignored_layers_runs_a_fit(tmp_path
     )
     cli = FairCLI(args=["fit", *MODEL, "-c", str(config), *trainer_args(tmp_path)])
     callback = the_callback(cli)
-    assert callback.config == PruneConfig.paper(target_macs=0.6, ignored_layers=[FIRST_CONV], samples_per_class=8,
-                                                num_projections=8)
+    assert callback.config == PruneConfig.paper(
+        target_macs=0.6, ignored_layers=[FIRST_CONV], samples_per_class=8, num_projections=8
+    )
     assert callback.prune_at == 0 and not callback.progress and not callback.verbose
     assert [event["epoch"] for event in callback.events] == [0]
     report = callback.last_result.report
     assert report.macs_ratio <= 0.6
     # the paper preset: U on the layer output, ToD counts, nothing after removal
     assert {key: report.options[key] for key in ("preset", "observe", "allocation", "compensate", "recalibrate")} == {
-        "preset": "paper", "observe": "output", "allocation": "tod", "compensate": False, "recalibrate": False}
+        "preset": "paper",
+        "observe": "output",
+        "allocation": "tod",
+        "compensate": False,
+        "recalibrate": False,
+    }
     assert report.options["ignored_layers"] == [FIRST_CONV]
     assert cli.model.net.features[0][0].out_channels == 8  # the ignored layer kept all its channels
     assert callback.last_result.level_name == "tolerance"
@@ -66,17 +74,21 @@ def test_prune_section_with_preset_target_and_ignored_layers_runs_a_fit(tmp_path
 
 def test_prune_section_in_class_path_init_args_form(tmp_path):
     config = tmp_path / "pruning.yaml"
-    config.write_text("prune:\n  class_path: lightning_fair.FairPruneCallback\n"
-                      "  init_args:\n    tolerance: 0.1\n    prune_at: 3\n    criterion: screening\n")
+    config.write_text(
+        "prune:\n  class_path: lightning_fair.FairPruneCallback\n"
+        "  init_args:\n    tolerance: 0.1\n    prune_at: 3\n    criterion: screening\n"
+    )
     callback = the_callback(FairCLI(args=[*MODEL, "-c", str(config), *trainer_args(tmp_path)], run=False))
     assert callback.prune_at == 3 and callback.config == PruneConfig(tolerance=0.1, criterion="screening")
 
 
 def test_trainer_callbacks_with_a_preset_under_faircli(tmp_path):
     config = tmp_path / "pruning.yaml"
-    config.write_text("trainer:\n  callbacks:\n    - class_path: lightning_fair.FairPruneCallback\n"
-                      "      init_args:\n        preset: paper\n        target_params: 0.5\n"
-                      "        ignored_layers: [net.head.0]\n        prune_at: validate\n")
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_fair.FairPruneCallback\n"
+        "      init_args:\n        preset: paper\n        target_params: 0.5\n"
+        "        ignored_layers: [net.head.0]\n        prune_at: validate\n"
+    )
     cli = FairCLI(args=[*MODEL, "-c", str(config), *trainer_args(tmp_path)], run=False)
     callback = the_callback(cli)
     assert cli.config.prune is None  # trainer.callbacks, not the --prune group
@@ -88,9 +100,21 @@ def test_prune_subcommand_preset_target_and_ignored_layers_flags(tmp_path):
     fit = FairCLI(args=["fit", *MODEL, *trainer_args(tmp_path / "fit")])
     ckpt = fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "out"
-    cli = FairCLI(args=["prune", *MODEL, *trainer_args(tmp_path), f"--ckpt_path={ckpt}", f"--output_dir={out}",
-                        "--preset=paper", "--target_macs=0.7", f"--ignored_layers=[{FIRST_CONV}]",
-                        "--num_projections=8", "--samples_per_class=8", "--max_batches=2"])
+    cli = FairCLI(
+        args=[
+            "prune",
+            *MODEL,
+            *trainer_args(tmp_path),
+            f"--ckpt_path={ckpt}",
+            f"--output_dir={out}",
+            "--preset=paper",
+            "--target_macs=0.7",
+            f"--ignored_layers=[{FIRST_CONV}]",
+            "--num_projections=8",
+            "--samples_per_class=8",
+            "--max_batches=2",
+        ]
+    )
     report = json.loads((out / "report.json").read_text())
     options = report["options"]
     assert options["preset"] == "paper" and options["target_macs"] == 0.7
@@ -134,12 +158,14 @@ def test_example_prune_section_file_and_flag_override(tmp_path):
     callback = the_callback(FairCLI(args=["-c", example, *trainer_args(tmp_path)], run=False))
     assert callback.prune_at == 5 and not callback.progress
     assert callback.config == PruneConfig.paper(target_macs=0.5, ignored_layers=[FIRST_CONV])
-    callback = the_callback(FairCLI(args=["-c", example, "--prune.target_macs=0.4", *trainer_args(tmp_path)],
-                                    run=False))
+    callback = the_callback(
+        FairCLI(args=["-c", example, "--prune.target_macs=0.4", *trainer_args(tmp_path)], run=False)
+    )
     assert callback.config == PruneConfig.paper(target_macs=0.4, ignored_layers=[FIRST_CONV])
     with pytest.raises(ValueError, match="tolerance"):  # out of range: PruneConfig refuses it before any fit
-        FairCLI(args=["-c", example, "--prune.target_macs=null", "--prune.tolerance=2", *trainer_args(tmp_path)],
-                run=False)
+        FairCLI(
+            args=["-c", example, "--prune.target_macs=null", "--prune.tolerance=2", *trainer_args(tmp_path)], run=False
+        )
     with pytest.raises(SystemExit):  # a misspelt option: the parser refuses it
         FairCLI(args=["-c", example, "--prune.tolerence=0.1", *trainer_args(tmp_path)], run=False)
 

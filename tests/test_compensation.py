@@ -18,8 +18,10 @@ def _inputs_seen(model: nn.Module, batches, names):
     """``{layer: every input it received over the batches, concatenated}`` (original model, eval)."""
     seen = {n: [] for n in names}
     modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_pre_hook(lambda m, args, n=n: seen[n].append(args[0].detach().double()))
-               for n in names]
+    handles = [
+        modules[n].register_forward_pre_hook(lambda m, args, n=n: seen[n].append(args[0].detach().double()))
+        for n in names
+    ]
     model.eval()
     with torch.no_grad():
         for x, _ in batches:
@@ -49,9 +51,14 @@ def biased_cnn() -> nn.Module:
     """Convs with biases and zero padding, no norm: conv -> conv -> flatten -> linear."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(12, 16, 3, padding=1, stride=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10),
+        nn.Conv2d(1, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(12, 16, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
     )
 
 
@@ -71,7 +78,9 @@ def test_bias_change_equals_brute_force(build):
     before, after = dict(original.named_modules()), dict(model.named_modules())
     for name in consumers:
         sides = result.kept[name]
-        assert result.report.compensated[name] == seen[name].shape[1 if before[name].weight.dim() > 2 else -1] - len(sides["in"])
+        assert result.report.compensated[name] == seen[name].shape[1 if before[name].weight.dim() > 2 else -1] - len(
+            sides["in"]
+        )
         expected = _brute_shift(before[name], seen[name], sides["in"])
         if "out" in sides:
             expected = expected[sides["out"]]
@@ -103,6 +112,7 @@ def test_mlp_pruned_equals_mean_replaced_original():
             inputs = args[0].clone()
             inputs[:, idxs] = mean[idxs].to(inputs)
             return (inputs,)
+
         handles.append(modules[consumer].register_forward_pre_hook(replace))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), original(x), rtol=1e-4, atol=1e-4)

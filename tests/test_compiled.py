@@ -32,8 +32,12 @@ def test_prune_sees_the_uncompiled_module_and_keeps_the_wrapper(tmp_path):
     before = graphs()
     result = prune(model, helpers.calibration_loader(num=200), target_macs=0.6, **helpers.FAST)
     assert graphs() == before  # nothing ran through dynamo while scoring, removing, re-estimating
-    assert [row.name for row in result.report.layers] == ["net.features.0.0", "net.features.1.0",
-                                                          "net.features.3.0", "net.head.0"]
+    assert [row.name for row in result.report.layers] == [
+        "net.features.0.0",
+        "net.features.1.0",
+        "net.features.3.0",
+        "net.head.0",
+    ]
     assert type(model.net).__name__ == "OptimizedModule" and result.report.macs_ratio <= 0.6
     x = helpers.example_inputs(4)
     expected = model.net._orig_mod(x)

@@ -16,12 +16,12 @@ from helpers import (
     module_shapes,
     trained_small_cnn,
 )
-from lightning_fair.allocation.order import removal_order
-from lightning_fair.removal.planner import DependencyPlanner
 from torch import nn
 
 from lightning_fair import PruneConfig, compute_scores, prune
+from lightning_fair.allocation.order import removal_order
 from lightning_fair.config import RANKINGS
+from lightning_fair.removal.planner import DependencyPlanner
 from lightning_fair.scoring.ranking import Ranking, layer_normalised
 
 NEW = "utilization_x_consumers"
@@ -80,13 +80,18 @@ def test_consumer_reading_and_order_by_hand():
     assert set(groups["expand"].members) == {"expand", "dw"} and groups["expand"].channel_groups == 2
     assert set(groups["grouped"].consumers) == {"fc"} and not groups["expand"].blocked
 
-    c1, c2, expand, grouped, fc = (model.c1.weight, model.c2.weight, model.expand.weight, model.grouped.weight,
-                                   model.fc.weight)
+    c1, c2, expand, grouped, fc = (
+        model.c1.weight,
+        model.c2.weight,
+        model.expand.weight,
+        model.grouped.weight,
+        model.fc.weight,
+    )
     reading = {
         "stem": [(column(c1, c) + column(expand, c)) / 2 for c in range(4)],  # mean over the two readers
         "c1": [column(c2, c) for c in range(6)],
         # grouped conv, 2 groups of 4 inputs: channel c is read by its own group's 2 filters, at c % 4
-        "expand": [column(grouped[2 * (c // 4): 2 * (c // 4) + 2], c % 4) for c in range(8)],
+        "expand": [column(grouped[2 * (c // 4) : 2 * (c // 4) + 2], c % 4) for c in range(8)],
         # fc after a 2x2 pool and flatten: channel c is columns 4c..4c+3, their norms summed
         "grouped": [sum(column(fc, 4 * c + s) for s in range(4)) for c in range(4)],
     }
@@ -130,8 +135,10 @@ def test_group_without_a_consumer_keeps_its_score():
     group.consumers.clear()  # as if nothing prunable read c1's channels
     assert planner.consumer_reading(group) is None
     counts = {"stem": 0, "c2": 0, "c1": 3, "expand": 0, "dw": 0, "grouped": 0}
-    assert planner.plan(scores, counts, ranking=NEW)["c1"].tolist() == \
-        planner.plan(scores, counts, ranking="utilization")["c1"].tolist()
+    assert (
+        planner.plan(scores, counts, ranking=NEW)["c1"].tolist()
+        == planner.plan(scores, counts, ranking="utilization")["c1"].tolist()
+    )
 
 
 def test_removal_order_alone_refuses_it():
@@ -147,8 +154,9 @@ def test_prune_and_config_accept_it_same_counts_on_real_data():
     scores = compute_scores(model, calibration_loader(), **FAST)
     base = prune(model, calibration_loader(), target_macs=0.5, scores=scores, inplace=False, ranking="utilization")
     ours = prune(model, calibration_loader(), target_macs=0.5, scores=scores, inplace=False, ranking=NEW)
-    via_config = prune(model, calibration_loader(), PruneConfig(target_macs=0.5, ranking=NEW), scores=scores,
-                       inplace=False)
+    via_config = prune(
+        model, calibration_loader(), PruneConfig(target_macs=0.5, ranking=NEW), scores=scores, inplace=False
+    )
     assert ours.config.ranking == via_config.config.ranking == NEW and base.config.ranking == "utilization"
     assert ours.report.options["ranking"] == NEW
     assert ours.counts == base.counts and ours.level == base.level
@@ -173,7 +181,8 @@ def test_callback_accepts_it(tmp_path):
     callback = FairPruneCallback(prune_at=0, target_macs=0.6, ranking=NEW, **CALLBACK_FAST)
     assert callback.config.ranking == NEW
     trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=4, limit_val_batches=2).fit(
-        classifier(), datamodule())
+        classifier(), datamodule()
+    )
     result = callback.last_result
     assert result.config.ranking == NEW and result.report.options["ranking"] == NEW
     assert result.report.macs_ratio <= 0.6 + 1e-9
@@ -187,9 +196,14 @@ def test_cli_flag(tmp_path, monkeypatch, capsys):
     from lightning_fair.lightning.cli import FairCLI
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    args = ["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
-            "--data=lightning_fair.demos.digits.DigitsDataModule", "--trainer.logger=false",
-            f"--trainer.default_root_dir={tmp_path}", "--prune.target_macs=0.6"]
+    args = [
+        "--model=lightning_fair.demos.digits.ImageClassifier",
+        "--model.width=8",
+        "--data=lightning_fair.demos.digits.DigitsDataModule",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--prune.target_macs=0.6",
+    ]
     cli = FairCLI(args=[*args, f"--prune.ranking={NEW}"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert callback.config.ranking == NEW
@@ -205,9 +219,13 @@ def test_cli_flag(tmp_path, monkeypatch, capsys):
 def test_ranking_of_screening_scores_too():
     """The product uses whatever the removal score is (here: the screening criterion's)."""
     model, scores, planner = tiny_setup()
-    ranking = Ranking(removal={n: torch.rand(v.numel(), generator=torch.Generator().manual_seed(1))
-                               for n, v in scores.utilization.items()},
-                      protection=dict(scores.reconstruction), criterion="screening")
+    ranking = Ranking(
+        removal={
+            n: torch.rand(v.numel(), generator=torch.Generator().manual_seed(1)) for n, v in scores.utilization.items()
+        },
+        protection=dict(scores.reconstruction),
+        criterion="screening",
+    )
     (group,) = [g for g in planner.groups if g.root == "c1"]
     total, readers = planner.consumer_reading(group)
     plan = planner.plan(ranking, {"c1": 2, "stem": 0, "c2": 0, "expand": 0, "dw": 0, "grouped": 0}, ranking=NEW)

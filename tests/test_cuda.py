@@ -46,7 +46,7 @@ def batches(device, n: int = 240, batch: int = 40, classes: int = 10, dtype=torc
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
     x = torch.randn(n, 1, 16, 16, generator=g) + 0.3 * y.view(-1, 1, 1, 1).float() / classes
-    return [(x[i:i + batch].to(device=device, dtype=dtype), y[i:i + batch].to(device)) for i in range(0, n, batch)]
+    return [(x[i : i + batch].to(device=device, dtype=dtype), y[i : i + batch].to(device)) for i in range(0, n, batch)]
 
 
 def model_on(name: str, device, dtype=torch.float64) -> nn.Module:
@@ -62,8 +62,12 @@ def assert_close_scores(cpu, gpu, rtol=1e-4):
         assert torch.allclose(u_cpu, u_gpu, rtol=rtol, atol=1e-6 * float(u_cpu.abs().max())), name
         assert torch.allclose(r_cpu, r_gpu, rtol=rtol, atol=1e-6 * float(r_cpu.abs().max())), name
     for name in cpu.input_utilization:
-        assert torch.allclose(cpu.input_utilization[name], gpu.input_utilization[name].cpu(), rtol=rtol,
-                              atol=1e-6 * float(cpu.input_utilization[name].abs().max())), name
+        assert torch.allclose(
+            cpu.input_utilization[name],
+            gpu.input_utilization[name].cpu(),
+            rtol=rtol,
+            atol=1e-6 * float(cpu.input_utilization[name].abs().max()),
+        ), name
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -139,8 +143,11 @@ def test_statistics_pass_has_no_host_round_trip_per_batch():
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
     # torch's own notice that the debug mode is a prototype is not a synchronisation
-    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
-             if "synchroniz" in str(w.message).lower() and "debug mode is a prototype" not in str(w.message)]
+    syncs = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if "synchroniz" in str(w.message).lower() and "debug mode is a prototype" not in str(w.message)
+    ]
     assert not syncs, "\n".join(syncs)
     collector.settle()
     assert collector.num_batches == len(data) and collector.correct <= collector.seen == 400
@@ -196,9 +203,18 @@ def test_lightning_callback_prunes_mid_fit_on_a_gpu(tmp_path):
     model = Classifier()
     widths = [m.out_channels for m in model.net.modules() if isinstance(m, nn.Conv2d)]
     callback = FairPruneCallback(prune_at=0, target_macs=0.6, progress=False, verbose=False, **FAST)
-    trainer = L.Trainer(accelerator="gpu", devices=1, max_epochs=2, callbacks=[callback, Losses()], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_epochs=2,
+        callbacks=[callback, Losses()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, loader(), loader())
     assert [e["epoch"] for e in callback.events] == [0]
     assert callback.events[0]["macs_ratio"] < 1.0

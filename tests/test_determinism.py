@@ -134,7 +134,10 @@ def test_prune_is_repeatable(arch, how):
         assert first.kept[name].keys() == second.kept[name].keys()
         for side in first.kept[name]:
             assert torch.equal(torch.as_tensor(first.kept[name][side]), torch.as_tensor(second.kept[name][side]))
-    assert (first.report.macs_after, first.report.params_after) == (second.report.macs_after, second.report.params_after)
+    assert (first.report.macs_after, first.report.params_after) == (
+        second.report.macs_after,
+        second.report.params_after,
+    )
     # weights, compensated biases and re-estimated BatchNorm statistics: bitwise
     s1, s2 = first.model.state_dict(), second.model.state_dict()
     assert s1.keys() == s2.keys()
@@ -162,8 +165,9 @@ def test_fresh_process_gives_the_same_scores(tmp_path):
     torch.save(_trained_state(arch), weights)
     torch.save(_data(), data_file)
     compute_scores(trained(arch), torch.load(data_file, weights_only=True), **SCORING).save(here)
-    code = _CHILD.format(factory="zoo.small_cnn(width=8)", weights=str(weights),
-                         data=str(data_file), scoring=SCORING, out=str(there))
+    code = _CHILD.format(
+        factory="zoo.small_cnn(width=8)", weights=str(weights), data=str(data_file), scoring=SCORING, out=str(there)
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     mine, theirs = torch.load(here, weights_only=True), torch.load(there, weights_only=True)

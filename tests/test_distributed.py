@@ -18,11 +18,13 @@ pytestmark = pytest.mark.distributed
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(out)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "ddp_worker.py"), str(out)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)], torch.load(out / "single.pt",
-                                                                                             weights_only=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)], torch.load(
+        out / "single.pt", weights_only=True
+    )
 
 
 def test_every_rank_gets_the_single_process_scores(ranks):
@@ -59,8 +61,14 @@ def test_every_rank_prunes_the_same_channels_as_one_process(ranks):
 def lightning_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_lightning")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "ddp_lightning_worker.py"), str(out)], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=str(out))
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "ddp_lightning_worker.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [torch.load(out / f"lightning_rank{r}.pt", weights_only=True) for r in (0, 1)]
 

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.distributed
 
 def run_worker(mode: str, out: Path) -> list:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "ddp_evaluate_worker.py"), mode, str(out)], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=str(out))
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "ddp_evaluate_worker.py"), mode, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [torch.load(out / f"{mode}_rank{r}.pt", weights_only=True) for r in (0, 1)]
 

@@ -17,8 +17,9 @@ from lightning_fair import FairPruneCallback, PruneConfig
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = [*sorted((ROOT / "examples").glob("*.py")), *sorted((ROOT / "examples" / "lightning").glob("*"))]
-CALLBACK_ARGS = {name for name in inspect.signature(FairPruneCallback.__init__).parameters
-                 if name not in ("self", "options")} | {field.name for field in dataclasses.fields(PruneConfig)}
+CALLBACK_ARGS = {
+    name for name in inspect.signature(FairPruneCallback.__init__).parameters if name not in ("self", "options")
+} | {field.name for field in dataclasses.fields(PruneConfig)}
 
 
 def texts(paths):
@@ -53,8 +54,10 @@ def test_every_dotted_name_resolves():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("old", ["screening=True", "result.tolerance", "callback.options", "lightning_fair.cli:",
-                                 "python -m lightning_fair.cli "])
+@pytest.mark.parametrize(
+    "old",
+    ["screening=True", "result.tolerance", "callback.options", "lightning_fair.cli:", "python -m lightning_fair.cli "],
+)
 def test_no_pre_issue_12_spelling(old):
     found = [path for path, text in texts(DOCS + EXAMPLES).items() if old in text]
     assert not found, (old, found)
@@ -81,7 +84,16 @@ def test_yaml_blocks_of_lightning_md_load_under_faircli(index, tmp_path, monkeyp
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     path = tmp_path / "block.yaml"
     path.write_text(yaml_blocks()[index])
-    cli = FairCLI(args=["--model=lightning_fair.demos.digits.ImageClassifier", "--data=lightning_fair.demos.digits.DigitsDataModule",
-                        "-c", str(path), "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    cli = FairCLI(
+        args=[
+            "--model=lightning_fair.demos.digits.ImageClassifier",
+            "--data=lightning_fair.demos.digits.DigitsDataModule",
+            "-c",
+            str(path),
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        run=False,
+    )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert callback.prune_at == 5

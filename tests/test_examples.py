@@ -22,7 +22,7 @@ def run_example(name, args, capsys):
 def test_lightning_demo_prints_report_and_accuracies(capsys):
     out = run_example("demo.py", ["--epochs", "5", "--finetune-epochs", "1"], capsys)
     assert "MACs" in out and "net.features.0.0" in out
-    line = next(l for l in out.splitlines() if l.startswith("held-out test accuracy"))
+    line = next(text for text in out.splitlines() if text.startswith("held-out test accuracy"))
     trained = float(line.split("trained ")[1].split("%")[0])
     assert trained > 80.0, line
 
@@ -57,7 +57,10 @@ def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
     assert "## A small Vision Transformer" in page and "| uniform L2 magnitude, heads |" in page
     assert "| FAIR (ours, default pipeline) | failed" not in page
     # the tiny BERT (bert.py): Hugging Face batches, heads and feed-forward neurons
-    assert "## A tiny BERT on a sequence task" in page and "heads per layer; feed-forward neurons per layer; pooler" in page
+    assert (
+        "## A tiny BERT on a sequence task" in page
+        and "heads per layer; feed-forward neurons per layer; pooler" in page
+    )
     images = list((tmp_path / "img").glob("*.png"))
     assert images, "no plot written"
     for image in images:

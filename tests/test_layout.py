@@ -21,18 +21,36 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-
 import lightning_fair
 
 PACKAGE = Path(lightning_fair.__file__).resolve().parent
 ROOT = "lightning_fair"
 #: the package's folders (and config.py), lowest first: statistics -> scores -> allocation -> removal ->
 #: repair -> pipeline, with the shared ground (config, runtime, units) below and the glue above
-LAYERS = ("config", "runtime", "units", "collect", "scoring", "allocation", "removal", "repair", "pipeline",
-          "methods", "lightning", "demos")
+LAYERS = (
+    "config",
+    "runtime",
+    "units",
+    "collect",
+    "scoring",
+    "allocation",
+    "removal",
+    "repair",
+    "pipeline",
+    "methods",
+    "lightning",
+    "demos",
+)
 #: private Lightning attributes and methods lightning_fair reaches for (see lightning/private.py)
-PRIVATE_LIGHTNING = {"_data_source", "_setup_model", "_register_ddp_hooks", "_legacy_state_key",
-                     "_generate_state_key", "_trainer", "_instantiate_trainer"}
+PRIVATE_LIGHTNING = {
+    "_data_source",
+    "_setup_model",
+    "_register_ddp_hooks",
+    "_legacy_state_key",
+    "_generate_state_key",
+    "_trainer",
+    "_instantiate_trainer",
+}
 PRIVATE_LIGHTNING_HOME = "lightning_fair.lightning.private"
 
 
@@ -84,7 +102,8 @@ def _imported_modules(importer: str, node: ast.AST) -> List[str]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _module_level(body: List[ast.stmt]) -> Iterator[ast.stmt]:
@@ -173,7 +192,7 @@ def find_cycle(graph: Dict[str, List[str]]) -> Optional[List[str]]:
         path.append(node)
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -261,8 +280,10 @@ def test_every_module_lives_in_a_layer():
 
 def test_imports_go_only_downwards_between_folders():
     found = upward_imports()
-    assert not found, (f"imports from a lower folder into a higher one (layers, lowest first: {LAYERS}); move the "
-                       "shared piece down, or pass it in as an argument:\n" + "\n".join(found))
+    assert not found, (
+        f"imports from a lower folder into a higher one (layers, lowest first: {LAYERS}); move the "
+        "shared piece down, or pass it in as an argument:\n" + "\n".join(found)
+    )
 
 
 def test_the_direction_check_sees_an_upward_import(tmp_path, monkeypatch):
@@ -270,8 +291,10 @@ def test_the_direction_check_sees_an_upward_import(tmp_path, monkeypatch):
     stray = tmp_path / "stray.py"
     stray.write_text("from ..pipeline.oneshot import prune\n")
     monkeypatch.setitem(SOURCES, "lightning_fair.units.stray", stray)
-    assert any("lightning_fair.units.stray -> lightning_fair.pipeline.oneshot" in line
-               for line in upward_imports(["lightning_fair.units.stray"]))
+    assert any(
+        "lightning_fair.units.stray -> lightning_fair.pipeline.oneshot" in line
+        for line in upward_imports(["lightning_fair.units.stray"])
+    )
 
 
 def test_private_lightning_apis_are_used_in_private_py_only():
@@ -282,11 +305,12 @@ def test_private_lightning_apis_are_used_in_private_py_only():
 
 
 def test_import_lightning_fair_imports_neither_lightning_nor_jsonargparse():
-    code = ("import json, sys, lightning_fair; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('lightning', 'pytorch_lightning', 'lightning_fabric', 'jsonargparse'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent)
+    code = (
+        "import json, sys, lightning_fair; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('lightning', 'pytorch_lightning', 'lightning_fabric', 'jsonargparse'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_fair import FairPruneCallback, compute_scores, evaluate, prune
+from lightning_fair import FairPruneCallback, compute_scores, evaluate, prune, sweep
 from lightning_fair.demos import zoo
-from lightning_fair import sweep
 
 
 def first(output):
@@ -97,10 +96,21 @@ def test_callback_with_logits_prunes_a_tuple_output_module(tmp_path):
 def test_cli_logits_flag_takes_an_import_path(tmp_path):
     from lightning_fair.lightning.cli import FairCLI
 
-    cli = FairCLI(args=["validate", "--model=test_logits.TupleClassifier", "--data=lightning_fair.demos.digits.DigitsDataModule",
-                        "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-                        f"--trainer.default_root_dir={tmp_path}", "--prune.prune_at=validate",
-                        "--prune.target_macs=0.6", "--prune.logits=test_logits.first", "--prune.samples_per_class=8",
-                        "--prune.num_projections=8", "--prune.verbose=false"])
+    cli = FairCLI(
+        args=[
+            "validate",
+            "--model=test_logits.TupleClassifier",
+            "--data=lightning_fair.demos.digits.DigitsDataModule",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--prune.prune_at=validate",
+            "--prune.target_macs=0.6",
+            "--prune.logits=test_logits.first",
+            "--prune.samples_per_class=8",
+            "--prune.num_projections=8",
+            "--prune.verbose=false",
+        ]
+    )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert callback.logits is first and callback.last_result.report.macs_ratio <= 0.6

@@ -24,8 +24,9 @@ class Recording(StatisticsCollector):
 
     def run(self, *args, **kwargs):
         result = super().run(*args, **kwargs)
-        Recording.held.append(sum(s.samples.numel() * s.samples.element_size()
-                                  for s in self.layers.values() if s.samples is not None))
+        Recording.held.append(
+            sum(s.samples.numel() * s.samples.element_size() for s in self.layers.values() if s.samples is not None)
+        )
         return result
 
 
@@ -47,7 +48,9 @@ def test_a_small_budget_splits_the_pass_and_gives_the_same_scores(monkeypatch, c
     # room for about a quarter of the samples per pass: several passes, some layers split by channels
     budget = DISTANCE_WORK_BYTES + estimate.reconstruction_bytes + estimate.input_bytes + estimate.samples_bytes // 4
     chunks = estimate.chunks(budget)
-    assert len(chunks) >= 4 and any(stop - start < estimate.layers[n][0] for c in chunks for n, (start, stop) in c.items())
+    assert len(chunks) >= 4 and any(
+        stop - start < estimate.layers[n][0] for c in chunks for n, (start, stop) in c.items()
+    )
     Recording.held = []
     monkeypatch.setattr(scores_module, "StatisticsCollector", Recording)
     split = compute_scores(model, calibration, memory_budget=budget, verbose=True, **OPTIONS)
@@ -112,11 +115,16 @@ def test_one_shot_iterator_cannot_be_passed_twice():
 @pytest.mark.parametrize("value, match", [("4 parsecs", "memory_budget"), (-5, "positive"), ("0GiB", "positive")])
 def test_bad_budgets_are_refused(value, match):
     with pytest.raises(ValueError, match=match):
-        compute_scores(helpers.trained_small_cnn(), helpers.calibration_loader(100, 100), memory_budget=value,
-                       **OPTIONS)
+        compute_scores(
+            helpers.trained_small_cnn(), helpers.calibration_loader(100, 100), memory_budget=value, **OPTIONS
+        )
 
 
 def test_a_budget_below_one_unit_says_so():
     with pytest.raises(ValueError, match="raise memory_budget"):
-        compute_scores(helpers.trained_small_cnn(), helpers.calibration_loader(100, 100),
-                       memory_budget=DISTANCE_WORK_BYTES, **OPTIONS)
+        compute_scores(
+            helpers.trained_small_cnn(),
+            helpers.calibration_loader(100, 100),
+            memory_budget=DISTANCE_WORK_BYTES,
+            **OPTIONS,
+        )

@@ -152,8 +152,9 @@ def test_fit_end_leaves_a_plain_pruned_model_and_checkpoints_load(tmp_path):
     fit, model = _fit(tmp_path, [callback, checkpoint], 2, enable_checkpointing=True)
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
     assert set(model.state_dict()) == set(classifier().state_dict())
-    assert not any(p for g in fit.optimizers[0].param_groups for p in g["params"]
-                   if all(p is not q for q in model.parameters())), "the optimizer still holds a removed radius"
+    assert not any(
+        p for g in fit.optimizers[0].param_groups for p in g["params"] if all(p is not q for q in model.parameters())
+    ), "the optimizer still holds a removed radius"
     # exactly half of each layer pruned; the pruned entries hold one value per channel
     assert set(callback.masks) == set(LAYERS)
     for name, mask in callback.masks.items():
@@ -192,7 +193,7 @@ def _brute_force(direction, ratio, penalty, beta):
     magnitude = w_hat.abs().flatten()
     count = round(ratio * magnitude.numel())
     below = torch.zeros_like(magnitude, dtype=torch.bool)
-    below[torch.argsort(magnitude)[:count]] = True          # |w_hat| < t, t the ratio-quantile
+    below[torch.argsort(magnitude)[:count]] = True  # |w_hat| < t, t the ratio-quantile
     value = penalty * (magnitude[below].sum() - beta * magnitude[~below].sum())
     value.backward()
     return value.detach(), v.grad
@@ -206,7 +207,7 @@ def test_penalty_gradient_equals_autograd_of_the_formula(ratio, penalty, beta):
     previous = {}
     for name, module in hyperspherical_layers(model).items():
         original = module.parametrizations.weight.original
-        original.grad = torch.randn_like(original)      # a loss gradient already there
+        original.grad = torch.randn_like(original)  # a loss gradient already there
         previous[name] = original.grad.clone()
     stats = add_polarization_grad(model, ratio, penalty, beta)
     total = 0.0
@@ -255,7 +256,7 @@ def test_the_loss_lightning_logs_and_backpropagates_is_unchanged(tmp_path):
     computed, backpropagated, logged = runs[True]
     assert len(computed) == len(backpropagated) == len(logged) == 18
     for a, b, c in zip(computed, backpropagated, logged):
-        assert float(a) == float(b) and math.isclose(float(a), c, rel_tol=1e-6)   # the cross-entropy, no penalty
+        assert float(a) == float(b) and math.isclose(float(a), c, rel_tol=1e-6)  # the cross-entropy, no penalty
     # registering changes nothing in the function: the first loss equals the plain model's
     assert math.isclose(float(computed[0]), float(runs[False][0][0]), rel_tol=1e-5)
     # the penalty did act (through the gradients): the runs part after the first step
@@ -268,7 +269,7 @@ def test_prune_at_an_epoch_keeps_pruned_entries_tied_and_resumes(tmp_path):
     callback = OnTheFlyPruning(ratio=0.6, recovery="channel", prune_at=0, verbose=False)
     fit, model = _fit(tmp_path, [callback, checkpoint], 2, enable_checkpointing=True)
     assert [e["epoch"] for e in callback.events] == [0]
-    _assert_tied(model, callback.masks)                   # after a further epoch of training
+    _assert_tied(model, callback.masks)  # after a further epoch of training
     optimizer = fit.optimizers[0]
     params = {id(p) for p in model.parameters()}
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == params
@@ -323,7 +324,7 @@ def test_failed_pruning_leaves_model_and_optimizer_as_they_were(monkeypatch):
     assert [list(g["params"]) for g in optimizer.param_groups] == groups
     assert {id(p) for p in optimizer.state} == set(state)
     monkeypatch.undo()
-    prune_on_the_fly(model, 0.5, optimizers=[optimizer])   # and then it works
+    prune_on_the_fly(model, 0.5, optimizers=[optimizer])  # and then it works
     assert not hyperspherical_layers(model)
 
 
@@ -345,7 +346,7 @@ def test_pruning_a_copy_leaves_the_original_hyperspherical():
     copy_ = copy.deepcopy(model)
     prune_on_the_fly(copy_, 0.5)
     assert set(hyperspherical_layers(model)) == {"features.1"}
-    assert model.features[1].weight.shape == (16, 64)     # torch would otherwise delete it from the shared class
+    assert model.features[1].weight.shape == (16, 64)  # torch would otherwise delete it from the shared class
 
 
 def test_a_plain_state_dict_loads_into_hyperspherical_layers_with_the_same_function():
@@ -360,14 +361,27 @@ def test_a_plain_state_dict_loads_into_hyperspherical_layers_with_the_same_funct
 
 
 # ------------------------------------------------------------------ 6: bad options
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(ratio=0), "ratio"), (dict(ratio=1.0), "ratio"), (dict(ratio=True), "ratio"), (dict(ratio="0.5"), "ratio"),
-    (dict(penalty=-1.0), "penalty"), (dict(penalty=float("nan")), "penalty"), (dict(beta=-0.5), "beta"),
-    (dict(recovery="mean"), "recovery"), (dict(start_epoch=-1), "start_epoch"), (dict(start_epoch=1.5), "start_epoch"),
-    (dict(prune_at="end"), "prune_at"), (dict(prune_at=-1), "prune_at"), (dict(prune_at=True), "prune_at"),
-    (dict(prune_at=1, start_epoch=2), "before start_epoch"), (dict(layers="net.head.0"), "layers"),
-    (dict(layers=["net.head.0"], ignored_layers=["net.classifier"]), "not both"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(ratio=0), "ratio"),
+        (dict(ratio=1.0), "ratio"),
+        (dict(ratio=True), "ratio"),
+        (dict(ratio="0.5"), "ratio"),
+        (dict(penalty=-1.0), "penalty"),
+        (dict(penalty=float("nan")), "penalty"),
+        (dict(beta=-0.5), "beta"),
+        (dict(recovery="mean"), "recovery"),
+        (dict(start_epoch=-1), "start_epoch"),
+        (dict(start_epoch=1.5), "start_epoch"),
+        (dict(prune_at="end"), "prune_at"),
+        (dict(prune_at=-1), "prune_at"),
+        (dict(prune_at=True), "prune_at"),
+        (dict(prune_at=1, start_epoch=2), "before start_epoch"),
+        (dict(layers="net.head.0"), "layers"),
+        (dict(layers=["net.head.0"], ignored_layers=["net.classifier"]), "not both"),
+    ],
+)
 def test_bad_options_are_refused_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OnTheFlyPruning(**kwargs)
@@ -376,7 +390,7 @@ def test_bad_options_are_refused_at_construction(kwargs, match):
 def test_bad_layers_and_calls_are_refused():
     model = zoo.mlp(in_features=64, hidden=(16,))
     with pytest.raises(ValueError, match="layers names 'features.0'"):
-        make_hyperspherical(model, layers=["features.0"])      # a Flatten
+        make_hyperspherical(model, layers=["features.0"])  # a Flatten
     with pytest.raises(ValueError, match="no hyperspherical layer"):
         prune_on_the_fly(model, 0.5)
     with pytest.raises(ValueError, match="recovery"):
@@ -406,7 +420,9 @@ def test_import_lightning_fair_does_not_import_lightning():
     import subprocess
     import sys
 
-    code = ("import sys, lightning_fair, lightning_fair.methods.onthefly; print('lightning.pytorch' in sys.modules); "
-            "lightning_fair.OnTheFlyPruning; print('lightning.pytorch' in sys.modules)")
+    code = (
+        "import sys, lightning_fair, lightning_fair.methods.onthefly; print('lightning.pytorch' in sys.modules); "
+        "lightning_fair.OnTheFlyPruning; print('lightning.pytorch' in sys.modules)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["False", "True"], run.stderr

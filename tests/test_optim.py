@@ -26,8 +26,13 @@ def _one_thread():
 
 def generated_batches(n_batches=2, batch_size=64, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch_size, 1, 8, 8, generator=generator),
-             torch.randint(0, 10, (batch_size,), generator=generator)) for _ in range(n_batches)]
+    return [
+        (
+            torch.randn(batch_size, 1, 8, 8, generator=generator),
+            torch.randint(0, 10, (batch_size,), generator=generator),
+        )
+        for _ in range(n_batches)
+    ]
 
 
 def train_steps(model, optimizer, batches, steps=3):
@@ -90,10 +95,10 @@ def test_state_follows_the_kept_channels(name):
     result = prune(model, batches, tolerance=0.5, **FAST)
     kept = result.kept
     # the cases this test is about really happened
-    assert {"in", "out"} <= kept["features.1.0"].keys()   # conv: both sides
-    assert {"in", "out"} <= kept["head.0"].keys()         # linear: both sides
-    assert kept["classifier"].keys() == {"in"}            # output layer: inputs only
-    assert "out" in kept["features.1.1"]                  # BatchNorm
+    assert {"in", "out"} <= kept["features.1.0"].keys()  # conv: both sides
+    assert {"in", "out"} <= kept["head.0"].keys()  # linear: both sides
+    assert kept["classifier"].keys() == {"in"}  # output layer: inputs only
+    assert "out" in kept["features.1.1"]  # BatchNorm
 
     dropped = repoint_optimizer(optimizer, before["params"], model, kept)
     assert dropped == 0
@@ -121,8 +126,10 @@ def test_state_follows_the_kept_channels(name):
                 assert torch.equal(value, old[key])
                 continue
             assert value.shape == param.shape, (pname, key)
-            assert torch.equal(value, expected_slice(old[key], modules[module_name], kind, kept[module_name])), \
-                (pname, key)
+            assert torch.equal(value, expected_slice(old[key], modules[module_name], kind, kept[module_name])), (
+                pname,
+                key,
+            )
     assert changed >= 10
     # the output layer lost inputs only; mean replacement folded their means into its bias:
     # a new parameter of the same shape whose optimizer state carried over as it was (loop above)
@@ -194,8 +201,10 @@ def test_grouped_conv_input_change_drops_only_that_state():
         assert param in optimizer.state, pname
         assert optimizer.state[param]["exp_avg"].shape == param.shape
     bn_out = result.kept["features.1.1"]["out"]
-    assert torch.equal(optimizer.state[now["features.1.1.weight"]]["exp_avg"],
-                       before["state"]["features.1.1.weight"]["exp_avg"][bn_out])
+    assert torch.equal(
+        optimizer.state[now["features.1.1.weight"]]["exp_avg"],
+        before["state"]["features.1.1.weight"]["exp_avg"][bn_out],
+    )
 
     loss = train_steps(model, optimizer, batches, steps=2)  # the optimizer still steps
     assert torch.isfinite(torch.tensor(loss))
@@ -208,8 +217,8 @@ def test_slice_like_rules():
     value = torch.arange(12.0).reshape(4, 3)
     kept = {"out": torch.tensor([1, 3])}
     assert torch.equal(slice_like(value, old, new, ["out", "in"], kept), value[[1, 3]])
-    assert slice_like(value, old, new, ["out", "in"], {}) is None            # a changed side with no indices
-    assert slice_like(torch.zeros(5), old, new, ["out"], kept) is None       # shaped unlike the parameter
+    assert slice_like(value, old, new, ["out", "in"], {}) is None  # a changed side with no indices
+    assert slice_like(torch.zeros(5), old, new, ["out"], kept) is None  # shaped unlike the parameter
     step = torch.tensor(7.0)
-    assert slice_like(step, old, new, ["out"], kept) is step                 # scalars pass through
-    assert slice_like(3, old, new, ["out"], kept) == 3                       # non-tensors too
+    assert slice_like(step, old, new, ["out"], kept) is step  # scalars pass through
+    assert slice_like(3, old, new, ["out"], kept) == 3  # non-tensors too

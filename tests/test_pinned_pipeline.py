@@ -36,7 +36,7 @@ def data(seed: int = 1, n: int = 200):
     x = torch.randn(n, 1, 16, 16, generator=g)
     y = torch.arange(n) % 10
     x = x + y.view(-1, 1, 1, 1).float() * 0.1
-    return [(x[i:i + 50], y[i:i + 50]) for i in range(0, n, 50)]
+    return [(x[i : i + 50], y[i : i + 50]) for i in range(0, n, 50)]
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +63,13 @@ def test_same_pruned_model_as_before_the_restructuring(case, pinned):
 
 def test_keyword_options_and_config_give_the_same_model():
     torch.manual_seed(0)
-    by_config = prune(zoo.small_cnn(width=16), data(), PruneConfig.paper(tolerance=0.1, samples_per_class=8,
-                                                                          num_projections=16))
+    by_config = prune(
+        zoo.small_cnn(width=16), data(), PruneConfig.paper(tolerance=0.1, samples_per_class=8, num_projections=16)
+    )
     torch.manual_seed(0)
-    by_keywords = prune(zoo.small_cnn(width=16), data(), preset="paper", tolerance=0.1, samples_per_class=8,
-                        num_projections=16)
+    by_keywords = prune(
+        zoo.small_cnn(width=16), data(), preset="paper", tolerance=0.1, samples_per_class=8, num_projections=16
+    )
     assert by_config.removed == by_keywords.removed and by_config.config == by_keywords.config
     for (name, a), b in zip(by_config.model.state_dict().items(), by_keywords.model.state_dict().values()):
         assert torch.equal(a, b), name

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import FAST
-from lightning_fair.allocation.budgets import global_counts
 from torch import nn
 
 from lightning_fair import compute_scores, prune, recalibrate_bn
+from lightning_fair.allocation.budgets import global_counts
 from lightning_fair.config import PRESETS
 from lightning_fair.demos import zoo
 
@@ -38,7 +38,10 @@ def test_paper_preset_is_the_method_as_published():
     assert torch.equal(model.features[1][1].running_mean, original.features[1][1].running_mean[kept])
     options = result.report.options  # the whole config; the pipeline part is the paper's
     assert {key: options[key] for key in ("preset", *PRESETS["paper"], "criterion")} == {
-        "preset": "paper", **PRESETS["paper"], "criterion": "fair"}
+        "preset": "paper",
+        **PRESETS["paper"],
+        "criterion": "fair",
+    }
 
 
 def test_default_preset_recalibrates_and_compensates():
@@ -57,18 +60,28 @@ def test_default_preset_recalibrates_and_compensates():
 
 
 def test_explicit_options_override_the_preset():
-    result = prune(helpers.trained_small_cnn(), helpers.calibration_loader(200, 100), tolerance=0.2, preset="paper",
-                   observe="activation", recalibrate=True, **FAST)
+    result = prune(
+        helpers.trained_small_cnn(),
+        helpers.calibration_loader(200, 100),
+        tolerance=0.2,
+        preset="paper",
+        observe="activation",
+        recalibrate=True,
+        **FAST,
+    )
     assert result.report.options["observe"] == "activation" and result.report.options["compensate"] is False
     assert result.report.recalibrated
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(preset="fast"), "preset must be one of"),
-    (dict(reconstruction="sum"), "reconstruction must be one of"),
-    (dict(allocation="layerwise"), "allocation must be one of"),
-    (dict(allocation="global"), "needs a budget"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(preset="fast"), "preset must be one of"),
+        (dict(reconstruction="sum"), "reconstruction must be one of"),
+        (dict(allocation="layerwise"), "allocation must be one of"),
+        (dict(allocation="global"), "needs a budget"),
+    ],
+)
 def test_bad_pipeline_options_are_refused_before_anything_runs(kwargs, match):
     model = helpers.trained_small_cnn()
     state = copy.deepcopy(model.state_dict())
@@ -117,7 +130,7 @@ def _per_sample_taylor(model, batches, layers):
     total = {n: torch.zeros(modules[n].weight.shape[0], dtype=torch.float64) for n in layers}
     for xb, yb in batches:
         for i in range(len(yb)):
-            loss = F.cross_entropy(ref(xb[i:i + 1].double()), yb[i:i + 1]) / len(yb)
+            loss = F.cross_entropy(ref(xb[i : i + 1].double()), yb[i : i + 1]) / len(yb)
             flat = [p for n in layers for p in params[n]]
             grads = dict(zip(map(id, flat), torch.autograd.grad(loss, flat)))
             for n in layers:
@@ -133,8 +146,13 @@ def test_sum_of_abs_reconstruction_matches_per_sample_autograd(build):
     model = helpers.train(model, epochs=2)
     x, y, _, _ = helpers.digits()
     batches = [(x[:12], y[:12]), (x[12:20], y[12:20])]
-    scores = compute_scores(model.double(), [(a.double(), b) for a, b in batches], reconstruction="sum_of_abs",
-                            samples_per_class=2, num_projections=4)
+    scores = compute_scores(
+        model.double(),
+        [(a.double(), b) for a, b in batches],
+        reconstruction="sum_of_abs",
+        samples_per_class=2,
+        num_projections=4,
+    )
     model.float()
     expected = _per_sample_taylor(model, batches, scores.layers)
     for name in scores.layers:
@@ -148,8 +166,15 @@ def test_sum_of_abs_reconstruction_matches_per_sample_autograd(build):
 def test_global_allocation_reaches_the_target_with_threshold_counts():
     model = helpers.trained_small_cnn()
     scores = helpers.trained_small_cnn_scores()
-    result = prune(model, scores=scores, example_inputs=helpers.example_inputs(), target_macs=0.5,
-                   allocation="global", recalibrate=False, ranking="utilization")
+    result = prune(
+        model,
+        scores=scores,
+        example_inputs=helpers.example_inputs(),
+        target_macs=0.5,
+        allocation="global",
+        recalibrate=False,
+        ranking="utilization",
+    )
     assert result.report.macs_ratio <= 0.5 + 1e-9
     assert result.report.tolerance is None  # no tolerance of difference in this variant
     scored = [n for n in scores.layers if n != scores.output_layer]
@@ -159,8 +184,15 @@ def test_global_allocation_reaches_the_target_with_threshold_counts():
         u = scores.utilization[name]
         assert set(idxs) == set(torch.sort(u.double(), stable=True).indices[: len(idxs)].tolist())
     # and it is a different allocation than ToD's at the same budget
-    tod = prune(helpers.trained_small_cnn(), scores=scores, example_inputs=helpers.example_inputs(), target_macs=0.5,
-                recalibrate=False, allocation="tod", ranking="utilization")
+    tod = prune(
+        helpers.trained_small_cnn(),
+        scores=scores,
+        example_inputs=helpers.example_inputs(),
+        target_macs=0.5,
+        recalibrate=False,
+        allocation="tod",
+        ranking="utilization",
+    )
     assert tod.counts != result.counts
 
 
@@ -172,8 +204,10 @@ def test_input_means_equal_the_mean_input_of_every_layer():
     seen = {}
     modules = dict(model.named_modules())
     names = ["features.0.0", "features.3.0", "head.0", "classifier"]
-    handles = [modules[n].register_forward_pre_hook(lambda m, a, n=n: seen.setdefault(n, []).append(a[0].double()))
-               for n in names]
+    handles = [
+        modules[n].register_forward_pre_hook(lambda m, a, n=n: seen.setdefault(n, []).append(a[0].double()))
+        for n in names
+    ]
     with torch.no_grad():
         for x, _ in calibration:
             model(x)
@@ -198,10 +232,14 @@ def test_printed_report_says_the_pipeline_in_words():
     calib = helpers.calibration_loader()
     text = str(prune(helpers.trained_small_cnn(), calib, scores=scores, target_macs=0.5).report)
     line = next(line for line in text.splitlines() if line.startswith("pipeline"))
-    assert line == ("pipeline (default preset): units ranked by U (class separation, after the following activation, "
-                    "times how strongly the next layers read them); "
-                    "one threshold on layer-normalised scores across all layers; "
-                    "then mean replacement and BatchNorm re-estimation")
+    assert line == (
+        "pipeline (default preset): units ranked by U (class separation, after the following activation, "
+        "times how strongly the next layers read them); "
+        "one threshold on layer-normalised scores across all layers; "
+        "then mean replacement and BatchNorm re-estimation"
+    )
     paper = str(prune(helpers.trained_small_cnn(), calib, preset="paper", tolerance=0.1, **helpers.FAST).report)
-    assert "pipeline (paper preset): units ranked by U (class separation, on the layer's output); per-layer counts " \
-           "by the tolerance of difference (U against R); coupled layers take their smallest count; no repair" in paper
+    assert (
+        "pipeline (paper preset): units ranked by U (class separation, on the layer's output); per-layer counts "
+        "by the tolerance of difference (U against R); coupled layers take their smallest count; no repair" in paper
+    )

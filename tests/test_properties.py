@@ -16,14 +16,14 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from scipy.stats import wasserstein_distance
+
 from lightning_fair.allocation.budgets import global_counts
 from lightning_fair.allocation.tolerance import (
     count_from_curve,
     tod_curve,
     tolerance_count,
 )
-from scipy.stats import wasserstein_distance
-
 from lightning_fair.scoring.distances import (
     max_pairwise_w1,
     pairwise_w1,
@@ -313,8 +313,11 @@ def test_w1_equals_scipy(x, y):
 
 
 @FAST
-@given(st.integers(1, 40).flatmap(lambda n: st.tuples(st.lists(_value, min_size=n, max_size=n),
-                                                     st.lists(_value, min_size=n, max_size=n))))
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.tuples(st.lists(_value, min_size=n, max_size=n), st.lists(_value, min_size=n, max_size=n))
+    )
+)
 def test_w1_equal_sizes_is_mean_abs_sorted_difference_and_scipy(pair):
     x, y = pair
     expected = float(np.mean(np.abs(np.sort(x) - np.sort(y))))

@@ -14,15 +14,15 @@ import helpers
 import pytest
 import torch
 import torch_pruning as tp
-from lightning_fair.allocation.tolerance import tod_curve
-from lightning_fair.removal import planner as removal
-from lightning_fair.removal.planner import DependencyPlanner
 from torch import nn
 
 import lightning_fair
 from lightning_fair import prune, tolerance_counts
+from lightning_fair.allocation.tolerance import tod_curve
 from lightning_fair.demos import zoo
 from lightning_fair.pipeline import oneshot
+from lightning_fair.removal import planner as removal
+from lightning_fair.removal.planner import DependencyPlanner
 
 BUILDERS = {
     "mlp": lambda: zoo.mlp(in_features=64),
@@ -130,7 +130,7 @@ def test_prune_every_zoo_model(name):
         blocks = [m for m in model.modules() if isinstance(m, (zoo.BasicBlock, zoo.Bottleneck))]
         last = "bn3" if name.endswith("bottleneck") else "bn2"
         for block in blocks:  # residual adds: both branches still agree in channels
-            identity_channels = (block.downsample[1].num_features if block.downsample is not None else None)
+            identity_channels = block.downsample[1].num_features if block.downsample is not None else None
             if identity_channels is not None:
                 assert getattr(block, last).num_features == identity_channels
 
@@ -157,16 +157,29 @@ def test_removed_channels_are_exactly_the_planned_ones():
     model = helpers.trained_small_cnn()
     original = copy.deepcopy(model)
     x = helpers.digits()[2][:64]
-    result = prune(model, scores=helpers.trained_small_cnn_scores(), example_inputs=x[:2], tolerance=0.3,
-                   compensate=False, recalibrate=False)
+    result = prune(
+        model,
+        scores=helpers.trained_small_cnn_scores(),
+        example_inputs=x[:2],
+        tolerance=0.3,
+        compensate=False,
+        recalibrate=False,
+    )
     assert set(result.removed) == {"features.0.0", "features.1.0", "features.3.0", "head.0"}
-    activation = {"features.0.0": "features.0.2", "features.1.0": "features.1.2", "features.3.0": "features.3.2", "head.0": "head.1"}
+    activation = {
+        "features.0.0": "features.0.2",
+        "features.1.0": "features.1.2",
+        "features.3.0": "features.3.2",
+        "head.0": "head.1",
+    }
     modules = dict(original.named_modules())
     for layer, idxs in result.removed.items():
+
         def zero(module, args, output, idxs=idxs):
             output = output.clone()
             output[:, idxs] = 0
             return output
+
         modules[activation[layer]].register_forward_hook(zero)
     torch.testing.assert_close(run(model, x), run(original, x), rtol=1e-5, atol=1e-5)
 
@@ -198,8 +211,15 @@ def test_ignored_layers_with_precomputed_scores(inplace):
     model = helpers.trained_small_cnn()
     scores = helpers.trained_small_cnn_scores()
     assert "features.0.0" in scores.layers and tolerance_counts(scores, 0.5)["features.0.0"] > 0
-    result = prune(model, scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.5,
-                   ignored_layers=["features.0.0"], inplace=inplace, recalibrate=False)
+    result = prune(
+        model,
+        scores=scores,
+        example_inputs=helpers.example_inputs(),
+        tolerance=0.5,
+        ignored_layers=["features.0.0"],
+        inplace=inplace,
+        recalibrate=False,
+    )
     assert result.model.features[0][0].out_channels == 16
     assert "features.0.0" not in result.removed
     assert result.model.features[1][0].out_channels < 16
@@ -346,13 +366,22 @@ def test_target_reaches_goal_with_least_pruning(key):
     x = helpers.example_inputs()
 
     def kept(tolerance):
-        report = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=tolerance, recalibrate=False).report
+        report = prune(
+            copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=tolerance, recalibrate=False
+        ).report
         return report.macs_ratio if key == "macs" else report.params_ratio
 
     least, most = kept(0.0), kept(1.0)
     assert most < least < 1.0
     for goal in (0.7, (least + most) / 2):
-        result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, allocation="tod", **{f"target_{key}": goal}, recalibrate=False)
+        result = prune(
+            copy.deepcopy(model),
+            scores=scores,
+            example_inputs=x,
+            allocation="tod",
+            **{f"target_{key}": goal},
+            recalibrate=False,
+        )
         ratio = result.report.macs_ratio if key == "macs" else result.report.params_ratio
         assert ratio <= goal + 1e-6, (goal, ratio)
         assert ratio == kept(result.tolerance)
@@ -367,7 +396,13 @@ def test_target_reaches_goal_with_least_pruning(key):
         else:
             assert least <= goal
     # the midpoint goal needs a positive tolerance: the search really searched
-    middle = prune(copy.deepcopy(model), scores=scores, example_inputs=x, **{f"target_{key}": (least + most) / 2}, recalibrate=False)
+    middle = prune(
+        copy.deepcopy(model),
+        scores=scores,
+        example_inputs=x,
+        **{f"target_{key}": (least + most) / 2},
+        recalibrate=False,
+    )
     assert middle.tolerance > 0
 
 
@@ -457,18 +492,21 @@ def test_history_is_plain_data_and_replays(name):
 
 
 # --------------------------------------------------------------------------- 10. bad arguments
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(tolerance=-0.1), "tolerance"),
-    (dict(tolerance=1.5), "tolerance"),
-    (dict(tolerance=float("nan")), "tolerance"),
-    (dict(target_macs=0), "target_macs"),
-    (dict(target_macs=1.5), "target_macs"),
-    (dict(target_params=0.0), "target_params"),
-    (dict(target_params=-0.5), "target_params"),
-    (dict(target_macs=0.5, target_params=0.5), "target_macs or target_params"),
-    (dict(ranking="foo"), "ranking"),
-    (dict(group_policy="foo"), "group_policy"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(tolerance=-0.1), "tolerance"),
+        (dict(tolerance=1.5), "tolerance"),
+        (dict(tolerance=float("nan")), "tolerance"),
+        (dict(target_macs=0), "target_macs"),
+        (dict(target_macs=1.5), "target_macs"),
+        (dict(target_params=0.0), "target_params"),
+        (dict(target_params=-0.5), "target_params"),
+        (dict(target_macs=0.5, target_params=0.5), "target_macs or target_params"),
+        (dict(ranking="foo"), "ranking"),
+        (dict(group_policy="foo"), "group_policy"),
+    ],
+)
 def test_bad_arguments_raise_before_any_work(kwargs, match, monkeypatch):
     def fail(*args, **kw):
         raise AssertionError("work started before the arguments were checked")
@@ -481,7 +519,13 @@ def test_bad_arguments_raise_before_any_work(kwargs, match, monkeypatch):
     with pytest.raises(ValueError, match=match):
         prune(model, helpers.calibration_loader(), **kwargs)
     with pytest.raises(ValueError, match=match):  # also with precomputed scores
-        prune(model, scores=helpers.trained_small_cnn_scores(), example_inputs=helpers.example_inputs(), **kwargs, recalibrate=False)
+        prune(
+            model,
+            scores=helpers.trained_small_cnn_scores(),
+            example_inputs=helpers.example_inputs(),
+            **kwargs,
+            recalibrate=False,
+        )
     assert_untouched(model, before)
 
 
@@ -511,7 +555,9 @@ def test_group_policy_joint_on_resnet():
     x = helpers.example_inputs(4)
     results = {}
     for policy in ("min_count", "joint"):
-        result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, group_policy=policy, recalibrate=False)
+        result = prune(
+            copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, group_policy=policy, recalibrate=False
+        )
         assert run(result.model, x).shape == (4, 10)
         assert result.report.macs_after < result.report.macs_before
         results[policy] = result
@@ -525,8 +571,10 @@ def test_group_policy_joint_on_resnet():
     # min_count: a coupled group removes no more than its most conservative member allows
     for group in planner.groups:
         if group.root in multi:
-            allowed = min(tolerance_counts(scores, 0.3)[n] * group.num_channels // scores.utilization[n].numel()
-                          for n in group.members)
+            allowed = min(
+                tolerance_counts(scores, 0.3)[n] * group.num_channels // scores.utilization[n].numel()
+                for n in group.members
+            )
             assert len(results["min_count"].removed.get(group.root, [])) == allowed, group.root
 
 

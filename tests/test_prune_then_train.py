@@ -72,8 +72,15 @@ class ValAccuracy(L.Callback):
 def _fit(tmp_path, recalibrate_each_epoch: bool, seed: int = 0):
     torch.manual_seed(seed)
     record = ValAccuracy()
-    callback = FairPruneCallback(target_macs=0.5, prune_at=1, samples_per_class=8, num_projections=16,
-                                 progress=False, verbose=False, recalibrate_each_epoch=recalibrate_each_epoch)
+    callback = FairPruneCallback(
+        target_macs=0.5,
+        prune_at=1,
+        samples_per_class=8,
+        num_projections=16,
+        progress=False,
+        verbose=False,
+        recalibrate_each_epoch=recalibrate_each_epoch,
+    )
     fit = trainer(tmp_path, [record, callback], max_epochs=6)
     fit.fit(ResidualNet(), datamodule=DigitsDataModule(seed=seed))
     assert len(callback.events) == 1
@@ -95,7 +102,7 @@ def runs(tmp_path_factory):
         on, fit_on = _fit(tmp_path_factory.mktemp("on"), recalibrate_each_epoch=True)
         on_calls = list(calls)
         off, _ = _fit(tmp_path_factory.mktemp("off"), recalibrate_each_epoch=False)
-    return {"on": on, "off": off, "calls": on_calls, "off_calls": calls[len(on_calls):], "trainer": fit_on}
+    return {"on": on, "off": off, "calls": on_calls, "off_calls": calls[len(on_calls) :], "trainer": fit_on}
 
 
 def test_pruned_model_keeps_its_eval_accuracy_while_training(runs):
@@ -117,8 +124,9 @@ def test_statistics_are_re_estimated_on_training_batches_before_each_validation(
 def test_no_re_estimation_before_any_pruning(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("lightning_fair.lightning.callback.recalibrate_bn", lambda *a, **k: calls.append(1) or [])
-    callback = FairPruneCallback(target_macs=0.5, prune_at=2, samples_per_class=8, num_projections=16,
-                                 progress=False, verbose=False)
+    callback = FairPruneCallback(
+        target_macs=0.5, prune_at=2, samples_per_class=8, num_projections=16, progress=False, verbose=False
+    )
     torch.manual_seed(0)
     trainer(tmp_path, [callback], max_epochs=2).fit(ResidualNet(), datamodule=DigitsDataModule())
     assert calls == []  # prune_at=2 is never reached: the model was never pruned
@@ -132,10 +140,12 @@ def test_recalibrate_each_epoch_must_be_a_bool():
 def test_two_callbacks_re_estimate_once_per_validation(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(lightning_fair.lightning.callback, "recalibrate_bn", lambda *a, **k: calls.append(1) or [])
-    first = FairPruneCallback(target_macs=0.7, prune_at=0, samples_per_class=8, num_projections=16,
-                              progress=False, verbose=False)
-    second = FairPruneCallback(target_macs=0.7, prune_at=1, samples_per_class=8, num_projections=16,
-                               progress=False, verbose=False)
+    first = FairPruneCallback(
+        target_macs=0.7, prune_at=0, samples_per_class=8, num_projections=16, progress=False, verbose=False
+    )
+    second = FairPruneCallback(
+        target_macs=0.7, prune_at=1, samples_per_class=8, num_projections=16, progress=False, verbose=False
+    )
     torch.manual_seed(0)
     trainer(tmp_path, [first, second], max_epochs=3).fit(ResidualNet(), datamodule=DigitsDataModule())
     assert len(first.events) == len(second.events) == 1

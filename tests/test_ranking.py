@@ -1,9 +1,9 @@
 """The ranking stage: FAIR's U and the screening score reach allocation under their own names."""
 
 import torch
-from lightning_fair.allocation.budgets import global_counts
 
 from lightning_fair import PruneConfig, compute_scores
+from lightning_fair.allocation.budgets import global_counts
 from lightning_fair.demos import zoo
 from lightning_fair.pipeline.oneshot import rank
 from lightning_fair.scoring.ranking import Ranking
@@ -14,7 +14,7 @@ def batches():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 1, 12, 12, generator=g)
     y = torch.arange(120) % 10
-    return [(x[i:i + 40] + y[i:i + 40].view(-1, 1, 1, 1) * 0.1, y[i:i + 40]) for i in range(0, 120, 40)]
+    return [(x[i : i + 40] + y[i : i + 40].view(-1, 1, 1, 1) * 0.1, y[i : i + 40]) for i in range(0, 120, 40)]
 
 
 def test_fair_and_screening_rankings_name_what_they_hold():

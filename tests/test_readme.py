@@ -15,8 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
 #: what the test changes in the blocks to keep them short: the number of epochs only
-SMALL = [(re.compile(r"max_epochs=\d+"), "max_epochs=2"), (re.compile(r"prune_at=\d+"), "prune_at=0"),
-         (re.compile(r"epoch=9-step=180"), "epoch=1-step=36")]
+SMALL = [
+    (re.compile(r"max_epochs=\d+"), "max_epochs=2"),
+    (re.compile(r"prune_at=\d+"), "prune_at=0"),
+    (re.compile(r"epoch=9-step=180"), "epoch=1-step=36"),
+]
 
 
 def small(text: str) -> str:
@@ -47,8 +50,9 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_command():
 def test_python_block_runs_as_written(number, tmp_path):
     code = small(python_blocks()[number])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, f"README python block {number} failed:\n{code}\n{run.stderr[-3000:]}"
 
 
@@ -57,7 +61,8 @@ def test_cli_block_runs_as_written(tmp_path):
     script = small(block)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, f"README commands failed:\n{script}\n{run.stderr[-3000:]}"
     assert (tmp_path / "pruned" / "pruned.ckpt").is_file() and (tmp_path / "pruned" / "report.json").is_file()

@@ -1,4 +1,5 @@
 """recalibrate_bn: exact pooled running statistics, nothing else touched, atomic, real effect."""
+
 import copy
 
 import pytest
@@ -14,8 +15,12 @@ torch.set_num_threads(1)
 def _conv_net():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5), nn.ReLU(),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
     ).eval()
 
 
@@ -23,11 +28,18 @@ def _mixed_net():
     """Conv-BN2d, dropout, Linear-BN1d: every BN in the forward path."""
     torch.manual_seed(1)
     return nn.Sequential(
-        nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
         nn.Dropout(0.5),
-        nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(1),
-        nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.Conv2d(6, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(1),
+        nn.Linear(16, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
         nn.Linear(8, 3),
     ).eval()
 
@@ -70,6 +82,7 @@ def _unbiased(x, dims):
 
 # 1. pooled statistics over unequal batches ------------------------------------------------------
 
+
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
 def test_first_norm_gets_pooled_mean_and_unbiased_var(offset):
     model = _conv_net()
@@ -100,6 +113,7 @@ def test_large_offset_directly_at_the_norm_input():
 
 # 2. every layer, whole data as one batch ---------------------------------------------------------
 
+
 def test_all_layers_match_train_mode_batch_statistics():
     model = _mixed_net()
     x = torch.randn(16, 2, 5, 5, generator=torch.Generator().manual_seed(4)) + 3
@@ -111,6 +125,7 @@ def test_all_layers_match_train_mode_batch_statistics():
         def hook(module, args):
             dims = (0,) if args[0].dim() == 2 else (0, 2, 3)
             seen[name] = _unbiased(args[0], dims)
+
         return hook
 
     for name, m in _norms(reference):
@@ -128,8 +143,11 @@ def test_batchnorm3d_and_tracked_instancenorm_pooled():
     g = torch.Generator().manual_seed(5)
     cases = [
         (nn.BatchNorm3d(2), [torch.randn(n, 2, 3, 4, 4, generator=g) + 7 for n in (3, 2)], (0, 2, 3, 4)),
-        (nn.InstanceNorm2d(6, track_running_stats=True), [torch.randn(n, 6, 4, 4, generator=g) - 7 for n in (3, 2)],
-         (0, 2, 3)),
+        (
+            nn.InstanceNorm2d(6, track_running_stats=True),
+            [torch.randn(n, 6, 4, 4, generator=g) - 7 for n in (3, 2)],
+            (0, 2, 3),
+        ),
         (nn.SyncBatchNorm(3), [torch.randn(n, 3, 4, 4, generator=g) * 3 + 1 for n in (4, 2)], (0, 2, 3)),
         # unbatched (C, L) input: channels in dim 0
         (nn.InstanceNorm1d(4, track_running_stats=True), [torch.randn(4, n, generator=g) for n in (5, 5, 5)], (1,)),
@@ -143,6 +161,7 @@ def test_batchnorm3d_and_tracked_instancenorm_pooled():
 
 # 3. nothing else changes -------------------------------------------------------------------------
 
+
 def test_nothing_but_running_stats_changes():
     model = _mixed_net()
     model[1].momentum = None
@@ -150,8 +169,8 @@ def test_nothing_but_running_stats_changes():
     model[1].num_batches_tracked.fill_(5)
     model.append(nn.BatchNorm1d(3, track_running_stats=False))  # not tracked: left alone
     model.train()
-    model[5].eval()     # a BN in eval mode
-    model[3].eval()     # dropout in eval mode
+    model[5].eval()  # a BN in eval mode
+    model[3].eval()  # dropout in eval mode
     model[0].weight.requires_grad_(False)
     x = torch.randn(8, 2, 5, 5)
     model(x).sum().backward()  # existing .grad (and one BN's stats moved by this train step)
@@ -205,6 +224,7 @@ def test_norm_that_never_runs_warns_and_is_kept():
 
 # 4. atomic --------------------------------------------------------------------------------------
 
+
 def _assert_atomic(model, loader, error):
     model[1].momentum = None
     model.train()
@@ -247,6 +267,7 @@ def test_loader_error_mid_pass_leaves_model_untouched():
 
 # 5. inference mode -------------------------------------------------------------------------------
 
+
 def test_inside_inference_mode_with_inference_batches():
     model = _mixed_net()
     outside = copy.deepcopy(model)
@@ -264,6 +285,7 @@ def test_inside_inference_mode_with_inference_batches():
 
 
 # 6. arguments ------------------------------------------------------------------------------------
+
 
 def test_no_norm_layers_returns_empty_without_iterating():
     def loader():
@@ -309,6 +331,7 @@ def test_max_batches_uses_only_the_first_batches():
 
 # 8. batch forms ----------------------------------------------------------------------------------
 
+
 def test_batch_forms():
     data = [torch.randn(n, 3, 6, 6) for n in (4, 3)]
     labels = [torch.zeros(len(x), dtype=torch.long) for x in data]
@@ -333,6 +356,7 @@ def test_batch_forms():
 
 
 # 7. real effect -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_recalibration_recovers_accuracy_after_channel_removal(digits, seed):
@@ -360,7 +384,7 @@ def test_recalibration_recovers_accuracy_after_channel_removal(digits, seed):
     with torch.no_grad():
         model.features[1][0].weight[:, :4] = 0  # conv 2 loses half its input channels
     pruned = accuracy()
-    recalibrate_bn(model, [x[train[i:i + 128]] for i in range(0, len(train), 128)])
+    recalibrate_bn(model, [x[train[i : i + 128]] for i in range(0, len(train), 128)])
     recalibrated = accuracy()
     # Over 30 seeds: trained 0.74-0.96, pruned 0.15-0.45, recalibrated 0.53-0.78, gain >= 0.21.
     assert trained > 0.7

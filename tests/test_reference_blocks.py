@@ -9,11 +9,11 @@ import helpers
 import pytest
 import reference_blocks as blocks
 import torch
-from lightning_fair.removal import graph
-from lightning_fair.removal.planner import DependencyPlanner
 
 from lightning_fair import load_pruned, prune, save_pruned
 from lightning_fair.demos import zoo
+from lightning_fair.removal import graph
+from lightning_fair.removal.planner import DependencyPlanner
 from lightning_fair.runtime import guards
 from lightning_fair.units.channels import PRUNABLE_TYPES
 
@@ -103,8 +103,11 @@ def test_restore_puts_the_graph_back_with_the_layer_scale_parameters():
         assert outputs(model, helpers.example_inputs(2)).shape == (2, blocks.NUM_CLASSES)
         planner.restore()
         parameters = {id(p) for p in model.parameters()}
-        assert all(id(node.module) in parameters for key, node in planner.graph.module2node.items()
-                   if isinstance(key, torch.nn.Parameter))
+        assert all(
+            id(node.module) in parameters
+            for key, node in planner.graph.module2node.items()
+            if isinstance(key, torch.nn.Parameter)
+        )
     assert shapes[0] == shapes[1] and model.blocks[0].gamma.numel() == 16
 
 
@@ -156,6 +159,7 @@ def test_a_group_search_that_does_not_end_is_left_whole(monkeypatch, loader, one
 
 def test_rollback_raises_the_original_error_when_putting_back_fails_too(monkeypatch):
     """F: a failure in the rollback handler (MemoryError on swin_t) no longer hides the original error."""
+
     def restore(self):
         raise MemoryError("no memory left to restore")
 
@@ -163,12 +167,14 @@ def test_rollback_raises_the_original_error_when_putting_back_fails_too(monkeypa
     with pytest.raises(ValueError, match="the original") as raised:
         with guards.rollback(torch.nn.Linear(2, 2)):
             raise ValueError("the original")
-    assert "putting the model back failed too (MemoryError" in "".join(getattr(raised.value, "__notes__", [])) or \
-        not hasattr(raised.value, "add_note")
+    assert "putting the model back failed too (MemoryError" in "".join(
+        getattr(raised.value, "__notes__", [])
+    ) or not hasattr(raised.value, "add_note")
 
 
 def test_graph_is_built_before_scoring(monkeypatch, loader):
     """E: a model torch-pruning cannot trace fails before the scoring pass, not after it."""
+
     def fail(model, example_inputs):
         raise RuntimeError("cannot trace")
 
@@ -184,5 +190,7 @@ def _planner(model, dependency=None):
 
 
 def test_an_unreachable_target_names_the_groups_left_whole(loader, one_thread):
-    with pytest.raises(ValueError, match=r"cannot be reached.*1 coupled group\(s\) are left whole \(stem: torch-pruning"):
+    with pytest.raises(
+        ValueError, match=r"cannot be reached.*1 coupled group\(s\) are left whole \(stem: torch-pruning"
+    ):
         prune(build("mixer"), loader, target_macs=0.01, **FAST)

@@ -23,8 +23,8 @@ from scipy.stats import wasserstein_distance
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fair import FairScores, compute_scores, prune
-from lightning_fair.demos import zoo
 from lightning_fair.collect import projections
+from lightning_fair.demos import zoo
 from lightning_fair.units.channels import input_key
 
 
@@ -53,20 +53,26 @@ def test_consumer_input_utilization_matches_brute_force():
     x, y, _, _ = helpers.digits()
     x, y = x[:300], y[:300]
     n, num_proj, seed = 6, 5, 2
-    scores = compute_scores(model, DataLoader(TensorDataset(x, y), batch_size=64), samples_per_class=n,
-                            num_projections=num_proj, seed=seed)
+    scores = compute_scores(
+        model, DataLoader(TensorDataset(x, y), batch_size=64), samples_per_class=n, num_projections=num_proj, seed=seed
+    )
     modules = dict(model.named_modules())
     # block 2 reads relu(block 1's branch + identity); stage 2 (conv1 and shortcut) and the classifier read
     # the stage outputs; block 1 reads the stem's activation itself (its U is the stem's), the stem the image
-    assert list(scores.input_utilization) == ["features.2.conv1", "features.3.downsample.0", "features.3.conv1",
-                                              "classifier"]
+    assert list(scores.input_utilization) == [
+        "features.2.conv1",
+        "features.3.downsample.0",
+        "features.3.conv1",
+        "classifier",
+    ]
     picks = {int(k): (y == k).nonzero().flatten()[:n] for k in torch.unique(y)}
     for name in ("features.2.conv1", "classifier"):
         inputs = _capture_input(model, modules[name], x).double()
         maps = inputs.flatten(2) if inputs.dim() == 4 else inputs.unsqueeze(-1)
         if maps.shape[2] > 1:
-            theta = projections.random_projections(maps.shape[2], num_proj,
-                                                 seed=zlib.crc32(input_key(name).encode()) ^ seed).double()
+            theta = projections.random_projections(
+                maps.shape[2], num_proj, seed=zlib.crc32(input_key(name).encode()) ^ seed
+            ).double()
             maps = maps @ theta
         maps = maps.numpy()
         expected = np.zeros(maps.shape[1])
@@ -86,8 +92,9 @@ def test_input_utilization_round_trips_and_splits_into_passes(tmp_path):
     model = zoo.resnet(width=8, layers=(2, 2)).eval()
     data = [(torch.randn(60, 1, 8, 8), torch.arange(60) % 10) for _ in range(2)]
     one = compute_scores(model, data, samples_per_class=4, num_projections=8)
-    split = compute_scores(model, data, samples_per_class=4, num_projections=8,
-                           memory_budget=one.config["memory_estimate"] - 1)  # just too small for one pass
+    split = compute_scores(
+        model, data, samples_per_class=4, num_projections=8, memory_budget=one.config["memory_estimate"] - 1
+    )  # just too small for one pass
     assert split.config["passes"] > 1
     for name, values in one.input_utilization.items():
         assert torch.equal(values, split.input_utilization[name]), name
@@ -130,11 +137,24 @@ def test_resnet20_residual_groups_ranked_by_their_consumers_beat_their_members_o
     model.eval()
     calib, example = common.loader(data.calib, 100), data.calib.x[:1]
     scores = compute_scores(model, calib)
-    fair = common.accuracy(prune(copy.deepcopy(model), calib, scores=scores, example_inputs=example,
-                                 target_macs=0.3, ranking="utilization").model, data.test)
+    fair = common.accuracy(
+        prune(
+            copy.deepcopy(model), calib, scores=scores, example_inputs=example, target_macs=0.3, ranking="utilization"
+        ).model,
+        data.test,
+    )
     members_only = FairScores(**{**scores.__dict__, "input_utilization": {}})  # the ranking before the fix
-    before = common.accuracy(prune(copy.deepcopy(model), calib, scores=members_only, example_inputs=example,
-                                   target_macs=0.3, ranking="utilization").model, data.test)
+    before = common.accuracy(
+        prune(
+            copy.deepcopy(model),
+            calib,
+            scores=members_only,
+            example_inputs=example,
+            target_macs=0.3,
+            ranking="utilization",
+        ).model,
+        data.test,
+    )
     assert common.accuracy(model, data.test) > 95
     assert fair > before, (fair, before)
 
@@ -147,8 +167,14 @@ def test_screening_ranks_residual_groups_by_its_own_scores():
     data = [(torch.randn(60, 1, 8, 8), torch.arange(60) % 10) for _ in range(2)]
     scores = compute_scores(model, data, samples_per_class=4, num_projections=8, criterion="screening")
     assert scores.input_utilization
-    options = dict(scores=scores, example_inputs=data[0][0][:1], criterion="screening", target_macs=0.6,
-                   inplace=False, recalibrate=False)
+    options = dict(
+        scores=scores,
+        example_inputs=data[0][0][:1],
+        criterion="screening",
+        target_macs=0.6,
+        inplace=False,
+        recalibrate=False,
+    )
     with_inputs = prune(model, data, **options)
     without = prune(model, data, **{**options, "scores": FairScores(**{**scores.__dict__, "input_utilization": {}})})
     assert with_inputs.removed == without.removed

@@ -33,7 +33,7 @@ def batches(classes: int, n: int, batch: int = 60, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, classes, (n,), generator=g)
     x = torch.randn(n, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float() / classes
-    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
 def model(classes: int) -> torch.nn.Module:
@@ -106,8 +106,14 @@ def test_too_few_chosen_classes_in_the_data_names_max_classes():
 # ------------------------------------------------------------------------------ num_projections="auto"
 def test_auto_projections_are_128_below_many_classes_and_32_from_there_on():
     assert PruneConfig().num_projections == "auto" and MANY_CLASSES == 50
-    assert [projections_for("auto", k) for k in (2, 10, MANY_CLASSES - 1, MANY_CLASSES, 100, 1000)] == \
-        [128, 128, 128, 32, 32, 32]
+    assert [projections_for("auto", k) for k in (2, 10, MANY_CLASSES - 1, MANY_CLASSES, 100, 1000)] == [
+        128,
+        128,
+        128,
+        32,
+        32,
+        32,
+    ]
     few, many = batches(10, 120), batches(60, 600)
     for classes, data, expected in ((10, few, 128), (60, many, 32)):
         collector = StatisticsCollector(model(classes), samples_per_class=2).run(data)

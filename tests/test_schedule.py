@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from lightning_fair.removal.history import CHECKPOINT_KEY, pruning_state
 from lightning_helpers import (
     FAST,
     FairPruneCallback,
@@ -18,6 +17,7 @@ from lightning_helpers import (
 
 import lightning_fair.lightning.callback
 from lightning_fair.demos.digits import ImageClassifier
+from lightning_fair.removal.history import CHECKPOINT_KEY, pruning_state
 from lightning_fair.units.cost import measure
 
 STEPS, TARGET = [0, 1, 2], 0.5
@@ -74,8 +74,15 @@ def gradual(tmp_path_factory):
         fit.fit(model, datamodule=dm)
         path = tmp_path / "end.ckpt"
         fit.save_checkpoint(path)
-        return {"model": model, "dm": dm, "callback": callback, "recorder": recorder, "trainer": fit,
-                "path": path, "tmp": tmp_path}
+        return {
+            "model": model,
+            "dm": dm,
+            "callback": callback,
+            "recorder": recorder,
+            "trainer": fit,
+            "path": path,
+            "tmp": tmp_path,
+        }
     finally:
         torch.set_num_threads(threads)
 

@@ -4,6 +4,7 @@ U and R are checked against independent brute-force computations: scipy's 1-D Wa
 distance in explicit Python loops for U, and autograd on the layer *parameters* for R
 (``Σ w·dL/dw + b·dL/db``, which equals ``Σ dL/dz·z`` because z is linear in them).
 """
+
 import copy
 import gc
 import itertools
@@ -19,12 +20,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fair import FairScores, compute_scores
+from lightning_fair.collect import projections
 from lightning_fair.collect.collector import StatisticsCollector
 from lightning_fair.scoring import distances
-from lightning_fair.collect import projections
 
 MLP_LAYERS = ("features.1", "features.3")  # zoo.mlp's hidden Linears, each followed by ReLU(inplace=True)
-CNN_CONVS = {"features.0.0": "features.0.1", "features.1.0": "features.1.1", "features.3.0": "features.3.1"}  # conv -> BN
+CNN_CONVS = {
+    "features.0.0": "features.0.1",
+    "features.1.0": "features.1.1",
+    "features.3.0": "features.3.1",
+}  # conv -> BN
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,7 +61,7 @@ def capture(model, module, x, transform=lambda t: t, batch_size=97):
         with torch.no_grad():
             model.eval()
             for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size])
+                model(x[i : i + batch_size])
     finally:
         handle.remove()
     return torch.cat(outs)
@@ -293,7 +298,9 @@ def _snapshot(model):
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "grad": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
         "params": [id(p) for p in model.parameters()],
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()),
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+        ),
     }
 
 
@@ -303,8 +310,9 @@ def _assert_same(model, before):
     for k, v in before["state"].items():
         w = after["state"][k]
         assert w.dtype == v.dtype and w.shape == v.shape
-        assert torch.equal(w.view(torch.uint8) if w.is_floating_point() else w,
-                           v.view(torch.uint8) if v.is_floating_point() else v), k  # bitwise
+        assert torch.equal(
+            w.view(torch.uint8) if w.is_floating_point() else w, v.view(torch.uint8) if v.is_floating_point() else v
+        ), k  # bitwise
     assert after["training"] == before["training"]
     assert after["requires_grad"] == before["requires_grad"]
     assert after["params"] == before["params"]
@@ -383,12 +391,14 @@ def test_frozen_model_under_no_grad_and_inference_batches(trained_mlp, digits):
 # --------------------------------------------------- 7. one forward + one backward per batch
 def test_one_forward_and_one_backward_per_batch(trained_cnn, digits):
     x, y = digits
-    data = loader(x[:7 * 40], y[:7 * 40], 40)
+    data = loader(x[: 7 * 40], y[: 7 * 40], 40)
     calls = []
     handle = trained_cnn.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
-        with mock.patch("lightning_fair.collect.collector.torch.autograd.grad", wraps=torch.autograd.grad) as grad, \
-                mock.patch("torch.autograd.backward", wraps=torch.autograd.backward) as backward:
+        with (
+            mock.patch("lightning_fair.collect.collector.torch.autograd.grad", wraps=torch.autograd.grad) as grad,
+            mock.patch("torch.autograd.backward", wraps=torch.autograd.backward) as backward,
+        ):
             scores = compute_scores(trained_cnn, data, samples_per_class=4, num_projections=4)
         assert len(calls) == 7
         assert grad.call_count + backward.call_count == 7
@@ -403,13 +413,11 @@ def test_one_forward_and_one_backward_per_batch(trained_cnn, digits):
 # ------------------------------------------------------- 8. memory independent of #batches
 def test_memory_does_not_grow_with_batches(trained_cnn, digits):
     x, y = digits
-    batches = list(loader(x[:20 * 16], y[:20 * 16], 16))
+    batches = list(loader(x[: 20 * 16], y[: 20 * 16], 16))
     short, long = batches[:2], batches
 
     def held(collector):
-        return {
-            name: (tuple(s.samples.shape), tuple(s.taylor_sum.shape)) for name, s in collector.layers.items()
-        }
+        return {name: (tuple(s.samples.shape), tuple(s.taylor_sum.shape)) for name, s in collector.layers.items()}
 
     def tensors_in(obj, seen=None):
         seen = set() if seen is None else seen
@@ -484,8 +492,8 @@ INPLACE = {
     "hardtanh": (lambda: nn.Hardtanh(inplace=True), lambda t: t.clamp(-1, 1)),
     "relu6": (lambda: nn.ReLU6(inplace=True), lambda t: t.clamp(0, 6)),
     "elu": (lambda: nn.ELU(inplace=True), F.elu),
-    "functional_relu": (lambda: (lambda t: F.relu(t, inplace=True)), lambda t: t.clamp(min=0)),
-    "functional_hardtanh": (lambda: (lambda t: F.hardtanh(t, inplace=True)), lambda t: t.clamp(-1, 1)),
+    "functional_relu": (lambda: lambda t: F.relu(t, inplace=True), lambda t: t.clamp(min=0)),
+    "functional_hardtanh": (lambda: lambda t: F.hardtanh(t, inplace=True), lambda t: t.clamp(-1, 1)),
 }
 
 
@@ -581,8 +589,16 @@ def test_empty_dataloader_is_an_error(trained_mlp):
         compute_scores(trained_mlp, empty, samples_per_class=4)
 
 
-@pytest.mark.parametrize("kwargs", [{"observe": "relu"}, {"observe": "Output"}, {"samples_per_class": 0},
-                                    {"samples_per_class": -3}, {"num_projections": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"observe": "relu"},
+        {"observe": "Output"},
+        {"samples_per_class": 0},
+        {"samples_per_class": -3},
+        {"num_projections": 0},
+    ],
+)
 def test_bad_arguments(trained_mlp, digits, kwargs):
     x, y = digits
     with pytest.raises(ValueError):

@@ -10,10 +10,10 @@ import helpers
 import numpy as np
 import pytest
 import torch
-from lightning_fair.allocation.tolerance import tolerance_count
 from torch import nn
 
 from lightning_fair import FairScores, compute_scores, prune, prune_connections
+from lightning_fair.allocation.tolerance import tolerance_count
 from lightning_fair.demos import zoo
 from lightning_fair.scoring.screening import connection_scores, screening_scores
 from lightning_fair.units.cost import measure
@@ -39,7 +39,7 @@ def unequal_batches():
     sizes, batches, start = [37, 50, 61], [], 0
     while start < len(y):
         size = sizes[len(batches) % 3]
-        batches.append((x[start:start + size], y[start:start + size]))
+        batches.append((x[start : start + size], y[start : start + size]))
         start += size
     return batches
 
@@ -47,8 +47,14 @@ def unequal_batches():
 def captured(model, batches, modules):
     """Spatially averaged outputs of ``modules`` ({name: module}) and every label, with plain hooks."""
     seen = {name: [] for name in modules}
-    handles = [m.register_forward_hook(lambda mod, args, out, name=name: seen[name].append(
-        out.detach().double().reshape(out.shape[0], out.shape[1], -1).mean(2))) for name, m in modules.items()]
+    handles = [
+        m.register_forward_hook(
+            lambda mod, args, out, name=name: seen[name].append(
+                out.detach().double().reshape(out.shape[0], out.shape[1], -1).mean(2)
+            )
+        )
+        for name, m in modules.items()
+    ]
     with torch.no_grad():
         for x, _ in batches:
             model(x)
@@ -71,15 +77,20 @@ def test_f_statistic_equals_sklearn_f_classif(observe):
     scores = compute_scores(model, batches, observe=observe, criterion="screening", **FAST)
     f = model.features
     # conv and Linear units: the layer output, or the ReLU after the norm (the tensor U observes)
-    taps = ({"features.0.0": f[0][0], "features.3.0": f[3][0], "head.0": model.head[0]} if observe == "output" else
-            {"features.0.0": f[0][2], "features.3.0": f[3][2], "head.0": model.head[1]})
+    taps = (
+        {"features.0.0": f[0][0], "features.3.0": f[3][0], "head.0": model.head[0]}
+        if observe == "output"
+        else {"features.0.0": f[0][2], "features.3.0": f[3][2], "head.0": model.head[1]}
+    )
     values, labels = captured(model, batches, taps)
     assert set(np.unique(labels)) == set(range(9))  # class 9 absent, unequal sizes
     for name in taps:
         torch.testing.assert_close(scores.f_statistic[name], sklearn_f(values[name], labels), rtol=1e-7, atol=1e-9)
     # inputs: the raw pixels' channel mean for the first conv, the pooled features for the head
     pixels = torch.cat([x for x, _ in batches]).double().mean((2, 3)).numpy()
-    torch.testing.assert_close(scores.input_f_statistic["features.0.0"], sklearn_f(pixels, labels), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(
+        scores.input_f_statistic["features.0.0"], sklearn_f(pixels, labels), rtol=1e-7, atol=1e-9
+    )
     if observe == "activation":  # the head reads exactly the pooled activation of features.3.0
         torch.testing.assert_close(scores.input_f_statistic["head.0"], scores.f_statistic["features.3.0"])
 
@@ -130,7 +141,9 @@ def test_screening_score_is_the_brute_force_formula(weight):
 
 
 def test_scores_with_f_round_trip_and_old_files_still_load(tmp_path):
-    scores = compute_scores(helpers.trained_small_cnn(), helpers.calibration_loader(200, 100), criterion="screening", **FAST)
+    scores = compute_scores(
+        helpers.trained_small_cnn(), helpers.calibration_loader(200, 100), criterion="screening", **FAST
+    )
     scores.save(tmp_path / "s.pt")
     back = FairScores.load(tmp_path / "s.pt")
     for field in ("f_statistic", "filter_norm", "input_f_statistic"):
@@ -170,8 +183,16 @@ def removed_are_lowest(result, ranked):
 
 def test_structured_global_reaches_the_target_and_removes_the_lowest_scores(lenet):
     state, batches, scores = lenet
-    result = prune(fresh(state), batches, criterion="screening", target_params=0.5, scores=scores,
-                   example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
+    result = prune(
+        fresh(state),
+        batches,
+        criterion="screening",
+        target_params=0.5,
+        scores=scores,
+        example_inputs=batches[0][0][:1],
+        **FAST,
+        ranking="utilization",
+    )
     assert 0.45 < result.report.params_ratio <= 0.5
     assert result.report.options["criterion"] == "screening" and result.report.options["allocation"] == "global"
     assert result.report.options["screening_weight"] == 0.5
@@ -179,32 +200,64 @@ def test_structured_global_reaches_the_target_and_removes_the_lowest_scores(lene
     removed_are_lowest(result, ranked)
     # one threshold for all layers: every removed unit scores below every kept one (scores have layer mean 1)
     gone = torch.cat([ranked[n][torch.tensor(i)] for n, i in result.removed.items()])
-    kept = torch.cat([ranked[n][[j for j in range(ranked[n].numel()) if j not in set(result.removed.get(n, []))]]
-                      for n in ranked])
+    kept = torch.cat(
+        [ranked[n][[j for j in range(ranked[n].numel()) if j not in set(result.removed.get(n, []))]] for n in ranked]
+    )
     assert gone.max() < kept.min()
 
 
 def test_structured_uniform_ratio_and_target(lenet):
     state, batches, scores = lenet
     ranked = screening_scores(scores, 0.7)
-    by_ratio = prune(fresh(state), batches, criterion="screening", screening_weight=0.7, ratio=0.3, scores=scores,
-                     example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
+    by_ratio = prune(
+        fresh(state),
+        batches,
+        criterion="screening",
+        screening_weight=0.7,
+        ratio=0.3,
+        scores=scores,
+        example_inputs=batches[0][0][:1],
+        **FAST,
+        ranking="utilization",
+    )
     assert by_ratio.report.options["allocation"] == "uniform"  # "auto" with a ratio
     assert {n: len(i) for n, i in by_ratio.removed.items()} == {"features.1": 90, "features.3": 30}
     removed_are_lowest(by_ratio, ranked)
-    by_target = prune(fresh(state), batches, criterion="screening", screening_weight=0.7, allocation="uniform",
-                      target_macs=0.6, scores=scores, example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
+    by_target = prune(
+        fresh(state),
+        batches,
+        criterion="screening",
+        screening_weight=0.7,
+        allocation="uniform",
+        target_macs=0.6,
+        scores=scores,
+        example_inputs=batches[0][0][:1],
+        **FAST,
+        ranking="utilization",
+    )
     assert 0.55 < by_target.report.macs_ratio <= 0.6
     counts = {n: len(i) for n, i in by_target.removed.items()}
-    assert counts == {"features.1": int(by_target.tolerance * 300 + 1e-9), "features.3": int(by_target.tolerance * 100 + 1e-9)}
+    assert counts == {
+        "features.1": int(by_target.tolerance * 300 + 1e-9),
+        "features.3": int(by_target.tolerance * 100 + 1e-9),
+    }
     removed_are_lowest(by_target, ranked)
 
 
 def test_structured_tod_uses_the_screening_score_with_r_as_protection(lenet):
     state, batches, scores = lenet
     ranked = screening_scores(scores, 0.5)
-    result = prune(fresh(state), batches, criterion="screening", allocation="tod", tolerance=0.2, scores=scores,
-                   example_inputs=batches[0][0][:1], **FAST, ranking="utilization")
+    result = prune(
+        fresh(state),
+        batches,
+        criterion="screening",
+        allocation="tod",
+        tolerance=0.2,
+        scores=scores,
+        example_inputs=batches[0][0][:1],
+        **FAST,
+        ranking="utilization",
+    )
     for name in ("features.1", "features.3"):
         k = tolerance_count(ranked[name], scores.reconstruction[name], 0.2)
         assert len(result.removed.get(name, [])) == result.counts[name] == k
@@ -243,8 +296,9 @@ def test_unstructured_masks_are_exact_lowest_and_permanent(lenet, allocation, tm
     model = fresh(state)
     params = dict(model.named_parameters())
     macs_before = measure(model, batches[0][0][:1])[0]
-    result = prune_connections(model, batches, sparsity=0.7, allocation=allocation, screening_weight=0.4,
-                               include_output=True, **FAST)
+    result = prune_connections(
+        model, batches, sparsity=0.7, allocation=allocation, screening_weight=0.4, include_output=True, **FAST
+    )
     layers = {"features.1": model.features[1], "features.3": model.features[3], "classifier": model.classifier}
     total = sum(m.weight.numel() for m in layers.values())
     zeros = {n: int((m.weight == 0).sum()) for n, m in layers.items()}
@@ -257,8 +311,9 @@ def test_unstructured_masks_are_exact_lowest_and_permanent(lenet, allocation, tm
     assert "MACs unchanged" in str(result.report)
     # the lowest connection scores went (original weights: the score uses |w| before pruning)
     original = fresh(state)
-    per_layer = {n: connection_scores(dict(original.named_modules())[n], scores.input_f_statistic[n], 0.4)
-                 for n in layers}
+    per_layer = {
+        n: connection_scores(dict(original.named_modules())[n], scores.input_f_statistic[n], 0.4) for n in layers
+    }
     for name, module in layers.items():
         assert torch.equal(module.weight == 0, ~result.masks[name])
         if allocation == "layer":
@@ -299,12 +354,22 @@ def test_unstructured_with_precomputed_scores_and_a_copy(lenet):
 
 
 # ------------------------------------------------------------------ bad options
-@pytest.mark.parametrize("kwargs", [
-    {"criterion": "anova"}, {"criterion": "screening", "screening_weight": 1.5},
-    {"criterion": "screening", "screening_weight": -0.1}, {"screening_weight": True},
-    {"screening_weight": "0.5"}, {"ratio": 1.0}, {"ratio": -0.2}, {"ratio": 0.3, "allocation": "tod"},
-    {"allocation": "uniform"}, {"ratio": 0.3, "target_macs": 0.5}, {"ratio": True},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"criterion": "anova"},
+        {"criterion": "screening", "screening_weight": 1.5},
+        {"criterion": "screening", "screening_weight": -0.1},
+        {"screening_weight": True},
+        {"screening_weight": "0.5"},
+        {"ratio": 1.0},
+        {"ratio": -0.2},
+        {"ratio": 0.3, "allocation": "tod"},
+        {"allocation": "uniform"},
+        {"ratio": 0.3, "target_macs": 0.5},
+        {"ratio": True},
+    ],
+)
 def test_bad_screening_options_are_refused_before_anything_changes(lenet, kwargs):
     state, batches, _ = lenet
     model = fresh(state)
@@ -322,8 +387,12 @@ def test_screening_needs_scores_with_screening_statistics(lenet):
         prune(model, scores=plain, example_inputs=batches[0][0][:1], criterion="screening", target_params=0.5)
     with pytest.raises(ValueError, match="criterion='screening'"):
         prune_connections(model, scores=plain, sparsity=0.5)
-    for kwargs in ({"sparsity": 1.0}, {"sparsity": -0.1}, {"sparsity": 0.5, "allocation": "uniform"},
-                   {"sparsity": 0.5, "screening_weight": 2}):
+    for kwargs in (
+        {"sparsity": 1.0},
+        {"sparsity": -0.1},
+        {"sparsity": 0.5, "allocation": "uniform"},
+        {"sparsity": 0.5, "screening_weight": 2},
+    ):
         with pytest.raises(ValueError):
             prune_connections(model, batches, **kwargs)
     for key, value in model.state_dict().items():
@@ -362,8 +431,14 @@ def test_screening_beats_random_removal_on_held_out_digits():
         scores = compute_scores(trained, batches, criterion="screening", **FAST)
         screened = prune(copy.deepcopy(trained), batches, criterion="screening", scores=scores, **options)
         accuracy = helpers.accuracy(screened.model, x_test, y_test)
-        random = [helpers.accuracy(prune(copy.deepcopy(trained), batches, ranking="random", seed=s, scores=scores,
-                                         **options).model, x_test, y_test) for s in range(3)]
+        random = [
+            helpers.accuracy(
+                prune(copy.deepcopy(trained), batches, ranking="random", seed=s, scores=scores, **options).model,
+                x_test,
+                y_test,
+            )
+            for s in range(3)
+        ]
         assert screened.report.params_ratio <= 0.5
         assert accuracy >= max(random) + 0.02, (seed, accuracy, random)
         assert accuracy >= 0.9, (seed, accuracy)
@@ -377,12 +452,24 @@ def test_cli_flags_reach_the_callback(monkeypatch):
     from lightning_fair.lightning.cli import FairCLI
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    cli = FairCLI(args=["--model=lightning_fair.demos.digits.ImageClassifier", "--model.width=8",
-                        "--data=lightning_fair.demos.digits.DigitsDataModule", "--trainer.logger=false",
-                        "--prune.criterion=screening", "--prune.screening_weight=0.3", "--prune.ratio=0.2"], run=False)
+    cli = FairCLI(
+        args=[
+            "--model=lightning_fair.demos.digits.ImageClassifier",
+            "--model.width=8",
+            "--data=lightning_fair.demos.digits.DigitsDataModule",
+            "--trainer.logger=false",
+            "--prune.criterion=screening",
+            "--prune.screening_weight=0.3",
+            "--prune.ratio=0.2",
+        ],
+        run=False,
+    )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
     assert {k: getattr(callback.config, k) for k in ("criterion", "screening_weight", "ratio")} == {
-        "criterion": "screening", "screening_weight": 0.3, "ratio": 0.2}
+        "criterion": "screening",
+        "screening_weight": 0.3,
+        "ratio": 0.2,
+    }
 
 
 def test_screening_memory_is_k_by_c_and_in_the_estimate():
@@ -394,8 +481,7 @@ def test_screening_memory_is_k_by_c_and_in_the_estimate():
     collector = StatisticsCollector(model, screening=True, **FAST).run(batches)
     # the scored layers (the entries observing layer inputs for U carry no screening statistics)
     layers = [s for name, s in collector.layers.items() if consumer_of(name) is None]
-    held = sum(s.moments.nbytes for s in layers) + sum(
-        m.nbytes for m in collector.input_moments.values())
+    held = sum(s.moments.nbytes for s in layers) + sum(m.nbytes for m in collector.input_moments.values())
     estimate = estimate_memory(model, helpers.example_inputs(1), screening=True, **FAST)
     assert held == estimate.screening_bytes == collector.estimate.screening_bytes > 0
     units = sum(s.num_units for s in layers)
@@ -418,9 +504,12 @@ def test_grouped_and_transposed_convs_map_connections_and_filters_to_the_right_c
     scores = connection_scores(transposed, f_in, 1.0)
     for i in range(4):
         assert torch.all(scores[i] == f_in[i] / 3)
-    expected = torch.stack([transposed.weight.detach()[2 * (o // 3):2 * (o // 3) + 2, o % 3].double().norm()
-                            for o in range(6)])
+    expected = torch.stack(
+        [transposed.weight.detach()[2 * (o // 3) : 2 * (o // 3) + 2, o % 3].double().norm() for o in range(6)]
+    )
     torch.testing.assert_close(filter_norms(transposed), expected)
     torch.testing.assert_close(filter_norms(conv), conv.weight.detach().double().flatten(1).norm(dim=1))
     magnitude = connection_scores(conv, f_in, 0.0)
-    torch.testing.assert_close(magnitude, conv.weight.detach().double().abs() / conv.weight.detach().double().abs().mean())
+    torch.testing.assert_close(
+        magnitude, conv.weight.detach().double().abs() / conv.weight.detach().double().abs().mean()
+    )

@@ -58,10 +58,18 @@ def test_sequence_first_layers_are_skipped_and_heads_still_prune():
     assert torch.allclose(fresh(x), result.model.eval()(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(criterion="screening", tolerance=0.3), dict(ranking="l1", tolerance=0.3),
-                                     dict(ranking="random", target_macs=0.6), dict(allocation="uniform", ratio=0.5),
-                                     dict(preset="paper", target_macs=0.6), dict(group_policy="joint", tolerance=0.3)],
-                         ids=["screening", "l1", "random", "uniform", "paper", "joint"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(criterion="screening", tolerance=0.3),
+        dict(ranking="l1", tolerance=0.3),
+        dict(ranking="random", target_macs=0.6),
+        dict(allocation="uniform", ratio=0.5),
+        dict(preset="paper", target_macs=0.6),
+        dict(group_policy="joint", tolerance=0.3),
+    ],
+    ids=["screening", "l1", "random", "uniform", "paper", "joint"],
+)
 def test_heads_follow_every_ranking_and_allocation(options):
     model = trained("vit_fused_qkv")
     attention = find_attention(model)
@@ -132,8 +140,10 @@ def test_attention_with_per_head_parameters_is_kept_whole():
     widths = {name: (units.inputs[0].out_features, units.output.in_features) for name, units in attention.items()}
     with pytest.warns(UserWarning, match="heads of 'blocks.0.attn' are not pruned"):
         result = prune(model, image_batches(), **FAST, tolerance=0.3)
-    assert {name: (units.inputs[0].out_features, units.output.in_features)
-            for name, units in find_attention(result.model).items()} == widths
+    assert {
+        name: (units.inputs[0].out_features, units.output.in_features)
+        for name, units in find_attention(result.model).items()
+    } == widths
     assert not any(name.endswith(("qkv", "proj", "attn")) for name in result.scores.layers)
     assert any(note.startswith("blocks.0.attn: heads kept (its own parameters") for note in result.report.notes)
     assert result.report.macs_after < result.report.macs_before
@@ -159,10 +169,16 @@ def test_one_head_left_is_kept_on_a_second_prune():
     assert second.model(x).logits.shape == (3, 4)
 
 
-EMBEDDING_CASES = [("vit_fused_qkv", dict(tolerance=0.3)), ("hf_bert", dict(tolerance=0.3)),
-                   ("hf_distilbert", dict(tolerance=0.3)), ("hf_vit", dict(tolerance=0.3)),
-                   ("hf_bert", dict(target_macs=0.5)), ("hf_distilbert", dict(target_macs=0.5)),
-                   ("vit_fused_qkv", dict(target_macs=0.5)), ("hf_vit", dict(target_macs=0.5))]
+EMBEDDING_CASES = [
+    ("vit_fused_qkv", dict(tolerance=0.3)),
+    ("hf_bert", dict(tolerance=0.3)),
+    ("hf_distilbert", dict(tolerance=0.3)),
+    ("hf_vit", dict(tolerance=0.3)),
+    ("hf_bert", dict(target_macs=0.5)),
+    ("hf_distilbert", dict(target_macs=0.5)),
+    ("vit_fused_qkv", dict(target_macs=0.5)),
+    ("hf_vit", dict(target_macs=0.5)),
+]
 
 
 @pytest.mark.parametrize("name,budget", EMBEDDING_CASES)

@@ -108,8 +108,10 @@ def test_head_and_neuron_utilization_match_brute_force():
     picks = {k: (y == k).nonzero().flatten()[:n].tolist() for k in range(4)}
     seen = {}
     block = model.blocks[0]
-    hooks = [block.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("heads", a[0].detach())),
-             block.mlp.fc1.register_forward_hook(lambda m, a, out: seen.__setitem__("fc1", out.detach()))]
+    hooks = [
+        block.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("heads", a[0].detach())),
+        block.mlp.fc1.register_forward_hook(lambda m, a, out: seen.__setitem__("fc1", out.detach())),
+    ]
     try:
         with torch.no_grad():
             model(x)
@@ -119,13 +121,17 @@ def test_head_and_neuron_utilization_match_brute_force():
     heads = seen["heads"].reshape(x.shape[0], -1, 4, 8).permute(0, 2, 1, 3).flatten(2).double()  # [N, H, T * d]
     neurons = seen["fc1"].transpose(1, 2).double()  # [N, C, T]
     for name, points in (("blocks.0.attn", heads), ("blocks.0.mlp.fc1", neurons)):
-        theta = projections.random_projections(points.shape[2], num_proj, seed=zlib.crc32(name.encode()) ^ seed).double()
+        theta = projections.random_projections(
+            points.shape[2], num_proj, seed=zlib.crc32(name.encode()) ^ seed
+        ).double()
         projected = points @ theta  # [N, units, P]
         expected = torch.zeros(points.shape[1], dtype=torch.float64)
         for unit in range(points.shape[1]):
             for k1, k2 in itertools.combinations(range(4), 2):
-                w1 = [wasserstein_distance(projected[picks[k1], unit, p], projected[picks[k2], unit, p])
-                      for p in range(num_proj)]
+                w1 = [
+                    wasserstein_distance(projected[picks[k1], unit, p], projected[picks[k2], unit, p])
+                    for p in range(num_proj)
+                ]
                 expected[unit] = max(expected[unit], sum(w1) / num_proj)
         assert torch.allclose(scores.utilization[name].double(), expected, rtol=1e-4, atol=1e-6), name
 

@@ -50,8 +50,14 @@ def test_callback_prunes_a_transformer_mid_fit_and_training_continues(tmp_path):
     L.seed_everything(0, verbose=False)
     model = ViTClassifier()
     callback, losses = FairPruneCallback(prune_at=1, tolerance=0.3, **FAST), Losses()
-    fit = trainer(tmp_path, [callback, losses], max_epochs=3, limit_train_batches=6, limit_val_batches=3,
-                  enable_checkpointing=True)
+    fit = trainer(
+        tmp_path,
+        [callback, losses],
+        max_epochs=3,
+        limit_train_batches=6,
+        limit_val_batches=3,
+        enable_checkpointing=True,
+    )
     fit.fit(model, datamodule=datamodule())
     heads = {f"net.blocks.{i}.attn": head_count(model.net.blocks[i].attn) for i in range(2)}
     hidden = [block.mlp.fc1.out_features for block in model.net.blocks]

@@ -96,12 +96,20 @@ class GroupUnits:
 
 
 def find_groups(model: nn.Module, ignored=None) -> Dict[str, GroupUnits]:
-    return {name: GroupUnits(name, module) for name, module in model.named_modules()
-            if isinstance(module, GroupedBlock) and module not in (ignored or set())}
+    return {
+        name: GroupUnits(name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, GroupedBlock) and module not in (ignored or set())
+    }
 
 
-GROUPS = UnitFamily("feature groups", find_groups, lambda m: m.groups if isinstance(m, GroupedBlock) else None,
-                    lambda model: contextlib.nullcontext(), "<groups>")
+GROUPS = UnitFamily(
+    "feature groups",
+    find_groups,
+    lambda m: m.groups if isinstance(m, GroupedBlock) else None,
+    lambda model: contextlib.nullcontext(),
+    "<groups>",
+)
 
 
 def trained_toy() -> ToyNet:

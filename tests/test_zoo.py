@@ -1,4 +1,5 @@
 """Tests for the reference model zoo (``lightning_fair.demos.zoo``), and the models tests and benchmarks define."""
+
 import helpers
 import pytest
 import torch

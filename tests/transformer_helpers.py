@@ -23,7 +23,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_dim = self.num_heads * self.head_dim
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(0.0)
         self.norm = nn.Identity()
@@ -69,8 +69,16 @@ class TinyViT(nn.Module):
     """DeiT/ViT-style: conv patch embedding, cls token, learned position embedding, pre-norm blocks,
     final LayerNorm, linear head on the cls token."""
 
-    def __init__(self, image: int = 8, patch: int = 2, channels: int = 1, dim: int = 32, depth: int = 2,
-                 num_heads: int = 4, num_classes: int = 4):
+    def __init__(
+        self,
+        image: int = 8,
+        patch: int = 2,
+        channels: int = 1,
+        dim: int = 32,
+        depth: int = 2,
+        num_heads: int = 4,
+        num_classes: int = 4,
+    ):
         super().__init__()
         self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
         tokens = (image // patch) ** 2
@@ -90,8 +98,9 @@ class TinyViT(nn.Module):
 class EncoderClassifier(nn.Module):
     """Token embedding, ``nn.TransformerEncoder`` (batch_first), mean pooling, linear head."""
 
-    def __init__(self, vocab: int = 20, dim: int = 32, depth: int = 2, num_heads: int = 4, num_classes: int = 4,
-                 length: int = 12):
+    def __init__(
+        self, vocab: int = 20, dim: int = 32, depth: int = 2, num_heads: int = 4, num_classes: int = 4, length: int = 12
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
@@ -116,8 +125,15 @@ def image_batches(num_classes: int = 4, batches: int = 2, size: int = 16, image:
     return data
 
 
-def token_batches(num_classes: int = 4, batches: int = 2, size: int = 16, length: int = 12, vocab: int = 20,
-                  seed: int = 0, hf: bool = False):
+def token_batches(
+    num_classes: int = 4,
+    batches: int = 2,
+    size: int = 16,
+    length: int = 12,
+    vocab: int = 20,
+    seed: int = 0,
+    hf: bool = False,
+):
     """Token sequences whose class is the most frequent of a few marker tokens; ``hf``: dicts with
     input_ids / attention_mask / labels, as a Hugging Face tokenizer and collator give them."""
     generator = torch.Generator().manual_seed(seed)
@@ -155,7 +171,7 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, window: int, num_heads: int):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.relative_position_bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, num_heads) * 0.02)
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
@@ -208,15 +224,31 @@ BUDGETS = [dict(tolerance=0.3), dict(target_macs=0.5)]
 def hf_model(name: str):
     transformers = pytest.importorskip("transformers")
     if name == "bert":
-        config = transformers.BertConfig(vocab_size=20, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=64, max_position_embeddings=16, num_labels=4)
+        config = transformers.BertConfig(
+            vocab_size=20,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            num_labels=4,
+        )
         return transformers.BertForSequenceClassification(config)
     if name == "distilbert":
-        config = transformers.DistilBertConfig(vocab_size=20, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
-                                               max_position_embeddings=16, num_labels=4)
+        config = transformers.DistilBertConfig(
+            vocab_size=20, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=16, num_labels=4
+        )
         return transformers.DistilBertForSequenceClassification(config)
-    config = transformers.ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                                    num_attention_heads=4, intermediate_size=64, num_labels=4)
+    config = transformers.ViTConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=4,
+    )
     return transformers.ViTForImageClassification(config)
 
 

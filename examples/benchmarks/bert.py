@@ -48,11 +48,22 @@ import lightning_fair  # noqa: E402
 from lightning_fair.units.cost import measure
 
 CLS = 17  # pixel intensities are 0..16
-CONFIG = dict(vocab_size=18, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-              max_position_embeddings=65, num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CONFIG = dict(
+    vocab_size=18,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=65,
+    num_labels=10,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 QUICK_CONFIG = dict(CONFIG, num_hidden_layers=2)
 #: (epochs, peak lr) of training; the fine-tune: one epoch, lr FINETUNE_LR cosine to 0
 TRAINING, QUICK_TRAINING, FINETUNE_LR = (40, 2e-3), (3, 2e-3), 5e-4
+
+
 def tokens(split: common.Split) -> torch.Tensor:
     """``[N, 65]`` token ids: ``[CLS]`` then the 64 pixel intensities (0..16) in reading order."""
     pixels = (split.x * 16).round().long().flatten(1)
@@ -62,9 +73,13 @@ def tokens(split: common.Split) -> torch.Tensor:
 def batches(split: common.Split, batch_size: int = 100, shuffle: bool = False, seed: int = 0):
     """Hugging Face batches: ``{"input_ids", "labels"}`` dicts."""
     ids = tokens(split)
-    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(len(ids))
-    return [{"input_ids": ids[order[i:i + batch_size]], "labels": split.y[order[i:i + batch_size]]}
-            for i in range(0, len(ids), batch_size)]
+    order = (
+        torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(len(ids))
+    )
+    return [
+        {"input_ids": ids[order[i : i + batch_size]], "labels": split.y[order[i : i + batch_size]]}
+        for i in range(0, len(ids), batch_size)
+    ]
 
 
 def build(config: dict) -> nn.Module:
@@ -77,8 +92,11 @@ def train(model: nn.Module, split: common.Split, epochs: int, lr: float, seed: i
     common.set_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * len(batches(split, 64))
-    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
-                 if schedule == "one_cycle" else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps))
+    scheduler = (
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
+        if schedule == "one_cycle"
+        else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    )
     model.train()
     for epoch in range(epochs):
         for batch in batches(split, 64, shuffle=True, seed=seed * 1000 + epoch):
@@ -93,8 +111,9 @@ def train(model: nn.Module, split: common.Split, epochs: int, lr: float, seed: i
 def accuracy(model: nn.Module, split: common.Split) -> float:
     model.eval()
     with torch.no_grad():
-        right = sum(int((model(input_ids=b["input_ids"]).logits.argmax(1) == b["labels"]).sum())
-                    for b in batches(split, 200))
+        right = sum(
+            int((model(input_ids=b["input_ids"]).logits.argmax(1) == b["labels"]).sum()) for b in batches(split, 200)
+        )
     return 100.0 * right / len(split)
 
 
@@ -137,10 +156,22 @@ def tp_heads(model: nn.Module, example, importance, ratio: float, global_pruning
     for a in attentions(model):
         num_heads.update({a.query: a.num_attention_heads, a.key: a.num_attention_heads, a.value: a.num_attention_heads})
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=importance, pruning_ratio=ratio, global_pruning=global_pruning,
-        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
-        head_pruning_ratio=ratio, max_pruning_ratio=quality.GLOBAL_MAX_RATIO,
-        output_transform=lambda out: out.logits.sum(), in_channel_groups={}, out_channel_groups={}, channel_groups={})
+        model,
+        example,
+        importance=importance,
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        ignored_layers=ignored,
+        num_heads=num_heads,
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=ratio,
+        max_pruning_ratio=quality.GLOBAL_MAX_RATIO,
+        output_transform=lambda out: out.logits.sum(),
+        in_channel_groups={},
+        out_channel_groups={},
+        channel_groups={},
+    )
     pruner.step()
     for a in attentions(model):
         heads = pruner.num_heads[a.query]
@@ -190,9 +221,16 @@ def evaluate(quick: bool, verbose: bool = True, seed: int = 0) -> dict:
         return tp_heads(candidate, example, importance, ratio, global_pruning=method == "global_l2")
 
     out = heads.compare(fair_models, pruned_at, kept, record, quick, verbose)
-    return {"macs": base_macs, "params": params, "baseline": accuracy(model, data.test), "shape": shape(model),
-            "config": QUICK_CONFIG if quick else CONFIG, "training": QUICK_TRAINING if quick else TRAINING,
-            "test_images": len(data.test), "methods": out}
+    return {
+        "macs": base_macs,
+        "params": params,
+        "baseline": accuracy(model, data.test),
+        "shape": shape(model),
+        "config": QUICK_CONFIG if quick else CONFIG,
+        "training": QUICK_TRAINING if quick else TRAINING,
+        "test_images": len(data.test),
+        "methods": out,
+    }
 
 
 def run(quick: bool = False, verbose: bool = True, threads: int = 1) -> dict:
@@ -205,13 +243,16 @@ def run(quick: bool = False, verbose: bool = True, threads: int = 1) -> dict:
 
 def to_markdown(results: dict) -> str:
     c, (epochs, lr) = results["config"], results["training"]
-    lines = [f"BERT (`BertForSequenceClassification`), hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
-             f"{c['num_attention_heads']} heads, feed-forward {c['intermediate_size']}: {results['macs'] / 1e6:.2f} M MACs "
-             f"(Linear), {results['params'] / 1e6:.2f} M parameters; trained {epochs} epochs (AdamW, one-cycle peak lr "
-             f"{lr:g}) on the 1100 training digits as 65-token sequences; held-out accuracy before pruning "
-             f"**{results['baseline']:.1f}%** ({results['test_images']} test digits); {results['seconds']:.0f} s in all, "
-             f"1 thread. Fine-tune: AdamW, one epoch over the training digits, lr {FINETUNE_LR:g} cosine to 0. One "
-             "trained model (seed 0).", ""]
+    lines = [
+        f"BERT (`BertForSequenceClassification`), hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
+        f"{c['num_attention_heads']} heads, feed-forward {c['intermediate_size']}: {results['macs'] / 1e6:.2f} M MACs "
+        f"(Linear), {results['params'] / 1e6:.2f} M parameters; trained {epochs} epochs (AdamW, one-cycle peak lr "
+        f"{lr:g}) on the 1100 training digits as 65-token sequences; held-out accuracy before pruning "
+        f"**{results['baseline']:.1f}%** ({results['test_images']} test digits); {results['seconds']:.0f} s in all, "
+        f"1 thread. Fine-tune: AdamW, one epoch over the training digits, lr {FINETUNE_LR:g} cosine to 0. One "
+        "trained model (seed 0).",
+        "",
+    ]
     return "\n".join(lines + heads.tables(results, "heads per layer; feed-forward neurons per layer; pooler")) + "\n"
 
 

@@ -47,11 +47,13 @@ def lag(run: standard.ModelRun, pruned: nn.Module, label: str) -> None:
             var_lag = (m.running_var.log() - r.running_var.log()).abs().mean().item()
             rows.append((mean_lag + var_lag, name, m.num_features, mean_lag, var_lag))
     change = sum(((p.detach() - before[n]) ** 2).sum() for n, p in tuned.named_parameters()).sqrt()
-    change = (change / sum((w ** 2).sum() for w in before.values()).sqrt()).item()
+    change = (change / sum((w**2).sum() for w in before.values()).sqrt()).item()
     acc, acc_bn = run.accuracies(tuned)
     n = max(len(rows), 1)
-    print(f"{label}: after (a) {acc:.1f} / re-estimated {acc_bn:.1f} %; weight change {100 * change:.1f} %; "
-          f"mean-lag {sum(r[3] for r in rows) / n:.3f}, logvar-lag {sum(r[4] for r in rows) / n:.3f}")
+    print(
+        f"{label}: after (a) {acc:.1f} / re-estimated {acc_bn:.1f} %; weight change {100 * change:.1f} %; "
+        f"mean-lag {sum(r[3] for r in rows) / n:.3f}, logvar-lag {sum(r[4] for r in rows) / n:.3f}"
+    )
     for _, name, width, mean_lag, var_lag in sorted(rows, reverse=True)[:6]:
         print(f"    {name:28s} width {width:4d}  mean-lag {mean_lag:.3f}  logvar-lag {var_lag:.3f}")
 
@@ -65,8 +67,11 @@ def main(argv=None) -> None:
     run = standard.ModelRun(standard.tasks()[args.model], 0, standard.settings(False), collections.defaultdict(float))
     t = args.target
     scores = lightning_fair.compute_scores(run.model, run.calib, seed=0)
-    lag(run, lightning_fair.prune(common.clone(run.model), run.calib, target_macs=t, scores=scores,
-                                  seed=0).model.eval(), "FAIR (default pipeline)")
+    lag(
+        run,
+        lightning_fair.prune(common.clone(run.model), run.calib, target_macs=t, scores=scores, seed=0).model.eval(),
+        "FAIR (default pipeline)",
+    )
     ratios, _ = quality.uniform_ratios(run.model, run.example, [t], run.base_macs)
     lag(run, run.uniform(run.model, "l2", t, ratios[t])[0], "uniform L2")
     make = quality.GLOBAL["global_l2"]

@@ -33,9 +33,9 @@ import time
 import common
 import torch
 import torch.nn.functional as F
-from lightning_fair.allocation.tolerance import tolerance_counts
 
 from lightning_fair import compute_scores, prune
+from lightning_fair.allocation.tolerance import tolerance_counts
 from lightning_fair.demos import zoo
 
 TOLERANCE = 0.05
@@ -51,13 +51,19 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def agreement(exact, other) -> dict:
-    rhos = [spearman(exact.utilization[n], other.utilization[n]) for n in exact.layers
-            if exact.utilization[n].numel() > 2]
+    rhos = [
+        spearman(exact.utilization[n], other.utilization[n]) for n in exact.layers if exact.utilization[n].numel() > 2
+    ]
     rhos = [r for r in rhos if r == r]
     a, b = tolerance_counts(exact, TOLERANCE), tolerance_counts(other, TOLERANCE)
     diffs = [abs(a[n] - b[n]) / exact.utilization[n].numel() for n in a]
-    return {"spearman_mean": sum(rhos) / len(rhos), "spearman_min": min(rhos),
-            "tod_same": sum(a[n] == b[n] for n in a), "layers": len(a), "tod_diff": sum(diffs) / len(diffs)}
+    return {
+        "spearman_mean": sum(rhos) / len(rhos),
+        "spearman_min": min(rhos),
+        "tod_same": sum(a[n] == b[n] for n in a),
+        "layers": len(a),
+        "tod_diff": sum(diffs) / len(diffs),
+    }
 
 
 def one_shot(model, calib, test, scores, target: float) -> float:
@@ -78,8 +84,15 @@ def compare(label: str, model, calib, test, settings: dict, base: dict, target: 
         start = time.perf_counter()
         other = compute_scores(model, calib, **{**base, **options})
         seconds = time.perf_counter() - start
-        rows.append({"model": label, "setting": name, "seconds": seconds, "one_shot": one_shot(model, calib, test, other, target),
-                     **agreement(exact, other)})
+        rows.append(
+            {
+                "model": label,
+                "setting": name,
+                "seconds": seconds,
+                "one_shot": one_shot(model, calib, test, other, target),
+                **agreement(exact, other),
+            }
+        )
         print(_line(rows[-1]), flush=True)
     return rows
 
@@ -87,8 +100,10 @@ def compare(label: str, model, calib, test, settings: dict, base: dict, target: 
 def _line(r: dict) -> str:
     if r["setting"] == "exact":
         return f"{r['model'][:25]:<26}{'exact':<18}{'':>14}{'':>12}{'':>10}{r['one_shot']:>9.2f}{r['seconds']:>8.1f}s"
-    return (f"{r['model'][:25]:<26}{r['setting']:<18}{r['spearman_mean']:>7.3f}/{r['spearman_min']:.3f}"
-            f"{r['tod_same']:>6}/{r['layers']:<5}{r['tod_diff']:>10.3f}{r['one_shot']:>9.2f}{r['seconds']:>8.1f}s")
+    return (
+        f"{r['model'][:25]:<26}{r['setting']:<18}{r['spearman_mean']:>7.3f}/{r['spearman_min']:.3f}"
+        f"{r['tod_same']:>6}/{r['layers']:<5}{r['tod_diff']:>10.3f}{r['one_shot']:>9.2f}{r['seconds']:>8.1f}s"
+    )
 
 
 HEADER = f"{'model':<26}{'setting':<18}{'rho mean/min':>14}{'ToD same':>12}{'|dk|/n':>10}{'one-shot':>9}{'time':>9}"
@@ -98,8 +113,9 @@ HEADER = f"{'model':<26}{'setting':<18}{'rho mean/min':>14}{'ToD same':>12}{'|dk
 def generated_task(num_classes: int, per_class: int, seed: int = 0):
     """16x16 images: a smooth random prototype per class plus noise; train / calibration / test."""
     g = torch.Generator().manual_seed(seed)
-    protos = F.interpolate(torch.randn(num_classes, 1, 4, 4, generator=g), size=(16, 16), mode="bilinear",
-                           align_corners=False)
+    protos = F.interpolate(
+        torch.randn(num_classes, 1, 4, 4, generator=g), size=(16, 16), mode="bilinear", align_corners=False
+    )
 
     def split(n):
         y = torch.arange(num_classes).repeat_interleave(n)
@@ -120,7 +136,9 @@ def trained_generated(num_classes: int, per_class: int, epochs: int, width: int 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="real,100,1000", help="real (benchmark models), 25, 50, 100, 1000 (generated)")
+    parser.add_argument(
+        "--parts", default="real,100,1000", help="real (benchmark models), 25, 50, 100, 1000 (generated)"
+    )
     parser.add_argument("--quick", action="store_true", help="one real model, fewer samples")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
@@ -134,31 +152,70 @@ def main(argv=None) -> None:
             data = common.load_data(task.data)
             model = common.trained_model(task, seed=0)
             calib = common.loader(data.calib, 100)
-            compare(task.label, model, calib, data.test,
-                    {"seed=1": {"seed": 1}, "max_classes=5": {"max_classes": 5}, "projections=64": {"num_projections": 64},
-                     "projections=32": {"num_projections": 32}},
-                    {"max_classes": None, "num_projections": 128})
+            compare(
+                task.label,
+                model,
+                calib,
+                data.test,
+                {
+                    "seed=1": {"seed": 1},
+                    "max_classes=5": {"max_classes": 5},
+                    "projections=64": {"num_projections": 64},
+                    "projections=32": {"num_projections": 32},
+                },
+                {"max_classes": None, "num_projections": 128},
+            )
     for classes in (int(part) for part in ("25", "50") if part in parts):  # where "auto" projections switch
         model, calib, test = trained_generated(classes, 16 if args.quick else 32, epochs=4)
         print(f"  (generated {classes} classes: test accuracy {common.accuracy(model, test):.2f}%)")
-        compare(f"small CNN / {classes} classes", model, common.loader(calib, 200), test,
-                {"seed=1": {"seed": 1}, "projections=64": {"num_projections": 64},
-                 "projections=32": {"num_projections": 32}},
-                {"max_classes": None, "samples_per_class": 16 if args.quick else 32, "num_projections": 128}, target=0.8)
+        compare(
+            f"small CNN / {classes} classes",
+            model,
+            common.loader(calib, 200),
+            test,
+            {
+                "seed=1": {"seed": 1},
+                "projections=64": {"num_projections": 64},
+                "projections=32": {"num_projections": 32},
+            },
+            {"max_classes": None, "samples_per_class": 16 if args.quick else 32, "num_projections": 128},
+            target=0.8,
+        )
     if "100" in parts:
         model, calib, test = trained_generated(100, 16 if args.quick else 32, epochs=4)
         print(f"  (generated 100 classes: test accuracy {common.accuracy(model, test):.2f}%)")
-        compare("small CNN / 100 classes", model, common.loader(calib, 200), test,
-                {"seed=1": {"seed": 1}, "max_classes=50": {"max_classes": 50}, "max_classes=25": {"max_classes": 25},
-                 "max_classes=10": {"max_classes": 10}, "projections=32": {"num_projections": 32},
-                 "max50,proj32": {"max_classes": 50, "num_projections": 32}},
-                {"max_classes": None, "samples_per_class": 16 if args.quick else 32, "num_projections": 128}, target=0.8)
+        compare(
+            "small CNN / 100 classes",
+            model,
+            common.loader(calib, 200),
+            test,
+            {
+                "seed=1": {"seed": 1},
+                "max_classes=50": {"max_classes": 50},
+                "max_classes=25": {"max_classes": 25},
+                "max_classes=10": {"max_classes": 10},
+                "projections=32": {"num_projections": 32},
+                "max50,proj32": {"max_classes": 50, "num_projections": 32},
+            },
+            {"max_classes": None, "samples_per_class": 16 if args.quick else 32, "num_projections": 128},
+            target=0.8,
+        )
     if "1000" in parts:
         model, calib, test = trained_generated(1000, 8, epochs=6)
         print(f"  (generated 1000 classes: test accuracy {common.accuracy(model, test):.2f}%)")
-        compare("small CNN / 1000 classes", model, common.loader(calib, 500), test,
-                {"seed=1": {"seed": 1}, "max_classes=100": {"max_classes": 100}, "max100,proj4": {"max_classes": 100, "num_projections": 4}},
-                {"max_classes": None, "samples_per_class": 8, "num_projections": 16}, target=0.8)
+        compare(
+            "small CNN / 1000 classes",
+            model,
+            common.loader(calib, 500),
+            test,
+            {
+                "seed=1": {"seed": 1},
+                "max_classes=100": {"max_classes": 100},
+                "max100,proj4": {"max_classes": 100, "num_projections": 4},
+            },
+            {"max_classes": None, "samples_per_class": 8, "num_projections": 16},
+            target=0.8,
+        )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ class Data:
 
     def describe(self) -> str:
         shape = "x".join(str(s) for s in self.train.x.shape[1:])
-        return (f"{self.name}: {shape} images, train {len(self.train)} / calibration {len(self.calib)} / "
-                f"held-out test {len(self.test)}")
+        return (
+            f"{self.name}: {shape} images, train {len(self.train)} / calibration {len(self.calib)} / "
+            f"held-out test {len(self.test)}"
+        )
 
 
 def _split_per_class(y: np.ndarray, sizes: Tuple[int, int, int], seed: int):
@@ -81,8 +83,8 @@ def _split_per_class(y: np.ndarray, sizes: Tuple[int, int, int], seed: int):
         n_train = int(round(len(idx) * sizes[0] / total))
         n_calib = int(round(len(idx) * sizes[1] / total))
         parts[0].append(idx[:n_train])
-        parts[1].append(idx[n_train:n_train + n_calib])
-        parts[2].append(idx[n_train + n_calib:])
+        parts[1].append(idx[n_train : n_train + n_calib])
+        parts[2].append(idx[n_train + n_calib :])
     # shuffle within each split so that batches mix classes
     return [rng.permutation(np.concatenate(p)) for p in parts]
 
@@ -112,8 +114,9 @@ def load_data(name: str) -> Data:
     return Data(name, *splits)
 
 
-def loader(split: Split, batch_size: int = 100, shuffle: bool = False, seed: int = 0,
-           limit: Optional[int] = None) -> DataLoader:
+def loader(
+    split: Split, batch_size: int = 100, shuffle: bool = False, seed: int = 0, limit: Optional[int] = None
+) -> DataLoader:
     """A DataLoader over a split (``limit``: the first images only); shuffling is seeded."""
     x, y = (split.x, split.y) if limit is None else (split.x[:limit], split.y[:limit])
     generator = torch.Generator().manual_seed(seed) if shuffle else None
@@ -143,8 +146,12 @@ class Task:
         return train_epochs(model, split, self.epochs, self.lr, self.batch_size, seed, limit=self.train_limit)
 
     def config_hash(self) -> str:
-        config = {"task": asdict(self), "split_seed": SPLIT_SEED, "data_version": DATA_VERSION,
-                  "torch": torch.__version__.split("+")[0]}
+        config = {
+            "task": asdict(self),
+            "split_seed": SPLIT_SEED,
+            "data_version": DATA_VERSION,
+            "torch": torch.__version__.split("+")[0],
+        }
         return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -156,20 +163,34 @@ def tasks(quick: bool = False) -> Dict[str, Task]:
     """The benchmark models. Full: LeNet-300-100, VGG-BN and ResNet on MNIST, small CNN on digits."""
     if quick:
         return {
-            "lenet": Task("lenet", "mlp", "mnist", _kw(in_features=784), epochs=2, train_limit=1500,
-                          label="LeNet-300-100 / MNIST"),
-            "small_cnn": Task("small_cnn", "small_cnn", "digits", _kw(width=8), epochs=6,
-                              label="small CNN (w=8) / digits"),
+            "lenet": Task(
+                "lenet", "mlp", "mnist", _kw(in_features=784), epochs=2, train_limit=1500, label="LeNet-300-100 / MNIST"
+            ),
+            "small_cnn": Task(
+                "small_cnn", "small_cnn", "digits", _kw(width=8), epochs=6, label="small CNN (w=8) / digits"
+            ),
         }
     return {
-        "lenet": Task("lenet", "mlp", "mnist", _kw(in_features=784), epochs=10,
-                      label="LeNet-300-100 / MNIST"),
-        "vgg_bn": Task("vgg_bn", "vgg_bn", "mnist", _kw(cfg=(16, "M", 32, "M", 64, 64)), epochs=10,
-                       label="VGG-BN 16-M-32-M-64-64 / MNIST"),
-        "resnet": Task("resnet", "resnet", "mnist", _kw(width=8, layers=(1, 1, 1)), epochs=10,
-                       label="ResNet (basic, 1-1-1, w=8) / MNIST"),
-        "small_cnn": Task("small_cnn", "small_cnn", "digits", _kw(width=16), epochs=15,
-                          label="small CNN (w=16) / digits"),
+        "lenet": Task("lenet", "mlp", "mnist", _kw(in_features=784), epochs=10, label="LeNet-300-100 / MNIST"),
+        "vgg_bn": Task(
+            "vgg_bn",
+            "vgg_bn",
+            "mnist",
+            _kw(cfg=(16, "M", 32, "M", 64, 64)),
+            epochs=10,
+            label="VGG-BN 16-M-32-M-64-64 / MNIST",
+        ),
+        "resnet": Task(
+            "resnet",
+            "resnet",
+            "mnist",
+            _kw(width=8, layers=(1, 1, 1)),
+            epochs=10,
+            label="ResNet (basic, 1-1-1, w=8) / MNIST",
+        ),
+        "small_cnn": Task(
+            "small_cnn", "small_cnn", "digits", _kw(width=16), epochs=15, label="small CNN (w=16) / digits"
+        ),
     }
 
 
@@ -182,9 +203,18 @@ def set_seed(seed: int) -> None:
 SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.9, 5e-4  # optimizer="sgd": Nesterov momentum, weight decay
 
 
-def train_epochs(model: nn.Module, split: Split, epochs: int, lr: float, batch_size: int, seed: int,
-                 limit: Optional[int] = None, one_cycle: bool = True, optimizer: str = "adam",
-                 schedule: Optional[str] = None) -> nn.Module:
+def train_epochs(
+    model: nn.Module,
+    split: Split,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    limit: Optional[int] = None,
+    one_cycle: bool = True,
+    optimizer: str = "adam",
+    schedule: Optional[str] = None,
+) -> nn.Module:
     """Cross-entropy with seeded shuffling, ``optimizer`` ``"adam"`` or ``"sgd"`` (momentum
     ``SGD_MOMENTUM``, Nesterov, weight decay ``SGD_WEIGHT_DECAY``); learning rate per step:
     ``schedule`` ``"one_cycle"`` (peaking at ``lr``), ``"cosine"`` (from ``lr`` to 0) or
@@ -193,8 +223,9 @@ def train_epochs(model: nn.Module, split: Split, epochs: int, lr: float, batch_s
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
     elif optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM, nesterov=True,
-                              weight_decay=SGD_WEIGHT_DECAY)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=SGD_WEIGHT_DECAY
+        )
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     n = len(split) if limit is None else min(limit, len(split))
@@ -223,8 +254,14 @@ def train_epochs(model: nn.Module, split: Split, epochs: int, lr: float, batch_s
 FINETUNE_LR = 1e-3
 
 
-def finetune(model: nn.Module, split: Split, seed: int, lr: float = FINETUNE_LR, batch_size: int = 64,
-             limit: Optional[int] = None) -> nn.Module:
+def finetune(
+    model: nn.Module,
+    split: Split,
+    seed: int,
+    lr: float = FINETUNE_LR,
+    batch_size: int = 64,
+    limit: Optional[int] = None,
+) -> nn.Module:
     """One epoch of fine-tuning (fresh Adam, constant ``lr``) on the train split (``limit``: its
     first images only); returns the model in eval mode."""
     return train_epochs(model, split, 1, lr, batch_size, seed + 7919, limit=limit, one_cycle=False)
@@ -232,7 +269,7 @@ def finetune(model: nn.Module, split: Split, seed: int, lr: float = FINETUNE_LR,
 
 def accuracy(model: nn.Module, split: Split, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent, eval mode (the model's flags are restored)."""
-    batches = ((split.x[i:i + batch_size], split.y[i:i + batch_size]) for i in range(0, len(split), batch_size))
+    batches = ((split.x[i : i + batch_size], split.y[i : i + batch_size]) for i in range(0, len(split), batch_size))
     return 100.0 * evaluate(model, batches)["accuracy"]
 
 
@@ -276,6 +313,7 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, batch_size: int = 100)
 def machine_description() -> str:
     try:
         import lightning_fair
+
         version = getattr(lightning_fair, "__version__", "")
     except Exception:  # pragma: no cover
         version = ""
@@ -290,9 +328,11 @@ def machine_description() -> str:
         pass
     import torch_pruning as tp
 
-    return (f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads, "
-            f"Python {sys.version.split()[0]}, torch {torch.__version__}, torch-pruning "
-            f"{getattr(tp, '__version__', '?')}, lightning_fair {version}".rstrip(", "))
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads, "
+        f"Python {sys.version.split()[0]}, torch {torch.__version__}, torch-pruning "
+        f"{getattr(tp, '__version__', '?')}, lightning_fair {version}".rstrip(", ")
+    )
 
 
 def mean_std(values):

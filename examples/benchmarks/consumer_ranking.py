@@ -53,8 +53,9 @@ def compare(model, calib, scores, seed: int, targets, accuracy) -> dict:
     for t in targets:
         row, shapes = {}, []
         for ranking in RANKINGS:
-            result = lightning_fair.prune(common.clone(model), calib, target_macs=t, scores=scores, seed=seed,
-                                          ranking=ranking)
+            result = lightning_fair.prune(
+                common.clone(model), calib, target_macs=t, scores=scores, seed=seed, ranking=ranking
+            )
             shapes.append([tuple(p.shape) for p in result.model.parameters()])
             row[ranking] = round(accuracy(result.model.eval()), 2)
             row["kept"] = round(result.report.macs_ratio, 4)
@@ -76,7 +77,9 @@ def quality_rows(models, seeds, targets) -> dict:
             start = time.perf_counter()
             scores = compute_scores(model, calib, observe="activation", seed=seed)
             rows[name, seed] = compare(model, calib, scores, seed, targets, lambda m: common.accuracy(m, data.test))
-            print(f"{name} seed {seed}: {json.dumps(rows[name, seed])} ({time.perf_counter() - start:.0f}s)", flush=True)
+            print(
+                f"{name} seed {seed}: {json.dumps(rows[name, seed])} ({time.perf_counter() - start:.0f}s)", flush=True
+            )
     return rows
 
 
@@ -92,8 +95,11 @@ def standard_rows(models, targets, score_seed: int = 0) -> dict:
         start = time.perf_counter()
         scores = compute_scores(run.model, run.calib, seed=score_seed)  # standard.py: score_seed = run.seed = 0
         rows[name, score_seed] = compare(run.model, run.calib, scores, run.seed, targets, run.accuracy)
-        print(f"{name} score seed {score_seed}: {json.dumps(rows[name, score_seed])} "
-              f"({time.perf_counter() - start:.0f}s)", flush=True)
+        print(
+            f"{name} score seed {score_seed}: {json.dumps(rows[name, score_seed])} "
+            f"({time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
     return rows
 
 
@@ -108,15 +114,19 @@ def table(rows: dict, targets) -> str:
             return f"{values[0]:.1f}"
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
-    lines = ["| model | kept MACs | seeds | utilization | utilization_x_consumers | difference (per seed) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | kept MACs | seeds | utilization | utilization_x_consumers | difference (per seed) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, seed_rows in by_model.items():
         for t in targets:
             u = [r[t]["utilization"] for r in seed_rows]
             x = [r[t]["utilization_x_consumers"] for r in seed_rows]
             diff = [b - a for a, b in zip(u, x)]
-            lines.append(f"| {name} | {t} | {len(seed_rows)} | {fmt(u)} | {fmt(x)} | {fmt(diff)} "
-                         f"({', '.join(f'{d:+.1f}' for d in diff)}) |")
+            lines.append(
+                f"| {name} | {t} | {len(seed_rows)} | {fmt(u)} | {fmt(x)} | {fmt(diff)} "
+                f"({', '.join(f'{d:+.1f}' for d in diff)}) |"
+            )
     return "\n".join(lines)
 
 
@@ -141,8 +151,9 @@ def main(argv=None) -> None:
         rows = standard_rows(models, targets, args.score_seed)
     print(table(rows, targets))
     if args.json:
-        Path(args.json).write_text(json.dumps([{"model": n, "seed": s, "rows": r} for (n, s), r in rows.items()],
-                                              indent=1))
+        Path(args.json).write_text(
+            json.dumps([{"model": n, "seed": s, "rows": r} for (n, s), r in rows.items()], indent=1)
+        )
 
 
 if __name__ == "__main__":

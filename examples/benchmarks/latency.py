@@ -71,7 +71,7 @@ def calibration_batches(num_batches: int = 8, batch_size: int = 64, image_size: 
         y = torch.randint(0, 10, (num_batches * batch_size,), generator=generator)
         source = f"generated N(0, 1) images {image_size}x{image_size}, random labels"
     n = min(len(x), num_batches * batch_size)
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)], source
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)], source
 
 
 def prune_to_target(model: nn.Module, batches, target_macs: float = TARGET_MACS, seed: int = 0) -> tuple:
@@ -106,8 +106,9 @@ def unstructured_copy(model: nn.Module, amount: float = 0.5) -> nn.Module:
     return dense.eval()
 
 
-def default_models(quick: bool = False, seed: int = 0, target_macs: float = TARGET_MACS,
-                   archs: Sequence[str] = DEFAULT_ARCHS) -> tuple:
+def default_models(
+    quick: bool = False, seed: int = 0, target_macs: float = TARGET_MACS, archs: Sequence[str] = DEFAULT_ARCHS
+) -> tuple:
     """``({name: (original, pruned, example_input)}, info)`` for the default zoo models."""
     from lightning_fair.demos import zoo
 
@@ -203,9 +204,14 @@ def time_pair(original: nn.Module, pruned: nn.Module, inputs: torch.Tensor, repe
                 for _ in range(inner):
                     m(inputs)
                 samples[i].append((time.perf_counter() - start) / inner * 1e3)
-    return {"original_ms": statistics.median(samples[0]), "pruned_ms": statistics.median(samples[1]),
-            "calls_per_repeat": inner, "repeats": repeats,
-            "original_ms_iqr": _iqr(samples[0]), "pruned_ms_iqr": _iqr(samples[1])}
+    return {
+        "original_ms": statistics.median(samples[0]),
+        "pruned_ms": statistics.median(samples[1]),
+        "calls_per_repeat": inner,
+        "repeats": repeats,
+        "original_ms_iqr": _iqr(samples[0]),
+        "pruned_ms_iqr": _iqr(samples[1]),
+    }
 
 
 def _loadavg() -> Optional[float]:
@@ -223,9 +229,18 @@ def _iqr(values) -> float:
 
 
 # --------------------------------------------------------------------------- run
-def run(quick: bool = False, models: Optional[dict] = None, *, threads: Optional[Iterable[int]] = None,
-        batch_sizes: Sequence[int] = BATCH_SIZES, repeats: Optional[dict] = None,
-        target_macs: float = TARGET_MACS, unstructured: bool = True, seed: int = 0, verbose: bool = False) -> dict:
+def run(
+    quick: bool = False,
+    models: Optional[dict] = None,
+    *,
+    threads: Optional[Iterable[int]] = None,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    repeats: Optional[dict] = None,
+    target_macs: float = TARGET_MACS,
+    unstructured: bool = True,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict:
     """Time pruned models against their originals on CPU.
 
     Args:
@@ -261,8 +276,15 @@ def run(quick: bool = False, models: Optional[dict] = None, *, threads: Optional
     if unstructured and pairs:
         name, _, original, _, example = pairs[0]
         base = name.split(" ")[0]
-        pairs.append((f"{base} unstructured 50% (l1_unstructured, permanent)", "unstructured",
-                      original, unstructured_copy(_cpu(original)), example))
+        pairs.append(
+            (
+                f"{base} unstructured 50% (l1_unstructured, permanent)",
+                "unstructured",
+                original,
+                unstructured_copy(_cpu(original)),
+                example,
+            )
+        )
 
     rows = []
     flags = {}
@@ -274,11 +296,20 @@ def run(quick: bool = False, models: Optional[dict] = None, *, threads: Optional
             original, pruned = _cpu(original).eval(), _cpu(pruned).eval()
             macs_o, params_o = measure(original, example)
             macs_p, params_p = measure(pruned, example)
-            base = {"model": name, "kind": kind, "input_shape": list(example.shape[1:]),
-                    "macs_original": macs_o, "macs_pruned": macs_p, "macs_ratio": macs_p / macs_o,
-                    "macs_reduction": macs_o / max(macs_p, 1), "params_original": params_o,
-                    "params_pruned": params_p, "params_ratio": params_p / params_o,
-                    "nonzero_original": _nonzero_fraction(original), "nonzero_pruned": _nonzero_fraction(pruned)}
+            base = {
+                "model": name,
+                "kind": kind,
+                "input_shape": list(example.shape[1:]),
+                "macs_original": macs_o,
+                "macs_pruned": macs_p,
+                "macs_ratio": macs_p / macs_o,
+                "macs_reduction": macs_o / max(macs_p, 1),
+                "params_original": params_o,
+                "params_pruned": params_p,
+                "params_ratio": params_p / params_o,
+                "nonzero_original": _nonzero_fraction(original),
+                "nonzero_pruned": _nonzero_fraction(pruned),
+            }
             for t in threads:
                 torch.set_num_threads(t)
                 row = dict(base, threads=t)
@@ -296,11 +327,19 @@ def run(quick: bool = False, models: Optional[dict] = None, *, threads: Optional
         for module, flag in flags.items():
             module.training = flag
     return {
-        "config": {"threads": list(threads), "default_threads": default_threads, "batch_sizes": list(batch_sizes),
-                   "repeats": {str(k): v for k, v in repeats.items()}, "min_repeat_ms": MIN_REPEAT_SECONDS * 1e3,
-                   "target_macs": target_macs, "quick": bool(quick), "torch": torch.__version__,
-                   "calibration": info.get("calibration"), "cpu_count": os.cpu_count(),
-                   "load_average": [load_before, _loadavg()]},
+        "config": {
+            "threads": list(threads),
+            "default_threads": default_threads,
+            "batch_sizes": list(batch_sizes),
+            "repeats": {str(k): v for k, v in repeats.items()},
+            "min_repeat_ms": MIN_REPEAT_SECONDS * 1e3,
+            "target_macs": target_macs,
+            "quick": bool(quick),
+            "torch": torch.__version__,
+            "calibration": info.get("calibration"),
+            "cpu_count": os.cpu_count(),
+            "load_average": [load_before, _loadavg()],
+        },
         "notes": info.get("notes", {}),
         "rows": rows,
         "seconds": time.perf_counter() - t0,
@@ -343,11 +382,22 @@ def to_markdown(results: dict) -> str:
         f"repeat runs a few calls back to back to last ≥ {cfg['min_repeat_ms']:g} ms). Speed-up = original ms / "
         "pruned ms; MACs kept and params kept from `lightning_fair.units.cost.measure` (per sample); nonzero = "
         "fraction of non-zero parameters in the pruned model."
-        + (f" Calibration for the pruned models: {cfg['calibration']}, seeded untrained weights." if cfg.get("calibration") else "")
-        + (f" 1-minute load average {cfg['load_average'][0]} before, {cfg['load_average'][1]} after the run."
-           if cfg.get("load_average") and None not in cfg["load_average"] else "")
-        + (" More threads: `run(threads=(1, 2))` or `--threads 1,2`; on a machine shared with other jobs they "
-           "measure the contention more than the models." if len(cfg["threads"]) == 1 and cfg["threads"][0] == 1 else "")
+        + (
+            f" Calibration for the pruned models: {cfg['calibration']}, seeded untrained weights."
+            if cfg.get("calibration")
+            else ""
+        )
+        + (
+            f" 1-minute load average {cfg['load_average'][0]} before, {cfg['load_average'][1]} after the run."
+            if cfg.get("load_average") and None not in cfg["load_average"]
+            else ""
+        )
+        + (
+            " More threads: `run(threads=(1, 2))` or `--threads 1,2`; on a machine shared with other jobs they "
+            "measure the contention more than the models."
+            if len(cfg["threads"]) == 1 and cfg["threads"][0] == 1
+            else ""
+        )
     )
     lines.append("")
     head = "| model | threads |"
@@ -364,13 +414,17 @@ def to_markdown(results: dict) -> str:
             b = r[f"b{bs}"]
             mark = "†" if _noisy(b) else ""
             line += f" {b['original_ms']:.3f} | {b['pruned_ms']:.3f} | {b['speedup']:.2f}x{mark} |"
-        line += (f" {r['macs_ratio']:.3f} ({_si(r['macs_original'])} → {_si(r['macs_pruned'])}) | "
-                 f"{r['macs_reduction']:.2f}x | {r['params_ratio']:.3f} | {r['nonzero_pruned']:.2f} |")
+        line += (
+            f" {r['macs_ratio']:.3f} ({_si(r['macs_original'])} → {_si(r['macs_pruned'])}) | "
+            f"{r['macs_reduction']:.2f}x | {r['params_ratio']:.3f} | {r['nonzero_pruned']:.2f} |"
+        )
         lines.append(line)
     lines.append("")
     if any(_noisy(r[f"b{bs}"]) for r in rows for bs in sizes):
-        lines.append(f"† noisy: the interquartile range of the repeats exceeds {NOISY:.0%} of the median "
-                     "(other load on the machine); read that speed-up with care.")
+        lines.append(
+            f"† noisy: the interquartile range of the repeats exceeds {NOISY:.0%} of the median "
+            "(other load on the machine); read that speed-up with care."
+        )
         lines.append("")
     for name, note in results.get("notes", {}).items():
         lines.append(f"Note ({name}): {note}.")
@@ -401,18 +455,26 @@ def _reading(results: dict) -> str:
         mean_small = statistics.mean(r[f"b{small}"]["speedup"] for r in one)
         mean_large = statistics.mean(r[f"b{large}"]["speedup"] for r in one)
         worst = min(one, key=lambda r: r[f"b{large}"]["speedup"] / r["macs_reduction"])
-        text = ("Structured pruning leaves dense, smaller layers, so the MACs saving shows up as time, but not all "
-                "of it: BatchNorm, pooling, activations, depthwise convs and per-layer dispatch cost time that "
-                "falls less than the conv MACs, and pruned channel counts are no longer multiples of the kernels' "
-                "vector widths. ")
+        text = (
+            "Structured pruning leaves dense, smaller layers, so the MACs saving shows up as time, but not all "
+            "of it: BatchNorm, pooling, activations, depthwise convs and per-layer dispatch cost time that "
+            "falls less than the conv MACs, and pruned channel counts are no longer multiples of the kernels' "
+            "vector widths. "
+        )
         if mean_large > mean_small:
-            text += (f"On average the speed-up is larger at batch {large} ({mean_large:.2f}x) than at batch {small} "
-                     f"({mean_small:.2f}x), where a small model's forward is mostly fixed overhead.")
+            text += (
+                f"On average the speed-up is larger at batch {large} ({mean_large:.2f}x) than at batch {small} "
+                f"({mean_small:.2f}x), where a small model's forward is mostly fixed overhead."
+            )
         else:
-            text += (f"On average the speed-up at batch {large} ({mean_large:.2f}x) is not larger than at batch "
-                     f"{small} ({mean_small:.2f}x) here.")
-        text += (f" Furthest behind its MACs ratio at batch {large}: {worst['model'].split(' ')[0]} "
-                 f"({worst[f'b{large}']['speedup']:.2f}x for {worst['macs_reduction']:.2f}x fewer MACs).")
+            text += (
+                f"On average the speed-up at batch {large} ({mean_large:.2f}x) is not larger than at batch "
+                f"{small} ({mean_small:.2f}x) here."
+            )
+        text += (
+            f" Furthest behind its MACs ratio at batch {large}: {worst['model'].split(' ')[0]} "
+            f"({worst[f'b{large}']['speedup']:.2f}x for {worst['macs_reduction']:.2f}x fewer MACs)."
+        )
         parts.append(text)
         more = [r for r in structured if r["threads"] != min(cfg["threads"])]
         if more:
@@ -448,15 +510,19 @@ def plot(results: dict, img_dir) -> list:
     fig, axes = plt.subplots(1, len(thread_counts), figsize=(5.5 * len(thread_counts) + 1, 4.6), squeeze=False)
     for ax, t in zip(axes[0], thread_counts):
         mine = [r for r in rows if r["threads"] == t]
-        labels = [r["model"].replace(" (l1_unstructured, permanent)", "").replace(" FAIR ", "\nFAIR ")
-                  .replace(" unstructured", "\nunstructured") for r in mine]
+        labels = [
+            r["model"]
+            .replace(" (l1_unstructured, permanent)", "")
+            .replace(" FAIR ", "\nFAIR ")
+            .replace(" unstructured", "\nunstructured")
+            for r in mine
+        ]
         series = [(f"speed-up, batch {bs}", [r[f"b{bs}"]["speedup"] for r in mine]) for bs in sizes]
         series.append(("1 / MACs kept", [r["macs_reduction"] for r in mine]))
         width = 0.8 / len(series)
         for i, (label, values) in enumerate(series):
             xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(mine))]
-            ax.bar(xs, values, width, label=label, hatch="//" if label.startswith("1 /") else None,
-                   alpha=0.85)
+            ax.bar(xs, values, width, label=label, hatch="//" if label.startswith("1 /") else None, alpha=0.85)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(mine)), labels, fontsize=7)
         ax.set_ylabel("x (original / pruned)")

@@ -51,7 +51,7 @@ QUICK_BATCH_COUNTS = (2, 8)
 QUICK_SAMPLES_PER_CLASS = (8, 32)
 BATCH_SIZE = 64
 NUM_PROJECTIONS = 128
-MIB = 2 ** 20
+MIB = 2**20
 
 
 # --------------------------------------------------------------------------- data
@@ -96,11 +96,17 @@ def default_models(seed: int = 0) -> Dict[str, tuple]:
 # ---------------------------------------------------------------------- measures
 def buffer_bytes(collector) -> dict:
     """Exact bytes of a collector's statistics (``samples``, ``taylor_sum``) and projection matrices."""
-    samples = sum(s.samples.numel() * s.samples.element_size() for s in collector.layers.values() if s.samples is not None)
+    samples = sum(
+        s.samples.numel() * s.samples.element_size() for s in collector.layers.values() if s.samples is not None
+    )
     taylor = sum(s.taylor_sum.numel() * s.taylor_sum.element_size() for s in collector.layers.values())
     projections = sum(t.numel() * t.element_size() for t in collector._projections.values())
-    return {"samples_bytes": int(samples), "taylor_bytes": int(taylor), "buffer_bytes": int(samples + taylor),
-            "projection_bytes": int(projections)}
+    return {
+        "samples_bytes": int(samples),
+        "taylor_bytes": int(taylor),
+        "buffer_bytes": int(samples + taylor),
+        "projection_bytes": int(projections),
+    }
 
 
 def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
@@ -121,6 +127,7 @@ def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
+
             def hook(mod, args, out, name=name):
                 view = units_view(out, mod)
                 seen[name] = (int(view.shape[1]), int(view.shape[2]))
@@ -132,12 +139,15 @@ def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
                     observed[id(x)] = x  # the next consumer of the same tensor adds nothing
                     view = units_view(x, mod)
                     inputs[name + "<input>"] = (int(view.shape[1]), int(view.shape[2]))
+
             handles.append(module.register_forward_hook(hook))
             handles.append(module.register_forward_pre_hook(pre_hook))
         elif isinstance(module, NORM_TYPES + ACTIVATION_TYPES + PASS_THROUGH_TYPES):
+
             def follow(mod, args, out):
                 if id(args[0]) in observed:
                     observed[id(out)] = out
+
             handles.append(module.register_forward_hook(follow))
     training = {m: m.training for m in model.modules()}
     try:
@@ -206,8 +216,9 @@ def _child(spec: dict) -> dict:
     torch.set_num_threads(int(spec["threads"]))
     model = torch.load(spec["model_path"], weights_only=False, map_location="cpu")
     model.eval()
-    generated = GeneratedBatches(spec["batches"], spec["batch_size"], spec["input_shape"], spec["num_classes"],
-                                 spec["seed"])
+    generated = GeneratedBatches(
+        spec["batches"], spec["batch_size"], spec["input_shape"], spec["num_classes"], spec["seed"]
+    )
     trace = []  # resident memory (KiB) before each batch and after the last one
 
     def batches():
@@ -227,8 +238,9 @@ def _child(spec: dict) -> dict:
         from lightning_fair.scoring.fair import scores_from_statistics
 
         # compute_scores(model, batches, samples_per_class=n, num_projections=P), in its two steps
-        collector = StatisticsCollector(model, samples_per_class=spec["samples_per_class"],
-                                        num_projections=spec["num_projections"]).run(batches())
+        collector = StatisticsCollector(
+            model, samples_per_class=spec["samples_per_class"], num_projections=spec["num_projections"]
+        ).run(batches())
         hwm_pass = _hwm_kib()
         out.update(buffer_bytes(collector))  # before scoring, which frees each layer's samples once used
         hwm_ok = hwm_ok and _reset_hwm()  # the distance step's own peak, from the RSS it starts at
@@ -267,18 +279,32 @@ def _run_child(spec: dict, timeout: float = 600) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", str(spec["threads"]))
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory child failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- run
-def run(quick: bool = False, models: Optional[dict] = None, *, batch_counts: Optional[Iterable[int]] = None,
-        samples_per_class: Optional[Iterable[int]] = None, batch_size: int = BATCH_SIZE,
-        num_projections: int = NUM_PROJECTIONS, measure_rss: bool = True, threads: int = 1, seed: int = 0,
-        verbose: bool = False) -> dict:
+def run(
+    quick: bool = False,
+    models: Optional[dict] = None,
+    *,
+    batch_counts: Optional[Iterable[int]] = None,
+    samples_per_class: Optional[Iterable[int]] = None,
+    batch_size: int = BATCH_SIZE,
+    num_projections: int = NUM_PROJECTIONS,
+    measure_rss: bool = True,
+    threads: int = 1,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict:
     """Measure statistics-buffer bytes and peak RSS of score collection.
 
     Args:
@@ -305,14 +331,22 @@ def run(quick: bool = False, models: Optional[dict] = None, *, batch_counts: Opt
             model, example_input = _unpack_entry(name, entry)
             shapes = layer_shapes(model, example_input)
             params = sum(p.numel() for p in model.parameters())
-            model_info[name] = {"num_classes": shapes["num_classes"], "input_shape": list(example_input.shape[1:]),
-                                "scored_layers": len(shapes["layers"]),
-                                "units": sum(c for c, _ in shapes["layers"].values()),
-                                "conv_units": sum(c for c, m in shapes["layers"].values() if m > 1),
-                                "params": int(params)}
-            spec_base = {"input_shape": list(example_input.shape[1:]), "num_classes": shapes["num_classes"],
-                         "batch_size": int(batch_size), "num_projections": int(num_projections),
-                         "threads": int(threads), "seed": int(seed)}
+            model_info[name] = {
+                "num_classes": shapes["num_classes"],
+                "input_shape": list(example_input.shape[1:]),
+                "scored_layers": len(shapes["layers"]),
+                "units": sum(c for c, _ in shapes["layers"].values()),
+                "conv_units": sum(c for c, m in shapes["layers"].values() if m > 1),
+                "params": int(params),
+            }
+            spec_base = {
+                "input_shape": list(example_input.shape[1:]),
+                "num_classes": shapes["num_classes"],
+                "batch_size": int(batch_size),
+                "num_projections": int(num_projections),
+                "threads": int(threads),
+                "seed": int(seed),
+            }
             model_path = None
             if measure_rss:
                 model_path = os.path.join(tmp, f"model{index}.pt")
@@ -324,25 +358,63 @@ def run(quick: bool = False, models: Optional[dict] = None, *, batch_counts: Opt
             plain = {}
             for nb in batch_counts:
                 if model_path:
-                    plain[nb] = _try_child({**spec_base, "mode": "plain", "model_path": model_path, "batches": nb},
-                                           model_info[name])
+                    plain[nb] = _try_child(
+                        {**spec_base, "mode": "plain", "model_path": model_path, "batches": nb}, model_info[name]
+                    )
                 for n in spcs:
-                    row = {"model": name, "batches": int(nb), "samples_per_class": int(n),
-                           "batch_size": int(batch_size), "num_projections": int(num_projections),
-                           "predicted_bytes": predicted_bytes(shapes, n, num_projections)}
+                    row = {
+                        "model": name,
+                        "batches": int(nb),
+                        "samples_per_class": int(n),
+                        "batch_size": int(batch_size),
+                        "num_projections": int(num_projections),
+                        "predicted_bytes": predicted_bytes(shapes, n, num_projections),
+                    }
                     child = None
                     if model_path:
-                        child = _try_child({**spec_base, "mode": "scores", "model_path": model_path, "batches": nb,
-                                            "samples_per_class": int(n)}, model_info[name])
+                        child = _try_child(
+                            {
+                                **spec_base,
+                                "mode": "scores",
+                                "model_path": model_path,
+                                "batches": nb,
+                                "samples_per_class": int(n),
+                            },
+                            model_info[name],
+                        )
                     if child is None:
                         row.update(_in_process(model, nb, n, spec_base))
-                        row.update(peak_delta_mib=None, pass_peak_delta_mib=None, distance_peak_delta_mib=None,
-                                   maxrss_delta_mib=None, peak_source=None, rss_trace_mib=None, rss_growth_mib=None)
+                        row.update(
+                            peak_delta_mib=None,
+                            pass_peak_delta_mib=None,
+                            distance_peak_delta_mib=None,
+                            maxrss_delta_mib=None,
+                            peak_source=None,
+                            rss_trace_mib=None,
+                            rss_growth_mib=None,
+                        )
                     else:
-                        row.update({k: child.get(k) for k in (
-                            "samples_bytes", "taylor_bytes", "buffer_bytes", "projection_bytes", "peak_delta_mib",
-                            "pass_peak_delta_mib", "distance_peak_delta_mib", "maxrss_delta_mib", "peak_source",
-                            "seconds", "rss_before_mib", "class_counts", "rss_trace_mib", "rss_growth_mib")})
+                        row.update(
+                            {
+                                k: child.get(k)
+                                for k in (
+                                    "samples_bytes",
+                                    "taylor_bytes",
+                                    "buffer_bytes",
+                                    "projection_bytes",
+                                    "peak_delta_mib",
+                                    "pass_peak_delta_mib",
+                                    "distance_peak_delta_mib",
+                                    "maxrss_delta_mib",
+                                    "peak_source",
+                                    "seconds",
+                                    "rss_before_mib",
+                                    "class_counts",
+                                    "rss_trace_mib",
+                                    "rss_growth_mib",
+                                )
+                            }
+                        )
                     counts = row.get("class_counts") or [0]
                     row["min_filled"], row["max_filled"] = int(min(counts)), int(max(counts))
                     pl = plain.get(nb)
@@ -354,10 +426,18 @@ def run(quick: bool = False, models: Optional[dict] = None, *, batch_counts: Opt
                         print(_row_line(row), file=sys.stderr, flush=True)
     summary = _summarize(rows, batch_counts, spcs)
     return {
-        "config": {"batch_counts": list(batch_counts), "samples_per_class": list(spcs), "batch_size": int(batch_size),
-                   "num_projections": int(num_projections), "threads": int(threads), "seed": int(seed),
-                   "measure_rss": bool(measure_rss), "quick": bool(quick), "torch": torch.__version__,
-                   "python": sys.version.split()[0]},
+        "config": {
+            "batch_counts": list(batch_counts),
+            "samples_per_class": list(spcs),
+            "batch_size": int(batch_size),
+            "num_projections": int(num_projections),
+            "threads": int(threads),
+            "seed": int(seed),
+            "measure_rss": bool(measure_rss),
+            "quick": bool(quick),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
         "models": model_info,
         "rows": rows,
         "summary": summary,
@@ -394,10 +474,13 @@ def _in_process(model, nb, n, spec_base):
     threads = torch.get_num_threads()
     torch.set_num_threads(spec_base["threads"])
     try:
-        batches = GeneratedBatches(nb, spec_base["batch_size"], spec_base["input_shape"], spec_base["num_classes"],
-                                   spec_base["seed"])
+        batches = GeneratedBatches(
+            nb, spec_base["batch_size"], spec_base["input_shape"], spec_base["num_classes"], spec_base["seed"]
+        )
         start = time.perf_counter()
-        collector = StatisticsCollector(model, samples_per_class=n, num_projections=spec_base["num_projections"]).run(batches)
+        collector = StatisticsCollector(model, samples_per_class=n, num_projections=spec_base["num_projections"]).run(
+            batches
+        )
         out = buffer_bytes(collector)
         out["seconds"] = time.perf_counter() - start
         out["class_counts"] = collector.class_counts.tolist()
@@ -416,10 +499,13 @@ def _summarize(rows, batch_counts, spcs) -> dict:
             sel = [r for r in mine if r["samples_per_class"] == n]
             peaks = [r["peak_delta_mib"] for r in sel if r["peak_delta_mib"] is not None]
             passes = [r["pass_peak_delta_mib"] for r in sel if r["pass_peak_delta_mib"] is not None]
-            by_n[n] = {"buffer_bytes": sorted({r["buffer_bytes"] for r in sel}),
-                       "peak_min_mib": min(peaks) if peaks else None, "peak_max_mib": max(peaks) if peaks else None,
-                       "pass_peak_min_mib": min(passes) if passes else None,
-                       "pass_peak_max_mib": max(passes) if passes else None}
+            by_n[n] = {
+                "buffer_bytes": sorted({r["buffer_bytes"] for r in sel}),
+                "peak_min_mib": min(peaks) if peaks else None,
+                "peak_max_mib": max(peaks) if peaks else None,
+                "pass_peak_min_mib": min(passes) if passes else None,
+                "pass_peak_max_mib": max(passes) if passes else None,
+            }
         constant = all(len(v["buffer_bytes"]) == 1 for v in by_n.values())
         ns = [n for n in spcs if by_n[n]["buffer_bytes"]]
         linear = None
@@ -428,17 +514,21 @@ def _summarize(rows, batch_counts, spcs) -> dict:
             slopes = {(by_n[n]["buffer_bytes"][0] - taylor) / n for n in ns}
             linear = len(slopes) == 1
         spreads = [v["peak_max_mib"] - v["peak_min_mib"] for v in by_n.values() if v["peak_min_mib"] is not None]
-        pass_spreads = [v["pass_peak_max_mib"] - v["pass_peak_min_mib"] for v in by_n.values()
-                        if v["pass_peak_min_mib"] is not None]
+        pass_spreads = [
+            v["pass_peak_max_mib"] - v["pass_peak_min_mib"] for v in by_n.values() if v["pass_peak_min_mib"] is not None
+        ]
         plain = [r["plain_peak_delta_mib"] for r in mine if r["plain_peak_delta_mib"] is not None]
         growth = [r["rss_growth_mib"] for r in mine if r.get("rss_growth_mib") is not None]
-        out[name] = {"buffers_constant_in_batches": constant, "buffers_linear_in_n": linear,
-                     "formula_matches": all(r["matches_formula"] for r in mine),
-                     "max_peak_spread_over_batches_mib": max(spreads) if spreads else None,
-                     "max_pass_peak_spread_over_batches_mib": max(pass_spreads) if pass_spreads else None,
-                     "plain_peak_range_mib": [min(plain), max(plain)] if plain else None,
-                     "rss_growth_range_mib": [min(growth), max(growth)] if growth else None,
-                     "by_samples_per_class": {str(k): v for k, v in by_n.items()}}
+        out[name] = {
+            "buffers_constant_in_batches": constant,
+            "buffers_linear_in_n": linear,
+            "formula_matches": all(r["matches_formula"] for r in mine),
+            "max_peak_spread_over_batches_mib": max(spreads) if spreads else None,
+            "max_pass_peak_spread_over_batches_mib": max(pass_spreads) if pass_spreads else None,
+            "plain_peak_range_mib": [min(plain), max(plain)] if plain else None,
+            "rss_growth_range_mib": [min(growth), max(growth)] if growth else None,
+            "by_samples_per_class": {str(k): v for k, v in by_n.items()},
+        }
     return out
 
 
@@ -448,10 +538,12 @@ def _fmt_mib(value, digits=2):
 
 
 def _row_line(r):
-    return (f"{r['model']}: batches {r['batches']}, n {r['samples_per_class']}: buffers {r['buffer_bytes'] / MIB:.3f} MiB "
-            f"(formula {r['predicted_bytes'] / MIB:.3f}), peak pass +{_fmt_mib(r['pass_peak_delta_mib'])} MiB, "
-            f"distances +{_fmt_mib(r['distance_peak_delta_mib'])} MiB, plain +{_fmt_mib(r['plain_peak_delta_mib'])} MiB, "
-            f"{r['seconds']:.2f} s")
+    return (
+        f"{r['model']}: batches {r['batches']}, n {r['samples_per_class']}: buffers {r['buffer_bytes'] / MIB:.3f} MiB "
+        f"(formula {r['predicted_bytes'] / MIB:.3f}), peak pass +{_fmt_mib(r['pass_peak_delta_mib'])} MiB, "
+        f"distances +{_fmt_mib(r['distance_peak_delta_mib'])} MiB, plain +{_fmt_mib(r['plain_peak_delta_mib'])} MiB, "
+        f"{r['seconds']:.2f} s"
+    )
 
 
 def to_markdown(results: dict) -> str:
@@ -471,9 +563,11 @@ def to_markdown(results: dict) -> str:
         "forward+backward of the loss per batch, for scale."
     )
     lines.append("")
-    lines.append("| model | batches | samples/class n | filled | buffers (MiB) | formula (MiB) | equal | proj. (MiB) | "
-                 "peak Δ pass (MiB) | RSS growth, batch 1 → last (MiB) | peak Δ distances (MiB) | peak Δ plain (MiB) | "
-                 "scoring (s) |")
+    lines.append(
+        "| model | batches | samples/class n | filled | buffers (MiB) | formula (MiB) | equal | proj. (MiB) | "
+        "peak Δ pass (MiB) | RSS growth, batch 1 → last (MiB) | peak Δ distances (MiB) | peak Δ plain (MiB) | "
+        "scoring (s) |"
+    )
     lines.append("|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         lines.append(
@@ -510,23 +604,38 @@ def _reading(results: dict) -> str:
     for name, s in summary.items():
         ns = sorted(s["by_samples_per_class"], key=int)
         lo, hi = s["by_samples_per_class"][ns[0]], s["by_samples_per_class"][ns[-1]]
-        text = (f"{name}: buffers {lo['buffer_bytes'][0] / MIB:.2f} MiB at n={ns[0]} to "
-                f"{hi['buffer_bytes'][0] / MIB:.2f} MiB at n={ns[-1]}")
+        text = (
+            f"{name}: buffers {lo['buffer_bytes'][0] / MIB:.2f} MiB at n={ns[0]} to "
+            f"{hi['buffer_bytes'][0] / MIB:.2f} MiB at n={ns[-1]}"
+        )
         if s["max_pass_peak_spread_over_batches_mib"] is not None:
-            text += (f"; the pass's peak moves at most {s['max_pass_peak_spread_over_batches_mib']:.1f} MiB between "
-                     f"{min(cfg['batch_counts'])} and {max(cfg['batch_counts'])} batches at a fixed n")
+            text += (
+                f"; the pass's peak moves at most {s['max_pass_peak_spread_over_batches_mib']:.1f} MiB between "
+                f"{min(cfg['batch_counts'])} and {max(cfg['batch_counts'])} batches at a fixed n"
+            )
             if s["rss_growth_range_mib"]:
                 lo_g, hi_g = s["rss_growth_range_mib"]
-                text += (f", and resident memory after the last batch is within {lo_g:+.1f} to {hi_g:+.1f} MiB of "
-                         "what it was after the first")
+                text += (
+                    f", and resident memory after the last batch is within {lo_g:+.1f} to {hi_g:+.1f} MiB of "
+                    "what it was after the first"
+                )
         per_model.append(text)
     parts.append("; ".join(per_model) + ".")
     if any(r["pass_peak_delta_mib"] is not None for r in rows):
-        extra = [(r["pass_peak_delta_mib"] - r["buffer_bytes"] / MIB) / r["plain_peak_delta_mib"] for r in rows
-                 if r["pass_peak_delta_mib"] is not None and r["plain_peak_delta_mib"]]
-        per_batch = (f" (the pass's peak less its buffers is {min(extra):.1f}-{max(extra):.1f}x the plain pass's: "
-                     "mainly because each scored layer's output is kept next to the clone handed downstream, for "
-                     "`autograd.grad` with respect to layer outputs)") if extra else ""
+        extra = [
+            (r["pass_peak_delta_mib"] - r["buffer_bytes"] / MIB) / r["plain_peak_delta_mib"]
+            for r in rows
+            if r["pass_peak_delta_mib"] is not None and r["plain_peak_delta_mib"]
+        ]
+        per_batch = (
+            (
+                f" (the pass's peak less its buffers is {min(extra):.1f}-{max(extra):.1f}x the plain pass's: "
+                "mainly because each scored layer's output is kept next to the clone handed downstream, for "
+                "`autograd.grad` with respect to layer outputs)"
+            )
+            if extra
+            else ""
+        )
         parts.append(
             f"So the pass costs a per-batch amount of working memory{per_batch} plus the buffers, and does not "
             "grow with the calibration set: more batches only cost time (what the peak moves between batch "
@@ -561,16 +670,29 @@ def plot(results: dict, img_dir) -> list:
     markers = "osd^v<>"
     for i, name in enumerate(names):
         for j, n in enumerate(spcs):
-            sel = sorted((r for r in rows if r["model"] == name and r["samples_per_class"] == n),
-                         key=lambda r: r["batches"])
+            sel = sorted(
+                (r for r in rows if r["model"] == name and r["samples_per_class"] == n), key=lambda r: r["batches"]
+            )
             xs = [r["batches"] for r in sel]
             color = colors[(i * len(spcs) + j) % len(colors)]
             marker = markers[i % len(markers)]
             if all(r["pass_peak_delta_mib"] is not None for r in sel):
-                ax1.plot(xs, [r["pass_peak_delta_mib"] for r in sel], marker=marker, color=color,
-                         label=f"{name}, n={n}: peak Δ pass")
-            ax1.plot(xs, [r["buffer_bytes"] / MIB for r in sel], marker=marker, color=color, linestyle=":",
-                     alpha=0.8, label=f"{name}, n={n}: buffers")
+                ax1.plot(
+                    xs,
+                    [r["pass_peak_delta_mib"] for r in sel],
+                    marker=marker,
+                    color=color,
+                    label=f"{name}, n={n}: peak Δ pass",
+                )
+            ax1.plot(
+                xs,
+                [r["buffer_bytes"] / MIB for r in sel],
+                marker=marker,
+                color=color,
+                linestyle=":",
+                alpha=0.8,
+                label=f"{name}, n={n}: buffers",
+            )
             longest = sel[-1] if sel else None
             if longest and longest.get("rss_trace_mib"):
                 trace = longest["rss_trace_mib"]
@@ -579,12 +701,19 @@ def plot(results: dict, img_dir) -> list:
         sel.sort(key=lambda r: r["samples_per_class"])
         xs = [r["samples_per_class"] for r in sel]
         color = colors[(i * len(spcs)) % len(colors)]
-        ax2.plot(xs, [r["buffer_bytes"] / MIB for r in sel], "o", color=color, markersize=8,
-                 label=f"{name}: buffers (measured)")
+        ax2.plot(
+            xs,
+            [r["buffer_bytes"] / MIB for r in sel],
+            "o",
+            color=color,
+            markersize=8,
+            label=f"{name}: buffers (measured)",
+        )
         ax2.plot(xs, [r["predicted_bytes"] / MIB for r in sel], "-", color=color, alpha=0.6, label=f"{name}: formula")
         if all(r["pass_peak_delta_mib"] is not None for r in sel):
-            ax2.plot(xs, [r["pass_peak_delta_mib"] for r in sel], "s--", color=color, alpha=0.6,
-                     label=f"{name}: peak Δ pass")
+            ax2.plot(
+                xs, [r["pass_peak_delta_mib"] for r in sel], "s--", color=color, alpha=0.6, label=f"{name}: peak Δ pass"
+            )
     ax1.set_xscale("log", base=2)
     ax1.set_xticks(results["config"]["batch_counts"], [str(b) for b in results["config"]["batch_counts"]])
     ax1.set_xlabel(f"calibration batches (of {results['config']['batch_size']})")

@@ -33,8 +33,15 @@ from torch import nn
 from lightning_fair.demos import zoo
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
-MOBILENET_V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
-                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 def vgg11_bn(in_channels: int = 1, num_classes: int = 10, cfg=VGG11) -> nn.Module:
@@ -46,14 +53,20 @@ def vgg11_bn(in_channels: int = 1, num_classes: int = 10, cfg=VGG11) -> nn.Modul
     return model
 
 
-def mobilenet_v2(in_channels: int = 1, num_classes: int = 10, width_mult: float = 1.0,
-                 setting=MOBILENET_V2_SETTING, last_channels: int = 1280) -> nn.Module:
+def mobilenet_v2(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    width_mult: float = 1.0,
+    setting=MOBILENET_V2_SETTING,
+    last_channels: int = 1280,
+) -> nn.Module:
     """MobileNetV2 (inverted residuals of ``zoo.mobilenet_v2``), last 1x1 conv-BN-ReLU6 to
     ``last_channels``, global average pool, Linear."""
     model = zoo.mobilenet_v2(in_channels, num_classes, width_mult=width_mult, setting=setting)
     last = model.features[-1][0]  # zoo's 1x1 conv-BN-ReLU6 to 128 channels
-    model.features[-1] = nn.Sequential(nn.Conv2d(last.in_channels, last_channels, 1, bias=False),
-                                       nn.BatchNorm2d(last_channels), nn.ReLU6(inplace=True))
+    model.features[-1] = nn.Sequential(
+        nn.Conv2d(last.in_channels, last_channels, 1, bias=False), nn.BatchNorm2d(last_channels), nn.ReLU6(inplace=True)
+    )
     model.classifier = nn.Linear(last_channels, num_classes)
     return model
 
@@ -64,7 +77,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
@@ -98,8 +111,17 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT for ``image_size`` square images: patch embedding, class token, position embedding, blocks."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, patch_size: int = 4,
-                 dim: int = 128, depth: int = 4, num_heads: int = 8, mlp_ratio: float = 2.0):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        patch_size: int = 4,
+        dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 8,
+        mlp_ratio: float = 2.0,
+    ):
         super().__init__()
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         tokens = (image_size // patch_size) ** 2 + 1

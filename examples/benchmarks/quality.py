@@ -83,9 +83,9 @@ GLOBAL_MAX_RATIO = 0.9  # global torch-pruning: no layer loses more than this fr
 
 METHODS = {  # key: (label, fine-tuned?)
     "fair": ("FAIR (ours, default pipeline)", True),
-    "fair_tod": ("FAIR, ToD counts (allocation=\"tod\")", True),
-    "fair_paper": ("FAIR paper-exact (preset=\"paper\")", True),
-    "screening": ("screening criterion (criterion=\"screening\")", True),
+    "fair_tod": ('FAIR, ToD counts (allocation="tod")', True),
+    "fair_paper": ('FAIR paper-exact (preset="paper")', True),
+    "screening": ('screening criterion (criterion="screening")', True),
     "l1": ("uniform L1 magnitude", True),
     "l2": ("uniform L2 magnitude", True),
     "taylor": ("uniform Taylor", True),
@@ -107,6 +107,7 @@ def _importance(name: str, **kwargs):
         import torch_pruning as tp
 
         return getattr(tp.importance, name)(**kwargs)
+
     return make
 
 
@@ -139,8 +140,10 @@ def kept_macs(model: nn.Module, example, base_macs: int) -> float:
 
 def nonzero_fraction(model: nn.Module, original: nn.Module) -> float:
     """Nonzero Conv/Linear weights of ``model`` over all Conv/Linear weights of ``original``."""
+
     def weights(m):
         return [mod.weight for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+
     total = sum(w.numel() for w in weights(original))
     return sum(int((w != 0).sum()) for w in weights(model)) / total
 
@@ -168,14 +171,21 @@ def _tp_pruner(model: nn.Module, example, importance, ratio: float, global_pruni
     import torch_pruning as tp
 
     return tp.pruner.MetaPruner(
-        model, example, importance=importance, pruning_ratio=ratio, global_pruning=global_pruning,
-        max_pruning_ratio=GLOBAL_MAX_RATIO if global_pruning else 1.0, ignored_layers=[model.classifier],
-        in_channel_groups={}, out_channel_groups={}, num_heads={}, channel_groups={},  # fresh dicts
+        model,
+        example,
+        importance=importance,
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        max_pruning_ratio=GLOBAL_MAX_RATIO if global_pruning else 1.0,
+        ignored_layers=[model.classifier],
+        in_channel_groups={},
+        out_channel_groups={},
+        num_heads={},
+        channel_groups={},  # fresh dicts
     )
 
 
-def tp_uniform(model: nn.Module, example, importance, ratio: float,
-               calib_loader=None) -> nn.Module:
+def tp_uniform(model: nn.Module, example, importance, ratio: float, calib_loader=None) -> nn.Module:
     """Prune ``model`` in place with torch-pruning, the same ratio in every layer, output layer kept."""
     import torch_pruning as tp
 
@@ -225,7 +235,7 @@ def tp_global(model: nn.Module, example, importance, ratio: float) -> int:
         if n - len(idxs) < keep:
             capped += 1
             scores = recorder.scores[(module, fn)]
-            idxs = torch.argsort(scores)[:n - keep].tolist()
+            idxs = torch.argsort(scores)[: n - keep].tolist()
         if idxs:
             group.prune(idxs=idxs)
     model.zero_grad(set_to_none=True)
@@ -275,14 +285,23 @@ def uniform_ratios(model: nn.Module, example, targets, base_macs: int, grid: int
     import torch_pruning as tp
 
     def kept(ratio):
-        return kept_macs(tp_uniform(common.clone(model), example, tp.importance.MagnitudeImportance(p=1), ratio),
-                         example, base_macs)
+        return kept_macs(
+            tp_uniform(common.clone(model), example, tp.importance.MagnitudeImportance(p=1), ratio), example, base_macs
+        )
 
     return search_ratios(kept, targets, grid, iterations)
 
 
-def global_ratios(model: nn.Module, example, targets, base_macs: int, make_importance, calib_loader=None,
-                  grid: int = 13, iterations: int = 7):
+def global_ratios(
+    model: nn.Module,
+    example,
+    targets,
+    base_macs: int,
+    make_importance,
+    calib_loader=None,
+    grid: int = 13,
+    iterations: int = 7,
+):
     """:func:`search_ratios` for one global method on one trained model (the per-layer counts of
     global pruning depend on the scores, hence on the weights: one search per model, seed and
     method). Grid step 1/13, then 7 bisection steps: the ratio is resolved to about 0.001. For
@@ -305,10 +324,14 @@ def modelpruning(model: nn.Module, amount: float) -> nn.Module:
     """Lightning's ModelPruning callback, applied directly (no Trainer), made permanent."""
     from lightning.pytorch.callbacks import ModelPruning
 
-    params = [(m, "weight") for name, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not model.classifier]
-    callback = ModelPruning("l1_unstructured", parameters_to_prune=params, amount=amount,
-                            use_lottery_ticket_hypothesis=False, verbose=0)
+    params = [
+        (m, "weight")
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not model.classifier
+    ]
+    callback = ModelPruning(
+        "l1_unstructured", parameters_to_prune=params, amount=amount, use_lottery_ticket_hypothesis=False, verbose=0
+    )
     callback.setup(None, model, "fit")
     callback.apply_pruning(amount)
     callback.make_pruning_permanent(model)
@@ -330,17 +353,27 @@ class Reference:
         np.random.seed(seed)
         random.seed(seed)
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            self.results = fp.get_metrics(copy.deepcopy(model), calib_loader, device=torch.device("cpu"),
-                                          the_samplesize_for_compute_distance=32,
-                                          results_save_path=os.path.join(tmp, "results.pkl"))
+            self.results = fp.get_metrics(
+                copy.deepcopy(model),
+                calib_loader,
+                device=torch.device("cpu"),
+                the_samplesize_for_compute_distance=32,
+                results_save_path=os.path.join(tmp, "results.pkl"),
+            )
 
     def prune(self, tod: float) -> nn.Module:
         fp = self.fp
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             ratios = fp.get_ratios(self.model, self.results, ToD_level=tod)
             skeleton = fp.get_skeleton(copy.deepcopy(self.model), ratios, self.example)
-            pruned, _ = fp.prune(skeleton, copy.deepcopy(self.model), self.results, ratios,
-                                 example_inputs=self.example, pruned_model_save_path=os.path.join(tmp, "p.pth"))
+            pruned, _ = fp.prune(
+                skeleton,
+                copy.deepcopy(self.model),
+                self.results,
+                ratios,
+                example_inputs=self.example,
+                pruned_model_save_path=os.path.join(tmp, "p.pth"),
+            )
         return pruned.eval()
 
 
@@ -349,9 +382,24 @@ class SeedRun:
     """One trained model (one task, one seed) under evaluation: its data and loaders, and
     :meth:`record`, which measures a pruned model and files it in ``out[method][target]``."""
 
-    def __init__(self, task: common.Task, seed: int, targets, quick: bool, timing: Dict[str, float],
-                 keep: Optional[dict] = None, finetune_targets=None):
-        self.task, self.seed, self.targets, self.quick, self.timing, self.keep = task, seed, targets, quick, timing, keep
+    def __init__(
+        self,
+        task: common.Task,
+        seed: int,
+        targets,
+        quick: bool,
+        timing: Dict[str, float],
+        keep: Optional[dict] = None,
+        finetune_targets=None,
+    ):
+        self.task, self.seed, self.targets, self.quick, self.timing, self.keep = (
+            task,
+            seed,
+            targets,
+            quick,
+            timing,
+            keep,
+        )
         self.finetune_targets = tuple(FINETUNE_TARGETS if finetune_targets is None else finetune_targets)
         self.data = common.load_data(task.data)
         self.model = common.trained_model(task, seed)
@@ -403,19 +451,30 @@ def fair_rows(run: SeedRun) -> None:
         start = time.perf_counter()
         # criterion="screening" adds the F-statistics to the same pass; U and R are bitwise what they are without
         needs = any(o == observe and opts.get("criterion") == "screening" for o, opts in FAIR_ROWS.values())
-        scores[observe] = compute_scores(model, calib, observe=observe, seed=seed, criterion="screening" if needs else "fair")
+        scores[observe] = compute_scores(
+            model, calib, observe=observe, seed=seed, criterion="screening" if needs else "fair"
+        )
         timing["fair_scores"] += time.perf_counter() - start
     for method, (observe, options) in FAIR_ROWS.items():
         for t in run.targets:
             start = time.perf_counter()
             try:
-                result = lightning_fair.prune(common.clone(model), calib, target_macs=t, scores=scores[observe],
-                                              seed=seed, **{**options, "recalibrate": False})
+                result = lightning_fair.prune(
+                    common.clone(model),
+                    calib,
+                    target_macs=t,
+                    scores=scores[observe],
+                    seed=seed,
+                    **{**options, "recalibrate": False},
+                )
             except ValueError as err:
                 timing[method] += time.perf_counter() - start
                 match = re.search(r">=\s*([0-9.]+)", str(err))
-                out[method][t] = {"status": "unreachable", "reachable": float(match.group(1)) if match else None,
-                                  "note": str(err)}
+                out[method][t] = {
+                    "status": "unreachable",
+                    "reachable": float(match.group(1)) if match else None,
+                    "note": str(err),
+                }
                 continue
             timing[method] += time.perf_counter() - start
             pruned = result.model.eval()
@@ -432,8 +491,11 @@ def uniform_rows(run: SeedRun, ratios: Dict[float, Optional[float]], unreachable
         for t in run.targets:
             ratio = ratios[t]
             if ratio is None:
-                run.out[method][t] = {"status": "unreachable", "reachable": unreachable[t],
-                                      "note": "no uniform ratio reaches it"}
+                run.out[method][t] = {
+                    "status": "unreachable",
+                    "reachable": unreachable[t],
+                    "note": "no uniform ratio reaches it",
+                }
                 continue
             start = time.perf_counter()
             torch.manual_seed(run.seed)
@@ -455,9 +517,11 @@ def global_rows(run: SeedRun) -> Dict[str, Dict[str, Optional[float]]]:
         for t in run.targets:
             ratio = ratios[t]
             if ratio is None:
-                run.out[method][t] = {"status": "unreachable", "reachable": unreachable[t],
-                                      "note": f"no global ratio reaches it (layers capped at "
-                                              f"{GLOBAL_MAX_RATIO:g} removed)"}
+                run.out[method][t] = {
+                    "status": "unreachable",
+                    "reachable": unreachable[t],
+                    "note": f"no global ratio reaches it (layers capped at {GLOBAL_MAX_RATIO:g} removed)",
+                }
                 continue
             start = time.perf_counter()
             pruned = clone_with_grads(source)
@@ -502,13 +566,28 @@ def modelpruning_rows(run: SeedRun) -> None:
         run.timing["modelpruning"] += time.perf_counter() - start
         if run.keep is not None and t == 0.5 and "modelpruning" not in run.keep:
             run.keep["modelpruning"] = copy.deepcopy(pruned)
-        run.record("modelpruning", t, pruned, kept_macs(pruned, example, run.base_macs), finetune=False,
-                   nonzero=nonzero_fraction(pruned, model))
+        run.record(
+            "modelpruning",
+            t,
+            pruned,
+            kept_macs(pruned, example, run.base_macs),
+            finetune=False,
+            nonzero=nonzero_fraction(pruned, model),
+        )
 
 
-def evaluate_seed(task: common.Task, seed: int, targets, quick: bool, use_reference: bool,
-                  ratios: Dict[float, Optional[float]], unreachable: Dict[float, float], timing: Dict[str, float],
-                  keep: Optional[dict] = None, finetune_targets=None) -> Dict[str, dict]:
+def evaluate_seed(
+    task: common.Task,
+    seed: int,
+    targets,
+    quick: bool,
+    use_reference: bool,
+    ratios: Dict[float, Optional[float]],
+    unreachable: Dict[float, float],
+    timing: Dict[str, float],
+    keep: Optional[dict] = None,
+    finetune_targets=None,
+) -> Dict[str, dict]:
     """``{method: {target: record}}`` for one trained model; record keys: status, kept, oneshot,
     recal, finetuned, note."""
     run = SeedRun(task, seed, targets, quick, timing, keep, finetune_targets)
@@ -519,16 +598,34 @@ def evaluate_seed(task: common.Task, seed: int, targets, quick: bool, use_refere
         reference_rows(run)
     modelpruning_rows(run)
     if keep is not None and "original" not in keep:
-        keep.update(original=copy.deepcopy(run.model), example=run.example,
-                    example64=run.data.calib.x[:64].clone(), calib=run.calib, data=task.data)
-    return {"baseline": common.accuracy(run.model, run.data.test), "macs": run.base_macs,
-            "batchnorm": run.batchnorm, "params": measure(run.model, run.example)[1],
-            "global_ratios": global_ratio, "methods": dict(run.out)}
+        keep.update(
+            original=copy.deepcopy(run.model),
+            example=run.example,
+            example64=run.data.calib.x[:64].clone(),
+            calib=run.calib,
+            data=task.data,
+        )
+    return {
+        "baseline": common.accuracy(run.model, run.data.test),
+        "macs": run.base_macs,
+        "batchnorm": run.batchnorm,
+        "params": measure(run.model, run.example)[1],
+        "global_ratios": global_ratio,
+        "methods": dict(run.out),
+    }
 
 
 # ------------------------------------------------------------------------- all
-def run(quick: bool = False, seeds=None, targets=None, models=None, keep_models: bool = False,
-        verbose: bool = True, reference: Optional[bool] = None, threads: int = 1) -> dict:
+def run(
+    quick: bool = False,
+    seeds=None,
+    targets=None,
+    models=None,
+    keep_models: bool = False,
+    verbose: bool = True,
+    reference: Optional[bool] = None,
+    threads: int = 1,
+) -> dict:
     """Run the quality benchmark; returns plain data (and, with ``keep_models``, ``"_models"``:
     per model the seed-0 original, its FAIR and ModelPruning versions at kept MACs 0.5, example
     inputs and the calibration loader).
@@ -552,12 +649,22 @@ def _run(quick, seeds, targets, models, keep_models, verbose, reference, threads
     names = list(models) if models else list(all_tasks)
     use_reference = have_reference() and (not quick if reference is None else reference)
     timing: Dict[str, float] = defaultdict(float)
-    results = {"settings": {"quick": quick, "seeds": list(seeds), "targets": list(targets),
-                            "reference": use_reference, "reference_installed": have_reference(),
-                            "threads": threads, "finetune_lr": common.FINETUNE_LR, "finetune_images": 500 if quick else None,
-                            "finetune_targets": [t for t in targets if t in FINETUNE_TARGETS],
-                            "global_max_ratio": GLOBAL_MAX_RATIO},
-               "models": {}, "_models": {}}
+    results = {
+        "settings": {
+            "quick": quick,
+            "seeds": list(seeds),
+            "targets": list(targets),
+            "reference": use_reference,
+            "reference_installed": have_reference(),
+            "threads": threads,
+            "finetune_lr": common.FINETUNE_LR,
+            "finetune_images": 500 if quick else None,
+            "finetune_targets": [t for t in targets if t in FINETUNE_TARGETS],
+            "global_max_ratio": GLOBAL_MAX_RATIO,
+        },
+        "models": {},
+        "_models": {},
+    }
     start_all = time.perf_counter()
     for name in names:
         start_model = time.perf_counter()
@@ -595,9 +702,14 @@ def _run(quick, seeds, targets, models, keep_models, verbose, reference, threads
 
 def aggregate(task, data, per_seed: List[dict], targets) -> dict:
     summary = {
-        "label": task.label, "data": data.describe(), "epochs": task.epochs,
-        "baseline": [s["baseline"] for s in per_seed], "macs": per_seed[0]["macs"],
-        "params": per_seed[0]["params"], "batchnorm": per_seed[0]["batchnorm"], "methods": {},
+        "label": task.label,
+        "data": data.describe(),
+        "epochs": task.epochs,
+        "baseline": [s["baseline"] for s in per_seed],
+        "macs": per_seed[0]["macs"],
+        "params": per_seed[0]["params"],
+        "batchnorm": per_seed[0]["batchnorm"],
+        "methods": {},
     }
     for method in METHODS:
         if not any(method in s["methods"] for s in per_seed):
@@ -610,8 +722,11 @@ def aggregate(task, data, per_seed: List[dict], targets) -> dict:
             if statuses != {"ok"}:
                 bad = next(r for r in recs if r["status"] != "ok")
                 reach = [r.get("reachable") for r in recs if r.get("reachable") is not None]
-                rows[str(t)] = {"status": bad["status"], "note": bad["note"],
-                                "reachable": max(reach) if reach else None}
+                rows[str(t)] = {
+                    "status": bad["status"],
+                    "note": bad["note"],
+                    "reachable": max(reach) if reach else None,
+                }
                 continue
             row = {"status": "ok", "notes": [r["note"] for r in recs]}
             for key in ("kept", "oneshot", "recal", "finetuned", "nonzero"):
@@ -674,9 +789,14 @@ def best_baseline(m: dict, target, key: str):
 
 def capped_count(results: dict):
     """``(pruned models where the per-layer cap of the global rows bound, global pruned models)``."""
-    notes = [note for m in results["models"].values() for meth in GLOBAL
-             for row in m["methods"].get(meth, {}).values() if isinstance(row, dict)
-             for note in row.get("notes", [])]
+    notes = [
+        note
+        for m in results["models"].values()
+        for meth in GLOBAL
+        for row in m["methods"].get(meth, {}).values()
+        if isinstance(row, dict)
+        for note in row.get("notes", [])
+    ]
     return sum("capped" in note for note in notes), len(notes)
 
 
@@ -685,8 +805,11 @@ def _ft_targets(settings: dict) -> list:
 
 
 def _methods_present(models: dict):
-    return [(method, label, tuned) for method, (label, tuned) in METHODS.items()
-            if any(method in m["methods"] for m in models.values())]
+    return [
+        (method, label, tuned)
+        for method, (label, tuned) in METHODS.items()
+        if any(method in m["methods"] for m in models.values())
+    ]
 
 
 def to_markdown(results: dict, headline_targets=(0.5, 0.3)) -> str:
@@ -699,34 +822,44 @@ def to_markdown(results: dict, headline_targets=(0.5, 0.3)) -> str:
     heads = [t for t in headline_targets if t in targets]
     baseline_labels = ", ".join(METHODS[b][0] for b in BASELINES)
     for t in heads:
-        lines += [f"### FAIR vs the best torch-pruning baseline at kept MACs {t}", "",
-                  "No fine-tuning. FAIR: its default pipeline (`prune` with its defaults: global U threshold, "
-                  "mean-replacement compensation, BatchNorm re-estimation). Baselines: on the BatchNorm models "
-                  "with their BatchNorm statistics re-estimated by the same `recalibrate_bn`, on the others "
-                  "one-shot (re-estimation has nothing to do there). Best baseline: the highest mean of "
-                  + baseline_labels +
-                  " (uniform random, network-pruner and ModelPruning are not counted). Top-1 %, mean ± std over "
-                  "the seeds, <sub>(kept MACs reached)</sub>; difference in points, FAIR minus best baseline.", "",
-                  "| model | column | FAIR (ours) | best baseline | its accuracy | FAIR − best |",
-                  "|---|---|---:|---|---:|---:|"]
+        lines += [
+            f"### FAIR vs the best torch-pruning baseline at kept MACs {t}",
+            "",
+            "No fine-tuning. FAIR: its default pipeline (`prune` with its defaults: global U threshold, "
+            "mean-replacement compensation, BatchNorm re-estimation). Baselines: on the BatchNorm models "
+            "with their BatchNorm statistics re-estimated by the same `recalibrate_bn`, on the others "
+            "one-shot (re-estimation has nothing to do there). Best baseline: the highest mean of "
+            + baseline_labels
+            + " (uniform random, network-pruner and ModelPruning are not counted). Top-1 %, mean ± std over "
+            "the seeds, <sub>(kept MACs reached)</sub>; difference in points, FAIR minus best baseline.",
+            "",
+            "| model | column | FAIR (ours) | best baseline | its accuracy | FAIR − best |",
+            "|---|---|---:|---|---:|---:|",
+        ]
         for m in models.values():
             key = headline_key(m)
             row = m["methods"].get("fair", {}).get(str(t))
             ours, best = _mean(row, key), best_baseline(m, t, key)
             brow = m["methods"][best[0]].get(str(t)) if best else None
             diff = f"**{ours - best[1]:+.1f}**" if ours is not None and best else "–"
-            lines.append(f"| {m['label'].split(' /')[0]} | {'BN re-estimated' if key == 'recal' else 'one-shot'} | "
-                         f"{cell(row, key)} | {METHODS[best[0]][0] if best else 'none reached it'} | "
-                         f"{cell(brow, key) if best else '–'} | {diff} |")
+            lines.append(
+                f"| {m['label'].split(' /')[0]} | {'BN re-estimated' if key == 'recal' else 'one-shot'} | "
+                f"{cell(row, key)} | {METHODS[best[0]][0] if best else 'none reached it'} | "
+                f"{cell(brow, key) if best else '–'} | {diff} |"
+            )
         lines.append("")
     for t in heads:
-        lines += [f"### One-shot accuracy at kept MACs {t} (no fine-tuning)", "",
-                  "Held-out top-1 %, mean ± std over the seeds; <sub>(kept MACs reached)</sub>. No BatchNorm "
-                  "re-estimation for any row: the FAIR rows are pruned with `recalibrate=False` (for "
-                  f"{METHODS['fair'][0]}: the default pipeline minus re-estimation, mean replacement still on; "
-                  "on models without BatchNorm that is the default pipeline itself).", "",
-                  "| method | " + " | ".join(m["label"] for m in models.values()) + " |",
-                  "|---|" + "---:|" * len(models)]
+        lines += [
+            f"### One-shot accuracy at kept MACs {t} (no fine-tuning)",
+            "",
+            "Held-out top-1 %, mean ± std over the seeds; <sub>(kept MACs reached)</sub>. No BatchNorm "
+            "re-estimation for any row: the FAIR rows are pruned with `recalibrate=False` (for "
+            f"{METHODS['fair'][0]}: the default pipeline minus re-estimation, mean replacement still on; "
+            "on models without BatchNorm that is the default pipeline itself).",
+            "",
+            "| method | " + " | ".join(m["label"] for m in models.values()) + " |",
+            "|---|" + "---:|" * len(models),
+        ]
         lines.append("| trained model (100% MACs) | " + " | ".join(_fmt(m["baseline"]) for m in models.values()) + " |")
         for method, label, _ in present:
             cells = [cell(m["methods"].get(method, {}).get(str(t)), "oneshot") for m in models.values()]
@@ -735,49 +868,64 @@ def to_markdown(results: dict, headline_targets=(0.5, 0.3)) -> str:
     bn_models = {k: m for k, m in models.items() if m.get("batchnorm")}
     if heads and bn_models:
         cols = [(m, t) for m in bn_models.values() for t in heads]
-        lines += ["### The same with BatchNorm statistics re-estimated (still no training)", "",
-                  "Every method's pruned model gets its BatchNorm running mean/variance re-estimated by "
-                  "`lightning_fair.recalibrate_bn` from forward passes over the 500 (digits: 300) calibration "
-                  f"images; no labels, no weight update. The {METHODS['fair'][0]} row here is the default "
-                  "pipeline exactly (`prune`'s own re-estimation does the same).", "",
-                  "| method | " + " | ".join(f"{m['label'].split(' /')[0]}, {t}" for m, t in cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
+        lines += [
+            "### The same with BatchNorm statistics re-estimated (still no training)",
+            "",
+            "Every method's pruned model gets its BatchNorm running mean/variance re-estimated by "
+            "`lightning_fair.recalibrate_bn` from forward passes over the 500 (digits: 300) calibration "
+            f"images; no labels, no weight update. The {METHODS['fair'][0]} row here is the default "
+            "pipeline exactly (`prune`'s own re-estimation does the same).",
+            "",
+            "| method | " + " | ".join(f"{m['label'].split(' /')[0]}, {t}" for m, t in cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
         for method, label, _ in present:
             cells = [cell(m["methods"].get(method, {}).get(str(t)), "recal") for m, t in cols]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     for name, m in models.items():
         base = _fmt(m["baseline"])
-        lines += [f"### {m['label']}", "",
-                  f"{m['data']}; trained {m['epochs']} epochs; {m['macs'] / 1e6:.2f} M MACs, "
-                  f"{m['params'] / 1e3:.1f} k parameters; held-out accuracy before pruning **{base}%**"
-                  f" (mean ± std over {n} seed{'s' if n > 1 else ''})"
-                  + ("." if m.get("batchnorm") else "; no BatchNorm."), ""]
+        lines += [
+            f"### {m['label']}",
+            "",
+            f"{m['data']}; trained {m['epochs']} epochs; {m['macs'] / 1e6:.2f} M MACs, "
+            f"{m['params'] / 1e3:.1f} k parameters; held-out accuracy before pruning **{base}%**"
+            f" (mean ± std over {n} seed{'s' if n > 1 else ''})" + ("." if m.get("batchnorm") else "; no BatchNorm."),
+            "",
+        ]
         for key, title in KEYS.items():
             if key == "recal" and not m.get("batchnorm"):
                 continue
             cols = targets
             if key == "oneshot" and m.get("batchnorm"):
-                title = ("one-shot (no fine-tuning, no BatchNorm re-estimation for any row; FAIR's default "
-                         "pipeline is its row in the next table)")
+                title = (
+                    "one-shot (no fine-tuning, no BatchNorm re-estimation for any row; FAIR's default "
+                    "pipeline is its row in the next table)"
+                )
             if key == "finetuned":
                 cols = [t for t in targets if t in _ft_targets(settings)]
                 if not cols:
                     continue
                 if len(cols) < len(targets):
-                    title += (f", at kept MACs {' and '.join(map(str, cols))} only (fine-tuning is most of the "
-                              "run time)")
-            lines += [f"Top-1 % {title}; columns: target kept MACs; <sub>(kept MACs reached)</sub>", "",
-                      "| method | " + " | ".join(str(t) for t in cols) + " |",
-                      "|---|" + "---:|" * len(cols)]
+                    title += f", at kept MACs {' and '.join(map(str, cols))} only (fine-tuning is most of the run time)"
+            lines += [
+                f"Top-1 % {title}; columns: target kept MACs; <sub>(kept MACs reached)</sub>",
+                "",
+                "| method | " + " | ".join(str(t) for t in cols) + " |",
+                "|---|" + "---:|" * len(cols),
+            ]
             for method, label, tuned in present:
                 if method not in m["methods"] or (key == "finetuned" and not tuned):
                     continue
                 rows = m["methods"][method]
                 lines.append(f"| {label} | " + " | ".join(cell(rows.get(str(t)), key) for t in cols) + " |")
             lines.append("")
-        errors = {r["note"] for rows in m["methods"].values() for r in rows.values()
-                  if isinstance(r, dict) and r.get("status") == "error"}
+        errors = {
+            r["note"]
+            for rows in m["methods"].values()
+            for r in rows.values()
+            if isinstance(r, dict) and r.get("status") == "error"
+        }
         for e in sorted(errors):
             lines += [f"network-pruner failed on this model: `{e}`", ""]
     return "\n".join(lines)
@@ -816,9 +964,17 @@ def plot(results: dict, img_dir) -> List[str]:
         if m.get("batchnorm"):
             panels.append(("recal", "one-shot + BatchNorm re-estimated"))
         ft = [t for t in results["settings"]["targets"] if t in _ft_targets(results["settings"])]
-        panels.append(("finetuned", "after 1 epoch of fine-tuning" + (
-            f"\n(at kept MACs {' and '.join(map(str, ft))} only)" if len(ft) < len(results["settings"]["targets"])
-            else "")))
+        panels.append(
+            (
+                "finetuned",
+                "after 1 epoch of fine-tuning"
+                + (
+                    f"\n(at kept MACs {' and '.join(map(str, ft))} only)"
+                    if len(ft) < len(results["settings"]["targets"])
+                    else ""
+                ),
+            )
+        )
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 0.5, 5.4))
         for ax, (key, title) in zip(axes, panels):
             for method, (label, tuned) in METHODS.items():
@@ -868,12 +1024,17 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=None, help="comma-separated subset of the tasks")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     args = parser.parse_args(argv)
-    results = run(args.quick, seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
-                  models=args.models.split(",") if args.models else None)
+    results = run(
+        args.quick,
+        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        models=args.models.split(",") if args.models else None,
+    )
     results.pop("_models", None)
     print(to_markdown(results))
-    print(f"\ntotal {results['timing']['total']:.0f}s; " +
-          ", ".join(f"{k} {v:.1f}s" for k, v in results["timing"].items() if k != "total"))
+    print(
+        f"\ntotal {results['timing']['total']:.0f}s; "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in results["timing"].items() if k != "total")
+    )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,9 @@ def measure(name: str, seed: int, out_dir: Path) -> dict:
     shapes = {}
     for key, ranking in RANKINGS.items():
         for t in standard.TARGETS:
-            result = lightning_fair.prune(common.clone(run.model), run.calib, target_macs=t, scores=scores,
-                                          seed=run.seed, ranking=ranking)
+            result = lightning_fair.prune(
+                common.clone(run.model), run.calib, target_macs=t, scores=scores, seed=run.seed, ranking=ranking
+            )
             shapes[key, t] = [tuple(p.shape) for p in result.model.parameters()]
             put(key, t, result.model.eval(), f"{result.level_name} {result.level:.3g}")
     for t in standard.TARGETS:
@@ -92,8 +93,9 @@ def measure(name: str, seed: int, out_dir: Path) -> dict:
         for method in ["fair", "fair_x"] + ([best] if best else []):
             tuned = run.finetune(common.clone(out[method][t]["model"]), "a")
             out[method][t]["ft_a"], out[method][t]["ft_a_bn"] = run.accuracies(tuned)
-    record["methods"] = {m: {str(t): {k: v for k, v in r.items() if k != "model"} for t, r in d.items()}
-                         for m, d in out.items()}
+    record["methods"] = {
+        m: {str(t): {k: v for k, v in r.items() if k != "model"} for t, r in d.items()} for m, d in out.items()
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}-seed{seed}.json").write_text(json.dumps(record, indent=1))
     return record
@@ -108,32 +110,51 @@ def summary(out_dir: Path) -> str:
             # a record made without baselines: seed 0's are those of docs/benchmarks.md
             r["methods"].update(json.loads(documented.read_text())["standard"]["models"][r["model"]]["methods"])
         for t in map(str, standard.TARGETS):
-            scored = {b: r["methods"][b][t]["oneshot"] for b in BASELINES if "oneshot" in r["methods"].get(b, {}).get(t, {})}
+            scored = {
+                b: r["methods"][b][t]["oneshot"] for b in BASELINES if "oneshot" in r["methods"].get(b, {}).get(t, {})
+            }
             best = max(scored, key=scored.get)
-            rows[r["model"], r["seed"], t] = {"unpruned": r["unpruned"], "fair": r["methods"]["fair"][t],
-                                              "fair_x": r["methods"]["fair_x"][t], "best": best,
-                                              "bb": r["methods"][best][t]}
+            rows[r["model"], r["seed"], t] = {
+                "unpruned": r["unpruned"],
+                "fair": r["methods"]["fair"][t],
+                "fair_x": r["methods"]["fair_x"][t],
+                "best": best,
+                "bb": r["methods"][best][t],
+            }
 
     def f(x):
         return "–" if x is None else f"{x:.1f}"
 
-    lines = ["| model | kept | seed | unpruned | U one-shot | U×C one-shot | best baseline one-shot | U (a) / +BN | "
-             "U×C (a) / +BN | baseline (a) / +BN |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        "| model | kept | seed | unpruned | U one-shot | U×C one-shot | best baseline one-shot | U (a) / +BN | "
+        "U×C (a) / +BN | baseline (a) / +BN |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
     for (m, s, t), r in sorted(rows.items(), key=lambda kv: (list(LABEL).index(kv[0][0]), -float(kv[0][2]), kv[0][1])):
         a, x, b = r["fair"], r["fair_x"], r["bb"]
-        lines.append(f"| {LABEL[m]} | {t} | {s} | {r['unpruned']:.1f} | {f(a['oneshot'])} | {f(x['oneshot'])} | "
-                     f"{f(b['oneshot'])} ({SHORT[r['best']]}) | {f(a.get('ft_a'))} / {f(a.get('ft_a_bn'))} | "
-                     f"{f(x.get('ft_a'))} / {f(x.get('ft_a_bn'))} | {f(b.get('ft_a'))} / {f(b.get('ft_a_bn'))} |")
-    for title, left, right in (("U×C minus U", "fair_x", "fair"), ("U×C minus the best baseline", "fair_x", "bb"),
-                               ("U minus the best baseline", "fair", "bb")):
+        lines.append(
+            f"| {LABEL[m]} | {t} | {s} | {r['unpruned']:.1f} | {f(a['oneshot'])} | {f(x['oneshot'])} | "
+            f"{f(b['oneshot'])} ({SHORT[r['best']]}) | {f(a.get('ft_a'))} / {f(a.get('ft_a_bn'))} | "
+            f"{f(x.get('ft_a'))} / {f(x.get('ft_a_bn'))} | {f(b.get('ft_a'))} / {f(b.get('ft_a_bn'))} |"
+        )
+    for title, left, right in (
+        ("U×C minus U", "fair_x", "fair"),
+        ("U×C minus the best baseline", "fair_x", "bb"),
+        ("U minus the best baseline", "fair", "bb"),
+    ):
         lines.append(f"\n{title}:")
         for column in ("oneshot", "ft_a", "ft_a_bn"):
-            d = [round(r[left][column] - r[right][column], 1) for r in rows.values()
-                 if r[right].get(column) is not None and r[left].get(column) is not None]
+            d = [
+                round(r[left][column] - r[right][column], 1)
+                for r in rows.values()
+                if r[right].get(column) is not None and r[left].get(column) is not None
+            ]
             if d:
-                lines.append(f"  {column}: {len(d)} cells, better {sum(v > 0 for v in d)} / worse {sum(v < 0 for v in d)}"
-                             f" / equal {sum(v == 0 for v in d)}; mean {statistics.mean(d):+.2f}, worst {min(d):+.1f}, "
-                             f"best {max(d):+.1f}")
+                lines.append(
+                    f"  {column}: {len(d)} cells, better {sum(v > 0 for v in d)} / worse {sum(v < 0 for v in d)}"
+                    f" / equal {sum(v == 0 for v in d)}; mean {statistics.mean(d):+.2f}, worst {min(d):+.1f}, "
+                    f"best {max(d):+.1f}"
+                )
     return "\n".join(lines)
 
 

@@ -74,8 +74,11 @@ def torch_l1(model: nn.Module, sparsity: float, include_output: bool = True) -> 
     """Global L1 unstructured magnitude over every Conv/Linear weight (the output layer's too, or not), permanent."""
     import torch.nn.utils.prune as tprune
 
-    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-              and (include_output or m is not model.classifier)]
+    params = [
+        (m, "weight")
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and (include_output or m is not model.classifier)
+    ]
     tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=sparsity)
     for m, name in params:
         tprune.remove(m, name)
@@ -108,9 +111,16 @@ def unstructured(quick: bool, seeds, timing) -> dict:
                 if weight is None:
                     pruned = torch_l1(common.clone(model), s, include_output=with_output)
                 else:
-                    pruned = prune_connections(model, scores=scores, sparsity=s, allocation=allocation,
-                                               screening_weight=weight, inplace=False, include_output=with_output,
-                                               example_inputs=data.calib.x[:1]).model.eval()
+                    pruned = prune_connections(
+                        model,
+                        scores=scores,
+                        sparsity=s,
+                        allocation=allocation,
+                        screening_weight=weight,
+                        inplace=False,
+                        include_output=with_output,
+                        example_inputs=data.calib.x[:1],
+                    ).model.eval()
                 timing["unstructured_prune"] += time.perf_counter() - start
                 row = out["rows"].setdefault(key, {}).setdefault(str(s), {"accuracy": [], "zeros": [], "out_zeros": []})
                 row["accuracy"].append(common.accuracy(pruned, data.test))
@@ -120,8 +130,18 @@ def unstructured(quick: bool, seeds, timing) -> dict:
 
 
 # ------------------------------------------------------------------------- on-the-fly
-def train_onthefly(model: nn.Module, split, epochs: int, lr: float, batch_size: int, seed: int, ratio: float,
-                   limit=None, penalty: float = PENALTY, beta: float = BETA):
+def train_onthefly(
+    model: nn.Module,
+    split,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    ratio: float,
+    limit=None,
+    penalty: float = PENALTY,
+    beta: float = BETA,
+):
     """:func:`common.train_epochs` (one-cycle Adam, same seed and data order) on the hyperspherical
     model with the polarising penalty's gradient added before each step. Returns the layer names."""
     common.set_seed(seed)
@@ -148,9 +168,15 @@ def onthefly(quick: bool, seeds, timing) -> dict:
     for name, ratios in ONTHEFLY.items():
         task = all_tasks[name]
         data = common.load_data(task.data)
-        res = {"label": task.label, "epochs": task.epochs, "ratios": list(ratios), "plain": [], "plain_seconds": [],
-               "onthefly": {str(r): {"trained": [], "seconds": [], "cost": [], "pruned": {}} for r in ratios},
-               "plain_pruned": {str(r): {} for r in ratios}}
+        res = {
+            "label": task.label,
+            "epochs": task.epochs,
+            "ratios": list(ratios),
+            "plain": [],
+            "plain_seconds": [],
+            "onthefly": {str(r): {"trained": [], "seconds": [], "cost": [], "pruned": {}} for r in ratios},
+            "plain_pruned": {str(r): {} for r in ratios},
+        }
         # warm-up (first-call allocations), untimed: one short epoch of each
         common.train_epochs(task.build(), data.train, 1, task.lr, task.batch_size, 0, limit=256)
         train_onthefly(task.build(), data.train, 1, task.lr, task.batch_size, 0, ratios[0], limit=256)
@@ -158,17 +184,19 @@ def onthefly(quick: bool, seeds, timing) -> dict:
             # plain training and each on-the-fly training back to back (cost ratio per pair); the order
             # alternates between seeds so that neither side always runs first
             trained = {}
-            for which in (["plain", *ratios] if i % 2 == 0 else [*ratios, "plain"]):
+            for which in ["plain", *ratios] if i % 2 == 0 else [*ratios, "plain"]:
                 common.set_seed(seed)
                 model = task.build()
                 start = time.perf_counter()
                 if which == "plain":
-                    common.train_epochs(model, data.train, task.epochs, task.lr, task.batch_size, seed,
-                                        limit=task.train_limit)
+                    common.train_epochs(
+                        model, data.train, task.epochs, task.lr, task.batch_size, seed, limit=task.train_limit
+                    )
                     layers = None
                 else:
-                    layers = train_onthefly(model, data.train, task.epochs, task.lr, task.batch_size, seed, which,
-                                            limit=task.train_limit)
+                    layers = train_onthefly(
+                        model, data.train, task.epochs, task.lr, task.batch_size, seed, which, limit=task.train_limit
+                    )
                 trained[which] = (model, layers, time.perf_counter() - start)
             plain, _, plain_s = trained["plain"]
             timing["onthefly_plain_train"] += plain_s
@@ -189,7 +217,8 @@ def onthefly(quick: bool, seeds, timing) -> dict:
                     pruned = copy.deepcopy(plain)
                     prune_on_the_fly(pruned, ratio, recovery, layers=layers)
                     res["plain_pruned"][str(ratio)].setdefault(str(recovery), []).append(
-                        common.accuracy(pruned.eval(), data.test))
+                        common.accuracy(pruned.eval(), data.test)
+                    )
         out[name] = res
     return out
 
@@ -200,11 +229,14 @@ def run(quick: bool = False, seeds=None, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     try:
         seeds = list(seeds) if seeds is not None else ([0] if quick else list(SEEDS))
-        timing = {k: 0.0 for k in ("unstructured_scores", "unstructured_prune", "onthefly_plain_train",
-                                   "onthefly_train")}
+        timing = {
+            k: 0.0 for k in ("unstructured_scores", "unstructured_prune", "onthefly_plain_train", "onthefly_train")
+        }
         start = time.perf_counter()
-        results = {"settings": {"quick": quick, "seeds": seeds, "threads": threads, "penalty": PENALTY, "beta": BETA},
-                   "unstructured": unstructured(quick, seeds, timing)}
+        results = {
+            "settings": {"quick": quick, "seeds": seeds, "threads": threads, "penalty": PENALTY, "beta": BETA},
+            "unstructured": unstructured(quick, seeds, timing),
+        }
         results["onthefly"] = onthefly(quick, seeds, timing)
         timing["total"] = time.perf_counter() - start
         results["timing"] = timing
@@ -225,14 +257,20 @@ def _mean(values) -> float:
 
 def unstructured_markdown(u: dict, n: int) -> str:
     sp = u["sparsities"]
-    lines = [f"**Unstructured, {u['label']}** (trained model: {_fmt(u['baseline'])}%). Held-out top-1 %, one-shot "
-             "(no fine-tuning), mean ± std over the seeds; <sub>fraction of zero weights over all the Linear weights, the output layer's included (so below the sparsity where it stays dense)</sub>. "
-             "Columns: the fraction of connections removed.", "",
-             "| method | " + " | ".join(f"sparsity {s}" for s in sp) + " |", "|---|" + "---:|" * len(sp)]
+    lines = [
+        f"**Unstructured, {u['label']}** (trained model: {_fmt(u['baseline'])}%). Held-out top-1 %, one-shot "
+        "(no fine-tuning), mean ± std over the seeds; <sub>fraction of zero weights over all the Linear weights, the output layer's included (so below the sparsity where it stays dense)</sub>. "
+        "Columns: the fraction of connections removed.",
+        "",
+        "| method | " + " | ".join(f"sparsity {s}" for s in sp) + " |",
+        "|---|" + "---:|" * len(sp),
+    ]
     for key, (label, _, _, _) in UNSTRUCTURED.items():
         rows = u["rows"].get(key, {})
-        cells = [f"{_fmt(rows[str(s)]['accuracy'])} <sub>{_mean(rows[str(s)]['zeros']):.3f}</sub>"
-                 if str(s) in rows else "–" for s in sp]
+        cells = [
+            f"{_fmt(rows[str(s)]['accuracy'])} <sub>{_mean(rows[str(s)]['zeros']):.3f}</sub>" if str(s) in rows else "–"
+            for s in sp
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     # reading
@@ -242,60 +280,84 @@ def unstructured_markdown(u: dict, n: int) -> str:
     if "screening_global" in acc and "torch_l1" in acc:
         d = {s: acc["screening_global"][s] - acc["torch_l1"][s] for s in sp}
         wins = [s for s in sp if d[s] > 0]
-        text.append("Screening (default: w=0.5, global) minus torch's global L1 magnitude: "
-                    + ", ".join(f"{d[s]:+.1f} at {s}" for s in sp)
-                    + f" points (ahead at {len(wins)} of {len(sp)} sparsities).")
+        text.append(
+            "Screening (default: w=0.5, global) minus torch's global L1 magnitude: "
+            + ", ".join(f"{d[s]:+.1f} at {s}" for s in sp)
+            + f" points (ahead at {len(wins)} of {len(sp)} sparsities)."
+        )
     if "screening_global" in acc and "magnitude_global" in acc:
         d = {s: acc["screening_global"][s] - acc["magnitude_global"][s] for s in sp}
-        both = {s: sum(a > b for a, b in zip(per_seed["screening_global"][s], per_seed["magnitude_global"][s]))
-                for s in sp}
-        text.append("What the F term adds (w=0.5 minus w=0, both global, same layer normalisation): "
-                    + ", ".join(f"{d[s]:+.1f} at {s} (ahead in {both[s]} of {n} seeds)" for s in sp) + ".")
+        both = {
+            s: sum(a > b for a, b in zip(per_seed["screening_global"][s], per_seed["magnitude_global"][s])) for s in sp
+        }
+        text.append(
+            "What the F term adds (w=0.5 minus w=0, both global, same layer normalisation): "
+            + ", ".join(f"{d[s]:+.1f} at {s} (ahead in {both[s]} of {n} seeds)" for s in sp)
+            + "."
+        )
     if "screening_global" in acc and "screening_layer" in acc:
         d = {s: acc["screening_global"][s] - acc["screening_layer"][s] for s in sp}
-        text.append("Global minus per-layer allocation (screening, w=0.5): "
-                    + ", ".join(f"{d[s]:+.1f} at {s}" for s in sp) + ".")
+        text.append(
+            "Global minus per-layer allocation (screening, w=0.5): "
+            + ", ".join(f"{d[s]:+.1f} at {s}" for s in sp)
+            + "."
+        )
     if "magnitude_global" in acc and "torch_l1" in acc:
         d = {s: acc["magnitude_global"][s] - acc["torch_l1"][s] for s in sp}
-        text.append("Layer-normalised magnitude (w=0, global) minus raw global magnitude (torch): "
-                    + ", ".join(f"{d[s]:+.1f} at {s}" for s in sp) + ".")
+        text.append(
+            "Layer-normalised magnitude (w=0, global) minus raw global magnitude (torch): "
+            + ", ".join(f"{d[s]:+.1f} at {s}" for s in sp)
+            + "."
+        )
     s_hi = sp[-2] if len(sp) > 2 else sp[-1]
-    outz = {k: _mean(u["rows"][k][str(s_hi)]["out_zeros"]) for k in ("screening_global_out", "torch_l1_out")
-            if k in u["rows"]}
+    outz = {
+        k: _mean(u["rows"][k][str(s_hi)]["out_zeros"])
+        for k in ("screening_global_out", "torch_l1_out")
+        if k in u["rows"]
+    }
     if len(outz) == 2 and "screening_global" in acc and "torch_l1" in acc:
-        text.append(f"The output layer (its {u['out_weights']} weights are {u['out_weights'] / u['weights']:.1%} of "
-                    f"all): pruned too, at sparsity {s_hi} it loses {outz['screening_global_out']:.0%} of its weights "
-                    f"under screening's layer-normalised scores and {outz['torch_l1_out']:.0%} under torch's raw "
-                    f"magnitude, and accuracy goes from {acc['screening_global'][s_hi]:.1f}% (kept dense, the "
-                    f"default) to {acc['screening_global_out'][s_hi]:.1f}% for screening, from "
-                    f"{acc['torch_l1'][s_hi]:.1f}% to {acc['torch_l1_out'][s_hi]:.1f}% for torch's magnitude.")
+        text.append(
+            f"The output layer (its {u['out_weights']} weights are {u['out_weights'] / u['weights']:.1%} of "
+            f"all): pruned too, at sparsity {s_hi} it loses {outz['screening_global_out']:.0%} of its weights "
+            f"under screening's layer-normalised scores and {outz['torch_l1_out']:.0%} under torch's raw "
+            f"magnitude, and accuracy goes from {acc['screening_global'][s_hi]:.1f}% (kept dense, the "
+            f"default) to {acc['screening_global_out'][s_hi]:.1f}% for screening, from "
+            f"{acc['torch_l1'][s_hi]:.1f}% to {acc['torch_l1_out'][s_hi]:.1f}% for torch's magnitude."
+        )
     lines += [" ".join(text), ""]
     return "\n".join(lines)
 
 
 def onthefly_markdown(o: dict, n: int) -> str:
-    lines = ["**On-the-fly pruning.** Held-out top-1 %, mean ± std over the seeds. \"trained\": before "
-             "pruning; the next columns: after pruning the given fraction of every layer's weights but the "
-             "output layer's (per layer, smallest `|w| / ||filter||`), **no fine-tuning**; the pruned entries "
-             "zeroed, or tied to the mean of the pruned values per output channel / per layer (with a tied "
-             "mean they are not zero). Training cost: wall time of the on-the-fly training over that of the "
-             "plain training of the same seed, run back to back (mean, min-max over the seeds).", "",
-             "| model | ratio | training | trained | zeroed | layer mean | channel mean | training cost |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        '**On-the-fly pruning.** Held-out top-1 %, mean ± std over the seeds. "trained": before '
+        "pruning; the next columns: after pruning the given fraction of every layer's weights but the "
+        "output layer's (per layer, smallest `|w| / ||filter||`), **no fine-tuning**; the pruned entries "
+        "zeroed, or tied to the mean of the pruned values per output channel / per layer (with a tied "
+        "mean they are not zero). Training cost: wall time of the on-the-fly training over that of the "
+        "plain training of the same seed, run back to back (mean, min-max over the seeds).",
+        "",
+        "| model | ratio | training | trained | zeroed | layer mean | channel mean | training cost |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
     reading, costs = [], {}
     for name, r in o.items():
         short = r["label"].split(" /")[0]
         for ratio in r["ratios"]:
             rec, pp = r["onthefly"][str(ratio)], r["plain_pruned"][str(ratio)]
-            lines.append(f"| {short} | {ratio} | plain (`common.train_epochs`, {r['epochs']} epochs; "
-                         f"{_mean(r['plain_seconds']):.1f} s) | {_fmt(r['plain'])} | {_fmt(pp['None'])} | – | "
-                         f"{_fmt(pp['channel'])} | 1 |")
+            lines.append(
+                f"| {short} | {ratio} | plain (`common.train_epochs`, {r['epochs']} epochs; "
+                f"{_mean(r['plain_seconds']):.1f} s) | {_fmt(r['plain'])} | {_fmt(pp['None'])} | – | "
+                f"{_fmt(pp['channel'])} | 1 |"
+            )
             cost = rec["cost"]
             costs.setdefault(short, []).extend(cost)
-            lines.append(f"| {short} | {ratio} | on-the-fly (hyperspherical + penalty {PENALTY:g}; "
-                         f"{_mean(rec['seconds']):.1f} s) | {_fmt(rec['trained'])} | {_fmt(rec['pruned']['None'])} | "
-                         f"{_fmt(rec['pruned']['layer'])} | {_fmt(rec['pruned']['channel'])} | "
-                         f"**{_mean(cost):.2f}×** ({min(cost):.2f}-{max(cost):.2f}) |")
+            lines.append(
+                f"| {short} | {ratio} | on-the-fly (hyperspherical + penalty {PENALTY:g}; "
+                f"{_mean(rec['seconds']):.1f} s) | {_fmt(rec['trained'])} | {_fmt(rec['pruned']['None'])} | "
+                f"{_fmt(rec['pruned']['layer'])} | {_fmt(rec['pruned']['channel'])} | "
+                f"**{_mean(cost):.2f}×** ({min(cost):.2f}-{max(cost):.2f}) |"
+            )
             best_otf = max(("None", "layer", "channel"), key=lambda k: _mean(rec["pruned"][k]))
             best_plain = max(("None", "channel"), key=lambda k: _mean(pp[k]))
             gain = _mean(rec["pruned"][best_otf]) - _mean(pp[best_plain])
@@ -306,13 +368,20 @@ def onthefly_markdown(o: dict, n: int) -> str:
                 f"is {gain:+.1f} points from the plain model's best ({RECOVERY_LABELS[None if best_plain == 'None' else best_plain]}, "
                 f"{_mean(pp[best_plain]):.1f}%); pruning changes it by "
                 f"{_mean(rec['pruned'][best_otf]) - _mean(rec['trained']):+.1f} points, the plain model by "
-                f"{_mean(pp[best_plain]) - _mean(r['plain']):+.1f}.")
+                f"{_mean(pp[best_plain]) - _mean(r['plain']):+.1f}."
+            )
     lines.append("")
     if costs:
-        reading.append("Training cost: the on-the-fly machinery (parametrised forward, penalty gradient and a "
-                       "top-k per layer at every step) takes " + "; ".join(
-                           f"{statistics.median(c):.2f}× the plain training's wall time on {k} (median of {len(c)} "
-                           f"runs, {min(c):.2f}-{max(c):.2f})" for k, c in costs.items()) + ".")
+        reading.append(
+            "Training cost: the on-the-fly machinery (parametrised forward, penalty gradient and a "
+            "top-k per layer at every step) takes "
+            + "; ".join(
+                f"{statistics.median(c):.2f}× the plain training's wall time on {k} (median of {len(c)} "
+                f"runs, {min(c):.2f}-{max(c):.2f})"
+                for k, c in costs.items()
+            )
+            + "."
+        )
     lines += [" ".join(reading), ""]
     return "\n".join(lines)
 

@@ -49,8 +49,12 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--projections", type=lambda v: v if v == "auto" else int(v), default=16,
-                        help="an integer, or auto (the library's default: 32 from 50 compared classes on, else 128)")
+    parser.add_argument(
+        "--projections",
+        type=lambda v: v if v == "auto" else int(v),
+        default=16,
+        help="an integer, or auto (the library's default: 32 from 50 compared classes on, else 128)",
+    )
     parser.add_argument("--budget", default="1GiB", help="bytes, e.g. 4GiB, or auto (the library's default)")
     parser.add_argument("--max-classes", type=int, default=100, help="0: every class (the path before the cap)")
     parser.add_argument("--device", default="cpu")
@@ -64,40 +68,58 @@ def main(argv=None) -> None:
     example = torch.randn(1, 3, 224, 224, device=device)
     four = parse_bytes("4GiB")
     where = "cuda" if device.type == "cuda" else "cpu"
-    for label, cap, projections in (("defaults now (max_classes=100, num_projections='auto')", 100, "auto"),
-                                    ("before 'auto' projections (max_classes=100)", 100, 128),
-                                    ("before the class cap (all 1000 classes)", None, 128)):
+    for label, cap, projections in (
+        ("defaults now (max_classes=100, num_projections='auto')", 100, "auto"),
+        ("before 'auto' projections (max_classes=100)", 100, 128),
+        ("before the class cap (all 1000 classes)", None, 128),
+    ):
         estimate = estimate_memory(model, example, max_classes=cap, num_projections=projections)
-        print(f"{label}, 32 samples/class, {estimate.num_projections} projections: "
-              f"{estimate.describe(four, where, args.threads)}")
+        print(
+            f"{label}, 32 samples/class, {estimate.num_projections} projections: "
+            f"{estimate.describe(four, where, args.threads)}"
+        )
     cap = args.max_classes or None
     budget = resolve_budget(args.budget, device)
-    small = estimate_memory(model, example, samples_per_class=args.samples, num_projections=args.projections,
-                            max_classes=cap)
-    print(f"this run ({args.samples} samples/class, {args.projections} projections, max_classes={cap}, "
-          f"{args.images} images, batch {args.batch}, {where}): {small.describe(budget, where, args.threads)}")
+    small = estimate_memory(
+        model, example, samples_per_class=args.samples, num_projections=args.projections, max_classes=cap
+    )
+    print(
+        f"this run ({args.samples} samples/class, {args.projections} projections, max_classes={cap}, "
+        f"{args.images} images, batch {args.batch}, {where}): {small.describe(budget, where, args.threads)}"
+    )
     if args.estimate_only:
         return
     x = torch.randn(args.images, 3, 224, 224)
     compared = chosen_classes(1000, cap, seed=0)
     y = compared[torch.arange(args.images) % compared.numel()]
-    batches = [(x[i:i + args.batch], y[i:i + args.batch]) for i in range(0, args.images, args.batch)]
+    batches = [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, args.images, args.batch)]
     before = peak_rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
     start = time.perf_counter()
-    scores = compute_scores(model, batches, samples_per_class=args.samples, num_projections=args.projections,
-                            memory_budget=budget, max_classes=cap)
+    scores = compute_scores(
+        model,
+        batches,
+        samples_per_class=args.samples,
+        num_projections=args.projections,
+        memory_budget=budget,
+        max_classes=cap,
+    )
     seconds = time.perf_counter() - start
     after = peak_rss_mib()
-    peak = (f"peak device memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB (model, a batch's activations "
-            "and gradients, statistics)" if device.type == "cuda" else
-            f"peak resident memory of the process {before:,.0f} MiB before scoring, {after:,.0f} MiB after "
-            f"(includes the model, its activations and gradients for a batch of {args.batch})")
-    print(f"measured: {scores.config['passes']} pass(es) over {args.images} images in {seconds:.0f} s "
-          f"({scores.config['classes_compared']} classes compared); {peak}; estimated statistics peak per pass "
-          f"<= {min(budget, small.total_bytes) / 2**20:,.0f} MiB")
+    peak = (
+        f"peak device memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB (model, a batch's activations "
+        "and gradients, statistics)"
+        if device.type == "cuda"
+        else f"peak resident memory of the process {before:,.0f} MiB before scoring, {after:,.0f} MiB after "
+        f"(includes the model, its activations and gradients for a batch of {args.batch})"
+    )
+    print(
+        f"measured: {scores.config['passes']} pass(es) over {args.images} images in {seconds:.0f} s "
+        f"({scores.config['classes_compared']} classes compared); {peak}; estimated statistics peak per pass "
+        f"<= {min(budget, small.total_bytes) / 2**20:,.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -172,28 +172,38 @@ def deficit_notes(m: dict, t: float, variants_results=None) -> str:
     notes = []
     if len(row[key]) > 1:
         within = best - ours <= max(spread, b_spread)
-        notes.append(f"{'within' if within else 'larger than'} the seeds' spread (std {spread:.1f} for FAIR, "
-                     f"{b_spread:.1f} for the baseline)")
+        notes.append(
+            f"{'within' if within else 'larger than'} the seeds' spread (std {spread:.1f} for FAIR, "
+            f"{b_spread:.1f} for the baseline)"
+        )
     kept, b_kept = common.mean_std(row["kept"])[0], common.mean_std(brow["kept"])[0]
     if b_kept - kept > 0.01:
         notes.append(f"FAIR kept {kept:.2f} of the MACs, the baseline {b_kept:.2f}")
-    others = {meth2: v for meth2 in ("fair_tod", "fair_paper")
-              for v in [_m(m["methods"].get(meth2, {}).get(str(t)), key)] if v}
+    others = {
+        meth2: v
+        for meth2 in ("fair_tod", "fair_paper")
+        for v in [_m(m["methods"].get(meth2, {}).get(str(t)), key)]
+        if v
+    }
     ahead = [f"{quality.METHODS[k][0]} {v[0]:.1f}%" for k, v in others.items() if v[0] >= best]
     if ahead:
         notes.append("other FAIR rows at or above the baseline (same column): " + ", ".join(ahead))
     if variants_results:
         name = next((k for k, vm in variants_results["models"].items() if vm["label"] == m["label"]), None)
         if name is not None:
-            means = {v: variants.mean_of(variants_results["models"][name]["methods"][v].get(str(t)))
-                     for v in variants_results["variants"]}
+            means = {
+                v: variants.mean_of(variants_results["models"][name]["methods"][v].get(str(t)))
+                for v in variants_results["variants"]
+            }
             means = {v: x for v, x in means.items() if x is not None}
             if means:
                 top = max(means, key=means.get)
                 if top != "default":
-                    notes.append(f"best variant there: \"{variants_results['variants'][top]}\" at "
-                                 f"{means[top]:.1f}% ({'at or above' if means[top] >= best else 'still below'} "
-                                 "the baseline)")
+                    notes.append(
+                        f'best variant there: "{variants_results["variants"][top]}" at '
+                        f"{means[top]:.1f}% ({'at or above' if means[top] >= best else 'still below'} "
+                        "the baseline)"
+                    )
                 else:
                     notes.append("no variant of the study does better there")
     ft_ours = _m(row, "finetuned")
@@ -213,35 +223,48 @@ def quality_reading(results: dict, focus=(0.5, 0.3), variants_results=None) -> s
     # 0. the goal: at the focus targets, on the headline column, FAIR at or above the best baseline
     focus = [t for t in focus if t in targets]
     keys = [k for k in KEY_TITLES if k != "recal" or any_bn]
-    goal = [(name, t) + c for name, m in models.items() for t in focus
-            for c in [_compare(m, t, quality.headline_key(m))] if c]
+    goal = [
+        (name, t) + c
+        for name, m in models.items()
+        for t in focus
+        for c in [_compare(m, t, quality.headline_key(m))]
+        if c
+    ]
     if goal:
         behind = [g for g in goal if g[2] < g[5]]
-        text = (f"**Against the best torch-pruning baseline** (the tables \"FAIR vs the best torch-pruning "
-                f"baseline\"; FAIR is its default pipeline, which includes mean-replacement compensation and "
-                f"BatchNorm re-estimation; every baseline has its BatchNorm statistics re-estimated on the "
-                f"BatchNorm models, and is one-shot on the others; kept MACs {' and '.join(map(str, focus))}, "
-                f"mean of {len(results['settings']['seeds'])} seed(s)): FAIR is at or above it in "
-                f"{len(goal) - len(behind)} of {len(goal)} (model, target) cells")
+        text = (
+            f'**Against the best torch-pruning baseline** (the tables "FAIR vs the best torch-pruning '
+            f'baseline"; FAIR is its default pipeline, which includes mean-replacement compensation and '
+            f"BatchNorm re-estimation; every baseline has its BatchNorm statistics re-estimated on the "
+            f"BatchNorm models, and is one-shot on the others; kept MACs {' and '.join(map(str, focus))}, "
+            f"mean of {len(results['settings']['seeds'])} seed(s)): FAIR is at or above it in "
+            f"{len(goal) - len(behind)} of {len(goal)} (model, target) cells"
+        )
         if behind:
             text += ", behind in " + str(len(behind)) + ":"
             lines += [text, ""]
             for n, t, ours, kept, meth, best in behind:
-                lines.append(f"* {short[n]} at {t}: {ours:.1f}% vs {best:.1f}% ({label[meth]}), "
-                             f"{ours - best:+.1f} points; " + deficit_notes(models[n], t, variants_results) + ".")
+                lines.append(
+                    f"* {short[n]} at {t}: {ours:.1f}% vs {best:.1f}% ({label[meth]}), "
+                    f"{ours - best:+.1f} points; " + deficit_notes(models[n], t, variants_results) + "."
+                )
             lines.append("")
         else:
             lines += [text + ".", ""]
     # 1. FAIR minus the best torch-pruning baseline, at the focus targets, every column
     if focus:
         cols = [(k, t) for k in keys for t in focus]
-        lines += ["FAIR minus the best torch-pruning baseline (" + ", ".join(label[b] for b in BASELINES) +
-                  ") at the same target and in the same column, in accuracy points (mean over seeds; which "
-                  "baseline in brackets). FAIR's one-shot column is its default pipeline minus the BatchNorm "
-                  "re-estimation (mean replacement still on), its re-estimated column the default pipeline "
-                  "itself:", "",
-                  "| model | " + " | ".join(f"{KEY_TITLES[k]}, {t}" for k, t in cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
+        lines += [
+            "FAIR minus the best torch-pruning baseline ("
+            + ", ".join(label[b] for b in BASELINES)
+            + ") at the same target and in the same column, in accuracy points (mean over seeds; which "
+            "baseline in brackets). FAIR's one-shot column is its default pipeline minus the BatchNorm "
+            "re-estimation (mean replacement still on), its re-estimated column the default pipeline "
+            "itself:",
+            "",
+            "| model | " + " | ".join(f"{KEY_TITLES[k]}, {t}" for k, t in cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
         for name, m in models.items():
             cells = []
             for k, t in cols:
@@ -263,8 +286,10 @@ def quality_reading(results: dict, focus=(0.5, 0.3), variants_results=None) -> s
             continue
         wins = sum(1 for i in items if i[2] >= i[5])
         title = KEY_TITLES[key][0].upper() + KEY_TITLES[key][1:]
-        text = (f"**{title}**, over all {len(items)} (model, target) cells: FAIR best or tied in "
-                f"{wins}, behind in {len(items) - wins}.")
+        text = (
+            f"**{title}**, over all {len(items)} (model, target) cells: FAIR best or tied in "
+            f"{wins}, behind in {len(items) - wins}."
+        )
         leads = sorted((i for i in items if i[2] > i[5]), key=lambda i: i[5] - i[2])[:3]
         lags = sorted((i for i in items if i[2] < i[5]), key=lambda i: i[2] - i[5])[:3]
 
@@ -272,6 +297,7 @@ def quality_reading(results: dict, focus=(0.5, 0.3), variants_results=None) -> s
             name, t, ours, kept, meth, best = i
             over = f", FAIR reached {kept:.2f}" if abs(kept - t) > 0.03 else ""
             return f"{short[name]} at {t}: {ours:.1f}% vs {best:.1f}% ({label[meth]}{over})"
+
         if leads:
             text += " Largest leads: " + "; ".join(fmt(i) for i in leads) + "."
         if lags:
@@ -280,26 +306,34 @@ def quality_reading(results: dict, focus=(0.5, 0.3), variants_results=None) -> s
     # 3. the FAIR rows against each other, against network-pruner
     d = _diffs(models, targets, "fair", HEADLINE, "fair_paper", "oneshot")
     if d:
-        text = (f"**Default pipeline vs paper-exact** (what the pipeline adds over the method as published): the "
-                f"default pipeline (re-estimated column) minus `preset=\"paper\"` one-shot: {_summary(d)}")
+        text = (
+            f"**Default pipeline vs paper-exact** (what the pipeline adds over the method as published): the "
+            f'default pipeline (re-estimated column) minus `preset="paper"` one-shot: {_summary(d)}'
+        )
         d2 = _diffs(models, targets, "fair", "recal", "fair_paper", "recal", bn_only=True)
         if d2:
-            text += (f"; against the paper-exact model with its BatchNorm statistics re-estimated too (so the "
-                     f"difference is U after the nonlinearity, the global threshold and mean replacement), "
-                     f"on the BatchNorm models: {_summary(d2)}")
+            text += (
+                f"; against the paper-exact model with its BatchNorm statistics re-estimated too (so the "
+                f"difference is U after the nonlinearity, the global threshold and mean replacement), "
+                f"on the BatchNorm models: {_summary(d2)}"
+            )
         lines += [text + ".", ""]
     d = _diffs(models, targets, "fair", HEADLINE, "fair_tod", HEADLINE)
     if d:
-        text = (f"**Global threshold vs ToD counts** (same U, same mean replacement and re-estimation; only "
-                f"how many units each layer loses differs): the default minus `allocation=\"tod\"`: {_summary(d)}")
+        text = (
+            f"**Global threshold vs ToD counts** (same U, same mean replacement and re-estimation; only "
+            f'how many units each layer loses differs): the default minus `allocation="tod"`: {_summary(d)}'
+        )
         d2 = _diffs(models, focus, "fair", HEADLINE, "fair_tod", HEADLINE)
         if d2 and len(d2) < len(d):
             text += f"; at kept MACs {' and '.join(map(str, focus))} alone {_summary(d2)}"
         lines += [text + ".", ""]
     d = _diffs(models, targets, "screening", HEADLINE, "fair", HEADLINE)
     if d:
-        text = (f"**Screening criterion vs U** (same pipeline: global threshold, mean replacement, re-estimation; only "
-                f"what ranks the units differs): `criterion=\"screening\"` minus the default (U): {_summary(d)}")
+        text = (
+            f"**Screening criterion vs U** (same pipeline: global threshold, mean replacement, re-estimation; only "
+            f'what ranks the units differs): `criterion="screening"` minus the default (U): {_summary(d)}'
+        )
         d2 = _diffs(models, focus, "screening", HEADLINE, "fair", HEADLINE)
         if d2 and len(d2) < len(d):
             text += f"; at kept MACs {' and '.join(map(str, focus))} alone {_summary(d2)}"
@@ -311,61 +345,103 @@ def quality_reading(results: dict, focus=(0.5, 0.3), variants_results=None) -> s
                 if ours and best:
                     vs.append(ours[0] - best[1])
         if vs:
-            text += (f". Against the best torch-pruning baseline at kept MACs {' and '.join(map(str, focus))} "
-                     f"(same column as FAIR): at or above it in {sum(x >= 0 for x in vs)} of {len(vs)} cells, "
-                     f"mean {sum(vs) / len(vs):+.1f} points")
+            text += (
+                f". Against the best torch-pruning baseline at kept MACs {' and '.join(map(str, focus))} "
+                f"(same column as FAIR): at or above it in {sum(x >= 0 for x in vs)} of {len(vs)} cells, "
+                f"mean {sum(vs) / len(vs):+.1f} points"
+            )
         low = overshoot(models, targets, methods=("screening",)).get("screening")
         if low:
-            text += ("; its kept MACs lie well below the target in " + ", ".join(
-                f"{short[n]} {t} → {kept:.2f}" for n, t, kept in low) + " (channels go whole, coupled ones "
-                "together: compare those cells at the kept MACs reached)")
+            text += (
+                "; its kept MACs lie well below the target in "
+                + ", ".join(f"{short[n]} {t} → {kept:.2f}" for n, t, kept in low)
+                + " (channels go whole, coupled ones "
+                "together: compare those cells at the kept MACs reached)"
+            )
         lines += [text + ".", ""]
     d = _diffs(models, targets, "fair_paper", "oneshot", "reference", "oneshot")
     if d:
         d2 = _diffs(models, targets, "fair", HEADLINE, "reference", HEADLINE)
-        lines += [f"**Against the authors' network-pruner** (its nearest ToD sweep point; compare the kept MACs "
-                  f"reached): our paper-exact pipeline minus it, both one-shot: {_summary(d, 'ahead')}; our "
-                  f"default pipeline minus it (re-estimated on the BatchNorm models, for both): "
-                  f"{_summary(d2, 'ahead')}.", ""]
+        lines += [
+            f"**Against the authors' network-pruner** (its nearest ToD sweep point; compare the kept MACs "
+            f"reached): our paper-exact pipeline minus it, both one-shot: {_summary(d, 'ahead')}; our "
+            f"default pipeline minus it (re-estimated on the BatchNorm models, for both): "
+            f"{_summary(d2, 'ahead')}.",
+            "",
+        ]
     # 4. overshoot: targets the ToD rows can only reach by removing more
     over = overshoot(models, targets)
     tod_over = {k: v for k, v in over.items() if k in TOD_ROWS}
     if tod_over:
-        lines += ["**Granularity of ToD counts.** Where a ToD row's kept MACs lie well below the target, no "
-                  "tolerance gives a value in between: the counts jump as the tolerance grows, and even at "
-                  "tolerance 0 ToD removes in each layer the largest set of low-U units that shares no unit with "
-                  "the same number of high-R units (coupled residual groups move together). Those cells compare "
-                  "it at fewer MACs than the others: " + "; ".join(
-                      f"{label[k]}: " + ", ".join(f"{short[n]} {t} → {kept:.2f}" for n, t, kept in v)
-                      for k, v in tod_over.items()) + ".", ""]
+        lines += [
+            "**Granularity of ToD counts.** Where a ToD row's kept MACs lie well below the target, no "
+            "tolerance gives a value in between: the counts jump as the tolerance grows, and even at "
+            "tolerance 0 ToD removes in each layer the largest set of low-U units that shares no unit with "
+            "the same number of high-R units (coupled residual groups move together). Those cells compare "
+            "it at fewer MACs than the others: "
+            + "; ".join(
+                f"{label[k]}: " + ", ".join(f"{short[n]} {t} → {kept:.2f}" for n, t, kept in v)
+                for k, v in tod_over.items()
+            )
+            + ".",
+            "",
+        ]
     if "fair" in over:
-        lines += ["**Kept MACs of the default well below the target** (the threshold is found by bisection over "
-                  "the candidate levels; channels go whole, coupled ones together): " + ", ".join(
-                      f"{short[n]} {t} → {kept:.2f}" for n, t, kept in over["fair"]) + ".", ""]
+        lines += [
+            "**Kept MACs of the default well below the target** (the threshold is found by bisection over "
+            "the candidate levels; channels go whole, coupled ones together): "
+            + ", ".join(f"{short[n]} {t} → {kept:.2f}" for n, t, kept in over["fair"])
+            + ".",
+            "",
+        ]
 
     # 5. what re-estimation adds
     def lift(methods):
-        return [(common.mean_std(r["recal"])[0] - common.mean_std(r["oneshot"])[0])
-                for m in models.values() if m.get("batchnorm") for t in targets for meth in methods
-                for r in [m["methods"].get(meth, {}).get(str(t))] if r and r.get("status") == "ok"]
+        return [
+            (common.mean_std(r["recal"])[0] - common.mean_std(r["oneshot"])[0])
+            for m in models.values()
+            if m.get("batchnorm")
+            for t in targets
+            for meth in methods
+            for r in [m["methods"].get(meth, {}).get(str(t))]
+            if r and r.get("status") == "ok"
+        ]
 
-    parts = [(what, lift(methods)) for what, methods in
-             (("FAIR's default (from its one-shot column, mean replacement on)", ["fair"]),
-              ("FAIR with ToD counts", ["fair_tod"]), ("paper-exact FAIR", ["fair_paper"]),
-              ("the torch-pruning baselines", BASELINES))]
+    parts = [
+        (what, lift(methods))
+        for what, methods in (
+            ("FAIR's default (from its one-shot column, mean replacement on)", ["fair"]),
+            ("FAIR with ToD counts", ["fair_tod"]),
+            ("paper-exact FAIR", ["fair_paper"]),
+            ("the torch-pruning baselines", BASELINES),
+        )
+    ]
     parts = [(what, d) for what, d in parts if d]
     if parts:
-        lines += ["**BatchNorm statistics.** Re-estimating them (no training, `lightning_fair.recalibrate_bn`) "
-                  "changes the accuracy on the BatchNorm models by: " + "; ".join(
-                      f"{what} {min(d):+.1f} to {max(d):+.1f} points (mean {sum(d) / len(d):+.1f})"
-                      for what, d in parts) + ".", ""]
-    mp = [common.mean_std(r["kept"])[0] for m in models.values() for t in targets
-          for r in [m["methods"].get("modelpruning", {}).get(str(t))] if r and r.get("status") == "ok"]
+        lines += [
+            "**BatchNorm statistics.** Re-estimating them (no training, `lightning_fair.recalibrate_bn`) "
+            "changes the accuracy on the BatchNorm models by: "
+            + "; ".join(
+                f"{what} {min(d):+.1f} to {max(d):+.1f} points (mean {sum(d) / len(d):+.1f})" for what, d in parts
+            )
+            + ".",
+            "",
+        ]
+    mp = [
+        common.mean_std(r["kept"])[0]
+        for m in models.values()
+        for t in targets
+        for r in [m["methods"].get("modelpruning", {}).get(str(t))]
+        if r and r.get("status") == "ok"
+    ]
     if mp:
-        lines += [f"**Lightning ModelPruning** zeroes weights inside dense tensors: its one-shot accuracy is far "
-                  f"higher at the same nominal ratio (a much finer-grained choice), but the kept MACs are "
-                  f"{_span(min(mp), max(mp))} in every cell: no layer gets smaller, and nothing runs faster (see "
-                  f"the latency section).", ""]
+        lines += [
+            f"**Lightning ModelPruning** zeroes weights inside dense tensors: its one-shot accuracy is far "
+            f"higher at the same nominal ratio (a much finer-grained choice), but the kept MACs are "
+            f"{_span(min(mp), max(mp))} in every cell: no layer gets smaller, and nothing runs faster (see "
+            f"the latency section).",
+            "",
+        ]
     return "\n".join(lines).rstrip()
 
 
@@ -376,8 +452,7 @@ def why(results: dict) -> str:
     low = [t for t in targets if t <= 0.5]
 
     def values(ms, method, key, ts):
-        return [v[0] for m in ms.values() for t in ts
-                for v in [_m(m["methods"].get(method, {}).get(str(t)), key)] if v]
+        return [v[0] for m in ms.values() for t in ts for v in [_m(m["methods"].get(method, {}).get(str(t)), key)] if v]
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
@@ -388,32 +463,58 @@ def why(results: dict) -> str:
     if bn and low and one:
         structured = [v for k, v in one.items() if k not in ("fair", "fair_tod", "screening")]  # no mean replacement
         ours = [v for k, v in one.items() if k in ("fair", "fair_tod")]
-        rec = [a - b for meth in BASELINES + ["fair_paper"] for a, b in
-               zip(values(bn, meth, "recal", low), values(bn, meth, "oneshot", low))]
-        ft = [a - b for meth in BASELINES + ["fair"] for t in low if t in quality._ft_targets(results["settings"])
-              for a, b in zip(values(bn, meth, "finetuned", [t]), values(bn, meth, "recal", [t]))]
-        text = ("* **BatchNorm networks.** Removing a channel removes its (BatchNorm-shifted, ReLU-ed) mean "
-                "contribution from every unit of the next layer; that layer's BatchNorm still normalises with "
-                "the statistics of the unpruned network, so the shift propagates and compounds with depth.")
+        rec = [
+            a - b
+            for meth in BASELINES + ["fair_paper"]
+            for a, b in zip(values(bn, meth, "recal", low), values(bn, meth, "oneshot", low))
+        ]
+        ft = [
+            a - b
+            for meth in BASELINES + ["fair"]
+            for t in low
+            if t in quality._ft_targets(results["settings"])
+            for a, b in zip(values(bn, meth, "finetuned", [t]), values(bn, meth, "recal", [t]))
+        ]
+        text = (
+            "* **BatchNorm networks.** Removing a channel removes its (BatchNorm-shifted, ReLU-ed) mean "
+            "contribution from every unit of the next layer; that layer's BatchNorm still normalises with "
+            "the statistics of the unpruned network, so the shift propagates and compounds with depth."
+        )
         if structured:
-            text += (f" On the BatchNorm models at kept MACs 0.5 and below, no method without mean replacement "
-                     f"averages more than {max(structured):.0f}% one-shot in any cell (chance is 10%)")
+            text += (
+                f" On the BatchNorm models at kept MACs 0.5 and below, no method without mean replacement "
+                f"averages more than {max(structured):.0f}% one-shot in any cell (chance is 10%)"
+            )
             if ours:
-                text += (f"; FAIR's mean replacement (the removed channels' calibration means folded into the next "
-                         f"layer's bias) reaches up to {max(ours):.0f}% before any re-estimation")
+                text += (
+                    f"; FAIR's mean replacement (the removed channels' calibration means folded into the next "
+                    f"layer's bias) reaches up to {max(ours):.0f}% before any re-estimation"
+                )
             text += "."
         if rec:
-            text += (f" Re-estimating the running statistics on the calibration images (no training) changes those "
-                     f"cells by {mean(rec):+.1f} points on average for the methods without mean replacement")
-            text += (f"; one epoch of fine-tuning changes the re-estimated accuracy by a further {mean(ft):+.1f} "
-                     "(the torch-pruning baselines and FAIR's default)." if ft else ".")
-        text += (" The \"BatchNorm re-estimated\" columns apply `lightning_fair.recalibrate_bn` to every "
-                 "method's pruned model alike; they are where the rankings are compared on their merits, and "
-                 "FAIR's default pipeline does the re-estimation itself.")
+            text += (
+                f" Re-estimating the running statistics on the calibration images (no training) changes those "
+                f"cells by {mean(rec):+.1f} points on average for the methods without mean replacement"
+            )
+            text += (
+                f"; one epoch of fine-tuning changes the re-estimated accuracy by a further {mean(ft):+.1f} "
+                "(the torch-pruning baselines and FAIR's default)."
+                if ft
+                else "."
+            )
+        text += (
+            ' The "BatchNorm re-estimated" columns apply `lightning_fair.recalibrate_bn` to every '
+            "method's pruned model alike; they are where the rankings are compared on their merits, and "
+            "FAIR's default pipeline does the re-estimation itself."
+        )
         bullets.append(text)
     # allocation: FAIR global vs ToD; torch-pruning global vs uniform, same importance
-    pairs = [("FAIR (U)", "fair", "fair_tod"), ("L1", "global_l1", "l1"), ("L2", "global_l2", "l2"),
-             ("Taylor", "global_taylor", "taylor")]
+    pairs = [
+        ("FAIR (U)", "fair", "fair_tod"),
+        ("L1", "global_l1", "l1"),
+        ("L2", "global_l2", "l2"),
+        ("Taylor", "global_taylor", "taylor"),
+    ]
     found = []
     for what, a, b in pairs:
         d = [x[2] for x in _diffs(models, targets, a, HEADLINE, b, HEADLINE)]
@@ -425,20 +526,27 @@ def why(results: dict) -> str:
             "torch-pruning's uniform ratio) or by one global threshold on layer-normalised scores (FAIR's "
             "default: U divided by its layer's mean; torch-pruning's `normalizer=\"mean\"`). Global minus per-layer "
             "allocation with the same scores, mean over all models and targets on the re-estimated column "
-            "(one-shot without BatchNorm), in points: " + "; ".join(found) + ".")
+            "(one-shot without BatchNorm), in points: " + "; ".join(found) + "."
+        )
     over = overshoot(models, targets)
     tod_over = {k: v for k, v in over.items() if k in TOD_ROWS}
     if tod_over:
         bullets.append(
-            "* **Granularity.** ToD counts cannot prune \"a little\" in one pass (see above): at a mild target "
+            '* **Granularity.** ToD counts cannot prune "a little" in one pass (see above): at a mild target '
             f"they remove more than asked ({sum(len(v) for v in tod_over.values())} cells of the ToD rows), which "
             "costs accuracy in those cells and shows as a point further right in the plots."
-            + (" The global threshold of the default has no such floor (its lowest level removes nothing) and "
-               "reached every target within 0.03 here." if "fair" not in over else ""))
+            + (
+                " The global threshold of the default has no such floor (its lowest level removes nothing) and "
+                "reached every target within 0.03 here."
+                if "fair" not in over
+                else ""
+            )
+        )
     bullets.append(
         "* **The authors' code** cannot be asked for a MACs target; its sweep points land where they land, so "
         "compare at the kept MACs reached (brackets, plots). It computes R in train mode (BatchNorm on batch "
-        "statistics; see docs/method.md).")
+        "statistics; see docs/method.md)."
+    )
     return "Why it comes out this way (our reading of the numbers above):\n\n" + "\n".join(bullets) + "\n"
 
 
@@ -453,8 +561,10 @@ def variants_baseline_rows(q: dict, v: dict) -> dict:
             m = q["models"].get(name)
             best = quality.best_baseline(m, t, quality.headline_key(m)) if m else None
             if best:
-                cells[name] = (f"{quality.METHODS[best[0]][0]}: "
-                               f"{quality.cell(m['methods'][best[0]][str(t)], quality.headline_key(m))}")
+                cells[name] = (
+                    f"{quality.METHODS[best[0]][0]}: "
+                    f"{quality.cell(m['methods'][best[0]][str(t)], quality.headline_key(m))}"
+                )
                 means.append(best[1])
         if len(means) == len(v["models"]):
             cells["mean"] = f"{sum(means) / len(means):.1f}"
@@ -465,18 +575,30 @@ def variants_baseline_rows(q: dict, v: dict) -> dict:
 def variants_reading(v: dict, q=None) -> str:
     """The generated reading of the variant study: per option the mean difference and the best
     setting; the default against the best baseline cell by cell."""
-    lines = ["Each option against the variant it departs from, mean over models and targets (one-shot, "
-             "accuracy points; \"better in\" counts the (model, target) cells):", "", variants.reading(v), ""]
+    lines = [
+        "Each option against the variant it departs from, mean over models and targets (one-shot, "
+        'accuracy points; "better in" counts the (model, target) cells):',
+        "",
+        variants.reading(v),
+        "",
+    ]
     default = variants.cell_means(v, "default")
     if q:
-        same = [abs(x - _m(q["models"][n]["methods"]["fair"][str(t)], quality.headline_key(q["models"][n]))[0])
-                for (n, t), x in default.items()
-                if n in q["models"] and _m(q["models"][n]["methods"].get("fair", {}).get(str(t)), "oneshot")]
+        same = [
+            abs(x - _m(q["models"][n]["methods"]["fair"][str(t)], quality.headline_key(q["models"][n]))[0])
+            for (n, t), x in default.items()
+            if n in q["models"] and _m(q["models"][n]["methods"].get("fair", {}).get(str(t)), "oneshot")
+        ]
         if same:
-            lines += [("The default row equals FAIR (ours) in the tables above (same scores, same prune)."
-                       if max(same) < 0.05 else
-                       f"The default row differs from FAIR (ours) in the tables above by up to {max(same):.1f} "
-                       "points."), ""]
+            lines += [
+                (
+                    "The default row equals FAIR (ours) in the tables above (same scores, same prune)."
+                    if max(same) < 0.05
+                    else f"The default row differs from FAIR (ours) in the tables above by up to {max(same):.1f} "
+                    "points."
+                ),
+                "",
+            ]
         cells, behind = 0, []
         for (n, t), x in default.items():
             m = q["models"].get(n)
@@ -487,13 +609,23 @@ def variants_reading(v: dict, q=None) -> str:
             if x < best[1]:
                 top = max(v["variants"], key=lambda k: variants.cell_means(v, k).get((n, t), -1))
                 top_mean = variants.cell_means(v, top)[(n, t)]
-                behind.append(f"{v['models'][n]['label'].split(' /')[0]} at {t} ({x - best[1]:+.1f}; " + (
-                    "no variant does better" if top_mean <= x else
-                    f"best variant there: \"{v['variants'][top]}\", {top_mean - best[1]:+.1f}") + ")")
+                behind.append(
+                    f"{v['models'][n]['label'].split(' /')[0]} at {t} ({x - best[1]:+.1f}; "
+                    + (
+                        "no variant does better"
+                        if top_mean <= x
+                        else f'best variant there: "{v["variants"][top]}", {top_mean - best[1]:+.1f}'
+                    )
+                    + ")"
+                )
         if cells:
-            lines += [f"Against the best torch-pruning baseline (last row): the default is at or above it in "
-                      f"{cells - len(behind)} of {cells} cells" + (", behind in " + "; ".join(behind) if behind
-                                                                   else "") + ".", ""]
+            lines += [
+                f"Against the best torch-pruning baseline (last row): the default is at or above it in "
+                f"{cells - len(behind)} of {cells} cells"
+                + (", behind in " + "; ".join(behind) if behind else "")
+                + ".",
+                "",
+            ]
     return "\n".join(lines).rstrip()
 
 
@@ -508,7 +640,7 @@ def related_section(r, quick: bool) -> list:
     u = r["unstructured"]
     lines += [
         "Two related methods the library implements (our reconstructions from the papers' abstracts; see "
-        "docs/method.md \"Screening\" and \"On-the-fly pruning\"); both leave the weights dense, so MACs and "
+        'docs/method.md "Screening" and "On-the-fly pruning"); both leave the weights dense, so MACs and '
         "latency do not change. Regenerate on its own with",
         "",
         "```bash",
@@ -520,12 +652,12 @@ def related_section(r, quick: bool) -> list:
         "",
         f"* **Unstructured screening** on {u['label']}, the screening paper's setting (the same trained models as "
         "above): `lightning_fair.prune_connections(copy, scores=s, sparsity=..., allocation=..., "
-        "screening_weight=w)` on scores `s = compute_scores(model, calib, criterion=\"screening\")` computed once per seed "
+        'screening_weight=w)` on scores `s = compute_scores(model, calib, criterion="screening")` computed once per seed '
         "(every Linear is pruned but the output layer, the library's default, unless a row says otherwise); "
         "connection score `w F_i / mean F + (1 - w) |W_oi| / mean |W|` in its layer, F the ANOVA F-statistic of "
         "the connection's input across classes. `w = 0` is layer-normalised magnitude alone. Against torch's "
         "global L1 magnitude (`torch.nn.utils.prune.global_unstructured` with `L1Unstructured`, what Lightning's "
-        "`ModelPruning(\"l1_unstructured\")` applies) on the same layers, made permanent.",
+        '`ModelPruning("l1_unstructured")` applies) on the same layers, made permanent.',
         "* **On-the-fly** (`lightning_fair.methods.onthefly`, the plain functions the `OnTheFlyPruning` callback calls): "
         "each model trained from scratch with the schedule of the models above (`common.train_epochs`: Adam, "
         "one-cycle lr peaking at 3e-3, batch 64, same seed and data order) but hyperspherical "
@@ -558,7 +690,8 @@ def standard_section(r, quick: bool) -> list:
         "one-step pruning. Regenerate on its own with",
         "",
         "```bash",
-        "python examples/benchmarks/standard.py" + (" --quick" if quick else "")
+        "python examples/benchmarks/standard.py"
+        + (" --quick" if quick else "")
         + "   # prints the tables below; --estimate prints the expected run time first",
         "```",
         "",
@@ -572,30 +705,45 @@ def _script_section(title: str, r, intro: str, script: str, body, quick: bool) -
     lines = [f"## {title}", ""]
     if not isinstance(r, dict):
         return lines + [f"Not run: {r}", ""]
-    return lines + [intro + " Regenerate on its own with", "", "```bash",
-                    f"python examples/benchmarks/{script}" + (" --quick" if quick else ""), "```", "", body(r)]
+    return lines + [
+        intro + " Regenerate on its own with",
+        "",
+        "```bash",
+        f"python examples/benchmarks/{script}" + (" --quick" if quick else ""),
+        "```",
+        "",
+        body(r),
+    ]
 
 
 def vit_section(r, quick: bool) -> list:
     """The "Vision Transformer" section (vit.py)."""
     return _script_section(
-        "A small Vision Transformer", r,
+        "A small Vision Transformer",
+        r,
         "Attention heads and MLP hidden neurons as units: a ViT written the way timm writes it (models.py), trained "
         "here on the MNIST images above (4x4 patches), pruned by FAIR's default pipeline and by torch-pruning's head "
         "pruning (whole heads, uniform or global ratio, the residual stream kept by both), then fine-tuned.",
-        "vit.py", vit.to_markdown, quick)
+        "vit.py",
+        vit.to_markdown,
+        quick,
+    )
 
 
 def bert_section(r, quick: bool) -> list:
     """The "tiny BERT" section (bert.py)."""
     return _script_section(
-        "A tiny BERT on a sequence task", r,
+        "A tiny BERT on a sequence task",
+        r,
         "No text data set is available offline here, so the task is real data read as tokens: each sklearn digit "
         "is a sequence of its 64 pixel intensities (tokens 0..16) after a `[CLS]` token, classified by a Hugging "
         "Face `BertForSequenceClassification` (tiny config, random init) trained here; the batches are Hugging "
         "Face dicts (`input_ids`, `labels`). FAIR's default pipeline against torch-pruning's head pruning (as its "
         "BERT example; the residual stream kept by both), one-shot and fine-tuned.",
-        "bert.py", bert.to_markdown, quick)
+        "bert.py",
+        bert.to_markdown,
+        quick,
+    )
 
 
 def variant_section(v, q, quick: bool) -> list:
@@ -619,7 +767,7 @@ def variant_section(v, q, quick: bool) -> list:
         "is scored on the held-out test split, **no fine-tuning** (BatchNorm re-estimation, where a variant has "
         "it, uses the calibration images only). Every variant changes one thing against the default pipeline "
         "(**bold**), or, for the options that act only through ToD counts (R's aggregation, the coupled-group "
-        "policy), against \"ToD counts instead of the global U threshold\"; plus the paper-exact pipeline. "
+        'policy), against "ToD counts instead of the global U threshold"; plus the paper-exact pipeline. '
         "Scores are computed once per (model, seed, observation point, R aggregation) and shared by the variants "
         "that need the same ones (`prune(..., scores=...)`), so the variants differ only where they say they do. "
         "The last row is the best torch-pruning baseline of the tables above in the column FAIR is judged on "
@@ -633,8 +781,7 @@ def variant_section(v, q, quick: bool) -> list:
     return lines
 
 
-def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, timings: dict,
-            total: float) -> str:
+def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, timings: dict, total: float) -> str:
     q = sections.get("quality")
     lines = ["# Benchmarks", ""]
     lines += [
@@ -658,12 +805,15 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         "",
         "Contents: [accuracy after pruning](#accuracy-after-pruning)"
         + (" ([variant study](#variant-study))" if "variants" in sections else "")
-        + (" · [related methods](#related-methods-screening-unstructured-and-on-the-fly)" if "related" in sections
-           else "")
-        + (" · [standard architectures](#standard-architectures-with-fine-tuning)" if "standard" in sections
-           else "")
+        + (
+            " · [related methods](#related-methods-screening-unstructured-and-on-the-fly)"
+            if "related" in sections
+            else ""
+        )
+        + (" · [standard architectures](#standard-architectures-with-fine-tuning)" if "standard" in sections else "")
         + (" · [ViT](#a-small-vision-transformer)" if "vit" in sections else "")
-        + (" · [BERT](#a-tiny-bert-on-a-sequence-task)" if "bert" in sections else "") + " · "
+        + (" · [BERT](#a-tiny-bert-on-a-sequence-task)" if "bert" in sections else "")
+        + " · "
         "[score-collection speed](#score-collection-speed)"
         + (" · [memory](#memory-of-score-collection)" if "memory" in sections else "")
         + (" · [latency](#latency-of-pruned-models)" if "latency" in sections else ""),
@@ -692,15 +842,23 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             "actually reached (mean). Then held-out top-1 accuracy **one-shot** (no training at all after "
             f"pruning) and **after one epoch of fine-tuning** ({ft} training images, fresh Adam, lr "
             f"{st['finetune_lr']:g}, batch 64)"
-            + (f", the latter at kept MACs {' and '.join(map(str, fts))} only (fine-tuning is most of the run "
-               "time; every method is fine-tuned there)" if len(fts) < len(st["targets"]) else "")
+            + (
+                f", the latter at kept MACs {' and '.join(map(str, fts))} only (fine-tuning is most of the run "
+                "time; every method is fine-tuned there)"
+                if len(fts) < len(st["targets"])
+                else ""
+            )
             + ". In between, for the BatchNorm models, **one-shot + BatchNorm "
             "re-estimated**, for every method: the pruned model's BatchNorm running statistics recomputed by "
             "the library's `lightning_fair.recalibrate_bn(model, loader)` from forward passes over the "
             "calibration images in batches of 100 (no labels, no weight update), to separate "
-            "\"which channels went\" from \"the statistics are stale\".",
-            ("* Quick mode: 1 seed, targets 0.5 and 0.3, LeNet trained 2 epochs on 1500 images, small CNN of "
-             "width 8; fine-tuning on 500 images.\n" if st["quick"] else "")
+            '"which channels went" from "the statistics are stale".',
+            (
+                "* Quick mode: 1 seed, targets 0.5 and 0.3, LeNet trained 2 epochs on 1500 images, small CNN of "
+                "width 8; fine-tuning on 500 images.\n"
+                if st["quick"]
+                else ""
+            )
             + f"* {st['threads']} torch thread(s) (two OpenMP threads stall for seconds whenever another job takes a "
             "core of this 2-core machine).",
             "",
@@ -709,32 +867,32 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             "| row | what runs |",
             "|---|---|",
             f"| {quality.METHODS['fair'][0]} | **the default pipeline**, `lightning_fair.prune(copy, calib, "
-            "target_macs=t, scores=...)` with every option at its default (`preset=\"default\"`), on scores from "
+            'target_macs=t, scores=...)` with every option at its default (`preset="default"`), on scores from '
             "`compute_scores(model, calib, seed=s)` computed once per model and seed (U after the nonlinearity, "
             "32 samples/class, 128 projections): one global threshold on layer-mean-normalised U, searched to "
             "reach the target; **mean-replacement compensation** (each removed input's calibration mean folded "
             "into the next layer's bias); **BatchNorm re-estimation** on the calibration images. Its "
-            "\"one-shot\" column is the same prune with `recalibrate=False` (the default pipeline minus "
-            "re-estimation; identical to the default on models without BatchNorm); its \"BatchNorm "
-            "re-estimated\" column is the default pipeline itself |",
-            f"| {quality.METHODS['fair_tod'][0]} | the same with `allocation=\"tod\"`: FAIR's per-layer ToD counts, "
+            '"one-shot" column is the same prune with `recalibrate=False` (the default pipeline minus '
+            're-estimation; identical to the default on models without BatchNorm); its "BatchNorm '
+            're-estimated" column is the default pipeline itself |',
+            f'| {quality.METHODS["fair_tod"][0]} | the same with `allocation="tod"`: FAIR\'s per-layer ToD counts, '
             "the tolerance searched to reach the target (mean replacement on; re-estimation in the re-estimated "
             "column) |",
-            f"| {quality.METHODS['fair_paper'][0]} | `prune(..., preset=\"paper\")` on scores from "
-            "`compute_scores(..., observe=\"output\")`: the method exactly as published (U on the raw layer "
+            f'| {quality.METHODS["fair_paper"][0]} | `prune(..., preset="paper")` on scores from '
+            '`compute_scores(..., observe="output")`: the method exactly as published (U on the raw layer '
             "output, R = abs of the summed dL/dz·z, ToD counts, no compensation, no re-estimation); its "
             "re-estimated column adds BatchNorm re-estimation only |",
-            f"| {quality.METHODS['screening'][0]} | the default pipeline with `criterion=\"screening\"` (screening "
+            f'| {quality.METHODS["screening"][0]} | the default pipeline with `criterion="screening"` (screening '
             "weight 0.5): each unit ranked by `0.5 F / mean F + 0.5 m / mean m` in its layer, F the one-way ANOVA "
             "F-statistic across classes of the unit's spatially averaged activation over the calibration images, "
-            "m its filter's L2 norm (our reconstruction of arXiv 2502.07189, see docs/method.md \"Screening\"); "
+            'm its filter\'s L2 norm (our reconstruction of arXiv 2502.07189, see docs/method.md "Screening"); '
             "global threshold, mean replacement and re-estimation as in the default; its two columns as for the "
-            "default. Scores: the same `compute_scores` pass as the default row, with `criterion=\"screening\"` (which leaves "
+            'default. Scores: the same `compute_scores` pass as the default row, with `criterion="screening"` (which leaves '
             "U and R bitwise unchanged) |",
             "| uniform L1 / L2 / Taylor / random | torch-pruning 1.6 `MetaPruner`, `MagnitudeImportance(p=1)` / "
             "`MagnitudeImportance(p=2)` / `TaylorImportance()` (gradients of the summed calibration "
             "cross-entropy) / `RandomImportance()` (torch-pruning defaults: scores averaged over the coupled "
-            "layers of a group, `group_reduction=\"mean\"`), one `pruning_ratio` for every layer, output layer "
+            'layers of a group, `group_reduction="mean"`), one `pruning_ratio` for every layer, output layer '
             "ignored; the ratio that reaches each target is found by a grid of 25 ratios + 8 bisection steps (the "
             "counts depend only on the ratio, so one search per architecture) |",
             "| global L1 / L2 / Taylor | the same importances with `MetaPruner(global_pruning=True)`: one "
@@ -745,28 +903,38 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             f"it bound in {capped[0]} of {capped[1]} pruned models). Per-layer counts depend on the scores, so the "
             "`pruning_ratio` reaching each target is searched **per model, seed and method** (grid of 13 + 7 "
             "bisection steps on measured kept MACs; Taylor gradients computed once per search) |",
-            "| LAMP (global) | `LAMPImportance(p=2)` (its `normalizer=\"lamp\"`: each channel's squared-L2 score "
+            '| LAMP (global) | `LAMPImportance(p=2)` (its `normalizer="lamp"`: each channel\'s squared-L2 score '
             "divided by the sum of the scores not smaller in its layer) with `global_pruning=True`, as "
             "torch-pruning recommends for LAMP; same cap and per-model search as the global rows |",
             "| network-pruner 2.16 (authors) | `get_metrics` (32 samples/class) once, `get_ratios`/`get_skeleton`/`prune` "
             f"for `ToD_level` in {{{', '.join(f'{v:g}' for v in quality.REFERENCE_TOD)}}}; each target reports the "
             "sweep point with the nearest kept MACs |",
-            "| Lightning ModelPruning | `lightning.pytorch.callbacks.ModelPruning(\"l1_unstructured\", amount=1 - t)` "
+            '| Lightning ModelPruning | `lightning.pytorch.callbacks.ModelPruning("l1_unstructured", amount=1 - t)` '
             "(global, its default) on every Conv/Linear weight but the output layer, made permanent: weights are "
             "zeroed, shapes stay, so the bracket shows the MACs (always 1.00); one-shot only |",
             "",
         ]
         if not st["reference"]:
-            lines += ["network-pruner was not run here (" + ("quick mode" if st["quick"] and st.get("reference_installed")
-                                                             else "not installed") + ").", ""]
+            lines += [
+                "network-pruner was not run here ("
+                + ("quick mode" if st["quick"] and st.get("reference_installed") else "not installed")
+                + ").",
+                "",
+            ]
         lines.append(quality.to_markdown(q))
         for name in q["models"]:
             img = images.get(f"quality_{name}")
             if img:
                 lines += [f"![accuracy vs kept MACs, {q['models'][name]['label']}]({img})", ""]
         v = sections.get("variants")
-        lines += ["### Reading", "", quality_reading(q, variants_results=v if isinstance(v, dict) else None), "",
-                  why(q), ""]
+        lines += [
+            "### Reading",
+            "",
+            quality_reading(q, variants_results=v if isinstance(v, dict) else None),
+            "",
+            why(q),
+            "",
+        ]
     else:
         lines += [f"Not run: {q}", ""]
     # ---- variant study
@@ -786,39 +954,53 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         lines += bert_section(sections["bert"], quick)
     # ---- speed
     s = sections.get("speed")
-    lines += ["## Score-collection speed", "",
-              "```bash",
-              "python examples/benchmarks/score_speed.py               # small_cnn, vgg_bn, resnet; 3 repeats",
-              "python examples/benchmarks/score_speed.py --models mobilenet_v2 --repeats 1",
-              "python examples/benchmarks/score_speed.py --quick --no-reference   # smoke test (CI runs it)",
-              "```", "",
-              "It times, per model:", "",
-              "- `plain`: one forward + backward of the cross-entropy loss over every calibration batch;",
-              "- `ours`: `lightning_fair.compute_scores` (U and R for every layer, 32 samples/class, 128 projections);",
-              "- `ref`: `network-pruner` 2.16 `get_metrics(model, loader, the_samplesize_for_compute_distance=32)`.", "",
-              "`ours/plain` is what scoring costs over the cheapest possible pass (it includes the one-off",
-              "distance computation, so it falls as calibration data grows); `ref/ours` is our speed-up over",
-              "the authors' code.", "",
-              "### Measured", ""]
+    lines += [
+        "## Score-collection speed",
+        "",
+        "```bash",
+        "python examples/benchmarks/score_speed.py               # small_cnn, vgg_bn, resnet; 3 repeats",
+        "python examples/benchmarks/score_speed.py --models mobilenet_v2 --repeats 1",
+        "python examples/benchmarks/score_speed.py --quick --no-reference   # smoke test (CI runs it)",
+        "```",
+        "",
+        "It times, per model:",
+        "",
+        "- `plain`: one forward + backward of the cross-entropy loss over every calibration batch;",
+        "- `ours`: `lightning_fair.compute_scores` (U and R for every layer, 32 samples/class, 128 projections);",
+        "- `ref`: `network-pruner` 2.16 `get_metrics(model, loader, the_samplesize_for_compute_distance=32)`.",
+        "",
+        "`ours/plain` is what scoring costs over the cheapest possible pass (it includes the one-off",
+        "distance computation, so it falls as calibration data grows); `ref/ours` is our speed-up over",
+        "the authors' code.",
+        "",
+        "### Measured",
+        "",
+    ]
     if isinstance(s, dict):
         lines.append(score_speed.to_markdown(s))
         rows = s["rows"]
         if rows:
             op = [r["ours_over_plain"] for r in rows]
             ro = [r["reference_over_ours"] for r in rows if not math.isnan(r["reference_over_ours"])]
-            text = (f"Scoring every layer costs about {min(op):.1f}-{max(op):.1f} plain forward+backward passes "
-                    "over the same data")
-            text += (f" and is {min(ro):.0f}-{max(ro):.0f} times faster than the reference's `get_metrics`."
-                     if ro else ".")
+            text = (
+                f"Scoring every layer costs about {min(op):.1f}-{max(op):.1f} plain forward+backward passes "
+                "over the same data"
+            )
+            text += (
+                f" and is {min(ro):.0f}-{max(ro):.0f} times faster than the reference's `get_metrics`." if ro else "."
+            )
             lines += [text, ""]
         lines += [
             "An earlier run on this machine kind (2 threads) also timed `mobilenet_v2` (1 repeat): ours / plain "
             "2.45, reference / ours 45.2; it is left out of the generated run because the reference alone takes "
-            "about a minute there.", "",
+            "about a minute there.",
+            "",
             "Why we are faster: the reference runs separate passes per layer for R and for U, while we get",
             "R for every layer from one `torch.autograd.grad` per batch and project conv maps for U as they",
             "stream past, then compute every class pair's W1 at once as an L1 `cdist` between sorted",
-            "quantile vectors.", ""]
+            "quantile vectors.",
+            "",
+        ]
     else:
         lines += [f"Not run: {s}", ""]
     # ---- many classes and GPUs: measured by hand (too slow for the suite), kept in scale.md
@@ -840,10 +1022,12 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
         if key == "memory" and not res["config"].get("measure_rss", True):
             lines += ["Quick mode: statistics buffers measured in-process only (no peak-RSS subprocesses).", ""]
         if key == "latency":
-            lines += ["The FAIR rows time the very models of the accuracy section (seed 0, FAIR's default "
-                      "pipeline at kept MACs 0.5, BatchNorm re-estimation included) against their unpruned originals; the unstructured row is "
-                      "`torch.nn.utils.prune.l1_unstructured` at 50% (what ModelPruning applies), made permanent.",
-                      ""]
+            lines += [
+                "The FAIR rows time the very models of the accuracy section (seed 0, FAIR's default "
+                "pipeline at kept MACs 0.5, BatchNorm re-estimation included) against their unpruned originals; the unstructured row is "
+                "`torch.nn.utils.prune.l1_unstructured` at 50% (what ModelPruning applies), made permanent.",
+                "",
+            ]
         text = module.to_markdown(res)
         first, _, rest = text.partition("\n")
         if first.lstrip("#").strip().lower() == heading.lower():  # the module's own heading repeats ours
@@ -861,14 +1045,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test, well under a minute)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="where benchmarks.md and img/ go (default: docs)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: quality,variants,related,standard,vit,bert,speed,memory,latency")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated sections to skip: quality,variants,related,standard,vit,bert,speed,memory,latency",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     img_dir = out / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     skip = {s for s in args.skip.split(",") if s}
-    command = "python examples/benchmarks/run_all.py" + (" --quick" if args.quick else "") + \
-        ("" if out == (REPO / "docs").resolve() else f" --out {args.out}")
+    command = (
+        "python examples/benchmarks/run_all.py"
+        + (" --quick" if args.quick else "")
+        + ("" if out == (REPO / "docs").resolve() else f" --out {args.out}")
+    )
     start_all = time.perf_counter()
     sections, images, timings, raw = {}, {}, {}, {}
 
@@ -885,6 +1076,7 @@ def main(argv=None) -> None:
         for path in quality.plot(q, img_dir):
             images[Path(path).stem] = _rel(Path(path), out)
         timings["quality"] = time.perf_counter() - start
+
     def guarded(name, run):
         """Run one section; a failure is written into the page instead of stopping the others."""
         if name in skip:
@@ -899,8 +1091,14 @@ def main(argv=None) -> None:
         timings[name] = time.perf_counter() - start
 
     q = sections.get("quality")
-    guarded("variants", lambda: variants.run(args.quick, seeds=q["settings"]["seeds"] if isinstance(q, dict) else None,
-                                             models=list(q["models"]) if isinstance(q, dict) else None))
+    guarded(
+        "variants",
+        lambda: variants.run(
+            args.quick,
+            seeds=q["settings"]["seeds"] if isinstance(q, dict) else None,
+            models=list(q["models"]) if isinstance(q, dict) else None,
+        ),
+    )
     guarded("related", lambda: related.run(args.quick))
     guarded("standard", lambda: standard.run(args.quick))
     guarded("vit", lambda: vit.run(args.quick))
@@ -908,7 +1106,8 @@ def main(argv=None) -> None:
     if "speed" not in skip:
         start = stage("speed")
         sections["speed"] = raw["speed"] = score_speed.run(
-            args.quick, threads=1, reference=None if not args.quick else False)
+            args.quick, threads=1, reference=None if not args.quick else False
+        )
         timings["speed"] = time.perf_counter() - start
     for key in ("memory", "latency"):
         if key in skip:
@@ -922,9 +1121,11 @@ def main(argv=None) -> None:
             if key == "latency" and kept:
                 # conv models first: the module adds its unstructured row for the first entry
                 order = sorted(kept, key=lambda n: not common.has_batchnorm(kept[n]["original"]))
-                models = {f"{name} FAIR target_macs=0.5": (kept[name]["original"], kept[name]["fair"],
-                                                           kept[name]["example"])
-                          for name in order if "fair" in kept[name]}
+                models = {
+                    f"{name} FAIR target_macs=0.5": (kept[name]["original"], kept[name]["fair"], kept[name]["example"])
+                    for name in order
+                    if "fair" in kept[name]
+                }
                 res = module.run(args.quick, models=models)
             elif key == "memory" and args.quick:
                 res = module.run(args.quick, measure_rss=False)  # no subprocesses: keeps the smoke test fast
@@ -943,9 +1144,13 @@ def main(argv=None) -> None:
     (out / "benchmarks.md").write_text(page)
     common.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (common.CACHE_DIR / ("results-quick.json" if args.quick else "results.json")).write_text(
-        json.dumps(raw, indent=1, default=str))
-    print(f"wrote {out / 'benchmarks.md'} and {len([p for v in images.values() for p in (v if isinstance(v, list) else [v])])} "
-          f"image(s) in {total:.0f} s", flush=True)
+        json.dumps(raw, indent=1, default=str)
+    )
+    print(
+        f"wrote {out / 'benchmarks.md'} and {len([p for v in images.values() for p in (v if isinstance(v, list) else [v])])} "
+        f"image(s) in {total:.0f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

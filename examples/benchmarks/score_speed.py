@@ -82,7 +82,9 @@ def reference_metrics(model: torch.nn.Module, loader: DataLoader, samples_per_cl
         stdout, sys.stdout = sys.stdout, devnull  # the reference prints progress
         try:
             fp.get_metrics(
-                model, loader, device=torch.device("cpu"),
+                model,
+                loader,
+                device=torch.device("cpu"),
                 the_samplesize_for_compute_distance=samples_per_class,
                 results_save_path=os.path.join(tmp, "results.pkl"),
             )
@@ -95,8 +97,9 @@ def old_compute_scores(revision: str):
     ``git archive`` into a temporary folder and imported as the package ``lightning_fair_old``."""
     root = Path(__file__).resolve().parents[2]
     folder = tempfile.mkdtemp(prefix="lightning_fair_old_")
-    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "lightning_fair"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", revision, "lightning_fair"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
     os.rename(os.path.join(folder, "lightning_fair"), os.path.join(folder, "lightning_fair_old"))
     sys.path.insert(0, folder)
@@ -125,9 +128,20 @@ def timed(fn, device: str = "cpu") -> float:
 DEFAULT_MODELS = ("small_cnn", "vgg_bn", "resnet")
 
 
-def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images: int = 640, batch_size: int = 64,
-        samples_per_class: int = 32, repeats: int = 3, reference: Optional[bool] = None,
-        threads: Optional[int] = None, verbose: bool = False, device: str = "cpu", old: Optional[str] = None) -> dict:
+def run(
+    quick: bool = False,
+    models=DEFAULT_MODELS,
+    image_size: int = 16,
+    images: int = 640,
+    batch_size: int = 64,
+    samples_per_class: int = 32,
+    repeats: int = 3,
+    reference: Optional[bool] = None,
+    threads: Optional[int] = None,
+    verbose: bool = False,
+    device: str = "cpu",
+    old: Optional[str] = None,
+) -> dict:
     """Time plain / ours / reference per model; returns plain data (medians and every repeat).
 
     ``quick``: small_cnn only, 320 digits at 8x8, 1 repeat. ``reference``: time network-pruner
@@ -165,41 +179,65 @@ def run(quick: bool = False, models=DEFAULT_MODELS, image_size: int = 16, images
                     print(f"  {name}: lightning_fair at {old} fails here: {old_error[:300]}", flush=True)
             for _ in range(repeats):  # interleaved, so drift hits every method alike
                 times["plain"].append(timed(lambda: plain_pass(copy.deepcopy(model), loader), device))
-                times["ours"].append(timed(lambda: compute_scores(model, loader, samples_per_class=samples_per_class),
-                                           device))
+                times["ours"].append(
+                    timed(lambda: compute_scores(model, loader, samples_per_class=samples_per_class), device)
+                )
                 if old_scores is not None and old_error is None:
-                    times["old"].append(timed(lambda: old_scores(model, loader, samples_per_class=samples_per_class),
-                                              device))
+                    times["old"].append(
+                        timed(lambda: old_scores(model, loader, samples_per_class=samples_per_class), device)
+                    )
                 if use_reference:
                     times["reference"].append(
                         timed(lambda: reference_metrics(copy.deepcopy(model), loader, samples_per_class))
                     )
             med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
-            row = {"model": name, "plain": med["plain"], "ours": med["ours"], "reference": med["reference"],
-                   "ours_over_plain": med["ours"] / med["plain"], "reference_over_ours": med["reference"] / med["ours"],
-                   "old": med["old"], "old_over_plain": med["old"] / med["plain"], "times": times}
+            row = {
+                "model": name,
+                "plain": med["plain"],
+                "ours": med["ours"],
+                "reference": med["reference"],
+                "ours_over_plain": med["ours"] / med["plain"],
+                "reference_over_ours": med["reference"] / med["ours"],
+                "old": med["old"],
+                "old_over_plain": med["old"] / med["plain"],
+                "times": times,
+            }
             rows.append(row)
             if verbose:
                 print(_line(row), flush=True)
         return {
-            "config": {"models": list(models), "image_size": image_size, "images": images, "batch_size": batch_size,
-                       "samples_per_class": samples_per_class, "repeats": repeats, "reference": use_reference,
-                       "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": quick,
-                       "device": str(device), "data": digits_images(1)[2]},
+            "config": {
+                "models": list(models),
+                "image_size": image_size,
+                "images": images,
+                "batch_size": batch_size,
+                "samples_per_class": samples_per_class,
+                "repeats": repeats,
+                "reference": use_reference,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "quick": quick,
+                "device": str(device),
+                "data": digits_images(1)[2],
+            },
             "rows": rows,
         }
     finally:
         torch.set_num_threads(previous_threads)
 
 
-HEADER = (f"{'model':<14}{'plain s':>9}{'ours s':>9}{'ref s':>9}{'ours/plain':>12}{'ref/ours':>10}"
-          f"{'old s':>9}{'old/plain':>11}")
+HEADER = (
+    f"{'model':<14}{'plain s':>9}{'ours s':>9}{'ref s':>9}{'ours/plain':>12}{'ref/ours':>10}"
+    f"{'old s':>9}{'old/plain':>11}"
+)
 
 
 def _line(row: dict) -> str:
-    return (f"{row['model']:<14}{row['plain']:>9.3f}{row['ours']:>9.3f}{row['reference']:>9.3f}"
-            f"{row['ours_over_plain']:>12.2f}{row['reference_over_ours']:>10.1f}{row['old']:>9.3f}"
-            f"{row['old_over_plain']:>11.2f}")
+    return (
+        f"{row['model']:<14}{row['plain']:>9.3f}{row['ours']:>9.3f}{row['reference']:>9.3f}"
+        f"{row['ours_over_plain']:>12.2f}{row['reference_over_ours']:>10.1f}{row['old']:>9.3f}"
+        f"{row['old_over_plain']:>11.2f}"
+    )
 
 
 def _num(value: float, fmt: str) -> str:
@@ -221,14 +259,20 @@ def to_markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
-        lines.append(f"| {r['model']} | {r['plain']:.3f} | {r['ours']:.3f} | {_num(r['reference'], '.2f')} | "
-                     f"{r['ours_over_plain']:.2f} | {_num(r['reference_over_ours'], '.1f')} |")
+        lines.append(
+            f"| {r['model']} | {r['plain']:.3f} | {r['ours']:.3f} | {_num(r['reference'], '.2f')} | "
+            f"{r['ours_over_plain']:.2f} | {_num(r['reference_over_ours'], '.1f')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="from lightning_fair.demos.zoo.MODELS, e.g. add mobilenet_v2 (the reference takes minutes there)")
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="from lightning_fair.demos.zoo.MODELS, e.g. add mobilenet_v2 (the reference takes minutes there)",
+    )
     parser.add_argument("--image-size", type=int, default=16, help="digits are resized to this (8 = native)")
     parser.add_argument("--images", type=int, default=640, help="calibration images")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -246,14 +290,27 @@ def main(argv=None) -> None:
     threads = args.threads or torch.get_num_threads()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {device}; data: {digits_images(1)[2]}")
-    print(f"calibration: {images} sklearn digits at {image_size}x{image_size}, batch {args.batch_size}, "
-          f"{args.samples_per_class} samples/class; torch {torch.__version__}, {threads} threads; "
-          f"reference {'network-pruner' if use_reference else 'not installed (pip install --no-deps network-pruner)'}")
+    print(
+        f"calibration: {images} sklearn digits at {image_size}x{image_size}, batch {args.batch_size}, "
+        f"{args.samples_per_class} samples/class; torch {torch.__version__}, {threads} threads; "
+        f"reference {'network-pruner' if use_reference else 'not installed (pip install --no-deps network-pruner)'}"
+    )
     print(HEADER)
     print("-" * len(HEADER))
-    run(quick=quick, models=args.models, image_size=args.image_size, images=args.images, batch_size=args.batch_size,
-        samples_per_class=args.samples_per_class, repeats=args.repeats, reference=use_reference,
-        threads=args.threads, verbose=True, device=args.device, old=args.old)
+    run(
+        quick=quick,
+        models=args.models,
+        image_size=args.image_size,
+        images=args.images,
+        batch_size=args.batch_size,
+        samples_per_class=args.samples_per_class,
+        repeats=args.repeats,
+        reference=use_reference,
+        threads=args.threads,
+        verbose=True,
+        device=args.device,
+        old=args.old,
+    )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,17 @@ class StandardTask(common.Task):
         return models.MODELS[self.builder](**dict(self.kwargs))
 
     def train(self, model: nn.Module, split: common.Split, seed: int) -> nn.Module:
-        return common.train_epochs(model, split, self.epochs, self.lr, self.batch_size, seed,
-                                   limit=self.train_limit, optimizer=self.optimizer, schedule="one_cycle")
+        return common.train_epochs(
+            model,
+            split,
+            self.epochs,
+            self.lr,
+            self.batch_size,
+            seed,
+            limit=self.train_limit,
+            optimizer=self.optimizer,
+            schedule="one_cycle",
+        )
 
 
 def tasks(quick: bool = False) -> Dict[str, StandardTask]:
@@ -100,26 +109,51 @@ def tasks(quick: bool = False) -> Dict[str, StandardTask]:
     kw = common._kw
     if quick:  # the same families, tiny and shallow: a smoke test of every code path
         return {
-            "vgg11_bn": StandardTask("vgg11_bn", "vgg11_bn", "mnist", kw(cfg=(8, "M", 16, "M", 16, 16, "M", 32, 32)),
-                                     epochs=3, lr=0.1, train_limit=1000, label="VGG-BN, 1/8 width, 7 layers"),
-            "resnet20": StandardTask("resnet20", "resnet", "mnist", kw(width=4, layers=(1, 1, 1)), epochs=3, lr=0.1,
-                                     train_limit=1000, label="ResNet-8, width 4"),
-            "mobilenet_v2": StandardTask("mobilenet_v2", "mobilenet_v2", "mnist",
-                                         kw(width_mult=0.25, setting=((1, 16, 1, 1), (6, 24, 2, 2)),
-                                            last_channels=64),
-                                         epochs=3, lr=0.1, train_limit=1000, label="MobileNetV2, width 0.25, 3 blocks"),
+            "vgg11_bn": StandardTask(
+                "vgg11_bn",
+                "vgg11_bn",
+                "mnist",
+                kw(cfg=(8, "M", 16, "M", 16, 16, "M", 32, 32)),
+                epochs=3,
+                lr=0.1,
+                train_limit=1000,
+                label="VGG-BN, 1/8 width, 7 layers",
+            ),
+            "resnet20": StandardTask(
+                "resnet20",
+                "resnet",
+                "mnist",
+                kw(width=4, layers=(1, 1, 1)),
+                epochs=3,
+                lr=0.1,
+                train_limit=1000,
+                label="ResNet-8, width 4",
+            ),
+            "mobilenet_v2": StandardTask(
+                "mobilenet_v2",
+                "mobilenet_v2",
+                "mnist",
+                kw(width_mult=0.25, setting=((1, 16, 1, 1), (6, 24, 2, 2)), last_channels=64),
+                epochs=3,
+                lr=0.1,
+                train_limit=1000,
+                label="MobileNetV2, width 0.25, 3 blocks",
+            ),
         }
     # epochs and peak lr: the held-out accuracies of a few tries (seed 0) were VGG-11-BN 96.9 / 97.7% after 2 / 3
     # epochs at 0.05; ResNet-20 97.3% after 4 at 0.05 or 0.03, 96.4% at 0.2, 98.0% after 6 at 0.1; ResNet-56 96.3 /
     # 96.6 / 96.3 / 96.6% after 3 at 0.05 / 4 at 0.05 / 3 at 0.1 / 3 at 0.02; MobileNetV2 97.1% after 3 at 0.05
     return {
         "vgg11_bn": StandardTask("vgg11_bn", "vgg11_bn", "mnist", epochs=3, lr=0.05, label="VGG-11-BN"),
-        "resnet20": StandardTask("resnet20", "resnet", "mnist", kw(layers=(3, 3, 3)), epochs=4, lr=0.05,
-                                 label="ResNet-20"),
-        "resnet56": StandardTask("resnet56", "resnet", "mnist", kw(layers=(9, 9, 9)), epochs=3, lr=0.05,
-                                 label="ResNet-56"),
-        "mobilenet_v2": StandardTask("mobilenet_v2", "mobilenet_v2", "mnist", epochs=3, lr=0.05,
-                                     label="MobileNetV2 (width 1.0)"),
+        "resnet20": StandardTask(
+            "resnet20", "resnet", "mnist", kw(layers=(3, 3, 3)), epochs=4, lr=0.05, label="ResNet-20"
+        ),
+        "resnet56": StandardTask(
+            "resnet56", "resnet", "mnist", kw(layers=(9, 9, 9)), epochs=3, lr=0.05, label="ResNet-56"
+        ),
+        "mobilenet_v2": StandardTask(
+            "mobilenet_v2", "mobilenet_v2", "mnist", epochs=3, lr=0.05, label="MobileNetV2 (width 1.0)"
+        ),
     }
 
 
@@ -127,16 +161,27 @@ def settings(quick: bool, ft_images: Optional[int] = None, ft_b_images: Optional
     """Sizes: an epoch of fine-tuning is the first ``ft_images`` training images (schedules (a), (c)
     and the gradual steps) or ``ft_b_images`` (schedule (b)); ``bn_images`` training images
     re-estimate BatchNorm after fine-tuning; ``test_images`` held-out images are scored."""
-    st = {"quick": quick, "targets": list(TARGETS), "seeds": list(SEEDS),
-          "ft_images": ft_images or (256 if quick else 1000), "ft_b_images": ft_b_images or (128 if quick else 500),
-          "bn_images": 200 if quick else 500, "test_images": 500 if quick else len(common.load_data("mnist").test),
-          "gradual_target": GRADUAL_TARGET, "gradual_steps": GRADUAL_STEPS, "sgd_momentum": common.SGD_MOMENTUM,
-          "sgd_weight_decay": common.SGD_WEIGHT_DECAY, "batch_size": 64}
+    st = {
+        "quick": quick,
+        "targets": list(TARGETS),
+        "seeds": list(SEEDS),
+        "ft_images": ft_images or (256 if quick else 1000),
+        "ft_b_images": ft_b_images or (128 if quick else 500),
+        "bn_images": 200 if quick else 500,
+        "test_images": 500 if quick else len(common.load_data("mnist").test),
+        "gradual_target": GRADUAL_TARGET,
+        "gradual_steps": GRADUAL_STEPS,
+        "sgd_momentum": common.SGD_MOMENTUM,
+        "sgd_weight_decay": common.SGD_WEIGHT_DECAY,
+        "batch_size": 64,
+    }
     st["finetunes"] = {}
     for key, (optimizer, lr, schedule, epochs, images) in FINETUNES.items():
         steps = epochs * -(-st[images] // st["batch_size"])
-        st["finetunes"][key] = (f"{'SGD' if optimizer == 'sgd' else 'Adam'}, {epochs} epoch{'s' if epochs > 1 else ''} "
-                                f"over {st[images]} training images ({steps} steps), lr {lr:g} {SCHEDULES[schedule]}")
+        st["finetunes"][key] = (
+            f"{'SGD' if optimizer == 'sgd' else 'Adam'}, {epochs} epoch{'s' if epochs > 1 else ''} "
+            f"over {st[images]} training images ({steps} steps), lr {lr:g} {SCHEDULES[schedule]}"
+        )
     return st
 
 
@@ -170,8 +215,17 @@ class ModelRun:
         """Fine-tunes ``model`` in place with schedule ``key`` of :data:`FINETUNES`."""
         optimizer, lr, schedule, epochs, images = FINETUNES[key]
         start = time.perf_counter()
-        common.train_epochs(model, self.data.train, epochs, lr, self.st["batch_size"], self.seed + 7919,
-                            limit=self.st[images], optimizer=optimizer, schedule=schedule)
+        common.train_epochs(
+            model,
+            self.data.train,
+            epochs,
+            lr,
+            self.st["batch_size"],
+            self.seed + 7919,
+            limit=self.st[images],
+            optimizer=optimizer,
+            schedule=schedule,
+        )
         self.timing[self.phase + f"finetune_{key}"] += time.perf_counter() - start
         return model
 
@@ -190,16 +244,18 @@ class ModelRun:
             scores = compute_scores(model, self.calib, seed=self.seed)
             self.timing[self.phase + "fair_scores"] += time.perf_counter() - start
         start = time.perf_counter()
-        result = lightning_fair.prune(common.clone(model), self.calib, target_macs=target, scores=scores,
-                                      seed=self.seed)
+        result = lightning_fair.prune(
+            common.clone(model), self.calib, target_macs=target, scores=scores, seed=self.seed
+        )
         self.timing[self.phase + "fair"] += time.perf_counter() - start
         return result.model.eval(), f"global threshold {result.level:.3g}"
 
     def uniform(self, model: nn.Module, method: str, target: float, ratio: Optional[float] = None):
         start = time.perf_counter()
         if ratio is None:  # searched on this very model (gradual steps)
-            ratio = quality.uniform_ratios(model, self.example, [target], measure(model, self.example)[0],
-                                           grid=13, iterations=6)[0][target]
+            ratio = quality.uniform_ratios(
+                model, self.example, [target], measure(model, self.example)[0], grid=13, iterations=6
+            )[0][target]
             if ratio is None:
                 raise ValueError(f"no uniform ratio reaches {target:.3f}")
         torch.manual_seed(self.seed)
@@ -215,8 +271,7 @@ def oneshot(run: ModelRun) -> Dict[str, dict]:
 
     def put(method, t, pruned, note):
         start = time.perf_counter()
-        out[method][t] = {"model": pruned, "kept": run.kept(pruned), "note": note,
-                          "oneshot": run.accuracy(pruned)}
+        out[method][t] = {"model": pruned, "kept": run.kept(pruned), "note": note, "oneshot": run.accuracy(pruned)}
         run.timing["evaluate"] += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -239,8 +294,9 @@ def oneshot(run: ModelRun) -> Dict[str, dict]:
     for method in ("global_l2", "lamp"):
         make = quality.GLOBAL[method]
         start = time.perf_counter()
-        (ratios_g, unreachable_g), source = quality.global_ratios(run.model, run.example, TARGETS, run.base_macs,
-                                                                  make, run.calib)
+        (ratios_g, unreachable_g), source = quality.global_ratios(
+            run.model, run.example, TARGETS, run.base_macs, make, run.calib
+        )
         run.timing[f"{method}_search"] += time.perf_counter() - start
         for t in TARGETS:
             if ratios_g[t] is None:
@@ -273,8 +329,15 @@ def gradual(run: ModelRun, method: str) -> dict:
             current, note = run.uniform(current, method, relative)
         pruned_acc = run.accuracy(current)
         run.finetune(current, "a")
-        steps.append({"target": step_target, "kept": run.kept(current), "oneshot": pruned_acc,
-                      "finetuned": run.accuracy(current), "note": note})
+        steps.append(
+            {
+                "target": step_target,
+                "kept": run.kept(current),
+                "oneshot": pruned_acc,
+                "finetuned": run.accuracy(current),
+                "note": note,
+            }
+        )
     acc, bn = run.accuracies(current)
     run.phase = ""
     return {"status": "ok", "kept": steps[-1]["kept"], "final": acc, "final_bn": bn, "steps": steps}
@@ -284,20 +347,27 @@ def evaluate_model(task: StandardTask, seed: int, st: dict, timing: Dict[str, fl
     run = ModelRun(task, seed, st, timing)
     start_model = time.perf_counter()
     rows = oneshot(run)
-    methods = {m: {str(t): {k: v for k, v in rec.items() if k != "model"} for t, rec in rows[m].items()}
-               for m in METHODS if m in rows}
+    methods = {
+        m: {str(t): {k: v for k, v in rec.items() if k != "model"} for t, rec in rows[m].items()}
+        for m in METHODS
+        if m in rows
+    }
     finetuned = {}
     for t in TARGETS:
         best = best_oneshot_baseline(rows, t)
-        finetuned[str(t)] = [m for m in dict.fromkeys(ALWAYS_FINETUNED + ((best,) if best else ()))
-                             if "model" in rows[m].get(t, {})]
+        finetuned[str(t)] = [
+            m for m in dict.fromkeys(ALWAYS_FINETUNED + ((best,) if best else ())) if "model" in rows[m].get(t, {})
+        ]
         for m in finetuned[str(t)]:
             for key in FINETUNES:
                 tuned = run.finetune(common.clone(rows[m][t]["model"]), key)
                 methods[m][str(t)][f"ft_{key}"], methods[m][str(t)][f"ft_{key}_bn"] = run.accuracies(tuned)
         if verbose:
-            print(f"    {task.name} at {t}: fine-tuned {', '.join(finetuned[str(t)])} "
-                  f"({time.perf_counter() - start_model:.0f}s)", flush=True)
+            print(
+                f"    {task.name} at {t}: fine-tuned {', '.join(finetuned[str(t)])} "
+                f"({time.perf_counter() - start_model:.0f}s)",
+                flush=True,
+            )
     grad = {}
     for m in GRADUAL_METHODS:
         try:
@@ -305,13 +375,28 @@ def evaluate_model(task: StandardTask, seed: int, st: dict, timing: Dict[str, fl
         except ValueError as err:
             run.phase = ""
             grad[m] = {"status": "unreachable", "note": str(err)}
-    return {"label": task.label, "epochs": task.epochs, "lr": task.lr, "macs": run.base_macs,
-            "params": run.params, "baseline": run.accuracy(run.model), "methods": methods,
-            "finetuned": finetuned, "gradual": grad, "seconds": time.perf_counter() - start_model}
+    return {
+        "label": task.label,
+        "epochs": task.epochs,
+        "lr": task.lr,
+        "macs": run.base_macs,
+        "params": run.params,
+        "baseline": run.accuracy(run.model),
+        "methods": methods,
+        "finetuned": finetuned,
+        "gradual": grad,
+        "seconds": time.perf_counter() - start_model,
+    }
 
 
-def run(quick: bool = False, models=None, verbose: bool = True, threads: int = 1, ft_images: Optional[int] = None,
-        ft_b_images: Optional[int] = None) -> dict:
+def run(
+    quick: bool = False,
+    models=None,
+    verbose: bool = True,
+    threads: int = 1,
+    ft_images: Optional[int] = None,
+    ft_b_images: Optional[int] = None,
+) -> dict:
     """The benchmark; returns plain data. ``threads``: torch threads while it runs (as quality.py);
     ``ft_images`` / ``ft_b_images``: see :func:`settings`."""
     previous = torch.get_num_threads()
@@ -322,12 +407,15 @@ def run(quick: bool = False, models=None, verbose: bool = True, threads: int = 1
         timing: Dict[str, float] = defaultdict(float)
         results = {"settings": st, "models": {}}
         start = time.perf_counter()
-        for name in (list(models) if models else list(all_tasks)):
+        for name in list(models) if models else list(all_tasks):
             task = all_tasks[name]
             results["models"][name] = evaluate_model(task, SEEDS[0], st, timing, verbose)
             if verbose:
-                print(f"  {name}: {results['models'][name]['seconds']:.0f}s after training "
-                      f"({time.perf_counter() - start:.0f}s in all)", flush=True)
+                print(
+                    f"  {name}: {results['models'][name]['seconds']:.0f}s after training "
+                    f"({time.perf_counter() - start:.0f}s in all)",
+                    flush=True,
+                )
         results["timing"] = {**timing, "total": time.perf_counter() - start}
         return results
     finally:
@@ -336,8 +424,15 @@ def run(quick: bool = False, models=None, verbose: bool = True, threads: int = 1
 
 # ------------------------------------------------------------------------- report
 COLUMNS = ("oneshot", "ft_a", "ft_a_bn", "ft_b", "ft_b_bn", "ft_c", "ft_c_bn")
-COLUMN_TITLES = {"oneshot": "one-shot", "ft_a": "(a)", "ft_a_bn": "(a) + BN", "ft_b": "(b)", "ft_b_bn": "(b) + BN",
-                 "ft_c": "(c)", "ft_c_bn": "(c) + BN"}
+COLUMN_TITLES = {
+    "oneshot": "one-shot",
+    "ft_a": "(a)",
+    "ft_a_bn": "(a) + BN",
+    "ft_b": "(b)",
+    "ft_b_bn": "(b) + BN",
+    "ft_c": "(c)",
+    "ft_c_bn": "(c) + BN",
+}
 SHORT = {"l2": "L2", "taylor": "Taylor", "global_l2": "global L2", "lamp": "LAMP"}
 
 
@@ -378,8 +473,9 @@ def lag_reading(results: dict) -> str:
                     if f"ft_{key}" in rec:
                         bucket.append(rec[f"ft_{key}_bn"] - rec[f"ft_{key}"])
         if ours and theirs:
-            parts.append(f"({key}) {sum(ours) / len(ours):+.1f} for FAIR vs {sum(theirs) / len(theirs):+.1f} "
-                         "for the baselines")
+            parts.append(
+                f"({key}) {sum(ours) / len(ours):+.1f} for FAIR vs {sum(theirs) / len(theirs):+.1f} for the baselines"
+            )
     diffs = differences(results)
     for key in FINETUNES:
         plain = [v[0] for (_, _, k), v in diffs.items() if k == f"ft_{key}"]
@@ -388,12 +484,14 @@ def lag_reading(results: dict) -> str:
             worst.append(f"({key}) {min(plain):+.1f} without, {min(fixed):+.1f} with")
     if not parts:
         return ""
-    return ("Running statistics that lag the weights: re-estimating BatchNorm after the fine-tune (no weight "
-            "update) changes the accuracy on average by " + "; ".join(parts) + ". FAIR's largest deficit against "
-            "the best baseline: " + "; ".join(worst) + " re-estimation. `python examples/benchmarks/bn_lag.py "
-            "MODEL TARGET` compares the lag layer by layer between FAIR's and the baselines' pruned models. `FairPruneCallback` re-estimates the "
-            "statistics before every validation after a pruning (`recalibrate_each_epoch=True`, the default), "
-            "so the \"+ BN\" columns are what its users get.")
+    return (
+        "Running statistics that lag the weights: re-estimating BatchNorm after the fine-tune (no weight "
+        "update) changes the accuracy on average by " + "; ".join(parts) + ". FAIR's largest deficit against "
+        "the best baseline: " + "; ".join(worst) + " re-estimation. `python examples/benchmarks/bn_lag.py "
+        "MODEL TARGET` compares the lag layer by layer between FAIR's and the baselines' pruned models. `FairPruneCallback` re-estimates the "
+        "statistics before every validation after a pruning (`recalibrate_each_epoch=True`, the default), "
+        'so the "+ BN" columns are what its users get.'
+    )
 
 
 def _oneshot_cell(rec: Optional[dict]) -> str:
@@ -414,17 +512,24 @@ def to_markdown(results: dict) -> str:
     st, models_ = results["settings"], results["models"]
     targets = st["targets"]
     diffs = differences(results)
-    lines = ["#### FAIR minus the best baseline", "",
-             "Accuracy points, FAIR (default pipeline) minus the best of " + ", ".join(METHODS[b] for b in BASELINES)
-             + " in the same column (which one in brackets); in the fine-tuning columns only the fine-tuned baselines "
-             "(uniform L2 and the best one-shot) compete. \"+ BN\": after that fine-tune with the BatchNorm statistics "
-             "re-estimated on training images.", "",
-             "| model | kept MACs | " + " | ".join(COLUMN_TITLES[k] for k in COLUMNS) + " |",
-             "|---|---:|" + "---:|" * len(COLUMNS)]
+    lines = [
+        "#### FAIR minus the best baseline",
+        "",
+        "Accuracy points, FAIR (default pipeline) minus the best of "
+        + ", ".join(METHODS[b] for b in BASELINES)
+        + " in the same column (which one in brackets); in the fine-tuning columns only the fine-tuned baselines "
+        '(uniform L2 and the best one-shot) compete. "+ BN": after that fine-tune with the BatchNorm statistics '
+        "re-estimated on training images.",
+        "",
+        "| model | kept MACs | " + " | ".join(COLUMN_TITLES[k] for k in COLUMNS) + " |",
+        "|---|---:|" + "---:|" * len(COLUMNS),
+    ]
     for name, m in models_.items():
         for t in targets:
-            cells = [f"{diffs[name, t, k][0]:+.1f} ({SHORT[diffs[name, t, k][1]]})" if (name, t, k) in diffs else "–"
-                     for k in COLUMNS]
+            cells = [
+                f"{diffs[name, t, k][0]:+.1f} ({SHORT[diffs[name, t, k][1]]})" if (name, t, k) in diffs else "–"
+                for k in COLUMNS
+            ]
             lines.append(f"| {m['label']} | {t} | " + " | ".join(cells) + " |")
     lines.append("")
     counts = []
@@ -433,22 +538,32 @@ def to_markdown(results: dict) -> str:
         if d:
             counts.append(f"{COLUMN_TITLES[k]} {sum(x >= 0 for x in d)} of {len(d)} (mean {sum(d) / len(d):+.1f})")
     if counts:
-        lines += ["FAIR at or above the best baseline, (model, target) cells per column: " + "; ".join(counts) + ".",
-                  ""]
+        lines += [
+            "FAIR at or above the best baseline, (model, target) cells per column: " + "; ".join(counts) + ".",
+            "",
+        ]
     reading = lag_reading(results)
     if reading:
         lines += [reading, ""]
     legend = "; ".join(f"({k}) {v}" for k, v in st["finetunes"].items())
     for name, m in models_.items():
-        lines += [f"#### {m['label']}", "",
-                  f"{m['macs'] / 1e6:.1f} M MACs, {m['params'] / 1e6:.2f} M parameters; trained {m['epochs']} epochs "
-                  f"(SGD, one-cycle peak lr {m['lr']:g}); held-out accuracy before pruning **{m['baseline']:.1f}%**; "
-                  f"pruning, fine-tuning and evaluation took {m['seconds']:.0f} s.", "",
-                  f"Top-1 %: one-shot <sub>(kept MACs reached)</sub>; after fine-tuning \"ft / ft + BN re-estimated\". "
-                  f"Fine-tuning: {legend}.", "",
-                  "| method | " + " | ".join(f"one-shot {t}" for t in targets) + " | "
-                  + " | ".join(f"({k}) {t}" for k in FINETUNES for t in targets) + " |",
-                  "|---|" + "---:|" * (len(targets) * (1 + len(FINETUNES)))]
+        lines += [
+            f"#### {m['label']}",
+            "",
+            f"{m['macs'] / 1e6:.1f} M MACs, {m['params'] / 1e6:.2f} M parameters; trained {m['epochs']} epochs "
+            f"(SGD, one-cycle peak lr {m['lr']:g}); held-out accuracy before pruning **{m['baseline']:.1f}%**; "
+            f"pruning, fine-tuning and evaluation took {m['seconds']:.0f} s.",
+            "",
+            f'Top-1 %: one-shot <sub>(kept MACs reached)</sub>; after fine-tuning "ft / ft + BN re-estimated". '
+            f"Fine-tuning: {legend}.",
+            "",
+            "| method | "
+            + " | ".join(f"one-shot {t}" for t in targets)
+            + " | "
+            + " | ".join(f"({k}) {t}" for k in FINETUNES for t in targets)
+            + " |",
+            "|---|" + "---:|" * (len(targets) * (1 + len(FINETUNES))),
+        ]
         for method, label in METHODS.items():
             rows = m["methods"].get(method)
             if rows is None:
@@ -459,13 +574,18 @@ def to_markdown(results: dict) -> str:
         lines.append("")
     n_steps, final = st["gradual_steps"], st["gradual_target"]
     levels = ", ".join(f"{1 - (1 - final) * i / n_steps:.3g}" for i in range(1, n_steps + 1))
-    lines += [f"#### Gradual vs one step (kept MACs {final})", "",
-              f"{n_steps} steps to kept {levels} of the original MACs, each pruning the current model (FAIR: scores "
-              "recomputed on it; L2: ratio searched on it) and followed by fine-tune (a), the last one being the final "
-              f"fine-tune ({n_steps} times (a) in all); against one step + (a) and one step + (b) (schedules as above). "
-              "Top-1 %, \"ft / ft + BN re-estimated\"; kept MACs reached in brackets.", "",
-              "| model | method | one step + (a) | one step + (b) | three steps, (a) after each | per step: kept → "
-              "pruned → after (a) |", "|---|---|---:|---:|---:|---|"]
+    lines += [
+        f"#### Gradual vs one step (kept MACs {final})",
+        "",
+        f"{n_steps} steps to kept {levels} of the original MACs, each pruning the current model (FAIR: scores "
+        "recomputed on it; L2: ratio searched on it) and followed by fine-tune (a), the last one being the final "
+        f"fine-tune ({n_steps} times (a) in all); against one step + (a) and one step + (b) (schedules as above). "
+        'Top-1 %, "ft / ft + BN re-estimated"; kept MACs reached in brackets.',
+        "",
+        "| model | method | one step + (a) | one step + (b) | three steps, (a) after each | per step: kept → "
+        "pruned → after (a) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for name, m in models_.items():
         for method, g in m["gradual"].items():
             rec = m["methods"].get(method, {}).get(str(st["gradual_target"]))
@@ -475,41 +595,51 @@ def to_markdown(results: dict) -> str:
             else:
                 three = f"{g['final']:.1f} / {g['final_bn']:.1f} <sub>({g['kept']:.2f})</sub>"
                 trace = "; ".join(f"{s['kept']:.2f} → {s['oneshot']:.1f} → {s['finetuned']:.1f}" for s in g["steps"])
-            lines.append(f"| {m['label']} | {METHODS[method]} | {_ft_cell(rec, 'a')}{kept} | {_ft_cell(rec, 'b')} | "
-                         f"{three} | {trace} |")
+            lines.append(
+                f"| {m['label']} | {METHODS[method]} | {_ft_cell(rec, 'a')}{kept} | {_ft_cell(rec, 'b')} | "
+                f"{three} | {trace} |"
+            )
     return "\n".join(lines).rstrip() + "\n"
 
 
 def setup_markdown(results: dict) -> str:
     """The section's setup paragraph, with the chosen numbers."""
     st, timing = results["settings"], results["timing"]
-    epochs = "; ".join(f"{m['label']}: {m['epochs']} epochs, peak lr {m['lr']:g}, held-out {m['baseline']:.1f}%"
-                       for m in results["models"].values())
-    return "\n".join([
-        f"* Data: the MNIST splits above (train 3500 / calibration 500 / test 1000), **one seed** ({st['seeds'][0]}) "
-        "for every model: each model is trained and pruned once, so differences of a point or two are within what "
-        "another seed could change.",
-        f"* Training (cached): SGD, momentum {st['sgd_momentum']:g}, Nesterov, weight decay {st['sgd_weight_decay']:g}, "
-        f"batch {st['batch_size']}, one-cycle learning rate; {epochs}.",
-        "* Pruning to kept MACs " + " and ".join(map(str, st["targets"])) + ": FAIR's default pipeline "
-        "(`lightning_fair.prune(copy, calib, target_macs=t, scores=s)`, `s = compute_scores(model, calib)` once per "
-        "model) against torch-pruning 1.6 uniform L2 / uniform Taylor (one ratio for every layer, searched to the "
-        "target) and global L2 / LAMP (one threshold over all layers, no layer losing more than "
-        f"{quality.GLOBAL_MAX_RATIO:g} of its channels), the functions of the quality benchmark, each followed by "
-        "BatchNorm re-estimation on the calibration images (`recalibrate_bn`).",
-        "* Fine-tuning, each schedule from the same pruned model, batch 64, model in train mode; an \"epoch\" is the "
-        "first images of the train split only (a full epoch of 3500 for every schedule, method and model would not "
-        "fit the section's time budget); SGD as in training (momentum, Nesterov, weight decay) or Adam: "
-        + "; ".join(f"({k}) {v}" for k, v in st["finetunes"].items())
-        + ". Fine-tuned at each target: FAIR, uniform L2 and the baseline best one-shot there. \"+ BN\": the "
-        f"fine-tuned model with its BatchNorm statistics re-estimated on {st['bn_images']} training images (no "
-        "weight update), to show running statistics that lag the weights.",
-        f"* {st['threads']} torch thread(s); this section took {timing['total'] / 60:.1f} min"
-        + (f", training {timing['train'] / 60:.1f} min of it" if timing.get("train", 0) > 1 else " (models cached)")
-        + (" — **quick mode**: tiny models trained on 1000 images, 500 test images; the numbers are a smoke test "
-           "only." if st["quick"] else "."),
-        "",
-    ])
+    epochs = "; ".join(
+        f"{m['label']}: {m['epochs']} epochs, peak lr {m['lr']:g}, held-out {m['baseline']:.1f}%"
+        for m in results["models"].values()
+    )
+    return "\n".join(
+        [
+            f"* Data: the MNIST splits above (train 3500 / calibration 500 / test 1000), **one seed** ({st['seeds'][0]}) "
+            "for every model: each model is trained and pruned once, so differences of a point or two are within what "
+            "another seed could change.",
+            f"* Training (cached): SGD, momentum {st['sgd_momentum']:g}, Nesterov, weight decay {st['sgd_weight_decay']:g}, "
+            f"batch {st['batch_size']}, one-cycle learning rate; {epochs}.",
+            "* Pruning to kept MACs " + " and ".join(map(str, st["targets"])) + ": FAIR's default pipeline "
+            "(`lightning_fair.prune(copy, calib, target_macs=t, scores=s)`, `s = compute_scores(model, calib)` once per "
+            "model) against torch-pruning 1.6 uniform L2 / uniform Taylor (one ratio for every layer, searched to the "
+            "target) and global L2 / LAMP (one threshold over all layers, no layer losing more than "
+            f"{quality.GLOBAL_MAX_RATIO:g} of its channels), the functions of the quality benchmark, each followed by "
+            "BatchNorm re-estimation on the calibration images (`recalibrate_bn`).",
+            '* Fine-tuning, each schedule from the same pruned model, batch 64, model in train mode; an "epoch" is the '
+            "first images of the train split only (a full epoch of 3500 for every schedule, method and model would not "
+            "fit the section's time budget); SGD as in training (momentum, Nesterov, weight decay) or Adam: "
+            + "; ".join(f"({k}) {v}" for k, v in st["finetunes"].items())
+            + '. Fine-tuned at each target: FAIR, uniform L2 and the baseline best one-shot there. "+ BN": the '
+            f"fine-tuned model with its BatchNorm statistics re-estimated on {st['bn_images']} training images (no "
+            "weight update), to show running statistics that lag the weights.",
+            f"* {st['threads']} torch thread(s); this section took {timing['total'] / 60:.1f} min"
+            + (f", training {timing['train'] / 60:.1f} min of it" if timing.get("train", 0) > 1 else " (models cached)")
+            + (
+                " — **quick mode**: tiny models trained on 1000 images, 500 test images; the numbers are a smoke test "
+                "only."
+                if st["quick"]
+                else "."
+            ),
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> None:
@@ -517,12 +647,20 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models and data (smoke test, well under a minute)")
     parser.add_argument("--models", default=None, help="comma-separated subset of " + ", ".join(tasks()))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--ft-images", type=int, default=None,
-                        help="training images per fine-tuning epoch of (a), (c) and the gradual steps (default 1000)")
-    parser.add_argument("--ft-b-images", type=int, default=None,
-                        help="training images per epoch of fine-tuning (b) (default 500)")
-    parser.add_argument("--estimate", action="store_true",
-                        help="only time a few batches of each model and print the extrapolated run time")
+    parser.add_argument(
+        "--ft-images",
+        type=int,
+        default=None,
+        help="training images per fine-tuning epoch of (a), (c) and the gradual steps (default 1000)",
+    )
+    parser.add_argument(
+        "--ft-b-images", type=int, default=None, help="training images per epoch of fine-tuning (b) (default 500)"
+    )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="only time a few batches of each model and print the extrapolated run time",
+    )
     args = parser.parse_args(argv)
     models_ = args.models.split(",") if args.models else None
     sizes = {"ft_images": args.ft_images, "ft_b_images": args.ft_b_images}
@@ -534,8 +672,10 @@ def main(argv=None) -> None:
     results = run(args.quick, models_, threads=args.threads, **sizes)
     print(setup_markdown(results))
     print(to_markdown(results))
-    print(f"total {results['timing']['total']:.0f}s; " +
-          ", ".join(f"{k} {v:.1f}s" for k, v in results["timing"].items() if k != "total"))
+    print(
+        f"total {results['timing']['total']:.0f}s; "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in results["timing"].items() if k != "total")
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def _seconds_per_batch(model: nn.Module, x: torch.Tensor, train: bool, repeats: 
     return sorted(times)[len(times) // 2]
 
 
-def estimate(quick: bool = False, models=None, threads: int = 1, verbose: bool = True, ft_images: Optional[int] = None,
-             ft_b_images: Optional[int] = None) -> dict:
+def estimate(
+    quick: bool = False,
+    models=None,
+    threads: int = 1,
+    verbose: bool = True,
+    ft_images: Optional[int] = None,
+    ft_b_images: Optional[int] = None,
+) -> dict:
     """Extrapolated seconds of :func:`run` per model, from a few timed batches of each model
     (untrained, and uniform-L2 pruned to each target for the fine-tuning and evaluation costs),
     one timed ``compute_scores`` and one timed ratio search. Prints and
@@ -110,29 +116,43 @@ def estimate(quick: bool = False, models=None, threads: int = 1, verbose: bool =
                 "scores and searches": score + per_prune * (33 + 2 * 20),
                 "one-shot": sum(len(METHODS) * (passes(t, n_test) + passes(t, n_calib)) for t in TARGETS),
                 "fine-tuning": sum(n_tuned * sum(epochs(t, k) + evaluation(t) for k in FINETUNES) for t in TARGETS),
-                "gradual": len(GRADUAL_METHODS) * sum(epochs(k, "a") + 2 * passes(k, n_test) + passes(k, n_calib)
-                                                      for k in levels)
+                "gradual": len(GRADUAL_METHODS)
+                * sum(epochs(k, "a") + 2 * passes(k, n_test) + passes(k, n_calib) for k in levels)
                 + score / step[1.0] * sum(at(k, step) for k in [1.0] + levels[:-1])  # FAIR's scores at each step
-                + per_prune * 19 * GRADUAL_STEPS + evaluation(levels[-1]),  # L2's ratio searches, final evaluation
+                + per_prune * 19 * GRADUAL_STEPS
+                + evaluation(levels[-1]),  # L2's ratio searches, final evaluation
             }
-            out[name] = {"seconds_per_epoch": {"train": batches * step[1.0],
-                                               **{f"finetune_{t}": epochs(t, "a") for t in TARGETS}},
-                         "seconds_per_1000_test_images": {str(k): 1000 / bs * v for k, v in fwd.items()},
-                         "cost": cost, "total": sum(cost.values())}
+            out[name] = {
+                "seconds_per_epoch": {
+                    "train": batches * step[1.0],
+                    **{f"finetune_{t}": epochs(t, "a") for t in TARGETS},
+                },
+                "seconds_per_1000_test_images": {str(k): 1000 / bs * v for k, v in fwd.items()},
+                "cost": cost,
+                "total": sum(cost.values()),
+            }
             if verbose:
                 e = out[name]["seconds_per_epoch"]
-                print(f"  {name}: training {e['train']:.1f} s/epoch ({batches} batches of {bs}); fine-tuning "
-                      + ", ".join(f"{e[f'finetune_{t}']:.1f} s/epoch at {t}" for t in TARGETS)
-                      + f" ({-(-st['ft_images'] // bs)} batches); evaluation "
-                      + ", ".join(f"{1000 / bs * fwd[k]:.1f}" for k in sorted(fwd, reverse=True))
-                      + " s per 1000 images at kept " + "/".join(f"{k:g}" for k in sorted(fwd, reverse=True))
-                      + "; estimated " + ", ".join(f"{k} {v:.0f}s" for k, v in cost.items())
-                      + f" = {out[name]['total']:.0f}s", flush=True)
+                print(
+                    f"  {name}: training {e['train']:.1f} s/epoch ({batches} batches of {bs}); fine-tuning "
+                    + ", ".join(f"{e[f'finetune_{t}']:.1f} s/epoch at {t}" for t in TARGETS)
+                    + f" ({-(-st['ft_images'] // bs)} batches); evaluation "
+                    + ", ".join(f"{1000 / bs * fwd[k]:.1f}" for k in sorted(fwd, reverse=True))
+                    + " s per 1000 images at kept "
+                    + "/".join(f"{k:g}" for k in sorted(fwd, reverse=True))
+                    + "; estimated "
+                    + ", ".join(f"{k} {v:.0f}s" for k, v in cost.items())
+                    + f" = {out[name]['total']:.0f}s",
+                    flush=True,
+                )
         total = sum(m["total"] for m in out.values())
         train = sum(m["cost"]["train"] for m in out.values())
         if verbose:
-            print(f"  estimated run: {total / 60:.1f} min at this machine's current speed, {threads} thread(s) "
-                  f"(training {train / 60:.1f} min; {(total - train) / 60:.1f} min with the models cached)", flush=True)
+            print(
+                f"  estimated run: {total / 60:.1f} min at this machine's current speed, {threads} thread(s) "
+                f"(training {train / 60:.1f} min; {(total - train) / 60:.1f} min with the models cached)",
+                flush=True,
+            )
         return {"models": out, "total": total, "train": train, "threads": threads}
     finally:
         torch.set_num_threads(previous)

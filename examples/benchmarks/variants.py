@@ -36,7 +36,7 @@ SEEDS = (0, 1, 2)
 #: key: (label, prune() options). Options not given come from the default preset.
 VARIANTS: Dict[str, tuple] = {
     "default": ("default pipeline", {}),
-    "paper": ("paper-exact (`preset=\"paper\"`)", {"preset": "paper"}),
+    "paper": ('paper-exact (`preset="paper"`)', {"preset": "paper"}),
     "tod": ("ToD counts instead of the global U threshold", {"allocation": "tod"}),
     "observe_output": ("U observes the layer output", {"observe": "output"}),
     "observe_norm": ("U observes after the norm", {"observe": "norm"}),
@@ -66,13 +66,17 @@ def evaluate_seed(task: common.Task, seed: int, targets, variants) -> Dict[str, 
     for name, (_, options) in variants.items():
         for t in targets:
             try:
-                result = prune(common.clone(model), calib, target_macs=t, scores=scores[scoring_key(options)],
-                               seed=seed, **options)
+                result = prune(
+                    common.clone(model), calib, target_macs=t, scores=scores[scoring_key(options)], seed=seed, **options
+                )
             except ValueError as err:
                 out[name][t] = {"status": "unreachable", "note": str(err)}
                 continue
-            out[name][t] = {"status": "ok", "kept": result.report.macs_ratio,
-                            "oneshot": common.accuracy(result.model.eval(), data.test)}
+            out[name][t] = {
+                "status": "ok",
+                "kept": result.report.macs_ratio,
+                "oneshot": common.accuracy(result.model.eval(), data.test),
+            }
     return {"baseline": common.accuracy(model, data.test), "methods": dict(out)}
 
 
@@ -85,8 +89,11 @@ def run(quick: bool = False, seeds=None, targets=None, models=None, verbose: boo
         tasks = common.tasks(quick)
         names = list(models) if models else list(tasks)
         variants = {k: VARIANTS[k] for k in (("default", "paper", "no_recal") if quick else VARIANTS)}
-        results = {"settings": {"seeds": list(seeds), "targets": list(targets), "quick": quick},
-                   "variants": {k: v[0] for k, v in variants.items()}, "models": {}}
+        results = {
+            "settings": {"seeds": list(seeds), "targets": list(targets), "quick": quick},
+            "variants": {k: v[0] for k, v in variants.items()},
+            "models": {},
+        }
         start = time.perf_counter()
         for name in names:
             task = tasks[name]
@@ -97,10 +104,16 @@ def run(quick: bool = False, seeds=None, targets=None, models=None, verbose: boo
                 for t in targets:
                     recs = [s["methods"][variant][t] for s in per_seed]
                     if any(r["status"] != "ok" for r in recs):
-                        rows[str(t)] = {"status": "unreachable", "note": next(r["note"] for r in recs if r["status"] != "ok")}
+                        rows[str(t)] = {
+                            "status": "unreachable",
+                            "note": next(r["note"] for r in recs if r["status"] != "ok"),
+                        }
                     else:
-                        rows[str(t)] = {"status": "ok", "kept": [r["kept"] for r in recs],
-                                        "oneshot": [r["oneshot"] for r in recs]}
+                        rows[str(t)] = {
+                            "status": "ok",
+                            "kept": [r["kept"] for r in recs],
+                            "oneshot": [r["oneshot"] for r in recs],
+                        }
                 models_out["methods"][variant] = rows
             results["models"][name] = models_out
             if verbose:
@@ -135,9 +148,12 @@ def to_markdown(results: dict, extra_rows=None) -> str:
     models, targets = results["models"], results["settings"]["targets"]
     lines = []
     for t in targets:
-        lines += [f"#### Kept MACs {t}: one-shot held-out top-1 % (mean ± std over the seeds; <sub>(kept MACs)</sub>)", "",
-                  "| variant | " + " | ".join(m["label"] for m in models.values()) + " | mean |",
-                  "|---|" + "---:|" * (len(models) + 1)]
+        lines += [
+            f"#### Kept MACs {t}: one-shot held-out top-1 % (mean ± std over the seeds; <sub>(kept MACs)</sub>)",
+            "",
+            "| variant | " + " | ".join(m["label"] for m in models.values()) + " | mean |",
+            "|---|" + "---:|" * (len(models) + 1),
+        ]
         for variant, label in results["variants"].items():
             rows = [m["methods"][variant].get(str(t)) for m in models.values()]
             means = [mean_of(r) for r in rows]
@@ -146,8 +162,11 @@ def to_markdown(results: dict, extra_rows=None) -> str:
             name = f"**{label}**" if variant == "default" else label
             lines.append(f"| {name} | " + " | ".join(_cell(r) for r in rows) + f" | {avg} |")
         for label, cells in (extra_rows or {}).get(t, []):
-            lines.append(f"| {label} | " + " | ".join(cells.get(k, "–").replace("|", "\\|") for k in models) +
-                         f" | {cells.get('mean', '')} |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(cells.get(k, "–").replace("|", "\\|") for k in models)
+                + f" | {cells.get('mean', '')} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -158,14 +177,22 @@ def to_markdown(results: dict, extra_rows=None) -> str:
 #: the smallest member count), so they are varied, and compared, under ``allocation="tod"``.
 OPTIONS = (
     ("allocation", "default", "global U threshold", {"tod": "ToD counts"}),
-    ("U observes", "default", "after the nonlinearity", {"observe_output": "the layer output",
-                                                          "observe_norm": "after the norm"}),
+    (
+        "U observes",
+        "default",
+        "after the nonlinearity",
+        {"observe_output": "the layer output", "observe_norm": "after the norm"},
+    ),
     ("mean-replacement compensation", "default", "on", {"no_comp": "off"}),
     ("mean-replacement compensation under ToD counts", "tod", "on", {"tod_no_comp": "off"}),
     ("BatchNorm re-estimation", "default", "on", {"no_recal": "off"}),
     ("re-estimation and compensation", "default", "both", {"neither": "neither"}),
-    ("reconstruction aggregation (ToD counts)", "tod", "abs of the sum, |Σ_samples Σ dL/dz·z|",
-     {"tod_sum_of_abs": "sum of abs, Σ_samples |Σ dL/dz·z|"}),
+    (
+        "reconstruction aggregation (ToD counts)",
+        "tod",
+        "abs of the sum, |Σ_samples Σ dL/dz·z|",
+        {"tod_sum_of_abs": "sum of abs, Σ_samples |Σ dL/dz·z|"},
+    ),
     ("coupled-group policy (ToD counts)", "tod", "smallest member count", {"tod_joint": "joint ToD"}),
     ("all together", "default", "default pipeline", {"paper": "paper-exact"}),
 )
@@ -200,9 +227,19 @@ def option_effects(results: dict):
             if not cells:
                 continue
             diffs = [other[c] - base[c] for c in cells]
-            rows.append((alt, alternatives[alt], sum(other[c] for c in cells) / len(cells), sum(diffs) / len(diffs),
-                         sum(d > 0 for d in diffs), sum(abs(d) > 1e-9 for d in diffs), len(cells),
-                         min(diffs), max(diffs)))
+            rows.append(
+                (
+                    alt,
+                    alternatives[alt],
+                    sum(other[c] for c in cells) / len(cells),
+                    sum(diffs) / len(diffs),
+                    sum(d > 0 for d in diffs),
+                    sum(abs(d) > 1e-9 for d in diffs),
+                    len(cells),
+                    min(diffs),
+                    max(diffs),
+                )
+            )
         if rows:
             cells = [c for c in base if all(c in cell_means(results, r[0]) for r in rows)]
             effects.append((option, ref, ref_label, sum(base[c] for c in cells) / len(cells), rows))
@@ -223,10 +260,9 @@ def reading(results: dict) -> str:
             text += f"; {low:+.1f} to {high:+.1f})" if n > 1 else ")"
             parts.append(text)
         best = max([(ref_mean, ref_label)] + [(r[2], r[1]) for r in rows], key=lambda x: x[0])
-        where = "the default" if ref == "default" else f"in \"{label[ref]}\""
+        where = "the default" if ref == "default" else f'in "{label[ref]}"'
         verdict = f"Best: **{best[1]}**" + (" (the default's)" if best[1] == ref_label and ref == "default" else "")
-        lines.append(f"* **{option}**: {ref_label} ({where}): {ref_mean:.1f}%; " + "; ".join(parts) +
-                     f". {verdict}.")
+        lines.append(f"* **{option}**: {ref_label} ({where}): {ref_mean:.1f}%; " + "; ".join(parts) + f". {verdict}.")
     return "\n".join(lines)
 
 
@@ -236,8 +272,11 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=None)
     parser.add_argument("--seeds", default=None)
     args = parser.parse_args(argv)
-    results = run(args.quick, seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
-                  models=args.models.split(",") if args.models else None)
+    results = run(
+        args.quick,
+        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        models=args.models.split(",") if args.models else None,
+    )
     print(to_markdown(results))
     print(reading(results))
     print(f"total {results['timing']['total']:.0f}s")

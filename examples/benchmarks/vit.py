@@ -56,10 +56,25 @@ class ViTTask(common.Task):
 
 def task(quick: bool) -> ViTTask:
     if quick:
-        return ViTTask("vit_quick", "vit", "mnist", common._kw(dim=32, depth=2, num_heads=4), epochs=2, lr=2e-3,
-                       train_limit=1000, label="ViT, dim 32, depth 2, 4 heads")
-    return ViTTask("vit", "vit", "mnist", common._kw(dim=128, depth=4, num_heads=8, mlp_ratio=2.0), epochs=20,
-                   lr=1e-3, label="ViT, dim 128, depth 4, 8 heads of 16, MLP 256")
+        return ViTTask(
+            "vit_quick",
+            "vit",
+            "mnist",
+            common._kw(dim=32, depth=2, num_heads=4),
+            epochs=2,
+            lr=2e-3,
+            train_limit=1000,
+            label="ViT, dim 32, depth 2, 4 heads",
+        )
+    return ViTTask(
+        "vit",
+        "vit",
+        "mnist",
+        common._kw(dim=128, depth=4, num_heads=8, mlp_ratio=2.0),
+        epochs=20,
+        lr=1e-3,
+        label="ViT, dim 128, depth 4, 8 heads of 16, MLP 256",
+    )
 
 
 def attentions(model: nn.Module):
@@ -82,10 +97,21 @@ def tp_heads(model: nn.Module, example, importance, ratio: float, global_pruning
         if isinstance(m, models.Block):
             ignored += [m.attn.proj, m.mlp.fc2]
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=importance, pruning_ratio=ratio, global_pruning=global_pruning,
-        ignored_layers=ignored, num_heads={a.qkv: a.num_heads for a in attentions(model)},
-        prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
-        max_pruning_ratio=quality.GLOBAL_MAX_RATIO, in_channel_groups={}, out_channel_groups={}, channel_groups={})
+        model,
+        example,
+        importance=importance,
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        ignored_layers=ignored,
+        num_heads={a.qkv: a.num_heads for a in attentions(model)},
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=ratio,
+        max_pruning_ratio=quality.GLOBAL_MAX_RATIO,
+        in_channel_groups={},
+        out_channel_groups={},
+        channel_groups={},
+    )
     pruner.step()
     for a in attentions(model):
         if pruner.num_heads[a.qkv] < 1:  # torch-pruning 1.6.1 counts a group it refused (every head) as removed
@@ -121,8 +147,17 @@ class Run:
 
     def finetune(self, model: nn.Module) -> nn.Module:
         epochs, images, lr = FINETUNE
-        return common.train_epochs(model, self.data.train, epochs, lr, 64, self.seed + 7919,
-                                   limit=256 if self.quick else images, optimizer="adam", schedule="cosine")
+        return common.train_epochs(
+            model,
+            self.data.train,
+            epochs,
+            lr,
+            64,
+            self.seed + 7919,
+            limit=256 if self.quick else images,
+            optimizer="adam",
+            schedule="cosine",
+        )
 
     def record(self, model: nn.Module) -> dict:
         row = {"kept": self.kept(model), "oneshot": self.accuracy(model), "shape": shape(model)}
@@ -133,8 +168,9 @@ def evaluate(run: Run, verbose: bool = True) -> dict:
     def fair_models():
         scores = lightning_fair.compute_scores(run.model, run.calib, seed=run.seed)
         for t in heads.TARGETS:
-            result = lightning_fair.prune(common.clone(run.model), run.calib, target_macs=t, scores=scores,
-                                          seed=run.seed)
+            result = lightning_fair.prune(
+                common.clone(run.model), run.calib, target_macs=t, scores=scores, seed=run.seed
+            )
             yield t, result.model.eval(), f"global threshold {result.level:.3g}"
 
     taylor_source = quality.taylor_gradients(common.clone(run.model), run.calib)
@@ -150,25 +186,37 @@ def run(quick: bool = False, verbose: bool = True, threads: int = 1) -> dict:
     start = time.perf_counter()
     t = task(quick)
     r = Run(t, quick)
-    results = {"label": t.label, "epochs": t.epochs, "lr": t.lr, "macs": r.base_macs, "params": r.params,
-               "baseline": r.accuracy(r.model), "shape": shape(r.model), "quick": quick,
-               "test_images": len(r.test), "methods": evaluate(r, verbose)}
+    results = {
+        "label": t.label,
+        "epochs": t.epochs,
+        "lr": t.lr,
+        "macs": r.base_macs,
+        "params": r.params,
+        "baseline": r.accuracy(r.model),
+        "shape": shape(r.model),
+        "quick": quick,
+        "test_images": len(r.test),
+        "methods": evaluate(r, verbose),
+    }
     results["seconds"] = time.perf_counter() - start
     return results
 
 
 def to_markdown(results: dict) -> str:
     epochs, images, lr = FINETUNE
-    lines = [f"{results['label']}: {results['macs'] / 1e6:.1f} M MACs (Linear and Conv), {results['params'] / 1e6:.2f} M "
-             f"parameters; trained {results['epochs']} epochs (Adam, one-cycle peak lr {results['lr']:g}); held-out "
-             f"accuracy before pruning **{results['baseline']:.1f}%** ({results['test_images']} test images); "
-             f"{results['seconds']:.0f} s in all, 1 thread. Fine-tune: Adam, {epochs} epoch over "
-             f"{256 if results['quick'] else images} training images, lr {lr:g} cosine to 0, from each pruned model.",
-             "", "Top-1 %: one-shot <sub>(kept MACs reached)</sub>, after the fine-tune; the shape FAIR and the "
-             "baselines chose at each target. One trained model (seed 0): a point or two is within what another seed "
-             "could change. Kept MACs below the target mean the method's steps are coarse there (whole heads; a "
-             "uniform ratio removes the same number from every block): each baseline's ratio search takes the "
-             "smallest ratio at or below the target.", "",
+    lines = [
+        f"{results['label']}: {results['macs'] / 1e6:.1f} M MACs (Linear and Conv), {results['params'] / 1e6:.2f} M "
+        f"parameters; trained {results['epochs']} epochs (Adam, one-cycle peak lr {results['lr']:g}); held-out "
+        f"accuracy before pruning **{results['baseline']:.1f}%** ({results['test_images']} test images); "
+        f"{results['seconds']:.0f} s in all, 1 thread. Fine-tune: Adam, {epochs} epoch over "
+        f"{256 if results['quick'] else images} training images, lr {lr:g} cosine to 0, from each pruned model.",
+        "",
+        "Top-1 %: one-shot <sub>(kept MACs reached)</sub>, after the fine-tune; the shape FAIR and the "
+        "baselines chose at each target. One trained model (seed 0): a point or two is within what another seed "
+        "could change. Kept MACs below the target mean the method's steps are coarse there (whole heads; a "
+        "uniform ratio removes the same number from every block): each baseline's ratio search takes the "
+        "smallest ratio at or below the target.",
+        "",
     ]
     return "\n".join(lines + heads.tables(results, "heads per block; MLP hidden per block")) + "\n"
 

@@ -20,14 +20,46 @@ import torch
 
 from lightning_fair import prune
 
-TORCHVISION = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121",
-               "efficientnet_b0", "regnet_x_400mf", "squeezenet1_0", "mnasnet0_5", "shufflenet_v2_x0_5",
-               "convnext_tiny", "vit_b_16", "swin_t"]
-TIMM = ["resnet18d", "rexnet_100", "levit_128s", "mixer_s16_224", "efficientvit_b0", "poolformer_s12",
-        "convnext_atto", "ghostnet_100", "deit_tiny_patch16_224", "vit_tiny_patch16_224", "mobilevit_xxs"]
+TORCHVISION = [
+    "resnet18",
+    "resnet50",
+    "vgg11_bn",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "densenet121",
+    "efficientnet_b0",
+    "regnet_x_400mf",
+    "squeezenet1_0",
+    "mnasnet0_5",
+    "shufflenet_v2_x0_5",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
+]
+TIMM = [
+    "resnet18d",
+    "rexnet_100",
+    "levit_128s",
+    "mixer_s16_224",
+    "efficientvit_b0",
+    "poolformer_s12",
+    "convnext_atto",
+    "ghostnet_100",
+    "deit_tiny_patch16_224",
+    "vit_tiny_patch16_224",
+    "mobilevit_xxs",
+]
 #: models that only take their native input size
-NATIVE = {"vit_b_16": 224, "swin_t": 224, "levit_128s": 224, "mixer_s16_224": 224, "deit_tiny_patch16_224": 224,
-          "vit_tiny_patch16_224": 224, "efficientvit_b0": 224, "mobilevit_xxs": 256}
+NATIVE = {
+    "vit_b_16": 224,
+    "swin_t": 224,
+    "levit_128s": 224,
+    "mixer_s16_224": 224,
+    "deit_tiny_patch16_224": 224,
+    "vit_tiny_patch16_224": 224,
+    "efficientvit_b0": 224,
+    "mobilevit_xxs": 256,
+}
 
 
 def builders(only):
@@ -35,8 +67,12 @@ def builders(only):
     if importlib.util.find_spec("torchvision") is not None:
         import torchvision
 
-        found.update({("torchvision", n): (lambda n=n: getattr(torchvision.models, n)(weights=None, num_classes=10))
-                      for n in TORCHVISION})
+        found.update(
+            {
+                ("torchvision", n): (lambda n=n: getattr(torchvision.models, n)(weights=None, num_classes=10))
+                for n in TORCHVISION
+            }
+        )
     if importlib.util.find_spec("timm") is not None:
         import timm
 
@@ -46,8 +82,10 @@ def builders(only):
 
 def data(size: int, batches: int = 2, batch_size: int = 40, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch_size, 3, size, size, generator=generator), torch.arange(batch_size) % 10)
-            for _ in range(batches)]
+    return [
+        (torch.randn(batch_size, 3, size, size, generator=generator), torch.arange(batch_size) % 10)
+        for _ in range(batches)
+    ]
 
 
 def main(argv=None) -> None:
@@ -58,8 +96,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     models = builders(set(args.only))
     if not models:
-        print("skipped: torchvision not installed" if importlib.util.find_spec("torchvision") is None
-              else "skipped: no model matches --only")
+        print(
+            "skipped: torchvision not installed"
+            if importlib.util.find_spec("torchvision") is None
+            else "skipped: no model matches --only"
+        )
         return
     for (source, name), build in models.items():
         size = NATIVE.get(name, args.size)
@@ -73,13 +114,18 @@ def main(argv=None) -> None:
                 with torch.no_grad():
                     result.model.eval()(loader[0][0][:2])  # the pruned copy runs
                 report = result.report
-                print(f"ok     {label}: MACs {report.macs_before} -> {report.macs_after} ({report.macs_ratio:.3f}), "
-                      f"{len(report.notes)} notes, {time.perf_counter() - start:.1f} s", flush=True)
+                print(
+                    f"ok     {label}: MACs {report.macs_before} -> {report.macs_after} ({report.macs_ratio:.3f}), "
+                    f"{len(report.notes)} notes, {time.perf_counter() - start:.1f} s",
+                    flush=True,
+                )
                 for note in report.notes:
                     print(f"         note: {note[:200]}")
             except Exception as error:  # one line per failure; the next model runs
-                print(f"failed {label}: {type(error).__name__}: {str(error)[:300]} "
-                      f"({time.perf_counter() - start:.1f} s)", flush=True)
+                print(
+                    f"failed {label}: {type(error).__name__}: {str(error)[:300]} ({time.perf_counter() - start:.1f} s)",
+                    flush=True,
+                )
                 for line in traceback.format_exc(limit=-4).splitlines()[1:-1]:  # where it failed
                     print(f"         {line}")
 

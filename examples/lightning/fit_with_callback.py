@@ -27,8 +27,15 @@ def train(args, callbacks, root: str) -> tuple:
     L.seed_everything(args.seed, verbose=False)
     model = ImageClassifier(arch=args.arch, width=args.width)
     datamodule = DigitsDataModule(seed=args.seed)
-    trainer = L.Trainer(max_epochs=args.epochs, callbacks=callbacks, default_root_dir=root, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        callbacks=callbacks,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
     trainer.fit(model, datamodule=datamodule)
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     return model, trainer, test
@@ -38,8 +45,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tolerance", type=float, default=0.05, help="tolerance of difference (ignored with a target)")
     parser.add_argument("--target-macs", type=float, default=None, help="fraction of MACs to keep, e.g. 0.5")
-    parser.add_argument("--prune-at", type=int, nargs="+", default=[5],
-                        help="prune at the end of this (0-based) epoch; several: one step at the end of each")
+    parser.add_argument(
+        "--prune-at",
+        type=int,
+        nargs="+",
+        default=[5],
+        help="prune at the end of this (0-based) epoch; several: one step at the end of each",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--arch", default="small_cnn")
     parser.add_argument("--width", type=int, default=16)
@@ -50,15 +62,18 @@ def main(argv=None) -> None:
     torch.set_num_threads(min(4, torch.get_num_threads()))
 
     prune_at = args.prune_at[0] if len(args.prune_at) == 1 else args.prune_at
-    callback = FairPruneCallback(tolerance=args.tolerance, target_macs=args.target_macs, prune_at=prune_at,
-                                 progress=False, verbose=False)
+    callback = FairPruneCallback(
+        tolerance=args.tolerance, target_macs=args.target_macs, prune_at=prune_at, progress=False, verbose=False
+    )
     model, trainer, test = train(args, [callback], args.root)
     result = callback.last_result
     print(result.report)
     event = callback.events[-1]
     epochs = [e["epoch"] for e in callback.events]
-    print(f"pruned at the end of epoch(s) {epochs}, then fine-tuned {args.epochs - event['epoch'] - 1} epoch(s); "
-          f"MACs kept of the original model: {event['macs_of_original']:.1%}")
+    print(
+        f"pruned at the end of epoch(s) {epochs}, then fine-tuned {args.epochs - event['epoch'] - 1} epoch(s); "
+        f"MACs kept of the original model: {event['macs_of_original']:.1%}"
+    )
     print(f"test accuracy (pruned + fine-tuned): {test['test_acc']:.2%}")
 
     # the checkpoint carries the pruning history: ImageClassifier (FairPruningMixin) restores the shapes

@@ -15,8 +15,17 @@ from ..config import ALLOCATIONS
 from ..scoring.ranking import Ranking, as_ranking, layer_normalised
 from .tolerance import count_from_curve, layer_curves
 
-__all__ = ["Allocation", "GlobalAllocation", "ToDAllocation", "UniformAllocation", "allocation_for", "global_counts",
-           "global_thresholds", "uniform_counts", "uniform_ratios"]
+__all__ = [
+    "Allocation",
+    "GlobalAllocation",
+    "ToDAllocation",
+    "UniformAllocation",
+    "allocation_for",
+    "global_counts",
+    "global_thresholds",
+    "uniform_counts",
+    "uniform_ratios",
+]
 
 
 def _normalised_removal(ranking: Ranking, name: str) -> torch.Tensor:
@@ -29,7 +38,8 @@ def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
 
     Example:
         >>> from lightning_fair.scoring.fair import FairScores
-        >>> s = FairScores({"a": torch.tensor([1., 2., 3.]), "b": torch.tensor([1., 1.])}, {"a": torch.ones(3), "b": torch.ones(2)})
+        >>> u = {"a": torch.tensor([1., 2., 3.]), "b": torch.tensor([1., 1.])}
+        >>> s = FairScores(u, {"a": torch.ones(3), "b": torch.ones(2)})
         >>> global_counts(s, 0.9)   # a: 1/2 = 0.5 is below 0.9; b: all equal 1.0
         {'a': 1, 'b': 0}
     """
@@ -68,8 +78,10 @@ def uniform_counts(scores, ratio: float, layers=None) -> Dict[str, int]:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {ratio}")
     ranking = as_ranking(scores)
-    return {name: _uniform_count(ratio, ranking.removal[name].numel())
-            for name in (layers if layers is not None else ranking.layers)}
+    return {
+        name: _uniform_count(ratio, ranking.removal[name].numel())
+        for name in (layers if layers is not None else ranking.layers)
+    }
 
 
 def uniform_ratios(scores, layers=None) -> list:

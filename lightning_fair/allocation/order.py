@@ -35,6 +35,8 @@ def removal_order(
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randperm(utilization.numel(), generator=generator)
     if ranking == "utilization_x_consumers":
-        raise ValueError("ranking='utilization_x_consumers' reads the consumers' weights of a coupled group: "
-                         "DependencyPlanner.plan applies it (pass the product as ranking='utilization' here)")
+        raise ValueError(
+            "ranking='utilization_x_consumers' reads the consumers' weights of a coupled group: "
+            "DependencyPlanner.plan applies it (pass the product as ranking='utilization' here)"
+        )
     raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")

@@ -22,9 +22,6 @@ from ..scoring.ranking import as_ranking
 __all__ = ["tod_curve", "tolerance_count", "tolerance_counts"]
 
 
-
-
-
 def _ranks(values: torch.Tensor, descending: bool) -> torch.Tensor:
     order = torch.sort(values.double(), descending=descending, stable=True).indices
     ranks = torch.empty_like(order)
@@ -45,7 +42,9 @@ def tod_curve(utilization: torch.Tensor, reconstruction: torch.Tensor) -> torch.
     utilization = torch.as_tensor(utilization).flatten()
     reconstruction = torch.as_tensor(reconstruction).flatten()
     if utilization.shape != reconstruction.shape:
-        raise ValueError(f"U and R must have one value per unit, got {tuple(utilization.shape)} and {tuple(reconstruction.shape)}")
+        raise ValueError(
+            f"U and R must have one value per unit, got {tuple(utilization.shape)} and {tuple(reconstruction.shape)}"
+        )
     n = utilization.numel()
     limit = int(0.99 * n)
     if limit < 1:
@@ -54,8 +53,6 @@ def tod_curve(utilization: torch.Tensor, reconstruction: torch.Tensor) -> torch.
     # overlap(m) = #{units with max rank < m}
     overlap = torch.bincount(both.cpu(), minlength=n).cumsum(0)[:limit].double()
     return overlap / torch.arange(1, limit + 1, dtype=torch.float64)
-
-
 
 
 def count_from_curve(curve: torch.Tensor, tolerance: float) -> int:
@@ -84,38 +81,11 @@ def tolerance_counts(scores, tolerance: float) -> Dict[str, int]:
     check_tolerance(tolerance)
     ranking = as_ranking(scores)
     return {
-        name: tolerance_count(ranking.removal[name], ranking.protection[name], tolerance)
-        for name in ranking.layers
+        name: tolerance_count(ranking.removal[name], ranking.protection[name], tolerance) for name in ranking.layers
     }
-
-
 
 
 def layer_curves(scores) -> Mapping[str, torch.Tensor]:
     """ToD curve of every scored layer, computed once for repeated allocation."""
     ranking = as_ranking(scores)
     return {name: tod_curve(ranking.removal[name], ranking.protection[name]) for name in ranking.layers}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -26,11 +26,15 @@ import torch
 
 from ..config import AUTO_PROJECTIONS, MANY_CLASSES, check_projections
 
-__all__ = ["chosen_classes", "class_slots", "rank_within_class", "check_projections", "projections_for",
-           "AUTO_PROJECTIONS", "MANY_CLASSES"]
-
-
-
+__all__ = [
+    "chosen_classes",
+    "class_slots",
+    "rank_within_class",
+    "check_projections",
+    "projections_for",
+    "AUTO_PROJECTIONS",
+    "MANY_CLASSES",
+]
 
 
 def projections_for(num_projections: Union[int, str], compared: int) -> int:
@@ -54,7 +58,8 @@ def chosen_classes(num_classes: int, max_classes: Optional[int], seed: int) -> t
     Example:
         >>> chosen_classes(10, 100, seed=0).tolist() == list(range(10))
         True
-        >>> chosen_classes(1000, 100, seed=0).shape, bool((chosen_classes(1000, 100, seed=0) == chosen_classes(1000, 100, seed=0)).all())
+        >>> again = chosen_classes(1000, 100, seed=0)
+        >>> chosen_classes(1000, 100, seed=0).shape, bool((chosen_classes(1000, 100, seed=0) == again).all())
         (torch.Size([100]), True)
     """
     if max_classes is None or num_classes <= max_classes:

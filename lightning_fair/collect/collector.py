@@ -57,7 +57,6 @@ from .ranks import merge_ranks
 __all__ = ["LayerStatistics", "StatisticsCollector", "default_unpack", "first_inputs"]
 
 
-
 @dataclass
 class LayerStatistics:
     """What one pass gathered for one layer."""
@@ -150,7 +149,10 @@ class StatisticsCollector:
         self.heads = removable(attention)
         for name, units in attention.items():
             if units.blocked and self.channels is None:  # warned once, by the first pass
-                warnings.warn(f"the {units.unit_noun} of {name!r} are not pruned ({units.blocked}); its projections are kept whole")
+                warnings.warn(
+                    f"the {units.unit_noun} of {name!r} are not pruned ({units.blocked}); "
+                    "its projections are kept whole"
+                )
         # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
         self.input_sums: Dict[str, torch.Tensor] = {}
         self.input_counts: Dict[str, int] = {}
@@ -236,8 +238,9 @@ class StatisticsCollector:
             self.num_batches += 1
             return
         loss = self.loss_fn(logits, target)
-        self.checks.check(loss, lambda batch=self.num_batches, loss=loss: (
-            f"the calibration loss is {loss.item()} on batch {batch}"))
+        self.checks.check(
+            loss, lambda batch=self.num_batches, loss=loss: f"the calibration loss is {loss.item()} on batch {batch}"
+        )
         names = [n for n in self.layers if n in recorder.outputs]
         grads = torch.autograd.grad(loss, [recorder.outputs[n] for n in names], allow_unused=True)
         with torch.no_grad():
@@ -245,18 +248,23 @@ class StatisticsCollector:
                 if grad is None:
                     continue
                 per_sample = units_view(grad * recorder.outputs[name], self.unit_module(name)).sum(2)  # [B, C]
-                self.checks.check(per_sample, lambda name=name, batch=self.num_batches: (
-                    f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
-                    f"calibration batch {batch}; check the inputs and the model's numerics "
-                    "(e.g. a division by zero, fp16 overflow) before pruning"))
+                self.checks.check(
+                    per_sample,
+                    lambda name=name, batch=self.num_batches: (
+                        f"the output of layer {name!r} or the loss gradient at it is not finite (NaN/inf) on "
+                        f"calibration batch {batch}; check the inputs and the model's numerics "
+                        "(e.g. a division by zero, fp16 overflow) before pruning"
+                    ),
+                )
                 stats = self.layers[name]
                 stats.taylor_sum += per_sample.sum(0).to(torch.float64)
                 stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
             recorder.commit()
             if self.collects_screening:
                 self._accumulate_screening(recorder, target)
-        tallies = torch.stack([loss.detach().to(torch.float64),
-                               (logits.detach().argmax(1) == target).sum().to(torch.float64)])
+        tallies = torch.stack(
+            [loss.detach().to(torch.float64), (logits.detach().argmax(1) == target).sum().to(torch.float64)]
+        )
         self._tallies = tallies if self._tallies is None else self._tallies + tallies
         self.seen += int(target.shape[0])
         self.num_batches += 1
@@ -269,9 +277,13 @@ class StatisticsCollector:
             if name not in recorder.pooled:
                 continue
             stage, values = recorder.pooled[name]
-            self.checks.check(values, lambda name=name, stage=stage, batch=self.num_batches: (
-                f"the activations observed for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
-                f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"))
+            self.checks.check(
+                values,
+                lambda name=name, stage=stage, batch=self.num_batches: (
+                    f"the activations observed for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
+                    f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"
+                ),
+            )
             stats.moments.add(labels, values)
         for name, values in self._pooled_inputs.items():
             moments = self.input_moments.get(name, False)
@@ -289,8 +301,11 @@ class StatisticsCollector:
     def input_class_moments(self) -> Dict[str, ClassMoments]:
         """Moments of the spatially averaged input of every Conv/Linear that ran once per forward with a
         fixed input width (``screening=True``)."""
-        return {name: moments for name, moments in self.input_moments.items()
-                if moments is not None and self.input_calls.get(name) == self.num_batches}
+        return {
+            name: moments
+            for name, moments in self.input_moments.items()
+            if moments is not None and self.input_calls.get(name) == self.num_batches
+        }
 
     # ------------------------------------------------------------------ helpers
     def _first_batch(self, recorder: "BatchRecorder", logits: torch.Tensor) -> None:
@@ -313,9 +328,11 @@ class StatisticsCollector:
                 warnings.warn(f"layer {name!r} runs {recorder.calls[name]} times per forward; it is not scored")
                 continue
             if name in recorder.off_batch:
-                warnings.warn(f"the output of layer {name!r} has shape {list(recorder.off_batch[name])}, whose first "
-                              f"dimension is not the batch ({logits.shape[0]} samples); it is not scored (a "
-                              "sequence-first layout: use batch_first=True)")
+                warnings.warn(
+                    f"the output of layer {name!r} has shape {list(recorder.off_batch[name])}, whose first "
+                    f"dimension is not the batch ({logits.shape[0]} samples); it is not scored (a "
+                    "sequence-first layout: use batch_first=True)"
+                )
                 continue
             out = recorder.outputs[name]
             module = self.unit_module(name)
@@ -332,18 +349,30 @@ class StatisticsCollector:
         self.output_layer = output_layer
         if not [n for n in self.layers if consumer_of(n) is None]:
             raise ValueError(
-                "the model has no prunable layer besides its output layer "
-                f"({output_layer!r}); check ignored_layers"
+                f"the model has no prunable layer besides its output layer ({output_layer!r}); check ignored_layers"
             )
         compared = self.chosen_classes.numel()
         self.estimate = MemoryEstimate(
-            compared, int(self.samples_per_class), int(self.num_projections),
-            {name: (stats.num_units, unit_bytes(compared, int(self.samples_per_class),
-                                               recorder.map_sizes[name], int(self.num_projections)))
-             for name, stats in self.layers.items()},
+            compared,
+            int(self.samples_per_class),
+            int(self.num_projections),
+            {
+                name: (
+                    stats.num_units,
+                    unit_bytes(
+                        compared, int(self.samples_per_class), recorder.map_sizes[name], int(self.num_projections)
+                    ),
+                )
+                for name, stats in self.layers.items()
+            },
             8 * sum(t.numel() for t in self.input_sums.values()),
-            screening_bytes(num_classes, [s.num_units for s in self.layers.values() if s.moments is not None],
-                            [v.shape[1] for v in self._pooled_inputs.values()]) if self.collects_screening else 0,
+            screening_bytes(
+                num_classes,
+                [s.num_units for s in self.layers.values() if s.moments is not None],
+                [v.shape[1] for v in self._pooled_inputs.values()],
+            )
+            if self.collects_screening
+            else 0,
             num_classes,
         )
         if self.channels is None:
@@ -395,8 +424,9 @@ class StatisticsCollector:
         return self._projections[key]
 
 
-def accumulate_input(name: str, x: torch.Tensor, module: nn.Module, sums: Dict[str, torch.Tensor],
-                     counts: Dict[str, int]) -> None:
+def accumulate_input(
+    name: str, x: torch.Tensor, module: nn.Module, sums: Dict[str, torch.Tensor], counts: Dict[str, int]
+) -> None:
     """Add one batch's input ``x`` (float64) of ``module`` to ``sums[name]`` / ``counts[name]``:
     summed over samples (and tokens for a Linear) to ``[C_in, *spatial]`` / ``[in_features]``.
     An input whose shape changes between batches has no single mean: its count becomes -1."""

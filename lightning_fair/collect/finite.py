@@ -37,8 +37,11 @@ class FiniteChecks:
         """Raise ``FloatingPointError(message())`` if ``tensor`` holds a NaN or an infinity (now on the
         CPU; at :meth:`flush` on another device)."""
         # min and max are NaN if any value is, and +-inf if any is: a reduction, no mask as large as the tensor
-        finite = torch.isfinite(torch.stack(torch.aminmax(tensor.detach()))).all() if tensor.numel() else \
-            torch.ones((), dtype=torch.bool, device=tensor.device)
+        finite = (
+            torch.isfinite(torch.stack(torch.aminmax(tensor.detach()))).all()
+            if tensor.numel()
+            else torch.ones((), dtype=torch.bool, device=tensor.device)
+        )
         if self.immediate:
             if not bool(finite):
                 raise FloatingPointError(message())

@@ -19,7 +19,8 @@ A unit's score does not depend on the other units, so the scores are the same as
 
 Time: besides the passes, U compares the K classes of every (unit, projection) pairwise: one L1
 ``cdist`` of ``K`` quantile functions of ``n`` levels, about ``K² (n + 8)`` operations (the 8: what
-a pair costs beyond its ``n`` differences, measured), :attr:`MemoryEstimate.distance_ops`. ``max_classes`` (default 100, the
+a pair costs beyond its ``n`` differences, measured), :attr:`MemoryEstimate.distance_ops`. ``max_classes``
+(default 100, the
 reference's cap) bounds K, and ``num_projections="auto"`` (the default) takes 32 directions instead of
 128 from 50 compared classes on (:func:`lightning_fair.collect.classes.projections_for`);
 :meth:`MemoryEstimate.cost_warning` says which option brings a setting down when it would take far too long.
@@ -53,7 +54,9 @@ __all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "resolve_budget",
 CPU_BUDGET = "4GiB"
 AUTO_FRACTION = 0.5
 #: Bytes of the bounded work buffers of one layer's distance computation.
-DISTANCE_WORK_BYTES = 5 * 2**25 * 4  # float32: sorted chunk, stacked class grids, the grid, its weighted copy, distances
+DISTANCE_WORK_BYTES = (
+    5 * 2**25 * 4
+)  # float32: sorted chunk, stacked class grids, the grid, its weighted copy, distances
 #: Distance operations (``K² (n + 8)`` per unit and projection) a machine does per second, measured with
 #: :func:`lightning_fair.scoring.distances.max_pairwise_w1`: about 2e9 on one core of the CI machine (n = 2 to 32);
 #: a GPU is assumed 100x one core. Only used to say when a setting would take far too long.
@@ -61,9 +64,6 @@ PAIR_OVERHEAD = 8
 OPS_PER_SECOND = {"cpu": 2e9, "cuda": 2e11}
 #: Above these the estimate warns (:meth:`MemoryEstimate.cost_warning`).
 LONG_SECONDS, MANY_PASSES = 3600.0, 8
-
-
-
 
 
 def resolve_budget(value: Union[int, float, str, None], device=None) -> Optional[int]:
@@ -136,18 +136,24 @@ class MemoryEstimate:
             return None
         what = []
         if passes > MANY_PASSES:
-            what.append(f"{passes} passes over the calibration data (memory_budget={_size(budget)} for "
-                        f"{_size(self.total_bytes)} of statistics)")
+            what.append(
+                f"{passes} passes over the calibration data (memory_budget={_size(budget)} for "
+                f"{_size(self.total_bytes)} of statistics)"
+            )
         if seconds > LONG_SECONDS:
-            what.append(f"about {seconds / 3600:,.1f} h of class-pair distances on {device}"
-                        + (f" ({threads} thread(s))" if device == "cpu" else "")
-                        + f" ({self.pairs:,} pairs of {self.num_classes} classes per unit and projection)")
-        return ("lightning_fair: scoring would take far too long: " + "; ".join(what) + ". Bring it down with "
-                f"max_classes (now {self.num_classes} classes compared; time ~ classes², memory ~ classes), "
-                f"num_projections (now {self.num_projections}; the default 'auto' takes "
-                f"{AUTO_PROJECTIONS['many']} from {MANY_CLASSES} compared classes on; "
-                f"time and memory ~ projections) or samples_per_class (now {self.samples_per_class})"
-                + (", or a larger memory_budget (passes only)" if passes > MANY_PASSES else ""))
+            what.append(
+                f"about {seconds / 3600:,.1f} h of class-pair distances on {device}"
+                + (f" ({threads} thread(s))" if device == "cpu" else "")
+                + f" ({self.pairs:,} pairs of {self.num_classes} classes per unit and projection)"
+            )
+        return (
+            "lightning_fair: scoring would take far too long: " + "; ".join(what) + ". Bring it down with "
+            f"max_classes (now {self.num_classes} classes compared; time ~ classes², memory ~ classes), "
+            f"num_projections (now {self.num_projections}; the default 'auto' takes "
+            f"{AUTO_PROJECTIONS['many']} from {MANY_CLASSES} compared classes on; "
+            f"time and memory ~ projections) or samples_per_class (now {self.samples_per_class})"
+            + (", or a larger memory_budget (passes only)" if passes > MANY_PASSES else "")
+        )
 
     @property
     def samples_bytes(self) -> int:
@@ -200,19 +206,29 @@ class MemoryEstimate:
     def describe(self, budget: Optional[int] = None, device: str = "cpu", threads: int = 1) -> str:
         """The estimate in words: memory, passes under ``budget``, class pairs and distance work."""
         passes = len(self.chunks(budget))
-        classes = (f"{self.num_classes} of {self.model_classes} classes" if self.model_classes > self.num_classes
-                   else f"{self.num_classes} classes")
+        classes = (
+            f"{self.num_classes} of {self.model_classes} classes"
+            if self.model_classes > self.num_classes
+            else f"{self.num_classes} classes"
+        )
         seconds = self.distance_seconds(device, threads)
-        text = (f"lightning_fair: statistics need about {self.total_bytes / 2**20:,.0f} MiB in one pass "
-                f"({len(self.layers)} layers, {classes} x {self.samples_per_class} samples, "
-                f"{self.num_projections} projections); {self.pairs:,} class pairs, {self.distance_ops:.2g} distance "
-                f"operations (~{_duration(seconds)} on {device}" + (f", {threads} thread(s)" if device == "cpu" else "")
-                + ")")
+        text = (
+            f"lightning_fair: statistics need about {self.total_bytes / 2**20:,.0f} MiB in one pass "
+            f"({len(self.layers)} layers, {classes} x {self.samples_per_class} samples, "
+            f"{self.num_projections} projections); {self.pairs:,} class pairs, {self.distance_ops:.2g} distance "
+            f"operations (~{_duration(seconds)} on {device}"
+            + (f", {threads} thread(s)" if device == "cpu" else "")
+            + ")"
+        )
         if passes > 1:
-            worst = max(self.peak_bytes(sum((b - a) * self.layers[n][1] for n, (a, b) in chunk.items()))
-                        for chunk in self.chunks(budget))
-            text += (f"; over the budget of {budget / 2**20:,.0f} MiB: {passes} passes over the calibration data "
-                     f"(the first with a backward, the others forward only), at most {worst / 2**20:,.0f} MiB each")
+            worst = max(
+                self.peak_bytes(sum((b - a) * self.layers[n][1] for n, (a, b) in chunk.items()))
+                for chunk in self.chunks(budget)
+            )
+            text += (
+                f"; over the budget of {budget / 2**20:,.0f} MiB: {passes} passes over the calibration data "
+                f"(the first with a backward, the others forward only), at most {worst / 2**20:,.0f} MiB each"
+            )
         return text
 
     def __str__(self) -> str:
@@ -224,20 +240,35 @@ def _size(value: Optional[int]) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:,.1f} s" if seconds < 120 else f"{seconds / 60:,.0f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+    return (
+        f"{seconds:,.1f} s"
+        if seconds < 120
+        else f"{seconds / 60:,.0f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:,.1f} h"
+    )
 
 
-def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_classes: Optional[int] = None,
-                    samples_per_class: int = 32, num_projections: Union[int, str] = "auto",
-                    max_classes: Optional[int] = 100,
-                    ignored_layers=None,
-                    screening: bool = False, observe: str = "activation",
-                    logits: Optional[Callable] = None, prune_embedding: bool = False) -> MemoryEstimate:
+def estimate_memory(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    num_classes: Optional[int] = None,
+    samples_per_class: int = 32,
+    num_projections: Union[int, str] = "auto",
+    max_classes: Optional[int] = 100,
+    ignored_layers=None,
+    screening: bool = False,
+    observe: str = "activation",
+    logits: Optional[Callable] = None,
+    prune_embedding: bool = False,
+) -> MemoryEstimate:
     """Estimate the statistics pass's memory from one forward of ``example_inputs`` (one sample is enough).
 
     ``num_classes`` defaults to the width of the model's output, of which U compares at most
     ``max_classes`` (None: all), each conv unit through ``num_projections`` directions (``"auto"``: by
-    the classes compared, as the statistics pass, :func:`lightning_fair.collect.classes.projections_for`); ``screening=True`` counts the
+    the classes compared, as the statistics pass, :func:`lightning_fair.collect.classes.projections_for`);
+    ``screening=True`` counts the
     screening criterion's statistics too (as ``compute_scores(..., screening=True)``); ``observe``
     as in ``compute_scores`` (it decides which layer inputs are observed apart, see
     :mod:`lightning_fair.collect.collector`); ``prune_embedding`` as in ``compute_scores`` (transformers).
@@ -259,8 +290,11 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
     # a consumer reading one of them adds nothing; any other input is observed apart
     # chain, read: id -> tensor, kept alive so ids are not reused
     chain, read, seen_inputs, input_calls = {}, {}, {}, {}
-    follow = {"output": (), "norm": NORM_TYPES + PASS_THROUGH_TYPES,
-              "activation": NORM_TYPES + ACTIVATION_TYPES + PASS_THROUGH_TYPES}[observe]
+    follow = {
+        "output": (),
+        "norm": NORM_TYPES + PASS_THROUGH_TYPES,
+        "activation": NORM_TYPES + ACTIVATION_TYPES + PASS_THROUGH_TYPES,
+    }[observe]
 
     def out_hook(name):
         def hook(module, args, output):
@@ -270,11 +304,16 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
                 view = units_view(output, module)
                 shapes[name] = (view.shape[1], view.shape[2])
                 chain[id(output)] = output
+
         return hook
 
     def follow_hook(module, args, output):
-        if args and isinstance(output, torch.Tensor) and chain.get(id(args[0])) is args[0] \
-                and output.shape == args[0].shape:
+        if (
+            args
+            and isinstance(output, torch.Tensor)
+            and chain.get(id(args[0])) is args[0]
+            and output.shape == args[0].shape
+        ):
             chain[id(output)] = output
 
     def in_hook(name):
@@ -290,6 +329,7 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
                     input_calls[name] = input_calls.get(name, 0) + 1
                     view = units_view(x, module)
                     seen_inputs[name] = (view.shape[1], view.shape[2])
+
         return hook
 
     def head_hook(name, units):
@@ -299,6 +339,7 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
             if args and isinstance(args[0], torch.Tensor):
                 view = units.units_view(args[0])
                 shapes[name] = (view.shape[1], view.shape[2])
+
         return hook
 
     handles = [m.register_forward_hook(out_hook(n)) for n, m in modules.items()]
@@ -318,10 +359,19 @@ def estimate_memory(model: nn.Module, example_inputs: torch.Tensor, *, num_class
     num_projections = projections_for(num_projections, classes)
     executed = list(dict.fromkeys(order))
     output_layer = [name for name in executed if name in modules][-1:]
-    layers = {name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))
-              for name in executed if name not in output_layer and calls[name] == 1 and name in shapes}
+    layers = {
+        name: (shapes[name][0], unit_bytes(classes, samples_per_class, shapes[name][1], num_projections))
+        for name in executed
+        if name not in output_layer and calls[name] == 1 and name in shapes
+    }
     extra = screening_bytes(model_classes, [c for c, _ in layers.values()], list(widths.values())) if screening else 0
-    layers.update({input_key(name): (c, unit_bytes(classes, samples_per_class, m, num_projections))
-                   for name, (c, m) in seen_inputs.items() if input_calls[name] == 1})
-    return MemoryEstimate(classes, samples_per_class, num_projections, layers, 8 * sum(inputs.values()), extra,
-                          model_classes)
+    layers.update(
+        {
+            input_key(name): (c, unit_bytes(classes, samples_per_class, m, num_projections))
+            for name, (c, m) in seen_inputs.items()
+            if input_calls[name] == 1
+        }
+    )
+    return MemoryEstimate(
+        classes, samples_per_class, num_projections, layers, 8 * sum(inputs.values()), extra, model_classes
+    )

@@ -42,12 +42,42 @@ STAGE_NAMES = {v: k for k, v in STAGES.items()}
 
 #: activations called as functions in ``forward`` (``F.relu(x)``, ``torch.relu(x)``, ``x.relu()``,
 #: in place or not): followed like the activation modules of :data:`lightning_fair.units.channels.ACTIVATION_TYPES`
-ACTIVATION_FUNCTIONS = frozenset({
-    F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6, F.leaky_relu,
-    F.leaky_relu_, F.prelu, F.elu, F.elu_, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.hardtanh_, F.softplus, F.sigmoid, F.tanh, torch.sigmoid, torch.sigmoid_, torch.tanh, torch.tanh_,
-    torch.Tensor.sigmoid, torch.Tensor.sigmoid_, torch.Tensor.tanh, torch.Tensor.tanh_,
-})
+ACTIVATION_FUNCTIONS = frozenset(
+    {
+        F.relu,
+        F.relu_,
+        torch.relu,
+        torch.relu_,
+        torch.Tensor.relu,
+        torch.Tensor.relu_,
+        F.relu6,
+        F.leaky_relu,
+        F.leaky_relu_,
+        F.prelu,
+        F.elu,
+        F.elu_,
+        F.selu,
+        F.celu,
+        F.gelu,
+        F.silu,
+        F.mish,
+        F.hardswish,
+        F.hardsigmoid,
+        F.hardtanh,
+        F.hardtanh_,
+        F.softplus,
+        F.sigmoid,
+        F.tanh,
+        torch.sigmoid,
+        torch.sigmoid_,
+        torch.tanh,
+        torch.tanh_,
+        torch.Tensor.sigmoid,
+        torch.Tensor.sigmoid_,
+        torch.Tensor.tanh,
+        torch.Tensor.tanh_,
+    }
+)
 
 
 class _FunctionalActivations(TorchFunctionMode):
@@ -153,6 +183,7 @@ class BatchRecorder:
 
     def _consumer_hook(self, name: str):
         """Observe a Conv/Linear's input unless it is a scored layer's observed tensor itself."""
+
         def hook(module, args):
             if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
                 return None
@@ -224,8 +255,11 @@ class BatchRecorder:
         module = self.c.unit_module(name)
         if self.c.class_counts is None:
             self.map_sizes[name] = units_view(tensor, module).shape[2]
-        if self.c.collects_screening and consumer_of(name) is None and (
-                self.c.class_counts is None or name in self.c.layers):
+        if (
+            self.c.collects_screening
+            and consumer_of(name) is None
+            and (self.c.class_counts is None or name in self.c.layers)
+        ):
             with torch.no_grad():  # every image of the batch; only the last stage reached is kept
                 view = units_view(tensor.detach(), module)
                 self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
@@ -254,17 +288,22 @@ class BatchRecorder:
         if keep.numel() == 0:
             return
         # rows of the selection, slots, positions: one copy to the device
-        rows_d, slots_d, positions_d = torch.stack([keep, slots[keep], positions[keep]]).to(
-            c.device, non_blocking=True).unbind(0)
+        rows_d, slots_d, positions_d = (
+            torch.stack([keep, slots[keep], positions[keep]]).to(c.device, non_blocking=True).unbind(0)
+        )
         for name, stats in c.layers.items():
             if name not in self.observed or name not in c.channels:
                 continue
             stage, values = self.observed[name]
             start, stop = c.channels[name]
             values = values.index_select(0, rows_d.to(values.device))[:, start:stop].float()
-            c.checks.check(values, lambda name=name, stage=stage, batch=c.num_batches: (
-                f"the activations U observes for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
-                f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"))
+            c.checks.check(
+                values,
+                lambda name=name, stage=stage, batch=c.num_batches: (
+                    f"the activations U observes for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
+                    f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"
+                ),
+            )
             map_size = values.shape[2]
             theta = c.projection(name, map_size)
             projected = values if theta is None else values @ theta

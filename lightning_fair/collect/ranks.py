@@ -31,11 +31,14 @@ def merge_ranks(col) -> None:
     end bitwise equal (collective: call on every rank)."""
     empty = all_reduce_sum(torch.tensor([float(col.num_batches == 0)]))
     if empty.item() > 0:
-        raise ValueError(f"{int(empty.item())} process(es) got no calibration batch; give every rank data "
-                         "(a DistributedSampler over at least world_size batches)")
+        raise ValueError(
+            f"{int(empty.item())} process(es) got no calibration batch; give every rank data "
+            "(a DistributedSampler over at least world_size batches)"
+        )
     names = list(col.layers)
-    check_same_everywhere([len(names), col.class_counts.numel()] + [col.layers[n].num_units for n in names],
-                          "the scored layers")
+    check_same_everywhere(
+        [len(names), col.class_counts.numel()] + [col.layers[n].num_units for n in names], "the scored layers"
+    )
     check_same_everywhere([v for n in names if n in col.channels for v in col.channels[n]], "the chunk of units")
     for name in names:
         col.layers[name].taylor_sum = all_reduce_sum(col.layers[name].taylor_sum)
@@ -45,8 +48,9 @@ def merge_ranks(col) -> None:
     names = [n for n in names if n in col.channels]  # layers with utilization samples in this pass
     missing = all_reduce_sum(torch.tensor([float(sum(col.layers[n].samples is None for n in names))]))
     if missing.item() > 0:
-        raise RuntimeError("lightning_fair: a process recorded no samples for some layer; calibration batches "
-                           "must not be empty")
+        raise RuntimeError(
+            "lightning_fair: a process recorded no samples for some layer; calibration batches must not be empty"
+        )
     counts = torch.stack(all_gather_tensor(col.class_counts)).cpu()  # [W, K]
     n = col.samples_per_class
     # for each class U compares (one slot each), the first n rows over the ranks' valid rows, in rank order
@@ -71,10 +75,13 @@ def merge_ranks(col) -> None:
     check_same_everywhere([len(consumers)] + [col.input_sums[c].numel() for c in consumers], "the layer inputs")
     for name in consumers:
         col.input_sums[name] = all_reduce_sum(col.input_sums[name])
-    tallies = torch.tensor([col.loss_sum, col.correct, col.seen, col.num_batches]
-                           + [max(col.input_counts[c], 0) for c in consumers]
-                           + [col.input_calls.get(c, 0) for c in consumers]
-                           + [float(col.input_counts[c] < 0) for c in consumers], dtype=torch.float64)
+    tallies = torch.tensor(
+        [col.loss_sum, col.correct, col.seen, col.num_batches]
+        + [max(col.input_counts[c], 0) for c in consumers]
+        + [col.input_calls.get(c, 0) for c in consumers]
+        + [float(col.input_counts[c] < 0) for c in consumers],
+        dtype=torch.float64,
+    )
     tallies = all_reduce_sum(tallies).tolist()
     col.loss_sum, col.correct, col.seen, col.num_batches = tallies[0], int(tallies[1]), int(tallies[2]), int(tallies[3])
     k = len(consumers)
@@ -95,5 +102,6 @@ def _merge_screening(col, names: List[str]) -> None:
     valid = [c for c, bad in zip(consumers, invalid.tolist()) if bad == 0]
     check_same_everywhere([col.input_moments[c].total.numel() for c in valid], "the layer input widths")
     for name in consumers:
-        col.input_moments[name] = (ClassMoments(*map(all_reduce_sum, col.input_moments[name].tensors()))
-                                    if name in valid else None)
+        col.input_moments[name] = (
+            ClassMoments(*map(all_reduce_sum, col.input_moments[name].tensors())) if name in valid else None
+        )

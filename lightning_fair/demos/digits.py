@@ -62,12 +62,16 @@ class DigitsDataModule(L.LightningDataModule):
         if n_train < 1:
             raise ValueError(f"val_size + test_size must leave training images (got {n_val} + {n_test} of {len(y)})")
         self.train_set = TensorDataset(x[:n_train], y[:n_train])
-        self.val_set = TensorDataset(x[n_train:n_train + n_val], y[n_train:n_train + n_val])
-        self.test_set = TensorDataset(x[n_train + n_val:], y[n_train + n_val:])
+        self.val_set = TensorDataset(x[n_train : n_train + n_val], y[n_train : n_train + n_val])
+        self.test_set = TensorDataset(x[n_train + n_val :], y[n_train + n_val :])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size)

@@ -11,19 +11,27 @@ Example:
     >>> from lightning_fair.demos.zoo import MODELS
     >>> model = MODELS["resnet"](in_channels=1, num_classes=10)
 """
+
 from typing import Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 __all__ = [
-    "mlp", "small_cnn", "vgg_bn", "resnet", "mobilenet_v2", "densenet",
-    "grouped_cnn", "MODELS",
+    "mlp",
+    "small_cnn",
+    "vgg_bn",
+    "resnet",
+    "mobilenet_v2",
+    "densenet",
+    "grouped_cnn",
+    "MODELS",
 ]
 
 
-def _conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1,
-                 groups: int = 1, act: type = nn.ReLU) -> nn.Sequential:
+def _conv_bn_act(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: type = nn.ReLU
+) -> nn.Sequential:
     """Conv (bias-free, 'same' padding) -> BN -> activation.
 
     Example: ``_conv_bn_act(3, 16)``.
@@ -38,8 +46,7 @@ def _conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1,
 class _PooledNet(nn.Module):
     """``features`` -> AdaptiveAvgPool2d(1) -> Flatten -> ``head`` -> ``classifier``."""
 
-    def __init__(self, features: nn.Module, feat_dim: int, num_classes: int,
-                 hidden: int = 0):
+    def __init__(self, features: nn.Module, feat_dim: int, num_classes: int, hidden: int = 0):
         super().__init__()
         self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -71,8 +78,7 @@ class _MLP(nn.Module):
         return self.classifier(self.features(x))
 
 
-def mlp(in_features: int = 64, hidden: Sequence[int] = (300, 100),
-        num_classes: int = 10) -> nn.Module:
+def mlp(in_features: int = 64, hidden: Sequence[int] = (300, 100), num_classes: int = 10) -> nn.Module:
     """LeNet-300-100 style MLP: Flatten, Linear-ReLU per hidden size, classifier.
 
     Example: ``mlp(in_features=784)(torch.randn(4, 1, 28, 28)).shape == (4, 10)``.
@@ -95,8 +101,9 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> n
     return _PooledNet(features, 2 * width, num_classes, hidden=64)
 
 
-def vgg_bn(in_channels: int = 1, num_classes: int = 10,
-           cfg: Sequence[Union[int, str]] = (16, "M", 32, "M", 64, 64)) -> nn.Module:
+def vgg_bn(
+    in_channels: int = 1, num_classes: int = 10, cfg: Sequence[Union[int, str]] = (16, "M", 32, "M", 64, 64)
+) -> nn.Module:
     """VGG-style Conv3x3-BN-ReLU stack ('M' = MaxPool2d(2)), Linear(c, 2c)-ReLU, classifier.
 
     Example: ``vgg_bn(in_channels=3)(torch.randn(2, 3, 32, 32)).shape == (2, 10)``.
@@ -111,8 +118,7 @@ def vgg_bn(in_channels: int = 1, num_classes: int = 10,
     return _PooledNet(nn.Sequential(*layers), c, num_classes, hidden=2 * c)
 
 
-def grouped_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16,
-                groups: int = 4) -> nn.Module:
+def grouped_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, groups: int = 4) -> nn.Module:
     """Stem conv, a grouped (not depthwise) 3x3 conv with ``groups`` groups, a 1x1 conv.
 
     Example: ``grouped_cnn(groups=2)(torch.randn(2, 1, 8, 8)).shape == (2, 10)``.
@@ -180,8 +186,14 @@ def _shortcut(cin: int, cout: int, stride: int):
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
-def resnet(in_channels: int = 1, num_classes: int = 10, block: str = "basic",
-           layers: Sequence[int] = (1, 1, 1), width: int = 16, stem: str = "cifar") -> nn.Module:
+def resnet(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    block: str = "basic",
+    layers: Sequence[int] = (1, 1, 1),
+    width: int = 16,
+    stem: str = "cifar",
+) -> nn.Module:
     """ResNet with stages of width w, 2w, 4w, ... (stride 2 from the second stage on).
 
     ``block`` is ``"basic"`` or ``"bottleneck"``; ``stem`` is ``"cifar"`` (3x3 conv, full
@@ -195,13 +207,19 @@ def resnet(in_channels: int = 1, num_classes: int = 10, block: str = "basic",
         raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
     cls = blocks[block]
     if stem == "imagenet":
-        stages = [nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-                                nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))]
+        stages = [
+            nn.Sequential(
+                nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        ]
     else:
         stages = [_conv_bn_act(in_channels, width)]
     c = width
     for i, n in enumerate(layers):
-        planes = width * 2 ** i
+        planes = width * 2**i
         for j in range(n):
             stride = 2 if (i > 0 and j == 0) else 1
             stages.append(cls(c, planes, stride))
@@ -230,9 +248,12 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res else out
 
 
-def mobilenet_v2(in_channels: int = 1, num_classes: int = 10, width_mult: float = 1.0,
-                 setting: Sequence[Tuple[int, int, int, int]] = (
-                     (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))) -> nn.Module:
+def mobilenet_v2(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    width_mult: float = 1.0,
+    setting: Sequence[Tuple[int, int, int, int]] = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2)),
+) -> nn.Module:
     """Tiny MobileNetV2; ``setting`` rows are (t, c, n, s) as in the paper.
 
     Example: ``mobilenet_v2(width_mult=0.5)(torch.randn(2, 1, 28, 28)).shape == (2, 10)``.
@@ -255,9 +276,11 @@ class DenseLayer(nn.Module):
     def __init__(self, cin: int, growth: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
             nn.Conv2d(cin, 4 * growth, 1, bias=False),
-            nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(4 * growth),
+            nn.ReLU(inplace=True),
             nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
         )
 
@@ -265,8 +288,13 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.body(x)], 1)
 
 
-def densenet(in_channels: int = 1, num_classes: int = 10, growth: int = 8,
-             blocks: Sequence[int] = (2, 2), init_channels: int = 16) -> nn.Module:
+def densenet(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    growth: int = 8,
+    blocks: Sequence[int] = (2, 2),
+    init_channels: int = 16,
+) -> nn.Module:
     """DenseNet-BC-like net; transitions halve channels and (ceil-mode) halve resolution.
 
     Example: ``densenet(blocks=(3, 3, 3))(torch.randn(2, 1, 32, 32)).shape == (2, 10)``.
@@ -278,9 +306,12 @@ def densenet(in_channels: int = 1, num_classes: int = 10, growth: int = 8,
             layers.append(DenseLayer(c, growth))
             c += growth
         if b < len(blocks) - 1:
-            layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.Conv2d(c, c // 2, 1, bias=False),
-                       nn.AvgPool2d(2, ceil_mode=True)]
+            layers += [
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, c // 2, 1, bias=False),
+                nn.AvgPool2d(2, ceil_mode=True),
+            ]
             c //= 2
     layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
     return _PooledNet(nn.Sequential(*layers), c, num_classes)

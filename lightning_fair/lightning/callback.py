@@ -55,7 +55,8 @@ class FairPruneCallback(Callback):
     state carried over for kept channels, schedulers untouched), frozen parameters stay frozen
     and train/eval flags are restored. MACs and params before/after, channels per layer,
     the tolerance and the calibration loss/accuracy before and after (under DDP, over every rank's
-    shard together) are logged through the Trainer's loggers; the report is printed on rank zero. The pruning history is written into
+    shard together) are logged through the Trainer's loggers; the report is printed on rank zero. The pruning
+    history is written into
     checkpoints (restore them with :class:`lightning_fair.FairPruningMixin`).
 
     Args:
@@ -159,16 +160,23 @@ class FairPruneCallback(Callback):
         if self.prune_at == "fit_end" and not self._done("fit", trainer):
             self.prune_now(trainer, pl_module, stage="fit")
         elif isinstance(self.prune_at, int) and not any(e["epoch"] == self.prune_at for e in self.events):
-            rank_zero_warn(f"FairPruneCallback(prune_at={self.prune_at}) did not prune: training ended at epoch "
-                           f"{trainer.current_epoch}; use a smaller prune_at or prune_at='fit_end'")
+            rank_zero_warn(
+                f"FairPruneCallback(prune_at={self.prune_at}) did not prune: training ended at epoch "
+                f"{trainer.current_epoch}; use a smaller prune_at or prune_at='fit_end'"
+            )
         elif isinstance(self.prune_at, tuple):
             # epochs whose end training never reached (a step skipped because it was met was reached)
-            missed = [e for e in self.prune_at if e >= trainer.current_epoch and not any(
-                event["epoch"] == e for event in self.events)]
+            missed = [
+                e
+                for e in self.prune_at
+                if e >= trainer.current_epoch and not any(event["epoch"] == e for event in self.events)
+            ]
             if missed:
-                rank_zero_warn(f"FairPruneCallback(prune_at={list(self.prune_at)}) did not prune at epoch(s) {missed}: "
-                               f"training ran {trainer.current_epoch} epoch(s), so the schedule's last step(s) never "
-                               "came; give epochs below max_epochs (or a larger max_epochs)")
+                rank_zero_warn(
+                    f"FairPruneCallback(prune_at={list(self.prune_at)}) did not prune at epoch(s) {missed}: "
+                    f"training ran {trainer.current_epoch} epoch(s), so the schedule's last step(s) never "
+                    "came; give epochs below max_epochs (or a larger max_epochs)"
+                )
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -196,8 +204,9 @@ class FairPruneCallback(Callback):
         if loaders is None:
             return []
         distributed = trainer.world_size > 1 and is_distributed()
-        return recalibrate_bn(pl_module, loaders, max_batches=RECALIBRATION_BATCHES, unpack=self.unpack,
-                              distributed=distributed)
+        return recalibrate_bn(
+            pl_module, loaders, max_batches=RECALIBRATION_BATCHES, unpack=self.unpack, distributed=distributed
+        )
 
     def _done(self, stage: str, trainer: Trainer) -> bool:
         return any(e["stage"] == stage and e["epoch"] == trainer.current_epoch for e in self.events)
@@ -214,8 +223,9 @@ class FairPruneCallback(Callback):
         if isinstance(example, torch.Tensor):
             example = example.to(pl_module.device)
         original = self.events[0]["report"] if self.events else None
-        config, record = step_options(self.config, self.prune_at, trainer.current_epoch, original,
-                                      lambda: measure(pl_module, example))
+        config, record = step_options(
+            self.config, self.prune_at, trainer.current_epoch, original, lambda: measure(pl_module, example)
+        )
         if config is None:
             rank_zero_info(f"lightning_fair: {record['skipped']}")
         return config, record
@@ -253,18 +263,41 @@ class FairPruneCallback(Callback):
                 if config is None:  # this step of the schedule is already met: nothing to do
                     return
                 step = "scoring units on the calibration data"
-                scores = compute_scores(pl_module, calibration, config, loss_fn=self.loss_fn, unpack=self.unpack,
-                                        logits=self.logits, distributed=distributed,
-                                        verbose=self.verbose and trainer.is_global_zero)
+                scores = compute_scores(
+                    pl_module,
+                    calibration,
+                    config,
+                    loss_fn=self.loss_fn,
+                    unpack=self.unpack,
+                    logits=self.logits,
+                    distributed=distributed,
+                    verbose=self.verbose and trainer.is_global_zero,
+                )
                 step = "removing units (lightning_fair.prune: removal, compensation, BatchNorm re-estimation)"
-                result = prune(pl_module, calibration, config, scores=scores, unpack=self.unpack, loss_fn=self.loss_fn,
-                               logits=self.logits, example_inputs=example, distributed=distributed)
+                result = prune(
+                    pl_module,
+                    calibration,
+                    config,
+                    scores=scores,
+                    unpack=self.unpack,
+                    loss_fn=self.loss_fn,
+                    logits=self.logits,
+                    example_inputs=example,
+                    distributed=distributed,
+                )
                 step = "re-pointing the optimizers at the pruned parameters"
                 dropped = sum(repoint_optimizer(opt, undo.params, pl_module, result.kept) for opt in undo.optimizers)
                 step = "evaluating the pruned model on the calibration data"
                 # under DDP: over every rank's shard (torchmetrics all-reduces the running means)
-                after = evaluate(pl_module, loader, loss_fn=self.loss_fn, unpack=self.unpack, logits=self.logits,
-                                 max_batches=config.max_batches, distributed=distributed)
+                after = evaluate(
+                    pl_module,
+                    loader,
+                    loss_fn=self.loss_fn,
+                    unpack=self.unpack,
+                    logits=self.logits,
+                    max_batches=config.max_batches,
+                    distributed=distributed,
+                )
                 step = "wrapping the pruned model for distributed training again"
                 undo.wrapped = rewrap_ddp(trainer, pl_module)
             except BaseException as error:
@@ -278,8 +311,10 @@ class FairPruneCallback(Callback):
                     f"({type(error).__name__}: {error})"
                 ) from error
         if dropped:
-            rank_zero_warn(f"lightning_fair: optimizer state of {dropped} pruned parameter(s) could not be mapped "
-                           "to the kept channels and was reset")
+            rank_zero_warn(
+                f"lightning_fair: optimizer state of {dropped} pruned parameter(s) could not be mapped "
+                "to the kept channels and was reset"
+            )
         self.last_result = result
         self._log(trainer, pl_module, result, after, stage, schedule)
         if self.write_checkpoint:
@@ -316,30 +351,54 @@ class FairPruneCallback(Callback):
             total = min(total, self.config.max_batches)
         return Progress(loader, total)
 
-    def _log(self, trainer: Trainer, pl_module: LightningModule, result, after: dict, stage: str,
-             schedule: Optional[dict] = None) -> None:
+    def _log(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        result,
+        after: dict,
+        stage: str,
+        schedule: Optional[dict] = None,
+    ) -> None:
         report, config = result.report, result.scores.config
         # MACs/params kept of the model this callback first pruned (several steps: the product so far)
         first = self.events[0]["report"] if self.events else report.to_dict()
-        of_original = {"macs_of_original": report.macs_after / max(first["macs_before"], 1),
-                       "params_of_original": report.params_after / max(first["params_before"], 1)}
+        of_original = {
+            "macs_of_original": report.macs_after / max(first["macs_before"], 1),
+            "params_of_original": report.params_after / max(first["params_before"], 1),
+        }
         metrics = {
-            "fair/macs_before": report.macs_before, "fair/macs_after": report.macs_after,
-            "fair/macs_ratio": report.macs_ratio, "fair/params_before": report.params_before,
-            "fair/params_after": report.params_after, "fair/params_ratio": report.params_ratio,
+            "fair/macs_before": report.macs_before,
+            "fair/macs_after": report.macs_after,
+            "fair/macs_ratio": report.macs_ratio,
+            "fair/params_before": report.params_before,
+            "fair/params_after": report.params_after,
+            "fair/params_ratio": report.params_ratio,
             "fair/tolerance": result.tolerance,
             "fair/calibration_loss_before": config["calibration_loss"],
             "fair/calibration_accuracy_before": config["calibration_accuracy"],
-            "fair/calibration_loss_after": after["loss"], "fair/calibration_accuracy_after": after["accuracy"],
+            "fair/calibration_loss_after": after["loss"],
+            "fair/calibration_accuracy_after": after["accuracy"],
             **{f"fair/{key}": value for key, value in of_original.items()},
         }
         metrics.update({f"fair/kept_channels/{row.name}": row.after for row in report.layers})
         # the event first: the model is pruned now, whatever a logger does
-        self.events.append(to_plain({
-            "stage": stage, "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step),
-            "tolerance": float(result.tolerance), "macs_ratio": float(report.macs_ratio),
-            "params_ratio": float(report.params_ratio), "report": report.to_dict(), **of_original, **(schedule or {}),
-        }, "event"))
+        self.events.append(
+            to_plain(
+                {
+                    "stage": stage,
+                    "epoch": int(trainer.current_epoch),
+                    "global_step": int(trainer.global_step),
+                    "tolerance": float(result.tolerance),
+                    "macs_ratio": float(report.macs_ratio),
+                    "params_ratio": float(report.params_ratio),
+                    "report": report.to_dict(),
+                    **of_original,
+                    **(schedule or {}),
+                },
+                "event",
+            )
+        )
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         # also where EarlyStopping, ModelCheckpoint and the user read metrics (self.log is not allowed in
@@ -348,13 +407,16 @@ class FairPruneCallback(Callback):
         if self.verbose:
             where = f", step {schedule['step']} of {schedule['steps']}" if schedule else ""
             goal = f" (scheduled {schedule['scheduled']:.1%})" if schedule and "scheduled" in schedule else ""
-            announce(trainer, (
-                f"lightning_fair: pruned at epoch {trainer.current_epoch} ({stage}{where})\n{report}\n"
-                f"kept of the original model: MACs {of_original['macs_of_original']:.1%}{goal}, "
-                f"params {of_original['params_of_original']:.1%}\n"
-                f"calibration loss {config['calibration_loss']:.4f} -> {after['loss']:.4f}, "
-                f"accuracy {config['calibration_accuracy']:.2%} -> {after['accuracy']:.2%}"
-            ))
+            announce(
+                trainer,
+                (
+                    f"lightning_fair: pruned at epoch {trainer.current_epoch} ({stage}{where})\n{report}\n"
+                    f"kept of the original model: MACs {of_original['macs_of_original']:.1%}{goal}, "
+                    f"params {of_original['params_of_original']:.1%}\n"
+                    f"calibration loss {config['calibration_loss']:.4f} -> {after['loss']:.4f}, "
+                    f"accuracy {config['calibration_accuracy']:.2%} -> {after['accuracy']:.2%}"
+                ),
+            )
 
     # ------------------------------------------------------------------ persistence
     @property

@@ -9,7 +9,8 @@ Two additions to Lightning's own CLI (``fit``, ``validate``, ``test``, ``predict
 - a ``prune`` subcommand: prune a trained checkpoint one-shot on the validation data with
   :func:`lightning_fair.prune` and write ``pruned.ckpt``, ``report.txt`` and ``report.json``::
 
-      lightning-fair fit --model=lightning_fair.demos.digits.ImageClassifier --data=lightning_fair.demos.digits.DigitsDataModule \
+      lightning-fair fit --model=lightning_fair.demos.digits.ImageClassifier \
+          --data=lightning_fair.demos.digits.DigitsDataModule \
           --trainer.max_epochs=10 --prune.tolerance=0.05 --prune.prune_at=5
       lightning-fair prune -c config.yaml --ckpt_path=last.ckpt --tolerance=0.1 --output_dir=out
       lightning-fair test -c config.yaml --ckpt_path=out/pruned.ckpt
@@ -94,8 +95,10 @@ def prune_checkpoint(
     if not ckpt_path or not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"prune needs an existing checkpoint file (--ckpt_path), got {ckpt_path!r}")
     if any(isinstance(c, FairPruneCallback) for c in self.callbacks):
-        rank_zero_warn("lightning_fair: FairPruneCallback (from --prune.* or trainer.callbacks) acts in fit/validate "
-                       "and is ignored by the prune subcommand, which takes --tolerance, --target_macs, ...")
+        rank_zero_warn(
+            "lightning_fair: FairPruneCallback (from --prune.* or trainer.callbacks) acts in fit/validate "
+            "and is ignored by the prune subcommand, which takes --tolerance, --target_macs, ..."
+        )
         self.callbacks = [c for c in self.callbacks if not isinstance(c, FairPruneCallback)]
     output_dir = output_dir or os.path.join(self.default_root_dir, "pruned")
 
@@ -113,8 +116,9 @@ def prune_checkpoint(
         total = len(loader) if hasattr(loader, "__len__") else None
         calibration = Progress(loader, min(total, config.max_batches) if total and config.max_batches else total)
     with torch.inference_mode(False), torch.enable_grad():
-        result = fair_prune(model, calibration, config, example_inputs=example, logits=logits,
-                            verbose=self.is_global_zero)
+        result = fair_prune(
+            model, calibration, config, example_inputs=example, logits=logits, verbose=self.is_global_zero
+        )
     after = evaluate(model, loader, logits=logits)
 
     paths = {name: os.path.join(output_dir, name) for name in _FILES}
@@ -128,21 +132,27 @@ def prune_checkpoint(
         saved = torch.load(paths["pruned.ckpt"], map_location="cpu", weights_only=True)
         saved[CHECKPOINT_KEY] = pruning_state(model)
         torch.save(saved, paths["pruned.ckpt"])
-        rank_zero_warn(f"lightning_fair: {type(model).__name__} does not use FairPruningMixin; "
-                       "add it to restore the pruned checkpoint with load_from_checkpoint")
+        rank_zero_warn(
+            f"lightning_fair: {type(model).__name__} does not use FairPruningMixin; "
+            "add it to restore the pruned checkpoint with load_from_checkpoint"
+        )
 
     report = result.report
     data = {
         "source_checkpoint": os.path.abspath(ckpt_path),
         "checkpoint": os.path.abspath(paths["pruned.ckpt"]),
-        "options": {**config.to_dict(),  # "auto" options as used
-                    "num_projections": result.scores.config.get("num_projections", config.num_projections)},
+        "options": {
+            **config.to_dict(),  # "auto" options as used
+            "num_projections": result.scores.config.get("num_projections", config.num_projections),
+        },
         "level": result.level,
         "level_name": result.level_name,
         "tolerance": result.level,  # the 0.1 key: the level, whatever its kind (read level and level_name)
         "validation": {"before": before, "after": after},
-        "calibration": {"loss": result.scores.config.get("calibration_loss"),
-                        "accuracy": result.scores.config.get("calibration_accuracy")},
+        "calibration": {
+            "loss": result.scores.config.get("calibration_loss"),
+            "accuracy": result.scores.config.get("calibration_accuracy"),
+        },
         "counts": result.counts,
         "report": report.to_dict(),
     }
@@ -172,8 +182,11 @@ class FairTrainer(Trainer):
 def _group_help() -> str:
     """Help of ``--prune``: how it switches on, and every option with its default."""
     params = inspect.signature(FairPruneCallback.__init__).parameters
-    defaults = {name: p.default for name, p in params.items()
-                if name != "self" and name not in _GROUP_SKIP and p.kind is not p.VAR_KEYWORD}
+    defaults = {
+        name: p.default
+        for name, p in params.items()
+        if name != "self" and name not in _GROUP_SKIP and p.kind is not p.VAR_KEYWORD
+    }
     defaults.update({field.name: field.default for field in dataclasses.fields(PruneConfig)})
     options = ", ".join(f"--prune.{name} ({'null' if value is None else value})" for name, value in defaults.items())
     return (
@@ -204,18 +217,25 @@ class FairCLI(TrainerInstantiation, LightningCLI):
 
     def __init__(self, *args: Any, trainer_class: Any = FairTrainer, **kwargs: Any) -> None:
         if isinstance(trainer_class, type) and not hasattr(trainer_class, "prune"):
-            trainer_class = type(f"Fair{trainer_class.__name__}", (trainer_class,),
-                                 {"prune": prune_checkpoint, "sweep": sweep_checkpoint})
+            trainer_class = type(
+                f"Fair{trainer_class.__name__}",
+                (trainer_class,),
+                {"prune": prune_checkpoint, "sweep": sweep_checkpoint},
+            )
         super().__init__(*args, trainer_class=trainer_class, **kwargs)
 
     @staticmethod
     def subcommands() -> Dict[str, set]:
-        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule", "config"},
-                "sweep": {"model", "datamodule", "config"}}
+        return {
+            **LightningCLI.subcommands(),
+            "prune": {"model", "datamodule", "config"},
+            "sweep": {"model", "datamodule", "config"},
+        }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_subclass_arguments(FairPruneCallback, "prune", required=False, fail_untyped=False,
-                                      skip=_GROUP_SKIP, help=_group_help())
+        parser.add_subclass_arguments(
+            FairPruneCallback, "prune", required=False, fail_untyped=False, skip=_GROUP_SKIP, help=_group_help()
+        )
         parser.callback_keys.append("prune")
 
     def check_callbacks(self, config: Dict[str, Any], callbacks: list) -> None:
@@ -233,8 +253,13 @@ class FairCLI(TrainerInstantiation, LightningCLI):
 
 def main(args: Optional[List[str]] = None) -> None:
     """Entry point of the ``lightning-fair`` command (also ``python -m lightning_fair.lightning.cli``)."""
-    FairCLI(args=args, parser_kwargs={"description": "LightningCLI with FAIR-Pruner structured pruning "
-                                      "(lightning_fair): --prune.* during fit, and the prune subcommand."})
+    FairCLI(
+        args=args,
+        parser_kwargs={
+            "description": "LightningCLI with FAIR-Pruner structured pruning "
+            "(lightning_fair): --prune.* during fit, and the prune subcommand."
+        },
+    )
 
 
 if __name__ == "__main__":

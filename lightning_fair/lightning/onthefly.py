@@ -105,11 +105,15 @@ class OnTheFlyPruning(Callback):
             raise ValueError(f"recovery must be 'channel', 'layer' or None, got {recovery!r}")
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}")
-        if not (prune_at == "fit_end" or (isinstance(prune_at, int) and not isinstance(prune_at, bool) and prune_at >= 0)):
+        if not (
+            prune_at == "fit_end" or (isinstance(prune_at, int) and not isinstance(prune_at, bool) and prune_at >= 0)
+        ):
             raise ValueError(f"prune_at must be 'fit_end' or an epoch number >= 0, got {prune_at!r}")
         if isinstance(prune_at, int) and prune_at < start_epoch:
-            raise ValueError(f"prune_at={prune_at} comes before start_epoch={start_epoch}: the penalty would never "
-                             "act; use prune_at >= start_epoch")
+            raise ValueError(
+                f"prune_at={prune_at} comes before start_epoch={start_epoch}: the penalty would never "
+                "act; use prune_at >= start_epoch"
+            )
         for name, value in (("layers", layers), ("ignored_layers", ignored_layers)):
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
                 raise ValueError(f"{name} must be a list of module names, got {value!r}")
@@ -144,11 +148,15 @@ class OnTheFlyPruning(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         in_optimizers = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
-        missing = [n for n, m in hyperspherical_layers(pl_module).items() if id(hypersphere_of(m).radius) not in in_optimizers]
+        missing = [
+            n for n, m in hyperspherical_layers(pl_module).items() if id(hypersphere_of(m).radius) not in in_optimizers
+        ]
         if missing:
-            rank_zero_warn(f"OnTheFlyPruning: the radius of {len(missing)} layer(s) (e.g. {missing[0]}) is in no "
-                           "optimizer and stays fixed; build the optimizer from self.parameters() in "
-                           "configure_optimizers to learn it")
+            rank_zero_warn(
+                f"OnTheFlyPruning: the radius of {len(missing)} layer(s) (e.g. {missing[0]}) is in no "
+                "optimizer and stays fixed; build the optimizer from self.parameters() in "
+                "configure_optimizers to learn it"
+            )
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
@@ -173,9 +181,11 @@ class OnTheFlyPruning(Callback):
         if self.prune_at == "fit_end" and not self.pruned:
             self.prune_now(trainer, pl_module)
         elif not self.pruned:
-            rank_zero_warn(f"OnTheFlyPruning(prune_at={self.prune_at}) did not prune: training ended at epoch "
-                           f"{trainer.current_epoch}; the layers stay hyperspherical (use prune_at='fit_end' or "
-                           "lightning_fair.methods.onthefly.prune_on_the_fly)")
+            rank_zero_warn(
+                f"OnTheFlyPruning(prune_at={self.prune_at}) did not prune: training ended at epoch "
+                f"{trainer.current_epoch}; the layers stay hyperspherical (use prune_at='fit_end' or "
+                "lightning_fair.methods.onthefly.prune_on_the_fly)"
+            )
 
     # ------------------------------------------------------------------ what
     def prune_now(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -189,18 +199,29 @@ class OnTheFlyPruning(Callback):
         try:
             report = prune_on_the_fly(pl_module, self.ratio, self.recovery, optimizers=optimizers)
         except Exception as error:
-            raise PruningError(f"lightning_fair: on-the-fly pruning failed; the model and optimizers were left "
-                               f"unchanged ({type(error).__name__}: {error})") from error
+            raise PruningError(
+                f"lightning_fair: on-the-fly pruning failed; the model and optimizers were left "
+                f"unchanged ({type(error).__name__}: {error})"
+            ) from error
         self.masks = report.masks
         self.last_report = report
         rewrap_ddp(trainer, pl_module)
         energy = sum(r.pruned_energy * r.weights for r in report.layers) / max(report.weights, 1)
-        self.events.append(to_plain({
-            "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step),
-            "report": report.to_dict(),
-        }, "event"))
-        metrics = {"onthefly/pruned_fraction": report.pruned / max(report.weights, 1),
-                   "onthefly/zero_fraction": report.zero_fraction, "onthefly/pruned_energy_at_pruning": energy}
+        self.events.append(
+            to_plain(
+                {
+                    "epoch": int(trainer.current_epoch),
+                    "global_step": int(trainer.global_step),
+                    "report": report.to_dict(),
+                },
+                "event",
+            )
+        )
+        metrics = {
+            "onthefly/pruned_fraction": report.pruned / max(report.weights, 1),
+            "onthefly/zero_fraction": report.zero_fraction,
+            "onthefly/pruned_energy_at_pruning": energy,
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
@@ -221,10 +242,15 @@ class OnTheFlyPruning(Callback):
         the parametrisation keeping ``V`` gives back ``W`` exactly (before the optimizers are built).
         """
         events, masks = state_dict.get("events"), state_dict.get("masks", {})
-        if not isinstance(events, list) or not isinstance(masks, dict) or not all(
-                isinstance(v, torch.Tensor) and v.dtype == torch.bool for v in masks.values()):
-            raise ValueError("OnTheFlyPruning: the callback state in the checkpoint is malformed (expected "
-                             "{'events': [...], 'masks': {layer: bool tensor}}); use the checkpoint as written")
+        if (
+            not isinstance(events, list)
+            or not isinstance(masks, dict)
+            or not all(isinstance(v, torch.Tensor) and v.dtype == torch.bool for v in masks.values())
+        ):
+            raise ValueError(
+                "OnTheFlyPruning: the callback state in the checkpoint is malformed (expected "
+                "{'events': [...], 'masks': {layer: bool tensor}}); use the checkpoint as written"
+            )
         self.events, self.masks = list(events), dict(masks)
         if self.pruned and self._module is not None:
             for module in hyperspherical_layers(self._module).values():

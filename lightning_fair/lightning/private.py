@@ -21,8 +21,15 @@ from typing import Any, Callable, Dict, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-__all__ = ["TrainerInstantiation", "attached_trainer", "attached_val_loader", "generated_state_key",
-           "legacy_state_key", "loads_state_dict_through_module", "rewrap_ddp"]
+__all__ = [
+    "TrainerInstantiation",
+    "attached_trainer",
+    "attached_val_loader",
+    "generated_state_key",
+    "legacy_state_key",
+    "loads_state_dict_through_module",
+    "rewrap_ddp",
+]
 
 
 def attached_trainer(module: LightningModule) -> Optional[Trainer]:

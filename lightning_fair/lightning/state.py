@@ -76,7 +76,8 @@ def check_callback_state(state, owner: str = "FairPruneCallback") -> list:
         raise ValueError(
             f"{owner}: the callback state in the checkpoint is malformed ({problem}); it was edited or damaged. "
             f"Use the checkpoint as it was written, or delete checkpoint['callbacks'][{owner!r}] to resume "
-            "without the record of past pruning (the callback then prunes again at its moment)")
+            "without the record of past pruning (the callback then prunes again at its moment)"
+        )
 
     if not isinstance(state, Mapping):
         fail(f"expected a dict, got {type(state).__name__}")
@@ -107,4 +108,3 @@ def check_callback_state(state, owner: str = "FairPruneCallback") -> list:
     if problem:
         fail(problem)
     return copy.deepcopy([dict(event) for event in events])
-

@@ -59,8 +59,9 @@ def sweep_checkpoint(
     calibration = validation_loader(model, datamodule)
     held_out = test_loader(model, datamodule)
     with torch.inference_mode(False), torch.enable_grad():
-        table = fair_sweep(model, calibration, targets=list(targets), eval_loader=held_out, config=config,
-                           budget=budget, logits=logits)
+        table = fair_sweep(
+            model, calibration, targets=list(targets), eval_loader=held_out, config=config, budget=budget, logits=logits
+        )
     output_dir = output_dir or os.path.join(self.default_root_dir, "sweep")
     if self.is_global_zero:
         os.makedirs(output_dir, exist_ok=True)

@@ -14,13 +14,17 @@ __all__ = ["PRUNED_CHECKPOINT", "checkpoint_dir", "write_pruned_checkpoint"]
 PRUNED_CHECKPOINT = "pruned.ckpt"
 
 
-def checkpoint_dir(trainer: Trainer) -> str:
+def checkpoint_dir(trainer: Trainer) -> Optional[str]:
     """Where the Trainer's checkpoints go: ``ModelCheckpoint``'s directory when it has resolved one,
-    else ``<log_dir>/checkpoints`` as ``ModelCheckpoint`` would choose (``default_root_dir`` without loggers)."""
+    else ``<log_dir>/checkpoints`` as ``ModelCheckpoint`` would choose (``default_root_dir`` without loggers).
+    None when the Trainer has neither a ``ModelCheckpoint`` nor a logger and its ``default_root_dir`` is
+    the current directory (Lightning's default): then it writes no checkpoint itself, and neither do we."""
     callback = trainer.checkpoint_callback
     directory = getattr(callback, "dirpath", None) if callback is not None else None
     if directory:
         return str(directory)
+    if callback is None and not trainer.loggers and os.path.abspath(trainer.default_root_dir) == os.getcwd():
+        return None
     return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
 
 
@@ -29,7 +33,13 @@ def write_pruned_checkpoint(trainer: Trainer, last_too: bool = False) -> Optiona
     ``last.ckpt`` if ``last_too`` and it exists, so that the last checkpoint is the last model); logs
     the path and returns it (None, with a warning, if it could not be written: the model is pruned
     either way). Collective under DDP, like ``save_checkpoint``."""
-    path = os.path.join(checkpoint_dir(trainer), PRUNED_CHECKPOINT)
+    directory = checkpoint_dir(trainer)
+    if directory is None:
+        rank_zero_info("lightning_fair: the pruned model was not written (the Trainer writes no checkpoints: no "
+                       "ModelCheckpoint, no logger, default_root_dir unset); pass default_root_dir=... or save it "
+                       "with trainer.save_checkpoint(...)")
+        return None
+    path = os.path.join(directory, PRUNED_CHECKPOINT)
     paths = [path]
     last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
     if last_too and last and os.path.isfile(last):
@@ -38,9 +48,14 @@ def write_pruned_checkpoint(trainer: Trainer, last_too: bool = False) -> Optiona
         for where in paths:
             trainer.save_checkpoint(where)
     except OSError as error:
-        rank_zero_warn(f"lightning_fair: the pruned model could not be written to {path} ({error}); save it with "
-                       "trainer.save_checkpoint(...)")
+        rank_zero_warn(
+            f"lightning_fair: the pruned model could not be written to {path} ({error}); save it with "
+            "trainer.save_checkpoint(...)"
+        )
         return None
-    rank_zero_info(f"lightning_fair: pruned checkpoint written to {path}" + (f" (and {last})" if len(paths) > 1 else "")
-                   + "; it loads with load_from_checkpoint when the module uses FairPruningMixin")
+    rank_zero_info(
+        f"lightning_fair: pruned checkpoint written to {path}"
+        + (f" (and {last})" if len(paths) > 1 else "")
+        + "; it loads with load_from_checkpoint when the module uses FairPruningMixin"
+    )
     return path

@@ -79,8 +79,9 @@ def hypersphere_of(module: nn.Module) -> Optional[Hyperspherical]:
     return chain[0] if len(chain) == 1 and isinstance(chain[0], Hyperspherical) else None
 
 
-def select_layers(model: nn.Module, layers: Optional[Sequence[str]] = None, ignored_layers=None,
-                  include_output: bool = False) -> Dict[str, nn.Module]:
+def select_layers(
+    model: nn.Module, layers: Optional[Sequence[str]] = None, ignored_layers=None, include_output: bool = False
+) -> Dict[str, nn.Module]:
     """The layers to make hyperspherical: ``layers`` by name, or every Conv1d/2d/3d and Linear
     not in ``ignored_layers``, less the last one registered (the output layer) unless
     ``include_output``. ValueError for a name that is not such a layer."""
@@ -89,8 +90,10 @@ def select_layers(model: nn.Module, layers: Optional[Sequence[str]] = None, igno
         chosen = {}
         for name in layers:
             if name not in modules or not isinstance(modules[name], SUPPORTED):
-                raise ValueError(f"layers names {name!r}, which is not a Conv1d/2d/3d or Linear of the model; "
-                                 "use names from model.named_modules()")
+                raise ValueError(
+                    f"layers names {name!r}, which is not a Conv1d/2d/3d or Linear of the model; "
+                    "use names from model.named_modules()"
+                )
             chosen[name] = modules[name]
         return chosen
     ignored = resolve_ignored(model, ignored_layers)
@@ -100,8 +103,9 @@ def select_layers(model: nn.Module, layers: Optional[Sequence[str]] = None, igno
     return {n: m for n, m in candidates if m not in ignored}
 
 
-def make_hyperspherical(model: nn.Module, layers: Optional[Sequence[str]] = None, ignored_layers=None,
-                        include_output: bool = False) -> List[str]:
+def make_hyperspherical(
+    model: nn.Module, layers: Optional[Sequence[str]] = None, ignored_layers=None, include_output: bool = False
+) -> List[str]:
     """Register :class:`Hyperspherical` on the chosen layers' weights (see :func:`select_layers`).
 
     Layers already hyperspherical are kept as they are; a weight with another parametrisation
@@ -116,8 +120,9 @@ def make_hyperspherical(model: nn.Module, layers: Optional[Sequence[str]] = None
     chosen = select_layers(model, layers, ignored_layers, include_output)
     for name, module in chosen.items():
         if parametrize.is_parametrized(module, "weight") and hypersphere_of(module) is None:
-            raise ValueError(f"{name}.weight already has another parametrization; leave the layer out "
-                             "with ignored_layers=[...]")
+            raise ValueError(
+                f"{name}.weight already has another parametrization; leave the layer out with ignored_layers=[...]"
+            )
     for module in chosen.values():
         if hypersphere_of(module) is None:
             register_hypersphere(module, Hyperspherical(module.weight))
@@ -147,8 +152,9 @@ def unregister_hypersphere(module: nn.Module, keep_original: bool = False) -> No
     # torch deletes the weight property from the module's class, which a deepcopy of the model
     # shares: give this module a class of its own first, so copies stay intact
     cls = type(module)
-    module.__class__ = type(cls.__name__, cls.__bases__,
-                            {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
+    module.__class__ = type(
+        cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    )
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=not keep_original)
 
 

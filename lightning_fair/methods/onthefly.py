@@ -133,25 +133,39 @@ class OnTheFlyReport:
 
     def to_dict(self) -> dict:
         """Plain data (no tensors)."""
-        return {"ratio": self.ratio, "recovery": self.recovery, "weights": self.weights, "pruned": self.pruned,
-                "zero_fraction": self.zero_fraction, "layers": [vars(row).copy() for row in self.layers]}
+        return {
+            "ratio": self.ratio,
+            "recovery": self.recovery,
+            "weights": self.weights,
+            "pruned": self.pruned,
+            "zero_fraction": self.zero_fraction,
+            "layers": [vars(row).copy() for row in self.layers],
+        }
 
     def __str__(self) -> str:
         width = max([len("layer")] + [len(r.name) for r in self.layers])
-        lines = [f"{'layer':<{width}}  {'weights':>9}  {'pruned':>9}  {'t':>8}  {'energy':>7}  pruned entries hold",
-                 "-" * (width + 62)]
+        lines = [
+            f"{'layer':<{width}}  {'weights':>9}  {'pruned':>9}  {'t':>8}  {'energy':>7}  pruned entries hold",
+            "-" * (width + 62),
+        ]
         for r in self.layers:
             low, high = r.value_range
             held = "0" if self.recovery is None else (f"{low:.3g}" if low == high else f"{low:.3g} .. {high:.3g}")
-            lines.append(f"{r.name:<{width}}  {r.weights:>9}  {r.pruned:>9}  {r.threshold:>8.2e}  "
-                         f"{r.pruned_energy:>7.2%}  {held}")
+            lines.append(
+                f"{r.name:<{width}}  {r.weights:>9}  {r.pruned:>9}  {r.threshold:>8.2e}  "
+                f"{r.pruned_energy:>7.2%}  {held}"
+            )
         lines.append("-" * (width + 62))
-        meaning = {None: "set to zero",
-                   "channel": "set to the mean of the pruned values, one shared value per output channel (not zero)",
-                   "layer": "set to the mean of the pruned values, one shared value per layer (not zero)"}
-        lines.append(f"pruned {self.pruned} of {self.weights} weights ({self.pruned / max(self.weights, 1):.1%}) in "
-                     f"{len(self.layers)} layer(s), {meaning[self.recovery]}; exactly zero now: "
-                     f"{self.zero_fraction:.1%}; dense MACs unchanged")
+        meaning = {
+            None: "set to zero",
+            "channel": "set to the mean of the pruned values, one shared value per output channel (not zero)",
+            "layer": "set to the mean of the pruned values, one shared value per layer (not zero)",
+        }
+        lines.append(
+            f"pruned {self.pruned} of {self.weights} weights ({self.pruned / max(self.weights, 1):.1%}) in "
+            f"{len(self.layers)} layer(s), {meaning[self.recovery]}; exactly zero now: "
+            f"{self.zero_fraction:.1%}; dense MACs unchanged"
+        )
         return "\n".join(lines)
 
 
@@ -171,9 +185,13 @@ def _recovered(weight: torch.Tensor, mask: torch.Tensor, recovery: Optional[str]
 
 
 @torch.no_grad()
-def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "channel",
-                     layers: Optional[Sequence[str]] = None,
-                     optimizers: Iterable[torch.optim.Optimizer] = ()) -> OnTheFlyReport:
+def prune_on_the_fly(
+    model: nn.Module,
+    ratio: float,
+    recovery: Optional[str] = "channel",
+    layers: Optional[Sequence[str]] = None,
+    optimizers: Iterable[torch.optim.Optimizer] = (),
+) -> OnTheFlyReport:
     """Remove the hyperspherical parametrisation and prune each layer's smallest-``|w_hat|`` entries.
 
     Per layer, the ``round(ratio * n)`` entries of smallest normalised magnitude ``|w_hat|``
@@ -195,8 +213,10 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
     if layers is None:
         targets = hyperspherical_layers(model)
         if not targets:
-            raise ValueError("the model has no hyperspherical layer: call make_hyperspherical(model) before "
-                             "training, or name the layers to prune with layers=[...]")
+            raise ValueError(
+                "the model has no hyperspherical layer: call make_hyperspherical(model) before "
+                "training, or name the layers to prune with layers=[...]"
+            )
     else:
         targets = select_layers(model, layers)
     plan = []
@@ -205,9 +225,14 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
         w_hat = weight / per_row(row_norms(weight).clamp_min(EPS), weight)
         mask = smallest_entries(w_hat.abs(), ratio)
         new, held = _recovered(weight, mask, recovery)
-        row = OnTheFlyLayer(name, weight.numel(), int(mask.sum()),
-                            float(w_hat.abs()[mask].max()) if mask.any() else 0.0,
-                            float((w_hat.square() * mask).sum() / w_hat.square().sum().clamp_min(EPS)), held)
+        row = OnTheFlyLayer(
+            name,
+            weight.numel(),
+            int(mask.sum()),
+            float(w_hat.abs()[mask].max()) if mask.any() else 0.0,
+            float((w_hat.square() * mask).sum() / w_hat.square().sum().clamp_min(EPS)),
+            held,
+        )
         plan.append((modules[name], mask, new, row))
     optimizers = list(optimizers)
     saved_optimizers = OptimizerSnapshot(optimizers)
@@ -232,8 +257,15 @@ def prune_on_the_fly(model: nn.Module, ratio: float, recovery: Optional[str] = "
     weights = sum(row.weights for *_, row in plan)
     zeros = sum(int((new == 0).sum()) for _, _, new, _ in plan)
     names = list(targets)
-    return OnTheFlyReport(ratio, recovery, [row for *_, row in plan], weights, sum(row.pruned for *_, row in plan),
-                          zeros / max(weights, 1), {name: mask for name, (_, mask, *_) in zip(names, plan)})
+    return OnTheFlyReport(
+        ratio,
+        recovery,
+        [row for *_, row in plan],
+        weights,
+        sum(row.pruned for *_, row in plan),
+        zeros / max(weights, 1),
+        {name: mask for name, (_, mask, *_) in zip(names, plan)},
+    )
 
 
 @torch.no_grad()
@@ -250,8 +282,9 @@ def hold_pruned(model: nn.Module, masks: Dict[str, torch.Tensor], recovery: Opti
         weight.grad.copy_(_recovered(weight.grad, mask, recovery)[0])
 
 
-def drop_from_optimizer(optimizer: torch.optim.Optimizer, remove: Iterable[torch.Tensor] = (),
-                        reset: Iterable[torch.Tensor] = ()) -> None:
+def drop_from_optimizer(
+    optimizer: torch.optim.Optimizer, remove: Iterable[torch.Tensor] = (), reset: Iterable[torch.Tensor] = ()
+) -> None:
     """Take the ``remove`` parameters out of ``optimizer`` (groups and state) and forget the
     state of the ``reset`` ones (it described ``V``, not the pruned weight)."""
     removed = {id(p) for p in remove}
@@ -265,4 +298,6 @@ def drop_from_optimizer(optimizer: torch.optim.Optimizer, remove: Iterable[torch
 def check_ratio(ratio) -> None:
     """``ratio`` must be a number in (0, 1); ValueError saying so otherwise."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise ValueError(f"ratio (the fraction of weights to prune per layer) must be a number in (0, 1), got {ratio!r}")
+        raise ValueError(
+            f"ratio (the fraction of weights to prune per layer) must be a number in (0, 1), got {ratio!r}"
+        )

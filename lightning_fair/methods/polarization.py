@@ -53,8 +53,9 @@ def _layer_terms(direction: torch.Tensor, ratio: float, beta: float):
     return norms, w_hat, magnitude, mask, coefficient
 
 
-def add_polarization_grad(model: nn.Module, ratio: float, penalty: float, beta: float = 0.2,
-                          params: Optional[Iterable[torch.Tensor]] = None) -> PenaltyStats:
+def add_polarization_grad(
+    model: nn.Module, ratio: float, penalty: float, beta: float = 0.2, params: Optional[Iterable[torch.Tensor]] = None
+) -> PenaltyStats:
     """Add ``d P / d V`` to the ``.grad`` of every hyperspherical layer's ``V``; return the stats.
 
     Call it after the loss's backward and before the optimizer step (the loss is not changed).

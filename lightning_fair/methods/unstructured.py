@@ -1,6 +1,7 @@
 """Unstructured (per-connection) pruning with the screening criterion: zeros in dense weights.
 
-``prune_connections`` scores every weight of every Conv/Linear (:func:`lightning_fair.scoring.screening.connection_scores`),
+``prune_connections`` scores every weight of every Conv/Linear
+(:func:`lightning_fair.scoring.screening.connection_scores`),
 removes the lowest-scoring fraction (over all layers at once, or per layer) and writes the zeros
 into the weights themselves: no mask buffer, no parametrization, nothing to ``remove`` later.
 The shapes do not change, so neither do MACs or latency with dense kernels; the report says
@@ -91,12 +92,16 @@ class SparsityReport:
         for row in self.layers:
             lines.append(f"{row.name:<{width}}  {row.weights:>9}  {row.zeros_after:>9}  {row.sparsity:>8.1%}")
         lines.append("-" * len(lines[0]))
-        lines.append(f"zero-valued weights of the pruned layers: {self.weight_sparsity:.1%} ({self.removed} connections "
-                     f"removed now); zero-valued parameters of the model: {self.model_sparsity:.1%} of "
-                     f"{si_count(self.params)}")
+        lines.append(
+            f"zero-valued weights of the pruned layers: {self.weight_sparsity:.1%} ({self.removed} connections "
+            f"removed now); zero-valued parameters of the model: {self.model_sparsity:.1%} of "
+            f"{si_count(self.params)}"
+        )
         macs = f"{si_count(self.macs)} per sample, " if self.macs is not None else ""
-        lines.append(f"MACs unchanged ({macs}dense weights with zeros: speed-ups need sparse kernels); "
-                     "parameter tensors keep their shapes")
+        lines.append(
+            f"MACs unchanged ({macs}dense weights with zeros: speed-ups need sparse kernels); "
+            "parameter tensors keep their shapes"
+        )
         if self.options:
             lines.append("pipeline: " + ", ".join(f"{k}={v}" for k, v in self.options.items()))
         lines.extend(f"note: {note}" for note in self.notes)
@@ -191,13 +196,29 @@ def prune_connections(
     if example_inputs is None and dataloader is not None:
         example_inputs = first_inputs(dataloader, unpack)
     if scores is None:
-        scores = compute_scores(model, dataloader, samples_per_class=samples_per_class, num_projections=num_projections,
-                                observe=observe, seed=seed, loss_fn=loss_fn, unpack=unpack, ignored_layers=ignored,
-                                max_batches=max_batches, distributed=distributed, memory_budget=memory_budget,
-                                verbose=verbose, criterion="screening")
+        scores = compute_scores(
+            model,
+            dataloader,
+            samples_per_class=samples_per_class,
+            num_projections=num_projections,
+            observe=observe,
+            seed=seed,
+            loss_fn=loss_fn,
+            unpack=unpack,
+            ignored_layers=ignored,
+            max_batches=max_batches,
+            distributed=distributed,
+            memory_budget=memory_budget,
+            verbose=verbose,
+            criterion="screening",
+        )
     if not scores.input_f_statistic:
-        raise ValueError("these scores carry no input F-statistics; compute them with compute_scores(..., criterion='screening')")
-    names = [n for n, m in candidate_layers(model, ignored).items() if isinstance(getattr(m, "weight", None), torch.Tensor)]
+        raise ValueError(
+            "these scores carry no input F-statistics; compute them with compute_scores(..., criterion='screening')"
+        )
+    names = [
+        n for n, m in candidate_layers(model, ignored).items() if isinstance(getattr(m, "weight", None), torch.Tensor)
+    ]
     if not include_output:
         names = [n for n in names if n != scores.output_layer]
     skipped = [n for n in names if n not in scores.input_f_statistic]
@@ -222,17 +243,26 @@ def prune_connections(
             for n, weight in originals.items():
                 modules[n].weight.copy_(weight)
         raise
-    rows = [SparsityRow(n, modules[n].weight.numel(), zeros_before[n], int((~masks[n]).sum()),
-                        int((modules[n].weight == 0).sum())) for n in names]
+    rows = [
+        SparsityRow(
+            n, modules[n].weight.numel(), zeros_before[n], int((~masks[n]).sum()), int((modules[n].weight == 0).sum())
+        )
+        for n in names
+    ]
     notes = [f"{n}: left dense (it runs more than once per forward or its input width varies)" for n in skipped]
     report = SparsityReport(
-        layers=rows, params=sum(p.numel() for p in params), zero_params_before=zero_before,
-        zero_params_after=sum(int((p == 0).sum()) for p in params), macs=macs, sparsity=float(sparsity),
+        layers=rows,
+        params=sum(p.numel() for p in params),
+        zero_params_before=zero_before,
+        zero_params_after=sum(int((p == 0).sum()) for p in params),
+        macs=macs,
+        sparsity=float(sparsity),
         options={"criterion": "screening", "allocation": allocation, "screening_weight": float(screening_weight)},
         notes=notes,
     )
-    return ConnectionPruneResult(model=model, scores=scores, report=report,
-                                 masks={n: m.cpu() for n, m in masks.items()})
+    return ConnectionPruneResult(
+        model=model, scores=scores, report=report, masks={n: m.cpu() for n, m in masks.items()}
+    )
 
 
 #: How unstructured pruning spreads the sparsity: one threshold over all layers, or the same
@@ -240,7 +270,9 @@ def prune_connections(
 CONNECTION_ALLOCATIONS = ("global", "layer")
 
 
-def connection_masks(scores: Dict[str, torch.Tensor], sparsity: float, allocation: str = "global") -> Dict[str, torch.Tensor]:
+def connection_masks(
+    scores: Dict[str, torch.Tensor], sparsity: float, allocation: str = "global"
+) -> Dict[str, torch.Tensor]:
     """Keep-masks (bool, shaped like each score tensor) removing exactly ``floor(sparsity * n)`` connections.
 
     ``"global"``: the lowest-scoring ``floor(sparsity * N)`` of all ``N`` connections of all layers;
@@ -255,7 +287,9 @@ def connection_masks(scores: Dict[str, torch.Tensor], sparsity: float, allocatio
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity is the fraction of connections to remove, in [0, 1), got {sparsity!r}")
     if allocation not in CONNECTION_ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {CONNECTION_ALLOCATIONS} for unstructured pruning, got {allocation!r}")
+        raise ValueError(
+            f"allocation must be one of {CONNECTION_ALLOCATIONS} for unstructured pruning, got {allocation!r}"
+        )
 
     def lowest(values: torch.Tensor, k: int) -> torch.Tensor:
         keep = torch.ones(values.numel(), dtype=torch.bool, device=values.device)
@@ -270,7 +304,7 @@ def connection_masks(scores: Dict[str, torch.Tensor], sparsity: float, allocatio
     masks, start = {}, 0
     for n in names:
         size = scores[n].numel()
-        masks[n] = keep[start:start + size].reshape(scores[n].shape).to(scores[n].device)
+        masks[n] = keep[start : start + size].reshape(scores[n].shape).to(scores[n].device)
         start += size
     return masks
 

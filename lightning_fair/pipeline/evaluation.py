@@ -20,9 +20,16 @@ from ..runtime.guards import preserved_modes
 __all__ = ["evaluate"]
 
 
-def evaluate(model: nn.Module, batches: Iterable, *, loss_fn: Optional[Callable] = None,
-             unpack: Callable = default_unpack, max_batches: Optional[int] = None,
-             distributed: bool = False, logits: Optional[Callable] = None) -> dict:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    loss_fn: Optional[Callable] = None,
+    unpack: Callable = default_unpack,
+    max_batches: Optional[int] = None,
+    distributed: bool = False,
+    logits: Optional[Callable] = None,
+) -> dict:
     """``{"loss": mean of the batch losses, "accuracy": top-1 over all samples}`` of ``model`` in
     eval mode, without gradients; every submodule's train/eval flag is put back afterwards.
 

@@ -148,8 +148,16 @@ def prune(
     graph = build_graph(target, example_inputs)
     # score
     if scores is None:
-        scores = compute_scores(model, dataloader, config, loss_fn=loss_fn, unpack=unpack, logits=logits,
-                                distributed=distributed, verbose=verbose)
+        scores = compute_scores(
+            model,
+            dataloader,
+            config,
+            loss_fn=loss_fn,
+            unpack=unpack,
+            logits=logits,
+            distributed=distributed,
+            verbose=verbose,
+        )
     # rank: FAIR's U, or the screening score (same allocation and removal)
     ranked = rank(scores, config)
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
@@ -174,27 +182,44 @@ def prune(
         kept, plan, _ = planner.apply_checked(plan)
         snapshot.restore_flags(model)
         # repair
-        compensated, recalibrated, repair_notes = repair(model, config, kept, scores, consumers, dataloader, unpack,
-                                                         distributed)
+        compensated, recalibrated, repair_notes = repair(
+            model, config, kept, scores, consumers, dataloader, unpack, distributed
+        )
         notes.extend(repair_notes)
         macs_after, params_after = measure(model, example_inputs)
         if isinstance(example_inputs, torch.Tensor):
             record_pruning(model, planner.history(), example_inputs)
     # report
     after = unit_counts(model, scores.layers)
-    notes = ([f"{g.root}: {g.blocked}" for g in planner.groups if g.blocked]
-             + [f"{root}: {why}" for root, why in planner.refused.items()] + notes)
+    notes = (
+        [f"{g.root}: {g.blocked}" for g in planner.groups if g.blocked]
+        + [f"{root}: {why}" for root, why in planner.refused.items()]
+        + notes
+    )
     report = PruneReport(
         layers=[LayerRow(n, before[n], after[n], scores.observed.get(n, "")) for n in scores.layers if n in before],
-        macs_before=macs_before, macs_after=macs_after, params_before=params_before, params_after=params_after,
-        tolerance=float(level) if config.allocation == "tod" else None, target=config.target, notes=notes,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        params_before=params_before,
+        params_after=params_after,
+        tolerance=float(level) if config.allocation == "tod" else None,
+        target=config.target,
+        notes=notes,
         options={**config.to_dict(), "num_projections": scores.config.get("num_projections", config.num_projections)},
-        compensated=compensated, recalibrated=recalibrated,
+        compensated=compensated,
+        recalibrated=recalibrated,
     )
     return PruneResult(
-        model=model, scores=scores, report=report, counts=counts,
-        removed={root: idxs.tolist() for root, idxs in plan.items()}, history=planner.history(), level=float(level),
-        level_name=allocation.level_name, kept=kept, config=config,
+        model=model,
+        scores=scores,
+        report=report,
+        counts=counts,
+        removed={root: idxs.tolist() for root, idxs in plan.items()},
+        history=planner.history(),
+        level=float(level),
+        level_name=allocation.level_name,
+        kept=kept,
+        config=config,
     )
 
 
@@ -205,25 +230,32 @@ def check_calibration(config: PruneConfig, dataloader, scores, example_inputs) -
     if dataloader is None and (scores is None or example_inputs is None):
         raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
     if config.recalibrate is True and dataloader is None:
-        raise ValueError("recalibrate=True re-estimates BatchNorm statistics on the calibration batches; "
-                         "pass dataloader=..., or recalibrate=False")
+        raise ValueError(
+            "recalibrate=True re-estimates BatchNorm statistics on the calibration batches; "
+            "pass dataloader=..., or recalibrate=False"
+        )
 
 
 def check_recalibration(config: PruneConfig, model: nn.Module, dataloader) -> None:
     """The preset re-estimates BatchNorm statistics after removal; without calibration data it
     cannot, and the pruned model's statistics would describe channels that are gone (measured:
     8 % instead of 63 % on a digits CNN). Refuse instead of pruning quietly worse."""
-    if config.recalibrate and dataloader is None and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                          for m in model.modules()):
+    if (
+        config.recalibrate
+        and dataloader is None
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    ):
         raise ValueError(
             "this model has BatchNorm layers, whose statistics the pipeline re-estimates after removal on the "
             "calibration batches, and no dataloader was given; pass it too (prune(model, loader, scores=scores, "
             "...)): scores reused from compute_scores still skip the scoring pass; or recalibrate=False to "
-            "prune without re-estimation; lightning_fair.sweep(...) prunes several targets from one scoring pass")
+            "prune without re-estimation; lightning_fair.sweep(...) prunes several targets from one scoring pass"
+        )
 
 
-def resolve_example_inputs(model: nn.Module, dataloader, example_inputs, unpack: Callable,
-                           logits: Optional[Callable] = None):
+def resolve_example_inputs(
+    model: nn.Module, dataloader, example_inputs, unpack: Callable, logits: Optional[Callable] = None
+):
     """``example_inputs``, or the first calibration batch's first input, on the model's device and
     checked to run through the model."""
     if example_inputs is None:
@@ -251,16 +283,24 @@ def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:
     return [n for n in scores.layers if n not in protected]
 
 
-def plan_at(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, level: float,
-            config: PruneConfig) -> Tuple[Dict[str, int], Dict[str, torch.Tensor]]:
+def plan_at(
+    planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, level: float, config: PruneConfig
+) -> Tuple[Dict[str, int], Dict[str, torch.Tensor]]:
     """Per-layer counts at ``level`` and the coupled groups' channels they remove."""
     counts = allocation.counts(level)
-    return counts, planner.plan(ranked, counts, ranking=config.ranking, policy=allocation.group_policy,
-                                tolerance=allocation.tolerance(level), seed=config.seed)
+    return counts, planner.plan(
+        ranked,
+        counts,
+        ranking=config.ranking,
+        policy=allocation.group_policy,
+        tolerance=allocation.tolerance(level),
+        seed=config.seed,
+    )
 
 
-def search_level(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig,
-                 before: Tuple[int, int]) -> float:
+def search_level(
+    planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig, before: Tuple[int, int]
+) -> float:
     """Smallest level whose pruned model keeps at most the target fraction of MACs (params):
     binary search over the allocation's ascending candidate levels, each tried and undone.
     A level whose pruned model fails (after the groups that fail alone are left whole) counts
@@ -273,8 +313,9 @@ def search_level(planner: DependencyPlanner, allocation: Allocation, ranked: Ran
             return level
 
 
-def _search(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig,
-            before: Tuple[int, int]) -> float:
+def _search(
+    planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig, before: Tuple[int, int]
+) -> float:
     key, goal = next(iter(config.target.items()))
     candidates = allocation.levels()
     tried: Dict[int, Optional[float]] = {}
@@ -302,8 +343,11 @@ def _search(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking,
         top = lo
     best = kept(top)
     if best is None or best > goal + 1e-9:
-        how = ("at tolerance 1, where ToD removes up to 99% of each free layer" if allocation.level_name == "tolerance"
-               else "with every layer down to one unit")
+        how = (
+            "at tolerance 1, where ToD removes up to 99% of each free layer"
+            if allocation.level_name == "tolerance"
+            else "with every layer down to one unit"
+        )
         best = 1.0 if best is None else best
         whole = [f"{group.root}: {group.blocked}" for group in planner.groups if group.blocked and group.members]
         whole = f"; {len(whole)} coupled group(s) are left whole ({'; '.join(whole)[:300]})" if whole else ""
@@ -323,8 +367,16 @@ def _search(planner: DependencyPlanner, allocation: Allocation, ranked: Ranking,
     return candidates[hi]
 
 
-def repair(model: nn.Module, config: PruneConfig, kept, scores: FairScores, consumers, dataloader, unpack: Callable,
-           distributed: bool) -> Tuple[Dict[str, int], List[str], List[str]]:
+def repair(
+    model: nn.Module,
+    config: PruneConfig,
+    kept,
+    scores: FairScores,
+    consumers,
+    dataloader,
+    unpack: Callable,
+    distributed: bool,
+) -> Tuple[Dict[str, int], List[str], List[str]]:
     """After removal: mean-replacement compensation, then BatchNorm re-estimation (as configured).
     Returns ``(compensated, recalibrated layers, notes)``."""
     notes: List[str] = []
@@ -338,8 +390,9 @@ def repair(model: nn.Module, config: PruneConfig, kept, scores: FairScores, cons
     recalibrated: List[str] = []
     if config.recalibrate and dataloader is not None:
         _fresh_norm_buffers(model)  # re-estimation writes in place; the snapshot keeps the old tensors
-        recalibrated = recalibrate_bn(model, dataloader, max_batches=config.max_batches, unpack=unpack,
-                                      distributed=distributed)
+        recalibrated = recalibrate_bn(
+            model, dataloader, max_batches=config.max_batches, unpack=unpack, distributed=distributed
+        )
     return compensated, recalibrated, notes
 
 
@@ -365,5 +418,3 @@ def _fresh_norm_buffers(model: nn.Module) -> None:
         if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
             module.running_mean = module.running_mean.clone()
             module.running_var = module.running_var.clone()
-
-

@@ -80,33 +80,46 @@ class PruneReport:
         if self.options:
             lines.append(describe_pipeline(self.options))
         if self.compensated:
-            lines.append(f"mean replacement: the means of {sum(self.compensated.values())} removed inputs folded into "
-                         f"{len(self.compensated)} layer(s)' bias (or their BatchNorm's running mean)")
+            lines.append(
+                f"mean replacement: the means of {sum(self.compensated.values())} removed inputs folded into "
+                f"{len(self.compensated)} layer(s)' bias (or their BatchNorm's running mean)"
+            )
         if self.recalibrated:
             lines.append(f"BatchNorm statistics re-estimated: {len(self.recalibrated)} layer(s)")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
-_OBSERVED = {"output": "on the layer's output", "norm": "after the following norm layer",
-             "activation": "after the following activation"}
-_COUNTS = {"tod": "per-layer counts by the tolerance of difference (U against R)",
-           "global": "one threshold on layer-normalised scores across all layers",
-           "uniform": "the same fraction of every layer"}
+_OBSERVED = {
+    "output": "on the layer's output",
+    "norm": "after the following norm layer",
+    "activation": "after the following activation",
+}
+_COUNTS = {
+    "tod": "per-layer counts by the tolerance of difference (U against R)",
+    "global": "one threshold on layer-normalised scores across all layers",
+    "uniform": "the same fraction of every layer",
+}
 
 
 def describe_pipeline(options: dict) -> str:
     """The report's "pipeline" line in words, from :attr:`PruneReport.options` (a resolved config).
 
     Example:
-        >>> print(describe_pipeline({"preset": "paper", "criterion": "fair", "ranking": "utilization",
-        ...                          "observe": "output", "allocation": "tod", "group_policy": "min_count",
-        ...                          "recalibrate": False, "compensate": False}))
-        pipeline (paper preset): units ranked by U (class separation, on the layer's output); per-layer counts by the tolerance of difference (U against R); coupled layers take their smallest count; no repair
+        >>> line = describe_pipeline({"preset": "paper", "criterion": "fair", "ranking": "utilization",
+        ...                           "observe": "output", "allocation": "tod", "group_policy": "min_count",
+        ...                           "recalibrate": False, "compensate": False})
+        >>> print(line.replace("; ", ";\n"))
+        pipeline (paper preset): units ranked by U (class separation, on the layer's output);
+        per-layer counts by the tolerance of difference (U against R);
+        coupled layers take their smallest count;
+        no repair
     """
     get = options.get
     if get("criterion") == "screening":
-        ranked = f"units ranked by the screening score (F-statistic weight {get('screening_weight', 0.5):g}, filter norm)"
+        ranked = (
+            f"units ranked by the screening score (F-statistic weight {get('screening_weight', 0.5):g}, filter norm)"
+        )
     else:
         ranked = f"units ranked by U (class separation, {_OBSERVED.get(get('observe'), get('observe'))})"
     if get("ranking") == "l1":
@@ -119,10 +132,16 @@ def describe_pipeline(options: dict) -> str:
         ranked = f"units removed by {get('ranking')}"
     parts = [ranked, _COUNTS.get(get("allocation"), f"allocation {get('allocation')}")]
     if get("allocation") == "tod" or get("group_policy") == "joint":
-        parts.append("coupled layers take their smallest count" if get("group_policy") != "joint"
-                     else "coupled layers share one count on their combined scores")
-    repairs = [text for key, text in (("compensate", "mean replacement"), ("recalibrate", "BatchNorm re-estimation"))
-               if get(key)]
+        parts.append(
+            "coupled layers take their smallest count"
+            if get("group_policy") != "joint"
+            else "coupled layers share one count on their combined scores"
+        )
+    repairs = [
+        text
+        for key, text in (("compensate", "mean replacement"), ("recalibrate", "BatchNorm re-estimation"))
+        if get(key)
+    ]
     parts.append("then " + " and ".join(repairs) if repairs else "no repair")
     preset = f" ({get('preset')} preset)" if get("preset") else ""
     return f"pipeline{preset}: " + "; ".join(parts)
@@ -134,9 +153,3 @@ def si_count(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"
     return f"{value:.0f}"
-
-
-
-
-
-

@@ -43,12 +43,15 @@ def check_prune_at(prune_at) -> PruneAt:
         if not valid or not all(later > earlier for earlier, later in zip(epochs, epochs[1:])):
             raise ValueError(
                 f"prune_at as a list must hold strictly increasing epoch numbers >= 0 (integers), got {prune_at!r}; "
-                "e.g. prune_at=[2, 4, 6] prunes at the end of epochs 2, 4 and 6")
+                "e.g. prune_at=[2, 4, 6] prunes at the end of epochs 2, 4 and 6"
+            )
         return epochs
     if prune_at in MOMENTS or _is_epoch(prune_at):
         return prune_at
-    raise ValueError(f"prune_at must be 'fit_end', 'validate', an epoch number >= 0 or a strictly increasing list "
-                     f"of them (e.g. [2, 4, 6]), got {prune_at!r}")
+    raise ValueError(
+        f"prune_at must be 'fit_end', 'validate', an epoch number >= 0 or a strictly increasing list "
+        f"of them (e.g. [2, 4, 6]), got {prune_at!r}"
+    )
 
 
 def step_of(prune_at: PruneAt, epoch: int) -> Optional[Tuple[int, int]]:
@@ -93,8 +96,9 @@ def relative_target(scheduled: float, current: float, original: float) -> Option
     return min(1.0, scheduled / kept)
 
 
-def step_options(config, prune_at: PruneAt, epoch: int, original: Optional[Dict[str, Any]],
-                 measure: Callable[[], Tuple[int, int]]) -> Tuple[Optional[Any], Dict[str, Any]]:
+def step_options(
+    config, prune_at: PruneAt, epoch: int, original: Optional[Dict[str, Any]], measure: Callable[[], Tuple[int, int]]
+) -> Tuple[Optional[Any], Dict[str, Any]]:
     """The :class:`~lightning_fair.PruneConfig` of :func:`lightning_fair.prune` at ``epoch``, and the
     record of this step.
 
@@ -125,8 +129,10 @@ def step_options(config, prune_at: PruneAt, epoch: int, original: Optional[Dict[
     record["scheduled"] = scheduled_fraction(getattr(config, f"target_{key}"), *step)
     target = relative_target(record["scheduled"], current, base)
     if target is None:
-        record["skipped"] = (f"step {step[0]} of {step[1]} (epoch {epoch}) skipped: the model keeps "
-                             f"{current / base:.1%} of the original {key}, at or below this step's "
-                             f"{record['scheduled']:.1%}")
+        record["skipped"] = (
+            f"step {step[0]} of {step[1]} (epoch {epoch}) skipped: the model keeps "
+            f"{current / base:.1%} of the original {key}, at or below this step's "
+            f"{record['scheduled']:.1%}"
+        )
         return None, record
     return dataclasses.replace(config, **{f"target_{key}": target}), record

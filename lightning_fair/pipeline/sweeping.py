@@ -55,20 +55,35 @@ class SweepResult:
     original: dict = field(default_factory=dict)
     evaluated_on: str = "calibration data"
 
-    COLUMNS = ("target", "status", "macs_ratio", "params_ratio", "accuracy", "loss", "calibration_accuracy",
-               "calibration_loss", "level", "level_name", "note")
+    COLUMNS = (
+        "target",
+        "status",
+        "macs_ratio",
+        "params_ratio",
+        "accuracy",
+        "loss",
+        "calibration_accuracy",
+        "calibration_loss",
+        "level",
+        "level_name",
+        "note",
+    )
 
     def __str__(self) -> str:
-        lines = [f"lightning_fair sweep over target_{self.budget} (accuracy and loss on the {self.evaluated_on}; "
-                 f"unpruned: accuracy {self.original.get('accuracy', float('nan')):.2%}, "
-                 f"loss {self.original.get('loss', float('nan')):.4f})",
-                 f"{'target':>7} {'kept MACs':>9} {'params':>7} {'accuracy':>9} {'loss':>8} {'calib. loss':>11}"]
+        lines = [
+            f"lightning_fair sweep over target_{self.budget} (accuracy and loss on the {self.evaluated_on}; "
+            f"unpruned: accuracy {self.original.get('accuracy', float('nan')):.2%}, "
+            f"loss {self.original.get('loss', float('nan')):.4f})",
+            f"{'target':>7} {'kept MACs':>9} {'params':>7} {'accuracy':>9} {'loss':>8} {'calib. loss':>11}",
+        ]
         for row in self.rows:
             if row.status != "ok":
                 lines.append(f"{row.target:>7.3g}  unreachable: {row.note}")
                 continue
-            lines.append(f"{row.target:>7.3g} {row.macs_ratio:>9.1%} {row.params_ratio:>7.1%} {row.accuracy:>9.2%} "
-                         f"{row.loss:>8.4f} {row.calibration_loss:>11.4f}")
+            lines.append(
+                f"{row.target:>7.3g} {row.macs_ratio:>9.1%} {row.params_ratio:>7.1%} {row.accuracy:>9.2%} "
+                f"{row.loss:>8.4f} {row.calibration_loss:>11.4f}"
+            )
         return "\n".join(lines)
 
     def to_csv(self, path) -> None:
@@ -83,12 +98,14 @@ class SweepResult:
         """Accuracy against kept MACs (needs matplotlib); saved to ``path`` if given; returns the axes."""
         try:
             import matplotlib
+
             if ax is None and path is not None:
                 matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError as error:  # pragma: no cover - matplotlib is optional
-            raise ImportError("SweepResult.plot needs matplotlib: pip install matplotlib "
-                              "(to_csv and print work without it)") from error
+            raise ImportError(
+                "SweepResult.plot needs matplotlib: pip install matplotlib (to_csv and print work without it)"
+            ) from error
         ok = [row for row in self.rows if row.status == "ok"]
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.5))
@@ -156,32 +173,62 @@ def sweep(
             raise ValueError(f"every target is the fraction of {budget} to keep, in (0, 1], got {target!r}")
     config = configure(config, **options)
     budgets = {"target_macs": None, "target_params": None, "ratio": None}
-    per_target = [dataclasses.replace(config, **{**budgets, f"target_{budget}": float(t)})
-                  for t in targets]  # every target checked before the data pass
+    per_target = [
+        dataclasses.replace(config, **{**budgets, f"target_{budget}": float(t)}) for t in targets
+    ]  # every target checked before the data pass
     if scores is None:
-        scores = compute_scores(model, calibration_loader, config, loss_fn=loss_fn, unpack=unpack, logits=logits,
-                                verbose=verbose)
+        scores = compute_scores(
+            model, calibration_loader, config, loss_fn=loss_fn, unpack=unpack, logits=logits, verbose=verbose
+        )
     measured_on = eval_loader if eval_loader is not None else calibration_loader
     original = evaluate(model, measured_on, loss_fn=loss_fn, unpack=unpack, logits=logits)
     rows = []
     for target, target_config in zip(targets, per_target):
         try:
-            result = prune(model, calibration_loader, target_config, scores=scores, loss_fn=loss_fn, unpack=unpack,
-                           logits=logits, inplace=False)
+            result = prune(
+                model,
+                calibration_loader,
+                target_config,
+                scores=scores,
+                loss_fn=loss_fn,
+                unpack=unpack,
+                logits=logits,
+                inplace=False,
+            )
         except ValueError as error:  # a target these scores cannot reach: say so, go on
             if "cannot be reached" not in str(error):
                 raise
             rows.append(SweepRow(float(target), status="unreachable", note=str(error)))
             continue
         held_out = evaluate(result.model, measured_on, loss_fn=loss_fn, unpack=unpack, logits=logits)
-        calibration = (held_out if eval_loader is None else
-                       evaluate(result.model, calibration_loader, loss_fn=loss_fn, unpack=unpack, logits=logits))
-        rows.append(SweepRow(float(target), macs_ratio=result.report.macs_ratio, params_ratio=result.report.params_ratio,
-                             accuracy=held_out["accuracy"], loss=held_out["loss"],
-                             calibration_accuracy=calibration["accuracy"], calibration_loss=calibration["loss"],
-                             level=result.level, level_name=result.level_name))
+        calibration = (
+            held_out
+            if eval_loader is None
+            else evaluate(result.model, calibration_loader, loss_fn=loss_fn, unpack=unpack, logits=logits)
+        )
+        rows.append(
+            SweepRow(
+                float(target),
+                macs_ratio=result.report.macs_ratio,
+                params_ratio=result.report.params_ratio,
+                accuracy=held_out["accuracy"],
+                loss=held_out["loss"],
+                calibration_accuracy=calibration["accuracy"],
+                calibration_loss=calibration["loss"],
+                level=result.level,
+                level_name=result.level_name,
+            )
+        )
         if verbose:
-            print(f"target_{budget}={target}: kept MACs {result.report.macs_ratio:.1%}, "
-                  f"accuracy {held_out['accuracy']:.2%}", flush=True)
-    return SweepResult(budget=budget, rows=rows, scores=scores, original=original,
-                       evaluated_on="evaluation data" if eval_loader is not None else "calibration data")
+            print(
+                f"target_{budget}={target}: kept MACs {result.report.macs_ratio:.1%}, "
+                f"accuracy {held_out['accuracy']:.2%}",
+                flush=True,
+            )
+    return SweepResult(
+        budget=budget,
+        rows=rows,
+        scores=scores,
+        original=original,
+        evaluated_on="evaluation data" if eval_loader is not None else "calibration data",
+    )

@@ -31,8 +31,19 @@ from torch_pruning.dependency.group import Group
 from ..runtime.batches import traceable_output
 from ..runtime.guards import preserved_modes
 
-__all__ = ["GraphState", "GroupSearchTooLarge", "bounded_group", "build_graph", "forward_problem", "forward_shapes",
-           "frozen_index_mapping", "leaving_one", "output_shapes", "side_size", "unmapped_reshapes"]
+__all__ = [
+    "GraphState",
+    "GroupSearchTooLarge",
+    "bounded_group",
+    "build_graph",
+    "forward_problem",
+    "forward_shapes",
+    "frozen_index_mapping",
+    "leaving_one",
+    "output_shapes",
+    "side_size",
+    "unmapped_reshapes",
+]
 
 #: most group items (and most indices over all items) one group search may produce (measured: at
 #: most 66 items and 68k indices in ResNet-50 at 224; a runaway search grows without bound)
@@ -113,7 +124,8 @@ def _bounded_search() -> Iterator[None]:
         if added[0] > MAX_GROUP_ITEMS or added[1] > MAX_GROUP_INDICES:
             raise GroupSearchTooLarge(
                 f"torch-pruning's coupled-group search did not end ({added[0]} items, {added[1]} indices): its index "
-                "mappings keep producing new indices (reshapes, strided slices or windows it does not follow)")
+                "mappings keep producing new indices (reshapes, strided slices or windows it does not follow)"
+            )
         original(self, dep, idxs)
 
     Group.add_dep = add_dep
@@ -146,8 +158,9 @@ def bounded_group(graph: tp.DependencyGraph, module: nn.Module, idxs=None) -> Gr
     """``graph.get_pruning_group`` of ``module``'s output channels ``idxs`` (default: all), or
     GroupSearchTooLarge (also for a module missing from the graph)."""
     if module not in graph.module2node:
-        raise GroupSearchTooLarge("not in torch-pruning's graph (its forward never runs: its weights are used by "
-                                  "a functional call?)")
+        raise GroupSearchTooLarge(
+            "not in torch-pruning's graph (its forward never runs: its weights are used by a functional call?)"
+        )
     idxs = range(graph.get_out_channels(module)) if idxs is None else idxs
     function = graph.get_pruner_of_module(module).prune_out_channels
     with _bounded_search():
@@ -156,9 +169,10 @@ def bounded_group(graph: tp.DependencyGraph, module: nn.Module, idxs=None) -> Gr
         except (IndexError, ArithmeticError) as error:
             if not _raised_in_file(error, "torch_pruning/dependency/index_mapping"):
                 raise
-            raise GroupSearchTooLarge(f"torch-pruning's index mapping fails on its channels ({type(error).__name__}: "
-                                      f"{error}; a split or reshape it does not follow, e.g. after a channel shuffle)"
-                                      ) from error
+            raise GroupSearchTooLarge(
+                f"torch-pruning's index mapping fails on its channels ({type(error).__name__}: "
+                f"{error}; a split or reshape it does not follow, e.g. after a channel shuffle)"
+            ) from error
 
 
 class GraphState:

@@ -51,8 +51,16 @@ def head_order(units: Units, removal: torch.Tensor, ranking: str, seed: int = 0)
 class TransformerPlanner(DependencyPlanner):
     """Coupled channel groups plus whole attention heads (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
-                 heads: Dict[str, Units], prune_embedding: bool = False, graph=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs,
+        scored: List[str],
+        protected: set,
+        heads: Dict[str, Units],
+        prune_embedding: bool = False,
+        graph=None,
+    ):
         self.heads = {name: units for name, units in heads.items() if name in scored}
         self.prune_embedding = prune_embedding
         self.head_rows: list = []
@@ -63,11 +71,18 @@ class TransformerPlanner(DependencyPlanner):
     def _block_groups(self) -> None:
         """The embedding dimension's groups blocked and attention kept whole listed, before any probe."""
         attention = find_units(self.model).values()
-        self._keep_embedding([units for units in attention if units.fixed_embedding] if self.prune_embedding
-                             else attention, EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if self.prune_embedding else ""))
+        self._keep_embedding(
+            [units for units in attention if units.fixed_embedding] if self.prune_embedding else attention,
+            EMBEDDING_NOTE + (" (nn.MultiheadAttention)" if self.prune_embedding else ""),
+        )
         # attention whose heads are not units: listed with the reason (the report's notes)
-        self.groups += [CoupledGroup(root=units.name, num_channels=units.num_units,
-                                     blocked=f"{units.unit_noun} kept ({units.blocked})") for units in attention if units.blocked]
+        self.groups += [
+            CoupledGroup(
+                root=units.name, num_channels=units.num_units, blocked=f"{units.unit_noun} kept ({units.blocked})"
+            )
+            for units in attention
+            if units.blocked
+        ]
 
     def _keep_embedding(self, attention, note: str) -> None:
         """Block every group that reaches an attention module's channels other than through its heads:
@@ -81,8 +96,16 @@ class TransformerPlanner(DependencyPlanner):
             if any(id(item.dep.target.module) in touching for item in items):
                 group.blocked = note
 
-    def plan(self, scores, counts: Dict[str, int], *, ranking: str = "utilization", policy: str = "min_count",
-             tolerance: Optional[float] = None, seed: int = 0) -> Dict[str, torch.Tensor]:
+    def plan(
+        self,
+        scores,
+        counts: Dict[str, int],
+        *,
+        ranking: str = "utilization",
+        policy: str = "min_count",
+        tolerance: Optional[float] = None,
+        seed: int = 0,
+    ) -> Dict[str, torch.Tensor]:
         """Root channels per coupled group, and ``{attention: head indices}`` per attention module."""
         plan = super().plan(scores, counts, ranking=ranking, policy=policy, tolerance=tolerance, seed=seed)
         ranked = as_ranking(scores)
@@ -101,8 +124,9 @@ class TransformerPlanner(DependencyPlanner):
                 kept.update(self.heads[name].remove(idxs.tolist()))
                 if record_history:
                     self.head_rows.append(row)
-        for name, sides in super().apply({n: i for n, i in plan.items() if n not in self.heads},
-                                         record_history).items():
+        for name, sides in (
+            super().apply({n: i for n, i in plan.items() if n not in self.heads}, record_history).items()
+        ):
             kept.setdefault(name, {}).update(sides)  # a module may lose heads on one side, channels on the other
         return kept
 
@@ -110,12 +134,14 @@ class TransformerPlanner(DependencyPlanner):
         return [list(row) for row in self.head_rows] + super().history()
 
 
-def planner_for(model: nn.Module, example_inputs, scored: List[str], protected: set,
-                prune_embedding: bool = False, graph=None) -> DependencyPlanner:
+def planner_for(
+    model: nn.Module, example_inputs, scored: List[str], protected: set, prune_embedding: bool = False, graph=None
+) -> DependencyPlanner:
     """A :class:`TransformerPlanner` if the model has unit-family modules (attention), else a
     :class:`~lightning_fair.removal.planner.DependencyPlanner`. ``prune_embedding``: the groups of the
     embedding dimension are pruned like any other (except around ``nn.MultiheadAttention``);
-    ``graph``: torch-pruning's graph of ``model`` if already built (:func:`lightning_fair.removal.graph.build_graph`)."""
+    ``graph``: torch-pruning's graph of ``model`` if already built
+    (:func:`lightning_fair.removal.graph.build_graph`)."""
     found = find_units(model)
     if not found:
         return DependencyPlanner(model, example_inputs, scored, protected, graph=graph)

@@ -56,12 +56,14 @@ def record_pruning(model: nn.Module, history: list, example_inputs: torch.Tensor
     model.__dict__[_ATTRIBUTE] = state
 
 
-_FIX = ("the pruning state was edited by hand, damaged, or written for another architecture; load the file "
-        "as lightning_fair wrote it, into a module built with the architecture and arguments it was pruned from "
-        "(or prune the model again)")
+_FIX = (
+    "the pruning state was edited by hand, damaged, or written for another architecture; load the file "
+    "as lightning_fair wrote it, into a module built with the architecture and arguments it was pruned from "
+    "(or prune the model again)"
+)
 _KEYS = ("format", "history", "example_input")
 #: the example input is allocated to trace the model: refuse an edited shape that would exhaust memory
-_MAX_EXAMPLE_ELEMENTS = 2 ** 28
+_MAX_EXAMPLE_ELEMENTS = 2**28
 
 
 def describe(value, limit: int = 80) -> str:
@@ -98,18 +100,23 @@ def _row_problem(row) -> Optional[str]:
 def _check_state(state) -> dict:
     """Check the structure of a pruning state (plain data, nothing touched); ValueError if malformed."""
     if not isinstance(state, dict):
-        raise ValueError(f"not a lightning_fair pruning state: expected a dict with format {_FORMAT!r}, "
-                         f"got {type(state).__name__}; {_FIX}")
+        raise ValueError(
+            f"not a lightning_fair pruning state: expected a dict with format {_FORMAT!r}, "
+            f"got {type(state).__name__}; {_FIX}"
+        )
     if state.get("format") != _FORMAT:
-        raise ValueError(f"not a lightning_fair pruning state (expected format {_FORMAT!r}, got "
-                         f"{describe(state.get('format'), 40)}); {_FIX}")
+        raise ValueError(
+            f"not a lightning_fair pruning state (expected format {_FORMAT!r}, got "
+            f"{describe(state.get('format'), 40)}); {_FIX}"
+        )
     missing = [key for key in _KEYS if key not in state]
     if missing:
         raise ValueError(f"the pruning state lacks the key(s) {missing}; {_FIX}")
     history = state["history"]
     if not isinstance(history, (list, tuple)):
-        raise ValueError(f"the pruning history must be a list of [layer, is_out, indices] rows, got "
-                         f"{type(history).__name__}; {_FIX}")
+        raise ValueError(
+            f"the pruning history must be a list of [layer, is_out, indices] rows, got {type(history).__name__}; {_FIX}"
+        )
     for number, row in enumerate(history):
         problem = _row_problem(row)
         if problem:
@@ -118,14 +125,20 @@ def _check_state(state) -> dict:
     shape = spec.get("shape") if isinstance(spec, dict) else None
     dtype = spec.get("dtype") if isinstance(spec, dict) else None
     if not isinstance(shape, (list, tuple)) or not all(is_int(d) and d >= 1 for d in shape):
-        raise ValueError(f"the pruning state's example_input shape must be a list of positive integers "
-                         f"(the input's shape without the batch dimension), got {describe(shape, 60)}; {_FIX}")
+        raise ValueError(
+            f"the pruning state's example_input shape must be a list of positive integers "
+            f"(the input's shape without the batch dimension), got {describe(shape, 60)}; {_FIX}"
+        )
     if math.prod(shape) > _MAX_EXAMPLE_ELEMENTS:
-        raise ValueError(f"the pruning state's example_input shape {list(shape)} is implausibly large (replaying "
-                         f"would allocate {math.prod(shape):,} elements); {_FIX}")
+        raise ValueError(
+            f"the pruning state's example_input shape {list(shape)} is implausibly large (replaying "
+            f"would allocate {math.prod(shape):,} elements); {_FIX}"
+        )
     if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise ValueError(f"the pruning state's example_input dtype must name a torch dtype (e.g. 'float32'), "
-                         f"got {describe(dtype, 40)}; {_FIX}")
+        raise ValueError(
+            f"the pruning state's example_input dtype must name a torch dtype (e.g. 'float32'), "
+            f"got {describe(dtype, 40)}; {_FIX}"
+        )
     return state
 
 
@@ -148,21 +161,29 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
     history = _rows(state["history"])
     mine = _rows((pruning_state(model) or {"history": []})["history"])
     if history[: len(mine)] != mine:
-        raise ValueError(f"this model already carries a pruning history ({len(mine)} rows) that is not the "
-                         f"beginning of the one to replay ({len(history)} rows): it was pruned differently; "
-                         "replay the history on a freshly built model")
-    rows = history[len(mine):]
+        raise ValueError(
+            f"this model already carries a pruning history ({len(mine)} rows) that is not the "
+            f"beginning of the one to replay ({len(history)} rows): it was pruned differently; "
+            "replay the history on a freshly built model"
+        )
+    rows = history[len(mine) :]
     if not rows:
         return
     modules = dict(model.named_modules())
     for number, (name, _, _) in enumerate(rows, start=len(mine)):
         if _row_module(name) not in modules:
             unknown = sorted({row[0] for row in rows if _row_module(row[0]) not in modules})
-            raise ValueError(f"pruning history row {number} names the layer {name!r}, which this model does not "
-                             f"have (unknown layers: {unknown[:5]}); {_FIX}")
+            raise ValueError(
+                f"pruning history row {number} names the layer {name!r}, which this model does not "
+                f"have (unknown layers: {unknown[:5]}); {_FIX}"
+            )
     spec = state["example_input"]
-    example = torch.zeros(1, *spec["shape"], dtype=getattr(torch, spec["dtype"]),
-                          device=next((p.device for p in model.parameters()), torch.device("cpu")))
+    example = torch.zeros(
+        1,
+        *spec["shape"],
+        dtype=getattr(torch, spec["dtype"]),
+        device=next((p.device for p in model.parameters()), torch.device("cpu")),
+    )
     try:
         with rollback(model) as snapshot:  # on any failure: the model as it was
             for param in model.parameters():
@@ -179,8 +200,9 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
                     except Exception as error:
                         raise ValueError(f"pruning history row {number} ({name!r}): {error}") from error
     except Exception as error:
-        raise ValueError(f"the pruning history does not fit this model, which was left as it was: {error}; "
-                         f"{_FIX}") from error
+        raise ValueError(
+            f"the pruning history does not fit this model, which was left as it was: {error}; {_FIX}"
+        ) from error
     snapshot.restore_flags(model)
     model.__dict__[_ATTRIBUTE] = {**copy.deepcopy(state), "history": history}
 
@@ -198,8 +220,9 @@ def _replay_row(graph, module: nn.Module, name: str, is_out: bool, idxs: list) -
     if size is None:
         raise ValueError(f"torch-pruning does not see {side} channels of {name!r} ({type(module).__name__})")
     if max(idxs) >= size:
-        raise ValueError(f"removes {side} channel {max(idxs)} but the layer has {size} {side} channels "
-                         "(index out of range)")
+        raise ValueError(
+            f"removes {side} channel {max(idxs)} but the layer has {size} {side} channels (index out of range)"
+        )
     if len(idxs) >= size:
         raise ValueError(f"removes {len(idxs)} {side} channels but the layer has only {size}")
     pruner = graph.get_pruner_of_module(module)
@@ -225,17 +248,21 @@ def check_fits(model: nn.Module, state_dict: Mapping, keys: bool = True) -> None
     unexpected = sorted(set(state_dict) - set(expected)) if keys else []
     if not (missing or unexpected or mismatched):
         return
-    problems = [f"{k!r} is {list(saved)} in the checkpoint but {list(mine)} in the model"
-                for k, saved, mine in mismatched[:3]]
+    problems = [
+        f"{k!r} is {list(saved)} in the checkpoint but {list(mine)} in the model" for k, saved, mine in mismatched[:3]
+    ]
     if len(mismatched) > 3:
         problems.append(f"{len(mismatched) - 3} more tensors differ in shape")
     if missing:
         problems.append(f"missing from the checkpoint: {missing[:5]}")
     if unexpected:
         problems.append(f"not in the model: {unexpected[:5]}")
-    raise ValueError("the saved weights do not fit the model its pruning history gives (" + "; ".join(problems)
-                     + "): the weights or the history were edited, or come from different checkpoints; the model "
-                     "was left as it was; load an unedited file written by lightning_fair")
+    raise ValueError(
+        "the saved weights do not fit the model its pruning history gives ("
+        + "; ".join(problems)
+        + "): the weights or the history were edited, or come from different checkpoints; the model "
+        "was left as it was; load an unedited file written by lightning_fair"
+    )
 
 
 def save_pruned(model: nn.Module, path) -> None:
@@ -259,8 +286,10 @@ def load_pruned(model: nn.Module, path, map_location=None) -> nn.Module:
     """
     data = torch.load(path, weights_only=True, map_location=map_location)
     if not isinstance(data, dict) or CHECKPOINT_KEY not in data or not isinstance(data.get("state_dict"), Mapping):
-        raise ValueError(f"{path} is not a file written by lightning_fair.save_pruned (expected a dict with "
-                         f"{CHECKPOINT_KEY!r} and 'state_dict')")
+        raise ValueError(
+            f"{path} is not a file written by lightning_fair.save_pruned (expected a dict with "
+            f"{CHECKPOINT_KEY!r} and 'state_dict')"
+        )
     with rollback(model):
         replay_pruning(model, data[CHECKPOINT_KEY])  # atomic on its own
         check_fits(model, data["state_dict"])  # before load_state_dict writes into any tensor

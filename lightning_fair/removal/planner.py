@@ -105,8 +105,14 @@ class DependencyPlanner:
     notes): indices in another index space, a reshape it cannot map, a search that does not end,
     or removing a channel breaks the forward (docs/method.md, "Coupled channels")."""
 
-    def __init__(self, model: nn.Module, example_inputs, scored: List[str], protected: set,
-                 graph: Optional[tp.DependencyGraph] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs,
+        scored: List[str],
+        protected: set,
+        graph: Optional[tp.DependencyGraph] = None,
+    ):
         self.model = model
         self.example_inputs = example_inputs
         self.modules = dict(model.named_modules())
@@ -122,8 +128,9 @@ class DependencyPlanner:
             self._block_groups()
             for group in self.groups:
                 if group.probe and not group.blocked and group.members:
-                    self._probe(group, [j * (group.num_channels // group.channel_groups)
-                                        for j in range(group.channel_groups)])
+                    self._probe(
+                        group, [j * (group.num_channels // group.channel_groups) for j in range(group.channel_groups)]
+                    )
 
     def _block_groups(self) -> None:
         """Block groups before the one-channel probes run (none here; a subclass's rules)."""
@@ -153,17 +160,24 @@ class DependencyPlanner:
                 target = item.dep.target.module
                 target_name = self.graph._module2name.get(target)
                 out_side = self.graph.is_out_channel_pruning_fn(item.dep.handler)
-                idxs, roots = torch.as_tensor(item.idxs, dtype=torch.long), torch.as_tensor(item.root_idxs, dtype=torch.long)
+                idxs, roots = (
+                    torch.as_tensor(item.idxs, dtype=torch.long),
+                    torch.as_tensor(item.root_idxs, dtype=torch.long),
+                )
                 group.probe = group.probe or item.dep.target.type in _PROBED
                 if item.dep.target in unmapped and not group.blocked:
-                    group.blocked = "passes through a reshape whose channel mapping torch-pruning cannot work out " \
-                                    "(a channel shuffle?)"
+                    group.blocked = (
+                        "passes through a reshape whose channel mapping torch-pruning cannot work out "
+                        "(a channel shuffle?)"
+                    )
                 size = side_size(self.graph, target, out_side, item.dep.handler)
                 if size and idxs.numel():
                     if (int(idxs.max()) >= size or int(roots.max()) >= n) and not group.blocked:
-                        group.blocked = (f"torch-pruning maps its {n} channels onto {target_name or target!r} in "
-                                         f"another index space (index {int(idxs.max())} of {size}: a transpose or "
-                                         "reshape it follows as if it kept the channels)")
+                        group.blocked = (
+                            f"torch-pruning maps its {n} channels onto {target_name or target!r} in "
+                            f"another index space (index {int(idxs.max())} of {size}: a transpose or "
+                            "reshape it follows as if it kept the channels)"
+                        )
                     group.limits.append((roots.clamp(max=n - 1), size))
                 if isinstance(target, nn.modules.conv._ConvNd) and target.groups > 1 and not is_depthwise(target):
                     group.channel_groups = max(group.channel_groups, target.groups)
@@ -196,8 +210,16 @@ class DependencyPlanner:
             group.blocked = f"removing its channels breaks the forward ({problem})"
 
     # ------------------------------------------------------------------ planning
-    def plan(self, scores, counts: Dict[str, int], *, ranking: str = "utilization", policy: str = "min_count",
-             tolerance: Optional[float] = None, seed: int = 0) -> Dict[str, torch.Tensor]:
+    def plan(
+        self,
+        scores,
+        counts: Dict[str, int],
+        *,
+        ranking: str = "utilization",
+        policy: str = "min_count",
+        tolerance: Optional[float] = None,
+        seed: int = 0,
+    ) -> Dict[str, torch.Tensor]:
         """Root channel indices to remove per group: ``{root layer: idxs}`` (empty groups omitted).
 
         ``scores``: a :class:`~lightning_fair.scoring.ranking.Ranking` (or ``FairScores``: FAIR's);
@@ -300,9 +322,11 @@ class DependencyPlanner:
             module = self.modules[root]
             group = self.graph.get_pruning_group(module, _out_pruning_fn(self.graph, module), idxs.tolist())
             if not self.graph.check_pruning_group(group):
-                self.refused[root] = (f"torch-pruning refused to remove {len(idxs)} of its channels (coupled with "
-                                      f"{len(group[0].idxs)} of them, they would leave a layer without channels); "
-                                      "left whole")
+                self.refused[root] = (
+                    f"torch-pruning refused to remove {len(idxs)} of its channels (coupled with "
+                    f"{len(group[0].idxs)} of them, they would leave a layer without channels); "
+                    "left whole"
+                )
                 continue
             for item in group:
                 target = item.dep.target.module
@@ -343,8 +367,10 @@ class DependencyPlanner:
         try:
             return kept, applied, measure(self.model, self.example_inputs)
         except Exception as error:
-            raise RuntimeError(f"the pruned model fails ({type(error).__name__}: {error}), although each coupled "
-                               "group removed alone runs") from failure
+            raise RuntimeError(
+                f"the pruned model fails ({type(error).__name__}: {error}), although each coupled "
+                "group removed alone runs"
+            ) from failure
 
     def _applied(self, plan: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         skipped = {group.root for group in self.groups if group.blocked} | set(self.refused)

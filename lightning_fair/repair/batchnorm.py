@@ -73,7 +73,7 @@ def _pool_across_ranks(norms: Dict[str, _NormBase], moments: Dict[str, "_Moments
             part = part.cpu()
             count, c = int(part[0]), template.numel()
             if count:
-                pooled.merge(count, part[1:1 + c].reshape(template.shape), part[1 + c:].reshape(template.shape))
+                pooled.merge(count, part[1 : 1 + c].reshape(template.shape), part[1 + c :].reshape(template.shape))
         moments[name] = pooled
 
 
@@ -112,8 +112,14 @@ def _batch_inputs(batch, unpack: Optional[Callable]) -> torch.Tensor:
 
 
 @on_uncompiled
-def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] = None,
-                   unpack: Optional[Callable] = None, distributed: bool = False) -> List[str]:
+def recalibrate_bn(
+    model: nn.Module,
+    dataloader,
+    *,
+    max_batches: Optional[int] = None,
+    unpack: Optional[Callable] = None,
+    distributed: bool = False,
+) -> List[str]:
     """Re-estimate, in place, the running mean/variance of every norm layer from calibration data.
 
     Every :class:`~torch.nn.modules.batchnorm._NormBase` module that tracks running statistics
@@ -163,14 +169,11 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
     if max_batches is not None and (
         isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
     ):
-        raise ValueError(
-            f"max_batches must be a positive int or None (use every batch), got {max_batches!r}"
-        )
+        raise ValueError(f"max_batches must be a positive int or None (use every batch), got {max_batches!r}")
     norms = _tracked_norms(model)
     if not norms:
         return []
-    lazy = [name for name, m in norms.items()
-            if isinstance(m.running_mean, nn.parameter.UninitializedBuffer)]
+    lazy = [name for name, m in norms.items() if isinstance(m.running_mean, nn.parameter.UninitializedBuffer)]
     if lazy:
         raise ValueError(
             f"norm layers {lazy} are lazy and not initialised yet; run one forward pass through "
@@ -195,12 +198,17 @@ def recalibrate_bn(model: nn.Module, dataloader, *, max_batches: Optional[int] =
             # InstanceNorm accepts unbatched (C, *) input; everything else has channels in dim 1.
             unbatched = hasattr(module, "_get_no_batch_dim") and x.dim() == module._get_no_batch_dim()
             moments[name].add(x, 0 if unbatched else 1)
+
         return hook
 
     with torch.inference_mode(False), torch.no_grad():
         saved = {
-            name: (m.momentum, m.running_mean.clone(), m.running_var.clone(),
-                   None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+            name: (
+                m.momentum,
+                m.running_mean.clone(),
+                m.running_var.clone(),
+                None if m.num_batches_tracked is None else m.num_batches_tracked.clone(),
+            )
             for name, m in norms.items()
         }
         norm_ids = {id(m) for m in norms.values()}

@@ -68,7 +68,9 @@ def capture_consumers(model: nn.Module, graph=None) -> Dict[str, Consumer]:
     return consumers
 
 
-def removed_input_shift(module: nn.Module, consumer: Consumer, mean: torch.Tensor, kept_in: torch.Tensor) -> torch.Tensor:
+def removed_input_shift(
+    module: nn.Module, consumer: Consumer, mean: torch.Tensor, kept_in: torch.Tensor
+) -> torch.Tensor:
     """``[out channels]`` (original numbering): expected contribution of the removed inputs."""
     weight = consumer.weight.detach().to(device="cpu", dtype=torch.float64)
     masked = mean.to(torch.float64).clone()
@@ -84,8 +86,12 @@ def removed_input_shift(module: nn.Module, consumer: Consumer, mean: torch.Tenso
     return out[0].flatten(1).mean(1)
 
 
-def fold_mean_replacement(model: nn.Module, kept: Dict[str, Dict[str, torch.Tensor]], input_means: Dict[str, torch.Tensor],
-                          consumers: Dict[str, Consumer]) -> Tuple[Dict[str, int], List[str]]:
+def fold_mean_replacement(
+    model: nn.Module,
+    kept: Dict[str, Dict[str, torch.Tensor]],
+    input_means: Dict[str, torch.Tensor],
+    consumers: Dict[str, Consumer],
+) -> Tuple[Dict[str, int], List[str]]:
     """Fold the removed inputs' means into each consumer's bias (or following BatchNorm).
 
     ``kept`` is what :meth:`DependencyPlanner.apply` returned. Parameters and buffers are
@@ -106,8 +112,10 @@ def fold_mean_replacement(model: nn.Module, kept: Dict[str, Dict[str, torch.Tens
             continue  # not a Conv/Linear, or its outputs went with its inputs
         mean = input_means.get(name)
         if mean is None or mean.shape[0] != consumer.weight.shape[1] * consumer.groups:
-            notes.append(f"{name}: no single mean input (it runs more than once per forward, or its input "
-                         "shape varies); removed inputs not compensated")
+            notes.append(
+                f"{name}: no single mean input (it runs more than once per forward, or its input "
+                "shape varies); removed inputs not compensated"
+            )
             continue
         removed = mean.shape[0] - len(sides["in"])
         if removed <= 0:

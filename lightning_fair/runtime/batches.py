@@ -55,9 +55,12 @@ def select_logits(output, logits: Optional[Callable] = None) -> torch.Tensor:
             output = output.logits
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        how = ("check what the logits= callable returns" if logits is not None else
-               "if the model returns more than logits (a tuple, a dict), pass logits=lambda out: out[0] (or the key) "
-               "to prune, compute_scores, sweep, evaluate or FairPruneCallback (--prune.logits=a.module.function)")
+        how = (
+            "check what the logits= callable returns"
+            if logits is not None
+            else "if the model returns more than logits (a tuple, a dict), pass logits=lambda out: out[0] (or the key) "
+            "to prune, compute_scores, sweep, evaluate or FairPruneCallback (--prune.logits=a.module.function)"
+        )
         raise ValueError(f"the model's output must be class logits of shape [batch, num_classes], got {got}; {how}")
     return output
 
@@ -67,8 +70,11 @@ def traceable_output(output):
     they are; any other object (a dataclass-like model output) as the list of its tensor attributes."""
     if output is None or isinstance(output, (torch.Tensor, list, tuple, Mapping)):
         return output
-    return [value for value in vars(output).values() if isinstance(value, torch.Tensor)] if hasattr(
-        output, "__dict__") else output
+    return (
+        [value for value in vars(output).values() if isinstance(value, torch.Tensor)]
+        if hasattr(output, "__dict__")
+        else output
+    )
 
 
 def first_inputs(dataloader, unpack=default_unpack):

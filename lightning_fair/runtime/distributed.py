@@ -62,9 +62,7 @@ def check_same_everywhere(values: List[int], what: str) -> None:
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
-        raise RuntimeError(f"lightning_fair: the processes disagree on {what} ({values} here); every rank must run "
-                           "the same model on batches of the same structure")
-
-
-
-
+        raise RuntimeError(
+            f"lightning_fair: the processes disagree on {what} ({values} here); every rank must run "
+            "the same model on batches of the same structure"
+        )

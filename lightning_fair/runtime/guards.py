@@ -53,8 +53,12 @@ def uncompiled(model: nn.Module) -> Iterator[nn.Module]:
     """
     while _is_compiled(model):
         model = model._orig_mod
-    swapped = [(parent, name, child) for parent in model.modules() for name, child in parent._modules.items()
-               if child is not None and _is_compiled(child)]
+    swapped = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent._modules.items()
+        if child is not None and _is_compiled(child)
+    ]
     for parent, name, child in swapped:
         plain = child
         while _is_compiled(plain):
@@ -69,6 +73,7 @@ def uncompiled(model: nn.Module) -> Iterator[nn.Module]:
 
 def on_uncompiled(function):
     """Run ``function(model, ...)`` on :func:`uncompiled` ``model``."""
+
     @functools.wraps(function)
     def wrapper(model, *args, **kwargs):
         with uncompiled(model) as plain:
@@ -107,8 +112,10 @@ def rollback(model: nn.Module) -> Iterator["ModelSnapshot"]:
             snapshot.restore_flags(model)
         except BaseException as failed:  # the original error stays the one raised, with this as a note
             if hasattr(error, "add_note"):
-                error.add_note(f"putting the model back failed too ({type(failed).__name__}: {failed}): "
-                               "the model may be left partly pruned")
+                error.add_note(
+                    f"putting the model back failed too ({type(failed).__name__}: {failed}): "
+                    "the model may be left partly pruned"
+                )
         raise
 
 
@@ -131,8 +138,9 @@ class ModelSnapshot:
         for m in modules:
             if isinstance(m, nn.Module) and id(m) not in seen:
                 seen.add(id(m))
-                self.state.append((m, _copy_lists(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules),
-                                   type(m)))
+                self.state.append(
+                    (m, _copy_lists(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules), type(m))
+                )
 
     def restore(self) -> None:
         """Undo every change made since the snapshot (can be called more than once)."""

@@ -28,7 +28,9 @@ def _dim_sides(module: nn.Module, param_name: str) -> List[str]:
     return ["out"]
 
 
-def slice_like(tensor: torch.Tensor, old: torch.Tensor, new: torch.Tensor, sides: List[str], kept: Dict[str, torch.Tensor]):
+def slice_like(
+    tensor: torch.Tensor, old: torch.Tensor, new: torch.Tensor, sides: List[str], kept: Dict[str, torch.Tensor]
+):
     """``tensor`` (shaped like ``old``) cut down to ``new``'s shape along the kept channels, or None."""
     if not isinstance(tensor, torch.Tensor) or tensor.shape != old.shape:
         return tensor if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0 else None
@@ -41,8 +43,12 @@ def slice_like(tensor: torch.Tensor, old: torch.Tensor, new: torch.Tensor, sides
     return result if result.shape == new.shape else None
 
 
-def repoint_optimizer(optimizer: torch.optim.Optimizer, old_params: Dict[str, nn.Parameter], model: nn.Module,
-                      kept: Dict[str, Dict[str, torch.Tensor]]) -> int:
+def repoint_optimizer(
+    optimizer: torch.optim.Optimizer,
+    old_params: Dict[str, nn.Parameter],
+    model: nn.Module,
+    kept: Dict[str, Dict[str, torch.Tensor]],
+) -> int:
     """Swap ``old_params`` (name -> parameter before pruning) for ``model``'s current ones.
 
     Returns the number of parameters whose state had to be dropped.
@@ -63,7 +69,9 @@ def repoint_optimizer(optimizer: torch.optim.Optimizer, old_params: Dict[str, nn
                 continue
             module_name, _, param_name = name.rpartition(".")
             sides = _dim_sides(modules[module_name], param_name)
-            carried = {key: slice_like(value, param, new, sides, kept.get(module_name, {})) for key, value in state.items()}
+            carried = {
+                key: slice_like(value, param, new, sides, kept.get(module_name, {})) for key, value in state.items()
+            }
             if any(v is None for v in carried.values()):
                 dropped += 1
                 continue
@@ -88,8 +96,10 @@ class OptimizerSnapshot:
 
     def __init__(self, optimizers):
         self.optimizers = list(optimizers)
-        self.groups = [(opt, list(opt.param_groups), [(g, dict(g), list(g["params"])) for g in opt.param_groups])
-                       for opt in self.optimizers]
+        self.groups = [
+            (opt, list(opt.param_groups), [(g, dict(g), list(g["params"])) for g in opt.param_groups])
+            for opt in self.optimizers
+        ]
         self.states = [(opt, {p: (s, dict(s)) for p, s in opt.state.items()}) for opt in self.optimizers]
 
     def restore(self) -> None:

@@ -31,8 +31,6 @@ import torch
 __all__ = ["quantile_grid", "pairwise_w1", "max_pairwise_w1", "wasserstein_1d"]
 
 
-
-
 def quantile_grid(counts: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Common refinement of the quantile steps of empirical distributions with ``counts`` samples.
 
@@ -123,8 +121,13 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
         if equal:  # the sorted samples are the quantile functions: one sort for every class
             grid = _sort_last(torch.stack([v[start:stop] for v in views], dim=2)).to(dtype)
         else:
-            grid = torch.stack([_sort_last(v[start:stop].contiguous()).to(dtype).index_select(-1, idx)
-                                for v, idx in zip(views, indices)], dim=2)
+            grid = torch.stack(
+                [
+                    _sort_last(v[start:stop].contiguous()).to(dtype).index_select(-1, idx)
+                    for v, idx in zip(views, indices)
+                ],
+                dim=2,
+            )
         distances = pairwise_w1(grid, widths)  # [c, D, K, K]
         result[start:stop] = distances.mean(dim=1).amax(dim=(-2, -1))
     return result

@@ -77,7 +77,8 @@ class FairScores:
 
     def screening(self, weight: float = 0.5) -> Dict[str, torch.Tensor]:
         """``{layer: screening score [C]}``, ``weight * F / mean F + (1 - weight) * m / mean m`` per
-        layer (scores computed with ``criterion="screening"``; see :func:`lightning_fair.scoring.screening.screening_scores`)."""
+        layer (scores computed with ``criterion="screening"``; see
+        :func:`lightning_fair.scoring.screening.screening_scores`)."""
         return screening_scores(self, weight)
 
     def __repr__(self) -> str:
@@ -203,10 +204,19 @@ def compute_scores(
     samples_per_class, max_batches, memory_budget = config.samples_per_class, config.max_batches, config.memory_budget
     budget = resolve_budget(memory_budget, next((p.device for p in model.parameters()), None))
     ignored = resolve_ignored(model, config.ignored_layers)
-    options = dict(samples_per_class=samples_per_class, num_projections=config.num_projections,
-                   max_classes=config.max_classes, observe=config.observe,
-                   seed=config.seed, loss_fn=loss_fn, unpack=unpack, logits=logits, ignored=ignored,
-                   distributed=distributed, prune_embedding=config.prune_embedding)
+    options = dict(
+        samples_per_class=samples_per_class,
+        num_projections=config.num_projections,
+        max_classes=config.max_classes,
+        observe=config.observe,
+        seed=config.seed,
+        loss_fn=loss_fn,
+        unpack=unpack,
+        logits=logits,
+        ignored=ignored,
+        distributed=distributed,
+        prune_embedding=config.prune_embedding,
+    )
     collector = StatisticsCollector(model, memory_budget=budget, screening=config.criterion == "screening", **options)
     collector.on_plan = lambda estimate: _announce(estimate, budget, collector.device.type, verbose)
     collector.run(dataloader, max_batches=max_batches)
@@ -225,14 +235,18 @@ def compute_scores(
             target = scores.utilization[name] if consumer is None else scores.input_utilization[consumer]
             target[start:stop] = _utilization(later, name)
         del later
-    short = {k: int(collector.class_counts[k]) for k in collector.chosen_classes.tolist()
-             if 0 < collector.class_counts[k] < samples_per_class}
+    short = {
+        k: int(collector.class_counts[k])
+        for k in collector.chosen_classes.tolist()
+        if 0 < collector.class_counts[k] < samples_per_class
+    }
     if short:
         warnings.warn(
             f"{len(short)} class(es) have fewer calibration samples than samples_per_class={samples_per_class} "
             f"(class: samples {dict(list(short.items())[:8])}); their utilization distances use what there is. "
             "Pass more calibration data or a smaller samples_per_class to silence this.",
-            stacklevel=3)  # past the on_uncompiled wrapper: the caller's line
+            stacklevel=3,
+        )  # past the on_uncompiled wrapper: the caller's line
     scores.config["passes"] = len(collector.chunks)
     scores.config["memory_estimate"] = int(collector.estimate.total_bytes)
     return scores
@@ -255,8 +269,11 @@ def _present_classes(collector: StatisticsCollector) -> List[int]:
     present = (counts > 0).nonzero().flatten().tolist()
     if len(present) < 2:
         compared = collector.chosen_classes.numel()
-        among = f" among the {compared} classes U compares (max_classes={collector.max_classes})" \
-            if compared < counts.numel() else ""
+        among = (
+            f" among the {compared} classes U compares (max_classes={collector.max_classes})"
+            if compared < counts.numel()
+            else ""
+        )
         raise ValueError(
             f"the calibration data holds {len(present)} class(es){among}; the utilization score compares "
             "classes, so it needs labelled samples of at least two"

@@ -48,8 +48,13 @@ class Ranking:
     @classmethod
     def of(cls, scores) -> "Ranking":
         """FAIR's ranking of :class:`~lightning_fair.FairScores`: U removes, R protects."""
-        return cls(removal=dict(scores.utilization), protection=dict(scores.reconstruction),
-                   consumers=dict(scores.input_utilization), taylor_sum=dict(scores.taylor_sum), criterion="fair")
+        return cls(
+            removal=dict(scores.utilization),
+            protection=dict(scores.reconstruction),
+            consumers=dict(scores.input_utilization),
+            taylor_sum=dict(scores.taylor_sum),
+            criterion="fair",
+        )
 
 
 def as_ranking(scores) -> Ranking:

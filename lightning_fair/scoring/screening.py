@@ -31,14 +31,17 @@ from torch import nn
 from ..config import check_screening_weight
 from .ranking import Ranking, layer_normalised
 
-__all__ = ["check_screening_weight", "f_statistic", "filter_norms", "screening_scores", "screening_ranking", "connection_scores"]
+__all__ = [
+    "check_screening_weight",
+    "f_statistic",
+    "filter_norms",
+    "screening_scores",
+    "screening_ranking",
+    "connection_scores",
+]
 
 
 _RELATIVE_ZERO = 1e-12  # sums of squares below this fraction of Σx² are rounding noise
-
-
-
-
 
 
 def f_statistic(counts: torch.Tensor, sums: torch.Tensor, sumsq: torch.Tensor) -> torch.Tensor:
@@ -54,7 +57,8 @@ def f_statistic(counts: torch.Tensor, sums: torch.Tensor, sumsq: torch.Tensor) -
     Example:
         >>> counts = torch.tensor([2., 2.])
         >>> x = torch.tensor([[1., 5.], [2., 5.], [3., 5.], [5., 5.]])   # 2 features; class 0 = rows 0-1
-        >>> sums = torch.stack([x[:2].sum(0), x[2:].sum(0)]); sumsq = torch.stack([(x[:2]**2).sum(0), (x[2:]**2).sum(0)])
+        >>> sums = torch.stack([x[:2].sum(0), x[2:].sum(0)])
+        >>> sumsq = torch.stack([(x[:2]**2).sum(0), (x[2:]**2).sum(0)])
         >>> f_statistic(counts, sums, sumsq).tolist()   # sklearn's f_classif: [5.0, nan]; constant -> 0
         [5.0, 0.0]
     """
@@ -80,8 +84,6 @@ def f_statistic(counts: torch.Tensor, sums: torch.Tensor, sumsq: torch.Tensor) -
     finite = f[~perfect & torch.isfinite(f)]
     f = torch.where(perfect, finite.max() if finite.numel() and finite.max() > 0 else torch.ones_like(f), f)
     return torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
-
-
 
 
 def _unit_rows(module: nn.Module) -> torch.Tensor:
@@ -124,10 +126,14 @@ def screening_scores(scores, weight: float = 0.5, layers: Optional[Iterable[str]
     names = list(layers) if layers is not None else list(scores.layers)
     missing = [n for n in names if n not in scores.f_statistic or n not in scores.filter_norm]
     if missing:
-        raise ValueError(f"these scores carry no screening statistics for {missing[:3]}; compute them with "
-                         "compute_scores(..., criterion='screening') (prune(criterion='screening') does)")
-    return {n: weight * _mean_normalised(scores.f_statistic[n]) + (1 - weight) * _mean_normalised(scores.filter_norm[n])
-            for n in names}
+        raise ValueError(
+            f"these scores carry no screening statistics for {missing[:3]}; compute them with "
+            "compute_scores(..., criterion='screening') (prune(criterion='screening') does)"
+        )
+    return {
+        n: weight * _mean_normalised(scores.f_statistic[n]) + (1 - weight) * _mean_normalised(scores.filter_norm[n])
+        for n in names
+    }
 
 
 def screening_ranking(scores, weight: float = 0.5) -> Ranking:
@@ -137,8 +143,12 @@ def screening_ranking(scores, weight: float = 0.5) -> Ranking:
     Allocation (global threshold, uniform ratio, ToD) and removal run unchanged on it. No
     consumers' scores: coupled groups are ranked by their members' screening scores.
     """
-    return Ranking(removal=screening_scores(scores, weight), protection=dict(scores.reconstruction),
-                   taylor_sum=dict(scores.taylor_sum), criterion="screening")
+    return Ranking(
+        removal=screening_scores(scores, weight),
+        protection=dict(scores.reconstruction),
+        taylor_sum=dict(scores.taylor_sum),
+        criterion="screening",
+    )
 
 
 def _input_index(module: nn.Module) -> Optional[torch.Tensor]:
@@ -174,7 +184,3 @@ def connection_scores(module: nn.Module, input_f: torch.Tensor, weight: float = 
         index = _input_index(module).to(w.device)
         per_connection = f[index].reshape(*index.shape, *([1] * (w.dim() - 2))).expand_as(w)
     return weight * per_connection + (1 - weight) * _mean_normalised(w.abs())
-
-
-
-

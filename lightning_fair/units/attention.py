@@ -31,8 +31,7 @@ from torch import nn
 
 from .mha import HeadPrunedMultiheadAttention, is_plain_mha
 
-__all__ = ["AttentionUnits", "find_attention", "head_count", "head_row", "head_row_module", "remove_heads",
-           "removable"]
+__all__ = ["AttentionUnits", "find_attention", "head_count", "head_row", "head_row_module", "remove_heads", "removable"]
 
 HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads")
 HEAD_SIZES = ("head_dim", "attention_head_size")
@@ -136,8 +135,9 @@ class AttentionUnits:
         return weight.reshape(weight.shape[0], self.num_heads, self.head_dim).pow(2).sum((0, 2)).sqrt().cpu()
 
 
-def _describe(model: nn.Module, name: str, module: nn.Module,
-              modules: Dict[str, nn.Module]) -> Optional[AttentionUnits]:
+def _describe(
+    model: nn.Module, name: str, module: nn.Module, modules: Dict[str, nn.Module]
+) -> Optional[AttentionUnits]:
     prefix = name + "." if name else ""
     if is_plain_mha(module):
         out = module.out_proj
@@ -153,8 +153,10 @@ def _describe(model: nn.Module, name: str, module: nn.Module,
         if not isinstance(getattr(module, "norm", nn.Identity()), nn.Identity):
             units.blocked = "a norm over the concatenated heads"
         elif qkv.out_features != 3 * inner or module.proj.in_features != inner:
-            units.blocked = f"qkv / proj widths ({qkv.out_features}, {module.proj.in_features}) are not 3 x / 1 x " \
-                            f"{units.num_heads} heads x {units.head_dim}"
+            units.blocked = (
+                f"qkv / proj widths ({qkv.out_features}, {module.proj.in_features}) are not 3 x / 1 x "
+                f"{units.num_heads} heads x {units.head_dim}"
+            )
         elif own:
             units.blocked = f"its own parameters {own} (e.g. a per-head position bias) would not follow the heads"
         return units
@@ -174,13 +176,16 @@ def _describe(model: nn.Module, name: str, module: nn.Module,
                 output, output_name = modules[dense_name], dense_name
         if output is None:
             return None
-        units = AttentionUnits(name, module, "separate", tuple(layers), output, output_name,
-                               tuple(prefix + n for n in triple))
+        units = AttentionUnits(
+            name, module, "separate", tuple(layers), output, output_name, tuple(prefix + n for n in triple)
+        )
         inner = units.num_heads * units.head_dim
         if not all(layer.out_features == inner for layer in layers) or output.in_features != inner:
-            units.blocked = (f"q / k / v / output widths ({', '.join(str(l.out_features) for l in layers)}, "
-                             f"{output.in_features}) are not {units.num_heads} heads x {units.head_dim} each "
-                             "(grouped-query attention?)")
+            units.blocked = (
+                f"q / k / v / output widths ({', '.join(str(layer.out_features) for layer in layers)}, "
+                f"{output.in_features}) are not {units.num_heads} heads x {units.head_dim} each "
+                "(grouped-query attention?)"
+            )
         elif own:
             units.blocked = f"its own parameters {own} (e.g. a per-head position bias) would not follow the heads"
         return units
@@ -260,8 +265,10 @@ def remove_heads(units: AttentionUnits, heads: List[int]) -> Dict[str, Dict[str,
     count, dim = units.num_heads, units.head_dim
     drop = sorted(set(int(h) for h in heads))
     if len(drop) != len(heads) or not drop or drop[0] < 0 or drop[-1] >= count or len(drop) >= count:
-        raise ValueError(f"cannot remove heads {list(heads)} of {units.name!r}, which has {count}: indices must be "
-                         "distinct, in range, and leave at least one head")
+        raise ValueError(
+            f"cannot remove heads {list(heads)} of {units.name!r}, which has {count}: indices must be "
+            "distinct, in range, and leave at least one head"
+        )
     keep = torch.tensor([h for h in range(count) if h not in drop])
     per_head = (keep[:, None] * dim + torch.arange(dim)).flatten()  # channels of the kept heads
     packed = torch.cat([per_head + part * count * dim for part in range(3)])  # q, k, v blocks of a fused layout

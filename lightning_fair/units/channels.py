@@ -7,20 +7,59 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["input_column_norms", "PRUNABLE_TYPES", "NORM_TYPES", "ACTIVATION_TYPES", "PASS_THROUGH_TYPES", "is_depthwise", "resolve_ignored", "input_key", "consumer_of"]
+__all__ = [
+    "input_column_norms",
+    "PRUNABLE_TYPES",
+    "NORM_TYPES",
+    "ACTIVATION_TYPES",
+    "PASS_THROUGH_TYPES",
+    "is_depthwise",
+    "resolve_ignored",
+    "input_key",
+    "consumer_of",
+]
 
 #: Modules whose output channels / features are FAIR units.
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+PRUNABLE_TYPES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
 #: Channel-wise normalisations that may sit between a unit and its nonlinearity.
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+NORM_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 #: Element-wise nonlinearities.
 ACTIVATION_TYPES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
 )
 #: Shape-preserving modules that do not change what a unit means (identity in eval mode).
 PASS_THROUGH_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
-
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -87,7 +126,6 @@ def units_view(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
 def batch_sum_per_unit(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Sum of a layer-output-shaped tensor over everything but the unit dimension."""
     return units_view(tensor, module).sum(dim=(0, 2))
-
 
 
 def input_column_norms(module: nn.Module) -> torch.Tensor:

@@ -54,8 +54,11 @@ def measure(model: nn.Module, example_inputs) -> tuple:
 
     with preserved_modes(model):
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
-        handles += [m.register_forward_hook(attention_hook, with_kwargs=True) for m in model.modules()
-                    if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None]
+        handles += [
+            m.register_forward_hook(attention_hook, with_kwargs=True)
+            for m in model.modules()
+            if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None
+        ]
         try:
             model.eval()
             with torch.no_grad(), no_fastpath():

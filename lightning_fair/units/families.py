@@ -32,8 +32,21 @@ from torch import nn
 from .attention import find_attention, head_count
 from .mha import hookable_attention
 
-__all__ = ["ATTENTION_HEADS", "FAMILIES", "UnitFamily", "Units", "collecting", "find_units", "history_row",
-           "register_family", "registered", "removable", "replay_row", "row_target", "unit_count"]
+__all__ = [
+    "ATTENTION_HEADS",
+    "FAMILIES",
+    "UnitFamily",
+    "Units",
+    "collecting",
+    "find_units",
+    "history_row",
+    "register_family",
+    "registered",
+    "removable",
+    "replay_row",
+    "row_target",
+    "unit_count",
+]
 
 
 class Units(Protocol):
@@ -103,8 +116,10 @@ def register_family(family: UnitFamily) -> None:
     """
     for known in FAMILIES:
         if known.name == family.name or known.row_suffix == family.row_suffix:
-            raise ValueError(f"a unit family named {known.name!r} with row suffix {known.row_suffix!r} is "
-                             f"registered already; give {family.name!r} its own name and row_suffix")
+            raise ValueError(
+                f"a unit family named {known.name!r} with row suffix {known.row_suffix!r} is "
+                f"registered already; give {family.name!r} its own name and row_suffix"
+            )
     FAMILIES.append(family)
 
 

@@ -30,8 +30,13 @@ __all__ = ["HeadPrunedMultiheadAttention", "hookable_attention", "is_plain_mha",
 def is_plain_mha(module: nn.Module) -> bool:
     """An ``nn.MultiheadAttention`` whose heads this project can remove (packed in-projection,
     no ``add_bias_kv`` / ``add_zero_attn``)."""
-    return (isinstance(module, nn.MultiheadAttention) and module.__dict__.get("_qkv_same_embed_dim", False)
-            and module.in_proj_weight is not None and module.bias_k is None and not module.add_zero_attn)
+    return (
+        isinstance(module, nn.MultiheadAttention)
+        and module.__dict__.get("_qkv_same_embed_dim", False)
+        and module.in_proj_weight is not None
+        and module.bias_k is None
+        and not module.add_zero_attn
+    )
 
 
 def _additive(mask: Optional[torch.Tensor], dtype) -> Optional[torch.Tensor]:
@@ -53,8 +58,17 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     def _qkv_same_embed_dim(self, value) -> None:
         pass
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = (t.unsqueeze(1) for t in (query, key, value))
@@ -82,7 +96,7 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
-            scores = (q * dim ** -0.5) @ k.transpose(-2, -1)
+            scores = (q * dim**-0.5) @ k.transpose(-2, -1)
             if mask is not None:
                 scores = scores + mask
             weights = scores.softmax(-1)
