@@ -35,9 +35,11 @@ def write_pruned_checkpoint(trainer: Trainer, last_too: bool = False) -> Optiona
     either way). Collective under DDP, like ``save_checkpoint``."""
     directory = checkpoint_dir(trainer)
     if directory is None:
-        rank_zero_info("lightning_fair: the pruned model was not written (the Trainer writes no checkpoints: no "
-                       "ModelCheckpoint, no logger, default_root_dir unset); pass default_root_dir=... or save it "
-                       "with trainer.save_checkpoint(...)")
+        rank_zero_info(
+            "lightning_fair: the pruned model was not written (the Trainer writes no checkpoints: no "
+            "ModelCheckpoint, no logger, default_root_dir unset); pass default_root_dir=... or save it "
+            "with trainer.save_checkpoint(...)"
+        )
         return None
     path = os.path.join(directory, PRUNED_CHECKPOINT)
     paths = [path]
