@@ -109,7 +109,7 @@ def describe_pipeline(options: dict) -> str:
         >>> line = describe_pipeline({"preset": "paper", "criterion": "fair", "ranking": "utilization",
         ...                           "observe": "output", "allocation": "tod", "group_policy": "min_count",
         ...                           "recalibrate": False, "compensate": False})
-        >>> print(line.replace("; ", ";\n"))
+        >>> print(line.replace("; ", ";\\n"))
         pipeline (paper preset): units ranked by U (class separation, on the layer's output);
         per-layer counts by the tolerance of difference (U against R);
         coupled layers take their smallest count;

@@ -1,13 +1,6 @@
-"""Statistics across processes (DDP, multi-node): every rank ends with the same numbers.
-
-Each rank runs the statistics pass over its own shard of the calibration data; then
-
-* sums (the reconstruction sums, the consumers' input sums and counts, the calibration
-  loss/accuracy tallies) are all-reduced;
-* the per-class samples of the utilization score are all-gathered and merged class by
-  class in rank order, keeping the first ``samples_per_class`` of each class;
-* BatchNorm re-estimation gathers every rank's per-channel (count, mean, M2) and merges them
-  in rank order with Chan's formula.
+"""Collectives across processes (DDP, multi-node), used by the statistics pass (merged by
+:mod:`lightning_fair.collect.ranks`), BatchNorm re-estimation (every rank's per-channel count, mean and
+M2 merged in rank order with Chan's formula) and evaluation.
 
 Every rank then holds bitwise the same statistics and computes the same scores, so all ranks
 remove the same channels without a broadcast. Plain ``torch.distributed`` collectives (gloo,

@@ -7,8 +7,8 @@ the distributions of its output for any two classes (method.md §1.1). For a
 unit whose output per image is a scalar (a Linear feature) the distance is the
 exact 1-D W1. For a unit whose output per image is a map (a Conv channel) the
 distance is the sliced W1: the mean, over ``P`` unit directions, of the 1-D W1
-of the projected samples. Projection is linear, so the maps are projected as
-they stream past and only the projected values are kept.
+of the projected samples (the directions: :mod:`lightning_fair.collect.projections`;
+the maps are projected as they stream past and only the projected values are kept).
 
 1-D W1 between two empirical distributions equals the L1 distance between
 their quantile functions, ``∫_0^1 |Qx(t) - Qy(t)| dt``. Both quantile
