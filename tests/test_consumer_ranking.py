@@ -22,7 +22,7 @@ from lightning_fair import PruneConfig, compute_scores, prune
 from lightning_fair.allocation.order import removal_order
 from lightning_fair.config import RANKINGS
 from lightning_fair.removal.planner import DependencyPlanner
-from lightning_fair.scoring.ranking import Ranking, layer_normalised
+from lightning_fair.scoring.criterion import CriterionScores, layer_normalised
 
 NEW = "utilization_x_consumers"
 
@@ -219,7 +219,7 @@ def test_cli_flag(tmp_path, monkeypatch, capsys):
 def test_ranking_of_screening_scores_too():
     """The product uses whatever the removal score is (here: the screening criterion's)."""
     model, scores, planner = tiny_setup()
-    ranking = Ranking(
+    ranking = CriterionScores(
         removal={
             n: torch.rand(v.numel(), generator=torch.Generator().manual_seed(1)) for n, v in scores.utilization.items()
         },

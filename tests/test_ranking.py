@@ -6,7 +6,7 @@ from lightning_fair import PruneConfig, compute_scores
 from lightning_fair.allocation.budgets import global_counts
 from lightning_fair.demos import zoo
 from lightning_fair.pipeline.oneshot import rank
-from lightning_fair.scoring.ranking import Ranking
+from lightning_fair.scoring.criterion import CriterionScores
 from lightning_fair.scoring.screening import screening_scores
 
 
@@ -22,7 +22,7 @@ def test_fair_and_screening_rankings_name_what_they_hold():
     model = zoo.resnet(width=8)
     scores = compute_scores(model, batches(), criterion="screening", samples_per_class=4, num_projections=8)
     fair = rank(scores, PruneConfig())
-    assert isinstance(fair, Ranking) and fair.criterion == "fair" and fair.layers == scores.layers
+    assert isinstance(fair, CriterionScores) and fair.criterion == "fair" and fair.layers == scores.layers
     assert all(torch.equal(fair.removal[n], scores.utilization[n]) for n in scores.layers)
     assert all(torch.equal(fair.protection[n], scores.reconstruction[n]) for n in scores.layers)
     assert fair.consumers.keys() == scores.input_utilization.keys() and fair.consumers  # residual streams

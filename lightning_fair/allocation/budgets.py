@@ -2,7 +2,7 @@
 a uniform ratio, behind one :class:`Allocation` interface that a target search (kept MACs or
 parameters) asks for its levels and counts.
 
-Pure functions over a :class:`~lightning_fair.scoring.ranking.Ranking`; no model, no data.
+Pure functions over a :class:`~lightning_fair.scoring.criterion.CriterionScores`; no model, no data.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Dict
 import torch
 
 from ..config import ALLOCATIONS
-from ..scoring.ranking import Ranking, as_ranking, layer_normalised
+from ..scoring.criterion import CriterionScores, as_criterion_scores, layer_normalised
 from .tolerance import count_from_curve, layer_curves
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def _normalised_removal(ranking: Ranking, name: str) -> torch.Tensor:
+def _normalised_removal(ranking: CriterionScores, name: str) -> torch.Tensor:
     return layer_normalised(ranking.removal[name].double())
 
 
@@ -43,7 +43,7 @@ def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
         >>> global_counts(s, 0.9)   # a: 1/2 = 0.5 is below 0.9; b: all equal 1.0
         {'a': 1, 'b': 0}
     """
-    ranking = as_ranking(scores)
+    ranking = as_criterion_scores(scores)
     counts = {}
     for name in layers if layers is not None else ranking.layers:
         normalised = _normalised_removal(ranking, name)
@@ -54,7 +54,7 @@ def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
 
 def global_thresholds(scores, layers=None) -> list:
     """Every threshold at which :func:`global_counts` changes, ascending (search candidates)."""
-    ranking = as_ranking(scores)
+    ranking = as_criterion_scores(scores)
     values = torch.cat([_normalised_removal(ranking, n) for n in (layers if layers is not None else ranking.layers)])
     unique = torch.unique(values)
     return torch.cat([torch.zeros(1, dtype=torch.float64), unique, unique[-1:] + 1]).tolist()
@@ -77,7 +77,7 @@ def uniform_counts(scores, ratio: float, layers=None) -> Dict[str, int]:
     ratio = float(ratio)
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio is the fraction of every layer's units to remove, in [0, 1), got {ratio}")
-    ranking = as_ranking(scores)
+    ranking = as_criterion_scores(scores)
     return {
         name: _uniform_count(ratio, ranking.removal[name].numel())
         for name in (layers if layers is not None else ranking.layers)
@@ -86,7 +86,7 @@ def uniform_counts(scores, ratio: float, layers=None) -> Dict[str, int]:
 
 def uniform_ratios(scores, layers=None) -> list:
     """Every ratio at which :func:`uniform_counts` changes, ascending (search candidates)."""
-    ranking = as_ranking(scores)
+    ranking = as_criterion_scores(scores)
     sizes = {ranking.removal[n].numel() for n in (layers if layers is not None else ranking.layers)}
     ratios = {j / n for n in sizes for j in range(n)}
     return sorted(ratios | {0.0, 1.0 - 1e-9})
@@ -95,7 +95,7 @@ def uniform_ratios(scores, layers=None) -> list:
 class Allocation:
     """How many units each layer loses at a *level*: the two questions a target search asks.
 
-    Built from a :class:`~lightning_fair.scoring.ranking.Ranking` (or ``FairScores``: FAIR's ranking).
+    Built from a :class:`~lightning_fair.scoring.criterion.CriterionScores` (or ``FairScores``: FAIR's ranking).
 
     ``levels()`` are the ascending levels at which the counts change (search candidates);
     ``counts(level)`` is ``{layer: units to remove}``. ``level_name`` says what a level is;
@@ -106,7 +106,7 @@ class Allocation:
     level_name = "level"
 
     def __init__(self, scores, layers, group_policy: str = "min_count"):
-        self.ranking, self.layers, self.group_policy = as_ranking(scores), list(layers), group_policy
+        self.ranking, self.layers, self.group_policy = as_criterion_scores(scores), list(layers), group_policy
 
     def levels(self) -> list:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from typing import Dict, Mapping
 import torch
 
 from ..config import check_tolerance
-from ..scoring.ranking import as_ranking
+from ..scoring.criterion import as_criterion_scores
 
 __all__ = ["tod_curve", "tolerance_count", "tolerance_counts"]
 
@@ -73,13 +73,13 @@ def tolerance_count(utilization: torch.Tensor, reconstruction: torch.Tensor, tol
 
 def tolerance_counts(scores, tolerance: float) -> Dict[str, int]:
     """``{layer: units to remove}`` for every scored layer of a :class:`FairScores` (or a
-    :class:`~lightning_fair.scoring.ranking.Ranking`).
+    :class:`~lightning_fair.scoring.criterion.CriterionScores`).
 
     Example:
         ``counts = tolerance_counts(scores, 0.05)``; a second tolerance reuses the same scores.
     """
     check_tolerance(tolerance)
-    ranking = as_ranking(scores)
+    ranking = as_criterion_scores(scores)
     return {
         name: tolerance_count(ranking.removal[name], ranking.protection[name], tolerance) for name in ranking.layers
     }
@@ -87,5 +87,5 @@ def tolerance_counts(scores, tolerance: float) -> Dict[str, int]:
 
 def layer_curves(scores) -> Mapping[str, torch.Tensor]:
     """ToD curve of every scored layer, computed once for repeated allocation."""
-    ranking = as_ranking(scores)
+    ranking = as_criterion_scores(scores)
     return {name: tod_curve(ranking.removal[name], ranking.protection[name]) for name in ranking.layers}

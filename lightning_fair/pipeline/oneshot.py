@@ -28,8 +28,8 @@ from ..repair.batchnorm import recalibrate_bn
 from ..repair.compensation import capture_consumers, fold_mean_replacement
 from ..runtime.batches import default_unpack, first_inputs, select_logits
 from ..runtime.guards import on_uncompiled, preserved_modes, rollback
+from ..scoring.criterion import CriterionScores
 from ..scoring.fair import FairScores, compute_scores
-from ..scoring.ranking import Ranking
 from ..scoring.screening import screening_ranking
 from ..units.channels import resolve_ignored
 from ..units.cost import measure, unit_counts
@@ -266,12 +266,12 @@ def resolve_example_inputs(
     return example_inputs
 
 
-def rank(scores: FairScores, config: PruneConfig) -> Ranking:
+def rank(scores: FairScores, config: PruneConfig) -> CriterionScores:
     """What ranks the units: FAIR's (U removes, R protects, consumers' input U for residual
     groups) or the screening criterion's (the screening score removes, R protects)."""
     if config.criterion == "screening":
         return screening_ranking(scores, config.screening_weight)
-    return Ranking.of(scores)
+    return CriterionScores.of(scores)
 
 
 def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:
@@ -284,7 +284,7 @@ def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:
 
 
 def plan_at(
-    planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, level: float, config: PruneConfig
+    planner: DependencyPlanner, allocation: Allocation, ranked: CriterionScores, level: float, config: PruneConfig
 ) -> Tuple[Dict[str, int], Dict[str, torch.Tensor]]:
     """Per-layer counts at ``level`` and the coupled groups' channels they remove."""
     counts = allocation.counts(level)
@@ -299,7 +299,11 @@ def plan_at(
 
 
 def search_level(
-    planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig, before: Tuple[int, int]
+    planner: DependencyPlanner,
+    allocation: Allocation,
+    ranked: CriterionScores,
+    config: PruneConfig,
+    before: Tuple[int, int],
 ) -> float:
     """Smallest level whose pruned model keeps at most the target fraction of MACs (params):
     binary search over the allocation's ascending candidate levels, each tried and undone.
@@ -314,7 +318,11 @@ def search_level(
 
 
 def _search(
-    planner: DependencyPlanner, allocation: Allocation, ranked: Ranking, config: PruneConfig, before: Tuple[int, int]
+    planner: DependencyPlanner,
+    allocation: Allocation,
+    ranked: CriterionScores,
+    config: PruneConfig,
+    before: Tuple[int, int],
 ) -> float:
     key, goal = next(iter(config.target.items()))
     candidates = allocation.levels()

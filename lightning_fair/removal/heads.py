@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..allocation.order import removal_order
-from ..scoring.ranking import as_ranking
+from ..scoring.criterion import as_criterion_scores
 from ..units.families import Units, find_units, history_row, removable
 from .graph import GroupSearchTooLarge, bounded_group
 from .planner import CoupledGroup, DependencyPlanner
@@ -108,7 +108,7 @@ class TransformerPlanner(DependencyPlanner):
     ) -> Dict[str, torch.Tensor]:
         """Root channels per coupled group, and ``{attention: head indices}`` per attention module."""
         plan = super().plan(scores, counts, ranking=ranking, policy=policy, tolerance=tolerance, seed=seed)
-        ranked = as_ranking(scores)
+        ranked = as_criterion_scores(scores)
         for name, units in self.heads.items():
             k = min(int(counts.get(name, 0)), units.num_units - 1)
             if k > 0:

@@ -51,7 +51,7 @@ from ..allocation.order import removal_order
 from ..allocation.tolerance import count_from_curve, tod_curve
 from ..config import GROUP_POLICIES
 from ..runtime.guards import ModelSnapshot
-from ..scoring.ranking import as_ranking, layer_normalised
+from ..scoring.criterion import as_criterion_scores, layer_normalised
 from ..units.channels import PRUNABLE_TYPES, input_column_norms, is_depthwise
 from ..units.cost import measure
 from .graph import (
@@ -222,11 +222,11 @@ class DependencyPlanner:
     ) -> Dict[str, torch.Tensor]:
         """Root channel indices to remove per group: ``{root layer: idxs}`` (empty groups omitted).
 
-        ``scores``: a :class:`~lightning_fair.scoring.ranking.Ranking` (or ``FairScores``: FAIR's);
+        ``scores``: a :class:`~lightning_fair.scoring.criterion.CriterionScores` (or ``FairScores``: FAIR's);
         ``ranking``: ``"utilization"`` (its removal score), ``"utilization_x_consumers"`` (the
         removal score times :meth:`consumer_reading`), ``"l1"`` or ``"random"``. The ranking
         changes which channels go, never how many."""
-        scores = as_ranking(scores)
+        scores = as_criterion_scores(scores)
         if policy not in GROUP_POLICIES:
             raise ValueError(f"group_policy must be one of {GROUP_POLICIES}, got {policy!r}")
         plan = {}

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import check_screening_weight
-from .ranking import Ranking, layer_normalised
+from .criterion import CriterionScores, layer_normalised
 
 __all__ = [
     "check_screening_weight",
@@ -136,14 +136,14 @@ def screening_scores(scores, weight: float = 0.5, layers: Optional[Iterable[str]
     }
 
 
-def screening_ranking(scores, weight: float = 0.5) -> Ranking:
-    """The screening criterion's :class:`~lightning_fair.scoring.ranking.Ranking` of ``scores`` (computed
+def screening_ranking(scores, weight: float = 0.5) -> CriterionScores:
+    """The screening criterion's :class:`~lightning_fair.scoring.criterion.CriterionScores` of ``scores`` (computed
     with ``criterion="screening"``): the screening score removes (lowest first), R protects (ToD).
 
     Allocation (global threshold, uniform ratio, ToD) and removal run unchanged on it. No
     consumers' scores: coupled groups are ranked by their members' screening scores.
     """
-    return Ranking(
+    return CriterionScores(
         removal=screening_scores(scores, weight),
         protection=dict(scores.reconstruction),
         taylor_sum=dict(scores.taylor_sum),

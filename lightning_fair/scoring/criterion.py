@@ -1,12 +1,14 @@
-"""What ranks the units, separate from how the scores were measured.
+"""What a criterion hands on: per-layer removal and protection scores, separate from how the
+scores were measured. (The ``ranking`` option, which units of a layer go first once its count is
+known, is :mod:`lightning_fair.allocation.order`.)
 
-A :class:`Ranking` holds, per scored layer, a **removal score** (lowest goes first) and a
+A :class:`CriterionScores` holds, per scored layer, a **removal score** (lowest goes first) and a
 **protection score** (ToD protects the highest), plus the removal score of what each consumer
 of a residual stream receives (coupled groups) and the signed Taylor sums (the ``"joint"`` group
 policy). Allocation (:mod:`lightning_fair.allocation.budgets`) and removal
-(:mod:`lightning_fair.removal.planner`) read only a Ranking:
+(:mod:`lightning_fair.removal.planner`) read only a CriterionScores:
 
-- FAIR (:meth:`Ranking.of`): removal = the utilization score U, protection = the reconstruction
+- FAIR (:meth:`CriterionScores.of`): removal = the utilization score U, protection = the reconstruction
   score R, consumers = the consumers' input U;
 - screening (:func:`lightning_fair.scoring.screening.screening_ranking`): removal = the screening score,
   protection = R, no consumers (coupled groups are ranked by their members' screening scores).
@@ -19,11 +21,11 @@ from typing import Dict, List
 
 import torch
 
-__all__ = ["Ranking", "as_ranking"]
+__all__ = ["CriterionScores", "as_criterion_scores"]
 
 
 @dataclass(frozen=True)
-class Ranking:
+class CriterionScores:
     """Per-layer removal and protection scores (keys: qualified layer names, in execution order).
 
     Attributes:
@@ -46,7 +48,7 @@ class Ranking:
         return list(self.removal)
 
     @classmethod
-    def of(cls, scores) -> "Ranking":
+    def of(cls, scores) -> "CriterionScores":
         """FAIR's ranking of :class:`~lightning_fair.FairScores`: U removes, R protects."""
         return cls(
             removal=dict(scores.utilization),
@@ -57,9 +59,9 @@ class Ranking:
         )
 
 
-def as_ranking(scores) -> Ranking:
-    """``scores`` if it is a :class:`Ranking`, else FAIR's ranking of a ``FairScores``."""
-    return scores if isinstance(scores, Ranking) else Ranking.of(scores)
+def as_criterion_scores(scores) -> CriterionScores:
+    """``scores`` if it is a :class:`CriterionScores`, else FAIR's ranking of a ``FairScores``."""
+    return scores if isinstance(scores, CriterionScores) else CriterionScores.of(scores)
 
 
 def layer_normalised(values: torch.Tensor) -> torch.Tensor:
