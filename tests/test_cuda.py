@@ -150,7 +150,7 @@ def test_statistics_pass_has_no_host_round_trip_per_batch():
     ]
     assert not syncs, "\n".join(syncs)
     collector.settle()
-    assert collector.num_batches == len(data) and collector.correct <= collector.seen == 400
+    assert collector.num_batches == len(data) and collector.tallies.correct <= collector.tallies.seen == 400
 
 
 def test_nan_on_cuda_is_reported_at_the_end_of_the_pass():

@@ -24,9 +24,7 @@ class Recording(StatisticsCollector):
 
     def run(self, *args, **kwargs):
         result = super().run(*args, **kwargs)
-        Recording.held.append(
-            sum(s.samples.numel() * s.samples.element_size() for s in self.layers.values() if s.samples is not None)
-        )
+        Recording.held.append(self.class_samples.nbytes)
         return result
 
 
@@ -38,6 +36,21 @@ def test_estimate_equals_the_buffers_of_one_pass(monkeypatch):
     estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
     assert Recording.held == [estimate.samples_bytes] and scores.config["passes"] == 1
     assert scores.config["memory_estimate"] == estimate.total_bytes
+
+
+@pytest.mark.parametrize("screening", [False, True])
+def test_each_statistic_holds_what_the_estimate_says(screening):
+    # every accumulator of the pass reports its size; the estimate made before the pass predicts each
+    model, batches = helpers.trained_small_cnn(), helpers.calibration_loader(300, 100)
+    collector = StatisticsCollector(model, screening=screening, **OPTIONS).run(batches)
+    estimate = estimate_memory(model, helpers.example_inputs(1), screening=screening, **OPTIONS)
+    assert collector.class_samples.nbytes == estimate.samples_bytes > 0
+    assert collector.taylor.nbytes == estimate.reconstruction_bytes > 0
+    assert collector.inputs.nbytes == estimate.input_bytes > 0
+    held = collector.screening_moments.nbytes if screening else 0
+    assert held == estimate.screening_bytes and (held > 0) == screening
+    statistics = collector.statistics()
+    assert len(statistics) == 4 + screening and all(callable(s.merge) for s in statistics)
 
 
 def test_a_small_budget_splits_the_pass_and_gives_the_same_scores(monkeypatch, capsys):

@@ -481,7 +481,7 @@ def test_screening_memory_is_k_by_c_and_in_the_estimate():
     collector = StatisticsCollector(model, screening=True, **FAST).run(batches)
     # the scored layers (the entries observing layer inputs for U carry no screening statistics)
     layers = [s for name, s in collector.layers.items() if consumer_of(name) is None]
-    held = sum(s.moments.nbytes for s in layers) + sum(m.nbytes for m in collector.input_moments.values())
+    held = collector.screening_moments.nbytes
     estimate = estimate_memory(model, helpers.example_inputs(1), screening=True, **FAST)
     assert held == estimate.screening_bytes == collector.estimate.screening_bytes > 0
     units = sum(s.num_units for s in layers)

@@ -19,7 +19,10 @@ For every prunable layer, one forward and one backward per batch collect
   batch, not only the ones kept for U) and of every Conv/Linear's spatially averaged input
   (for the screening criterion's F-statistic, :mod:`lightning_fair.scoring.screening`), float64.
 
-Both live in preallocated buffers, so memory does not grow with the number of batches.
+Each statistic is one accumulator in its own module, with its update, its merge across processes
+and its size: :mod:`.samples` (U), :mod:`.taylor` (R), :mod:`.inputs` (mean replacement),
+:mod:`.moments` (screening), :mod:`.tallies` (calibration loss and accuracy). They live in
+preallocated buffers, so memory does not grow with the number of batches.
 The model is scored in eval mode and handed back exactly as it was: weights, buffers,
 ``.grad``, train/eval flags and ``requires_grad`` are never touched (gradients are taken
 with :func:`torch.autograd.grad` with respect to layer outputs only).
@@ -32,7 +35,6 @@ The forward hooks of a batch (which tensor U observes, which samples are kept) a
 from __future__ import annotations
 
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -45,13 +47,15 @@ from ..runtime.distributed import is_distributed
 from ..runtime.guards import preserved_modes
 from ..units.channels import candidate_layers, consumer_of, input_key, units_view
 from ..units.families import collecting, find_units, removable
-from .classes import chosen_classes, class_slots, projections_for
 from .finite import FiniteChecks
-from .memory import MemoryEstimate, screening_bytes, unit_bytes
-from .moments import ClassMoments
+from .inputs import InputMeans
+from .memory import MemoryEstimate
+from .moments import ClassMoments, ScreeningMoments, screening_bytes
 from .observation import STAGE_NAMES, BatchRecorder
-from .projections import random_projections
 from .ranks import merge_ranks
+from .samples import ClassSamples, unit_bytes
+from .tallies import CalibrationTallies
+from .taylor import TaylorSums
 
 # default_unpack and first_inputs live in .batches; imported from here too
 __all__ = ["LayerStatistics", "StatisticsCollector", "default_unpack", "first_inputs"]
@@ -59,30 +63,14 @@ __all__ = ["LayerStatistics", "StatisticsCollector", "default_unpack", "first_in
 
 @dataclass
 class LayerStatistics:
-    """What one pass gathered for one layer."""
+    """What the pass knows of one scored layer (its statistics are in the collector's accumulators)."""
 
     name: str
     num_units: int
-    #: ``[K', n, C, D]`` projected observations of the K' classes U compares (the collector's
-    #: ``chosen_classes``), the first ``class_counts[k]`` rows of class k's slot valid.
-    samples: Optional[torch.Tensor] = None
-    #: ``[C]`` signed sum of dL/dz * z.
-    taylor_sum: Optional[torch.Tensor] = None
-    #: ``[C]`` sum over samples of |sum over positions of dL/dz * z| (per-sample aggregation).
-    taylor_abs_sum: Optional[torch.Tensor] = None
     #: which tensor was observed: "output", "norm" or "activation".
     observed: str = "output"
     #: flattened size of a unit's output per image (1 for a scalar unit).
     map_size: int = 1
-    #: screening statistics (``screening=True``): per class, the count, sum and sum of squares of
-    #: each unit's spatially averaged observed tensor.
-    moments: Optional[ClassMoments] = None
-
-    @classmethod
-    def empty(cls, name: str, channels: int, device) -> "LayerStatistics":
-        """No batch seen yet: zero reconstruction sums on ``device``."""
-        zeros = (torch.zeros(channels, dtype=torch.float64, device=device) for _ in range(2))
-        return cls(name=name, num_units=channels, taylor_sum=next(zeros), taylor_abs_sum=next(zeros))
 
 
 @dataclass
@@ -130,15 +118,16 @@ class StatisticsCollector:
             raise ValueError(f"max_classes must be an integer >= 2 or None (all classes), got {self.max_classes!r}")
         self.loss_fn = self.loss_fn or nn.functional.cross_entropy
         self.layers: Dict[str, LayerStatistics] = {}
-        #: ``[K]`` samples kept per class (host); the classes U compares; each class's slot (-1: none)
-        self.class_counts: Optional[torch.Tensor] = None
-        self.chosen_classes: Optional[torch.Tensor] = None
-        self.class_slots: Optional[torch.Tensor] = None
-        self.num_batches = 0
-        # calibration loss (sum of batch means) and top-1 hits, seen for free on the way
-        # (summed on the device during the pass, read once at its end)
-        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
-        self._tallies: Optional[torch.Tensor] = None
+        #: where the buffers live (the model's first parameter's device)
+        self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        # the statistics, one accumulator each (screening: made on the first batch, once K is known)
+        self.class_samples = ClassSamples(
+            self.samples_per_class, self.num_projections, self.max_classes, self.seed, self.device
+        )
+        self.taylor = TaylorSums(self.device)
+        self.inputs = InputMeans()
+        self.tallies = CalibrationTallies()
+        self.screening_moments: Optional[ScreeningMoments] = None
         #: {name: Conv/Linear} that may be scored (not ignored)
         self.candidates = candidate_layers(self.model, self.ignored)
         # transformers: attention heads are units (lightning_fair.units.attention), observed at their output
@@ -153,28 +142,33 @@ class StatisticsCollector:
                     f"the {units.unit_noun} of {name!r} are not pruned ({units.blocked}); "
                     "its projections are kept whole"
                 )
-        # every Conv/Linear, ignored or not, is a consumer whose input mean is recorded
-        self.input_sums: Dict[str, torch.Tensor] = {}
-        self.input_counts: Dict[str, int] = {}
-        self.input_calls: Dict[str, int] = {}
         #: {name: Conv/Linear}, ignored ones too: the consumers whose inputs are observed
         self.consumers = candidate_layers(self.model, set())
-        #: calls per forward of each consumer input observed for U (first batch)
+        #: decided on the first batch (:class:`.observation.BatchRecorder`): calls per forward of each
+        #: consumer input observed for U; {consumer: an earlier consumer reading the very same tensor}
+        #: (observed once, under the first); consumers whose input is observed apart, in execution order
         self.input_observed_calls: Dict[str, int] = {}
-        #: {consumer: an earlier consumer reading the very same tensor}: observed once, under the first
         self.input_aliases: Dict[str, str] = {}
-        #: consumers whose input is observed apart (aliases too), in execution order (first batch)
         self.input_order: List[str] = []
-        #: per Conv/Linear: moments of its spatially averaged input, None if its width varied (screening)
-        self.input_moments: Dict[str, Optional[ClassMoments]] = {}
         self._pooled_inputs: Dict[str, torch.Tensor] = {}
-        self._projections: Dict[str, torch.Tensor] = {}
-        #: where the buffers live (the model's first parameter's device)
-        self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         #: NaN/inf checks: at once on the CPU, read once at the end of the pass on a GPU
         self.checks = FiniteChecks(self.device)
         self.on_plan: Optional[Callable] = None  # called with the MemoryEstimate after the first batch
         self.chunks: List[Dict[str, Tuple[int, int]]] = []
+
+    def statistics(self) -> list:
+        """The accumulators of this pass (each with ``merge`` across processes and ``nbytes``)."""
+        found = [self.taylor, self.screening_moments, self.class_samples, self.inputs, self.tallies]
+        return [s for s in found if s is not None]
+
+    @property
+    def num_batches(self) -> int:
+        return self.tallies.batches
+
+    @property
+    def class_counts(self) -> Optional[torch.Tensor]:
+        """``[K]`` samples kept per class for U (host); None before the first batch."""
+        return self.class_samples.counts if self.class_samples.started else None
 
     # ------------------------------------------------------------------ the pass
     def run(self, batches: Iterable, max_batches: Optional[int] = None) -> "StatisticsCollector":
@@ -202,9 +196,7 @@ class StatisticsCollector:
         """Read what the pass kept on the device: the deferred NaN/inf checks (raising for the first
         failure) and the loss/accuracy tallies. :meth:`run` calls it at the end of the pass."""
         self.checks.flush()
-        if self._tallies is not None:
-            loss, correct = self._tallies.tolist()
-            self.loss_sum, self.correct, self._tallies = self.loss_sum + loss, self.correct + int(correct), None
+        self.tallies.settle()
 
     def update(self, batch) -> None:
         """One forward and one backward over ``batch`` (the model must already be in eval mode).
@@ -218,7 +210,7 @@ class StatisticsCollector:
         target = labels.to(self.device, non_blocking=True)
         if target.is_inference():
             target = target.clone()
-        recorder = BatchRecorder(self, labels)
+        recorder = BatchRecorder(self, self.checked_labels(labels))
         recorder.model_input = inputs
         self._pooled_inputs = {}
         handles = recorder.attach()
@@ -234,8 +226,8 @@ class StatisticsCollector:
             self._first_batch(recorder, logits)
         if not self.reconstruction:  # a later pass of a split collection: utilization samples only
             with torch.no_grad():
-                recorder.commit()
-            self.num_batches += 1
+                self._add_samples(recorder)
+            self.tallies.batches += 1
             return
         loss = self.loss_fn(logits, target)
         self.checks.check(
@@ -256,24 +248,58 @@ class StatisticsCollector:
                         "(e.g. a division by zero, fp16 overflow) before pruning"
                     ),
                 )
-                stats = self.layers[name]
-                stats.taylor_sum += per_sample.sum(0).to(torch.float64)
-                stats.taylor_abs_sum += per_sample.abs().sum(0).to(torch.float64)
-            recorder.commit()
+                self.taylor.add(name, per_sample)
+            self._add_samples(recorder)
             if self.collects_screening:
-                self._accumulate_screening(recorder, target)
-        tallies = torch.stack(
-            [loss.detach().to(torch.float64), (logits.detach().argmax(1) == target).sum().to(torch.float64)]
-        )
-        self._tallies = tallies if self._tallies is None else self._tallies + tallies
-        self.seen += int(target.shape[0])
-        self.num_batches += 1
+                self._add_screening(recorder, target)
+        self.tallies.add(loss, logits, target)
+        self.tallies.batches += 1
 
-    def _accumulate_screening(self, recorder: "BatchRecorder", target: torch.Tensor) -> None:
+    def checked_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The batch's labels on the host, checked: one class index >= 0 per sample, within the
+        model's outputs once they are known."""
+        if labels.dim() != 1:
+            raise ValueError(f"labels must be one class index per sample, got shape {tuple(labels.shape)}")
+        labels = labels.detach().long().cpu()
+        if labels.numel() and labels.min() < 0:
+            raise ValueError("labels must be class indices >= 0")
+        counts = self.class_samples.counts
+        if self.class_samples.started and labels.numel() and labels.max() >= counts.numel():
+            raise ValueError(f"labels must lie in [0, {counts.numel()}) for a model with {counts.numel()} outputs")
+        return labels
+
+    def _add_samples(self, recorder: BatchRecorder) -> None:
+        """This batch's selected observations of the scored layers of this pass's chunk, into U's buffers."""
+        if recorder.selected is None:
+            return
+        observed = {n: recorder.observed[n] for n in self.layers if n in recorder.observed and n in self.channels}
+        for name, (stage, values) in observed.items():
+            if name not in self.class_samples.buffers:
+                self.layers[name].observed = STAGE_NAMES[stage]
+                self.layers[name].map_size = values.shape[2]
+
+        def check(name: str, values: torch.Tensor, batch=self.num_batches) -> None:
+            stage = STAGE_NAMES[observed[name][0]]
+            self.checks.check(
+                values,
+                lambda: (
+                    f"the activations U observes for layer {name!r} ({stage}) are not finite (NaN/inf) "
+                    f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"
+                ),
+            )
+
+        self.class_samples.add(
+            recorder.labels[recorder.selected_cpu],
+            {name: values for name, (_, values) in observed.items()},
+            self.channels,
+            check,
+        )
+
+    def _add_screening(self, recorder: BatchRecorder, target: torch.Tensor) -> None:
         """Add this batch's per-class count, sum and sum of squares of every pooled value."""
-        labels = target.detach().long().flatten()  # checked on the host by the recorder
-        num_classes = self.class_counts.numel()
-        for name, stats in self.layers.items():
+        labels = target.detach().long().flatten()  # checked on the host
+        moments = self.screening_moments
+        for name in moments.layers:
             if name not in recorder.pooled:
                 continue
             stage, values = recorder.pooled[name]
@@ -284,27 +310,20 @@ class StatisticsCollector:
                     f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"
                 ),
             )
-            stats.moments.add(labels, values)
+            moments.add(name, labels, values)
         for name, values in self._pooled_inputs.items():
-            moments = self.input_moments.get(name, False)
-            if moments is None:
-                continue
-            if values.shape[0] != labels.numel() or (moments and moments.total.shape[1] != values.shape[1]):
-                # its first dimension is not the batch, or its width varies: no per-feature statistic
-                self.input_moments[name] = None
-                continue
-            if not moments:
-                moments = self.input_moments[name] = ClassMoments.zeros(num_classes, values.shape[1], values.device)
-            moments.add(labels, values)
+            moments.add_input(name, labels, values)
         self._pooled_inputs = {}
 
     def input_class_moments(self) -> Dict[str, ClassMoments]:
         """Moments of the spatially averaged input of every Conv/Linear that ran once per forward with a
         fixed input width (``screening=True``)."""
+        if self.screening_moments is None:
+            return {}
         return {
             name: moments
-            for name, moments in self.input_moments.items()
-            if moments is not None and self.input_calls.get(name) == self.num_batches
+            for name, moments in self.screening_moments.inputs.items()
+            if moments is not None and self.inputs.once_per_forward(name, self.num_batches)
         }
 
     # ------------------------------------------------------------------ helpers
@@ -312,10 +331,15 @@ class StatisticsCollector:
         num_classes = logits.shape[1]
         if num_classes < 2:
             raise ValueError(f"the model's output has {num_classes} class; FAIR needs classification logits")
-        self.class_counts = torch.zeros(num_classes, dtype=torch.long)
-        self.chosen_classes = chosen_classes(num_classes, self.max_classes, self.seed)
-        self.class_slots = class_slots(num_classes, self.chosen_classes)
-        self.num_projections = projections_for(self.num_projections, self.chosen_classes.numel())
+        if recorder.labels.numel() and recorder.labels.max() >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs")
+        self.class_samples.start(num_classes)
+        self.num_projections = self.class_samples.num_projections
+        self.input_observed_calls = recorder.input_calls
+        self.input_aliases = recorder.input_aliases
+        self.input_order = recorder.input_order
+        if self.collects_screening:
+            self.screening_moments = ScreeningMoments(num_classes, self.device)
         executed = [n for n in dict.fromkeys(recorder.order) if n in self.candidates]
         if not executed:
             raise ValueError("no Conv or Linear layer ran in the forward pass (all ignored, or none in the model)")
@@ -337,21 +361,21 @@ class StatisticsCollector:
             out = recorder.outputs[name]
             module = self.unit_module(name)
             channels = units_view(out, module).shape[1]
-            self.layers[name] = LayerStatistics.empty(name, channels, self.device)
-            if self.collects_screening:
-                self.layers[name].moments = ClassMoments.zeros(num_classes, channels, self.device)
+            self.layers[name] = LayerStatistics(name, channels)
+            self.taylor.start(name, channels)
+            if self.screening_moments is not None:
+                self.screening_moments.start(name, channels)
         for name, shape in recorder.input_shapes.items():
             if self.input_observed_calls.get(name) != 1 or input_key(name) in recorder.off_batch:
                 continue  # runs more than once per forward, or its input is not batch-first: no distribution
             key = input_key(name)
-            channels = shape[1]
-            self.layers[key] = LayerStatistics.empty(key, channels, self.device)
+            self.layers[key] = LayerStatistics(key, shape[1])
         self.output_layer = output_layer
         if not [n for n in self.layers if consumer_of(n) is None]:
             raise ValueError(
                 f"the model has no prunable layer besides its output layer ({output_layer!r}); check ignored_layers"
             )
-        compared = self.chosen_classes.numel()
+        compared = self.class_samples.chosen.numel()
         self.estimate = MemoryEstimate(
             compared,
             int(self.samples_per_class),
@@ -365,13 +389,13 @@ class StatisticsCollector:
                 )
                 for name, stats in self.layers.items()
             },
-            8 * sum(t.numel() for t in self.input_sums.values()),
+            self.inputs.nbytes,
             screening_bytes(
                 num_classes,
-                [s.num_units for s in self.layers.values() if s.moments is not None],
+                [self.layers[n].num_units for n in self.screening_moments.layers],
                 [v.shape[1] for v in self._pooled_inputs.values()],
             )
-            if self.collects_screening
+            if self.screening_moments is not None
             else 0,
             num_classes,
         )
@@ -380,31 +404,28 @@ class StatisticsCollector:
             self.channels = self.chunks[0]
         else:
             self.chunks = [self.channels]
+        self.class_samples.expected = [n for n in self.layers if n in self.channels]
         if self.on_plan is not None:
             self.on_plan(self.estimate)
 
     def _input_hook(self, name: str):
         def hook(module, args):
-            self.input_calls[name] = self.input_calls.get(name, 0) + 1
             if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
                 with torch.no_grad():
                     x = args[0].detach().to(torch.float64)
-                    accumulate_input(name, x, module, self.input_sums, self.input_counts)
+                    self.inputs.add(name, x, module)
                     pooled = pooled_input(x, module) if self.collects_screening else None
                     if pooled is not None:
                         self._pooled_inputs[name] = pooled
+            else:
+                self.inputs.called(name)
 
         return hook
 
     def input_means(self) -> Dict[str, torch.Tensor]:
         """Mean input of every Conv/Linear that ran once per forward with a fixed input shape:
         ``[C_in, *spatial]`` for a conv, ``[in_features]`` for a Linear (float64)."""
-        per_forward = self.num_batches
-        return {
-            name: (total / self.input_counts[name]).cpu()
-            for name, total in self.input_sums.items()
-            if self.input_counts[name] > 0 and self.input_calls.get(name) == per_forward
-        }
+        return self.inputs.means(self.num_batches)
 
     def unit_module(self, key: str) -> nn.Module:
         """The module whose units a statistics entry holds: the layer, or the consumer of an input."""
@@ -412,35 +433,6 @@ class StatisticsCollector:
         if key in self.heads:
             return self.heads[key]
         return self.candidates[key] if consumer is None else self.consumers[consumer]
-
-    def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:
-        """The ``[map_size, P]`` seeded directions of a layer (None for scalar units)."""
-        if map_size == 1:
-            return None
-        key = f"{name}:{map_size}"
-        if key not in self._projections:
-            layer_seed = zlib.crc32(name.encode()) ^ int(self.seed)
-            self._projections[key] = random_projections(map_size, self.num_projections, seed=layer_seed).to(self.device)
-        return self._projections[key]
-
-
-def accumulate_input(
-    name: str, x: torch.Tensor, module: nn.Module, sums: Dict[str, torch.Tensor], counts: Dict[str, int]
-) -> None:
-    """Add one batch's input ``x`` (float64) of ``module`` to ``sums[name]`` / ``counts[name]``:
-    summed over samples (and tokens for a Linear) to ``[C_in, *spatial]`` / ``[in_features]``.
-    An input whose shape changes between batches has no single mean: its count becomes -1."""
-    if isinstance(module, nn.Linear):
-        total, count = x.reshape(-1, x.shape[-1]).sum(0), x.numel() // max(x.shape[-1], 1)
-    else:  # [B, C, *spatial] -> [C, *spatial]
-        total, count = x.sum(0), x.shape[0]
-    if name in sums and sums[name].shape == total.shape:
-        sums[name] += total
-        counts[name] += count
-    elif name not in sums:
-        sums[name], counts[name] = total, count
-    else:
-        counts[name] = -1
 
 
 def pooled_input(x: torch.Tensor, module: nn.Module) -> Optional[torch.Tensor]:

@@ -42,12 +42,15 @@ from ..units.channels import (
     NORM_TYPES,
     PASS_THROUGH_TYPES,
     candidate_layers,
+    consumer_of,
     input_key,
     resolve_ignored,
     units_view,
 )
 from ..units.families import collecting, find_units, removable
 from .classes import projections_for
+from .moments import screening_bytes
+from .samples import unit_bytes
 
 __all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "resolve_budget", "screening_bytes"]
 
@@ -82,17 +85,6 @@ def resolve_budget(value: Union[int, float, str, None], device=None) -> Optional
             return max(1, int(free * AUTO_FRACTION))
         return parse_bytes(CPU_BUDGET)
     return parse_bytes(value)
-
-
-def unit_bytes(num_classes: int, samples_per_class: int, map_size: int, num_projections: int) -> int:
-    """Bytes of one unit's utilization samples (float32)."""
-    return 4 * num_classes * samples_per_class * (1 if map_size == 1 else num_projections)
-
-
-def screening_bytes(num_classes: int, units: List[int], input_widths: List[int]) -> int:
-    """Bytes of the screening statistics: per-class count, sum and sum of squares (float64) of every
-    scored layer's units and every Conv/Linear's input channels / features."""
-    return sum(16 * num_classes * c + 8 * num_classes for c in list(units) + list(input_widths))
 
 
 @dataclass
@@ -161,7 +153,8 @@ class MemoryEstimate:
 
     @property
     def reconstruction_bytes(self) -> int:
-        return sum(16 * c for c, _ in self.layers.values())
+        """The two float64 Taylor sums of every scored layer (not of the observed layer inputs)."""
+        return sum(16 * c for name, (c, _) in self.layers.items() if consumer_of(name) is None)
 
     def peak_bytes(self, chunk_bytes: Optional[int] = None) -> int:
         """Peak of one pass holding ``chunk_bytes`` of samples (default: everything at once)."""

@@ -6,10 +6,12 @@ and shape-keeping pass-through modules by tensor identity, and the last stage re
 The input of every Conv/Linear that is not simply a scored layer's observed tensor (it comes
 through a residual add, a pooling, a concatenation, ...) is observed as well, under
 :func:`lightning_fair.units.channels.input_key`. Of each batch only the samples still needed (the first
-``samples_per_class`` of each class) are kept, projected, in the collector's buffers.
+``samples_per_class`` of each class, :meth:`lightning_fair.collect.samples.ClassSamples.select`)
+are kept for U.
 
-:class:`BatchRecorder` is made, attached and committed by
-:class:`lightning_fair.collect.collector.StatisticsCollector` once per batch.
+:class:`BatchRecorder` is made and attached by :class:`lightning_fair.collect.collector.StatisticsCollector`
+once per batch; it only reads the collector, which then takes what the recorder saw into its
+accumulators (and, on the first batch, the layout: which inputs are observed apart).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from ..units.channels import (
     input_key,
     units_view,
 )
-from .classes import rank_within_class
 
 if TYPE_CHECKING:  # the collector imports this module at run time
     from .collector import StatisticsCollector
@@ -98,47 +99,32 @@ class _FunctionalActivations(TorchFunctionMode):
 class BatchRecorder:
     """Forward hooks for one batch: keeps layer outputs and projects what U observes."""
 
-    def __init__(self, collector: "StatisticsCollector", target: torch.Tensor):
+    def __init__(self, collector: "StatisticsCollector", labels: torch.Tensor):
+        """``labels``: the batch's class indices on the host, checked (one per sample)."""
         self.c = collector
-        self.target = target
+        self.labels = labels
         self.outputs: Dict[str, torch.Tensor] = {}
         self.order: List[str] = []
         self.calls: Dict[str, int] = {}
         # id(tensor) -> (layer name, stage, tensor) for tensors derived from a layer output
         self.chain: Dict[int, tuple] = {}
-        self.observed: Dict[str, tuple] = {}  # name -> (stage, projected [m, C, D])
+        self.observed: Dict[str, tuple] = {}  # name -> (stage, selected rows [m, C, M])
         self.pooled: Dict[str, tuple] = {}  # name -> (stage, spatially averaged [B, C] float64), screening
         self.model_input: Optional[torch.Tensor] = None
-        self.inputs_seen: Dict[int, tuple] = {}  # id -> (first consumer, tensor) of observed inputs (first batch)
-        self.input_shapes: Dict[str, tuple] = {}  # consumer -> [B, C, M] shape of its observed input (first batch)
+        # first batch only: the layout of the observed consumer inputs
+        self.inputs_seen: Dict[int, tuple] = {}  # id -> (first consumer, tensor) of observed inputs
+        self.input_shapes: Dict[str, tuple] = {}  # consumer -> [B, C, M] shape of its observed input
+        self.input_calls: Dict[str, int] = {}  # consumer -> calls per forward of its observed input
+        self.input_aliases: Dict[str, str] = {}  # consumer -> an earlier consumer reading the very same tensor
+        self.input_order: List[str] = []  # consumers whose input is observed, in execution order
         self.map_sizes: Dict[str, int] = {}  # statistics key -> flattened size of one unit's observed map
         #: statistics keys whose tensor does not have the batch in its first dimension (not scored):
         #: sequence-first layouts (``batch_first=False``), windows folded into the batch
         self.off_batch: Dict[str, tuple] = {}
-        self.selected = self._select(target)
-
-    def _select(self, target: torch.Tensor) -> Optional[torch.Tensor]:
-        """Indices of this batch's samples still needed for U (the first n per chosen class), on
-        the device; worked out on the host from the labels (a copy of them only if they arrive on
-        another device)."""
-        counts = self.c.class_counts
-        if target.dim() != 1:
-            raise ValueError(f"labels must be one class index per sample, got shape {tuple(target.shape)}")
-        labels = self.labels = target.detach().long().cpu()
-        if labels.numel() and labels.min() < 0:
-            raise ValueError("labels must be class indices >= 0")
-        if counts is None:  # first batch: the number of classes is known once the forward returns
-            counts = torch.zeros(int(labels.max()) + 1 if labels.numel() else 1, dtype=torch.long)
-            room = self.c.samples_per_class - counts
-        else:
-            if labels.numel() and labels.max() >= counts.numel():
-                raise ValueError(f"labels must lie in [0, {counts.numel()}) for a model with {counts.numel()} outputs")
-            room = torch.where(self.c.class_slots >= 0, self.c.samples_per_class - counts, 0).clamp(min=0)
-        keep = rank_within_class(labels) < room[labels]
-        if not keep.any():
-            return None
-        self.selected_cpu = keep.nonzero().flatten()
-        return self.selected_cpu.to(self.c.device, non_blocking=True)
+        keep = collector.class_samples.select(labels)
+        #: indices of the samples still needed for U, on the host and on the device (None: none)
+        self.selected_cpu = keep if keep.numel() else None
+        self.selected = keep.to(collector.device, non_blocking=True) if keep.numel() else None
 
     def attach(self) -> list:
         handles = []
@@ -191,18 +177,17 @@ class BatchRecorder:
             entry = self.chain.get(id(x))
             if (entry is not None and entry[2] is x) or x is self.model_input:
                 return None  # the producer's own U observes this very tensor; or no unit made it
-            if self.c.class_counts is not None:  # later batches: what the first one decided
+            if self.c.class_samples.started:  # later batches: what the first one decided
                 if name in self.c.input_aliases:
                     return None
             else:
-                self.c.input_order.append(name)
+                self.input_order.append(name)
                 first = self.inputs_seen.get(id(x))
                 if first is not None and first[1] is x:  # an earlier consumer read this very tensor
-                    self.c.input_aliases[name] = first[0]
+                    self.input_aliases[name] = first[0]
                     return None
                 self.inputs_seen[id(x)] = (name, x)
-                calls = self.c.input_observed_calls
-                calls[name] = calls.get(name, 0) + 1
+                self.input_calls[name] = self.input_calls.get(name, 0) + 1
                 if x.dim() < 2:
                     return None
                 self.input_shapes[name] = tuple(units_view(x, module).shape)
@@ -249,68 +234,23 @@ class BatchRecorder:
         return hook
 
     def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
-        if tensor.dim() == 0 or tensor.shape[0] != self.target.shape[0]:
+        if tensor.dim() == 0 or tensor.shape[0] != self.labels.shape[0]:
             self.off_batch[name] = tuple(tensor.shape)
             return
         module = self.c.unit_module(name)
-        if self.c.class_counts is None:
+        first = not self.c.class_samples.started
+        if first:
             self.map_sizes[name] = units_view(tensor, module).shape[2]
-        if (
-            self.c.collects_screening
-            and consumer_of(name) is None
-            and (self.c.class_counts is None or name in self.c.layers)
-        ):
+        if self.c.collects_screening and consumer_of(name) is None and (first or name in self.c.layers):
             with torch.no_grad():  # every image of the batch; only the last stage reached is kept
                 view = units_view(tensor.detach(), module)
                 self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
         if self.selected is None:
             return
-        if self.c.class_counts is not None and (name not in self.c.layers or name not in self.c.channels):
+        if not first and (name not in self.c.layers or name not in self.c.channels):
             return  # after the first batch, only scored layers of this pass's chunk are observed
         with torch.no_grad():
             # A copy of the selected rows: later in-place ops cannot change it. Only the last
             # stage reached is projected, once, in commit().
             values = units_view(tensor.detach()[self.selected], module)
         self.observed[name] = (stage, values)
-
-    def commit(self) -> None:
-        """Write this batch's selected observations into the per-class buffers (one slot per
-        chosen class, :mod:`lightning_fair.collect.classes`)."""
-        if self.selected is None:
-            return
-        c = self.c
-        labels = self.labels[self.selected_cpu]
-        counts = c.class_counts
-        positions = counts[labels] + rank_within_class(labels)
-        slots = c.class_slots[labels]
-        # first batch: more than n of a class may arrive, and classes U does not compare
-        keep = ((positions < c.samples_per_class) & (slots >= 0)).nonzero().flatten()
-        if keep.numel() == 0:
-            return
-        # rows of the selection, slots, positions: one copy to the device
-        rows_d, slots_d, positions_d = (
-            torch.stack([keep, slots[keep], positions[keep]]).to(c.device, non_blocking=True).unbind(0)
-        )
-        for name, stats in c.layers.items():
-            if name not in self.observed or name not in c.channels:
-                continue
-            stage, values = self.observed[name]
-            start, stop = c.channels[name]
-            values = values.index_select(0, rows_d.to(values.device))[:, start:stop].float()
-            c.checks.check(
-                values,
-                lambda name=name, stage=stage, batch=c.num_batches: (
-                    f"the activations U observes for layer {name!r} ({STAGE_NAMES[stage]}) are not finite (NaN/inf) "
-                    f"on calibration batch {batch}; check the inputs and the model's numerics before pruning"
-                ),
-            )
-            map_size = values.shape[2]
-            theta = c.projection(name, map_size)
-            projected = values if theta is None else values @ theta
-            if stats.samples is None:
-                # rows past a class's count are never read: no need to zero them
-                stats.samples = projected.new_empty(c.chosen_classes.numel(), c.samples_per_class, *projected.shape[1:])
-                stats.observed = STAGE_NAMES[stage]
-                stats.map_size = map_size
-            stats.samples[slots_d, positions_d] = projected
-        counts += torch.bincount(labels[keep], minlength=counts.numel())

@@ -237,7 +237,7 @@ def compute_scores(
         del later
     short = {
         k: int(collector.class_counts[k])
-        for k in collector.chosen_classes.tolist()
+        for k in collector.class_samples.chosen.tolist()
         if 0 < collector.class_counts[k] < samples_per_class
     }
     if short:
@@ -263,38 +263,16 @@ def _announce(estimate, budget: Optional[int], device: str, verbose: bool) -> No
         warnings.warn(message, stacklevel=5)
 
 
-def _present_classes(collector: StatisticsCollector) -> List[int]:
-    """The classes U compares that the calibration data holds (ascending)."""
-    counts = collector.class_counts
-    present = (counts > 0).nonzero().flatten().tolist()
-    if len(present) < 2:
-        compared = collector.chosen_classes.numel()
-        among = (
-            f" among the {compared} classes U compares (max_classes={collector.max_classes})"
-            if compared < counts.numel()
-            else ""
-        )
-        raise ValueError(
-            f"the calibration data holds {len(present)} class(es){among}; the utilization score compares "
-            "classes, so it needs labelled samples of at least two"
-            + ("; pass calibration data covering more classes, or a larger max_classes (None: all)" if among else "")
-        )
-    return present
-
-
 def _utilization(collector: StatisticsCollector, name: str) -> torch.Tensor:
     """U of the units of ``name`` whose samples this collector holds (its channel range)."""
-    counts, slots = collector.class_counts, collector.class_slots
-    stats = collector.layers[name]
-    per_class = [stats.samples[int(slots[k]), : int(counts[k])] for k in _present_classes(collector)]
-    return max_pairwise_w1(per_class).cpu().float()
+    return max_pairwise_w1(collector.class_samples.per_class(name)).cpu().float()
 
 
 def scores_from_statistics(collector: StatisticsCollector, reconstruction: str = "abs_of_sum") -> FairScores:
     """Turn collected statistics into U and R (method.md §1.1-1.2). Units outside the
     collector's channel ranges (a split collection) get U = 0 until their pass fills them in."""
     counts = collector.class_counts
-    _present_classes(collector)
+    collector.class_samples.present_classes()
     utilization, protection, taylor, observed = {}, {}, {}, {}
     f_stat, norms, inputs_u = {}, {}, {}
     for name, stats in collector.layers.items():
@@ -305,15 +283,17 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         if name in collector.channels:
             start, stop = collector.channels[name]
             u[start:stop] = _utilization(collector, name)
-            stats.samples = None  # scored: free the samples before the next layer
+            collector.class_samples.release(name)  # scored: free the samples before the next layer
         if consumer is not None:
             continue
-        taylor[name] = stats.taylor_sum.cpu()
-        r = stats.taylor_sum.abs() if reconstruction == "abs_of_sum" else stats.taylor_abs_sum
+        signed = collector.taylor.signed[name]
+        taylor[name] = signed.cpu()
+        r = signed.abs() if reconstruction == "abs_of_sum" else collector.taylor.absolute[name]
         protection[name] = r.cpu().float()
         observed[name] = stats.observed
-        if stats.moments is not None:
-            f_stat[name] = f_statistic(*stats.moments.tensors()).cpu()
+        moments = collector.screening_moments.layers.get(name) if collector.screening_moments else None
+        if moments is not None:
+            f_stat[name] = f_statistic(*moments.tensors()).cpu()
             norms[name] = filter_norms(collector.unit_module(name)).cpu()
     for alias, first in collector.input_aliases.items():  # consumers reading the same tensor share its U
         if first in inputs_u:
@@ -331,13 +311,13 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
             "samples_per_class": int(collector.samples_per_class),
             "num_projections": int(collector.num_projections),
             "max_classes": collector.max_classes,
-            "classes_compared": int(collector.chosen_classes.numel()),
+            "classes_compared": int(collector.class_samples.chosen.numel()),
             "observe": collector.observe,
             "reconstruction": reconstruction,
             "seed": int(collector.seed),
             "num_batches": int(collector.num_batches),
-            "calibration_loss": collector.loss_sum / max(collector.num_batches, 1),
-            "calibration_accuracy": collector.correct / max(collector.seen, 1),
+            "calibration_loss": collector.tallies.mean_loss,
+            "calibration_accuracy": collector.tallies.accuracy,
         },
         input_means=collector.input_means(),
         f_statistic=f_stat,
