@@ -14,14 +14,16 @@ definitions) and ``lightning_fair.demos.digits`` (a digits LightningModule and D
 from .allocation.tolerance import tod_curve, tolerance_count, tolerance_counts
 from .collect.memory import estimate_memory
 from .config import PruneConfig
-from .methods.unstructured import prune_connections
+from .methods.unstructured import ConnectionConfig, prune_connections
 from .pipeline.evaluation import evaluate
 from .pipeline.oneshot import PruneResult, prune
 from .pipeline.report import PruneReport
 from .pipeline.sweeping import SweepResult, sweep
 from .removal.history import load_pruned, save_pruned
 from .repair.batchnorm import recalibrate_bn
-from .scoring.fair import FairScores, compute_scores
+from .scoring.compute import compute_scores
+from .scoring.fair import FairScores
+from .scoring.screening import ScreeningScores
 
 __version__ = "0.1.0"
 
@@ -29,9 +31,11 @@ __version__ = "0.1.0"
 _LIGHTNING = ("FairPruneCallback", "FairPruningMixin", "OnTheFlyPruning", "PruningError")
 
 __all__ = [
+    "ConnectionConfig",
     "FairPruneCallback",
     "FairPruningMixin",
     "FairScores",
+    "ScreeningScores",
     "OnTheFlyPruning",
     "PruneConfig",
     "PruneReport",

@@ -1,12 +1,21 @@
-"""Shared fixtures: sklearn digits as [N, 1, 8, 8] images in [0, 1] and two quick-trained zoo models."""
+"""Shared fixtures: sklearn digits as [N, 1, 8, 8] images in [0, 1] and two quick-trained zoo models.
+
+The whole suite runs on one torch thread (set here, once, before any test module is imported): the
+models are tiny, so results then do not depend on the machine's core count, and spinning OpenMP
+workers would only stall on a busy machine. Subprocesses (DDP workers, the CLI) set their own.
+"""
 
 import copy
 import sys
 
+import lightning as L
 import pytest
 import torch
+from helpers import single_thread
 
 from lightning_fair.demos import zoo
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +30,8 @@ def digits():
 
 
 def _quick_train(model, x, y, steps, batch_size=128, lr=1e-2, seed=0):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: threads only add overhead (and stall on a busy machine)
-    try:
+    with single_thread():  # tiny model: threads only add overhead (and stall on a busy machine)
         return _train_steps(model, x, y, steps, batch_size, lr, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_steps(model, x, y, steps, batch_size, lr, seed):
@@ -70,16 +75,14 @@ def trained_cnn(_trained_cnn):
 
 
 @pytest.fixture
-def one_thread():
-    """torch on one thread for the test (results independent of the core count), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def seeded():
+    """``L.seed_everything(0)`` (torch, numpy, random) before the test; a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("seeded")``."""
+    L.seed_everything(0, verbose=False)
 
 
 @pytest.fixture
-def quiet_cli(one_thread, monkeypatch):
-    """One thread, and no pytest arguments in sys.argv (LightningCLI warns when args and sys.argv are both given)."""
+def quiet_cli(monkeypatch):
+    """No pytest arguments in sys.argv (LightningCLI warns when args and sys.argv are both given)."""
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     yield

@@ -8,6 +8,7 @@ Models the package does not ship: :class:`GuardedCNN` (not fx-traceable) and :fu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -58,17 +59,29 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return acc
 
 
+@contextlib.contextmanager
+def single_thread():
+    """torch on one intra-op thread inside the block, the previous count restored after.
+
+    The models here are tiny: results do not depend on the machine's core count, and spinning
+    OpenMP workers would only make the tests slower on a busy machine. conftest.py sets one thread
+    for the whole suite; this keeps helpers that benchmarks and worker scripts import as exact.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train(model: nn.Module, epochs: int = 12, seed: int = 0, batch_size: int = 128) -> nn.Module:
     """Seeded AdamW + one-cycle schedule on the training split; returns the model in eval mode.
 
     Runs on one thread, so the trained weights do not depend on the machine's core count.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         return _train(model, epochs, seed, batch_size)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(model, epochs, seed, batch_size):

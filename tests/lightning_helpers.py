@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import lightning as L
 import torch
+from helpers import single_thread
 from torch import nn
 
 from lightning_fair.demos.digits import DigitsDataModule, ImageClassifier
@@ -50,6 +51,27 @@ def trainer(tmp_path, callbacks=(), max_epochs: int = 2, logger=False, **kwargs)
     )
     options.update(kwargs)
     return L.Trainer(**options)
+
+
+def seeded_fit(
+    tmp_path,
+    callbacks=(),
+    model: Callable[[], L.LightningModule] = classifier,
+    seed: Optional[int] = 0,
+    ckpt_path=None,
+    **trainer_options,
+):
+    """The tests' standard run, on one thread (restored after): ``L.seed_everything(seed)`` (skipped
+    when ``seed`` is None), then ``model()`` and ``datamodule()``, then :func:`trainer` with
+    ``callbacks`` and ``trainer_options`` fits the model. Returns ``(trainer, model, datamodule)``.
+    """
+    with single_thread():
+        if seed is not None:
+            L.seed_everything(seed, verbose=False)
+        module, dm = model(), datamodule()
+        run = trainer(tmp_path, callbacks, **trainer_options)
+        run.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return run, module, dm
 
 
 def shapes(model: nn.Module) -> Dict[str, tuple]:
@@ -131,6 +153,7 @@ __all__ = [
     "finite",
     "optimizer_copy",
     "read_metrics",
+    "seeded_fit",
     "shapes",
     "state_copy",
     "trainer",

@@ -23,6 +23,7 @@ from lightning_helpers import (
     finite,
     optimizer_copy,
     read_metrics,
+    seeded_fit,
     shapes,
     state_copy,
     trainer,
@@ -38,13 +39,7 @@ from lightning_fair.units.cost import measure
 TOLERANCE = 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 class Capturing(FairPruneCallback):
@@ -115,19 +110,11 @@ def conv_channels(model) -> dict:
 @pytest.fixture(scope="module")
 def pruned_mid_fit(tmp_path_factory):
     """fit for 3 epochs, pruning at the end of epoch 1, with a CSVLogger (shared by several tests)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        L.seed_everything(0, verbose=False)
-        tmp_path = tmp_path_factory.mktemp("mid_fit")
-        model, dm = classifier(), datamodule()
-        callback, recorder = Capturing(prune_at=1, tolerance=TOLERANCE, **FAST), EpochRecorder()
-        logger = CSVLogger(str(tmp_path), name="logs")
-        fit = trainer(tmp_path, [callback, recorder], max_epochs=3, logger=logger)
-        fit.fit(model, datamodule=dm)
-        return {"trainer": fit, "model": model, "callback": callback, "recorder": recorder, "log_dir": logger.log_dir}
-    finally:
-        torch.set_num_threads(threads)
+    tmp_path = tmp_path_factory.mktemp("mid_fit")
+    callback, recorder = Capturing(prune_at=1, tolerance=TOLERANCE, **FAST), EpochRecorder()
+    logger = CSVLogger(str(tmp_path), name="logs")
+    fit, model, _ = seeded_fit(tmp_path, [callback, recorder], max_epochs=3, logger=logger)
+    return {"trainer": fit, "model": model, "callback": callback, "recorder": recorder, "log_dir": logger.log_dir}
 
 
 def test_prunes_at_the_chosen_epoch_and_keeps_training(pruned_mid_fit):

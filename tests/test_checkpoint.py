@@ -16,6 +16,7 @@ from lightning_helpers import (
     assert_same_state,
     classifier,
     datamodule,
+    seeded_fit,
     shapes,
     trainer,
 )
@@ -32,13 +33,7 @@ from lightning_fair.removal.history import (
 PRUNE_FAST = {k: v for k, v in FAST.items() if k in ("samples_per_class", "num_projections")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def outputs(model, x):
@@ -51,27 +46,19 @@ def outputs(model, x):
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     """fit 2 epochs, pruning at the end of epoch 1; ModelCheckpoint(save_last=True) writes afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        L.seed_everything(0, verbose=False)
-        tmp_path = tmp_path_factory.mktemp("pruned_run")
-        model, dm = classifier(), datamodule()
-        callback = FairPruneCallback(prune_at=1, tolerance=0.1, **FAST)
-        checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
-        fit = trainer(tmp_path, [callback, checkpoint], max_epochs=2, enable_checkpointing=True)
-        fit.fit(model, datamodule=dm)
-        assert [e["epoch"] for e in callback.events] == [1]
-        return {
-            "model": model,
-            "dm": dm,
-            "callback": callback,
-            "trainer": fit,
-            "dir": tmp_path / "ckpt",
-            "tmp": tmp_path,
-        }
-    finally:
-        torch.set_num_threads(threads)
+    tmp_path = tmp_path_factory.mktemp("pruned_run")
+    callback = FairPruneCallback(prune_at=1, tolerance=0.1, **FAST)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
+    fit, model, dm = seeded_fit(tmp_path, [callback, checkpoint], max_epochs=2, enable_checkpointing=True)
+    assert [e["epoch"] for e in callback.events] == [1]
+    return {
+        "model": model,
+        "dm": dm,
+        "callback": callback,
+        "trainer": fit,
+        "dir": tmp_path / "ckpt",
+        "tmp": tmp_path,
+    }
 
 
 def test_checkpoint_after_pruning_restores_the_pruned_model(pruned_run):
@@ -316,9 +303,7 @@ def resnet(seed: int = 0):
 
 @pytest.fixture(scope="module")
 def twice_pruned(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with helpers.single_thread():
         model = resnet()
         loader = helpers.calibration_loader(num=200, batch_size=100)
         first = prune(model, loader, tolerance=0.3, **PRUNE_FAST)
@@ -326,9 +311,7 @@ def twice_pruned(tmp_path_factory):
         second = prune(model, loader, tolerance=0.3, **PRUNE_FAST)
         path = tmp_path_factory.mktemp("plain") / "pruned.pt"
         save_pruned(model, path)
-        return {"model": model, "first": first, "second": second, "rows_first": rows_first, "path": path}
-    finally:
-        torch.set_num_threads(threads)
+    return {"model": model, "first": first, "second": second, "rows_first": rows_first, "path": path}
 
 
 def test_two_rounds_save_and_load_into_a_fresh_model(twice_pruned):

@@ -34,6 +34,7 @@ FAST_PRUNE = [
 WIDTHS = [8, 8, 16, 64]  # small_cnn(width=8): units of net.features.0.0, .1.0, .3.0, net.head.0
 
 
+from helpers import single_thread  # noqa: E402
 from lightning_helpers import trainer_args  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("quiet_cli")
@@ -52,9 +53,8 @@ def widths(model):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """FairCLI ``fit`` without any --prune flag (2 epochs) and its checkpoint."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
+    with single_thread(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "argv", sys.argv[:1])
         cli = FairCLI(args=["fit", *MODEL, *trainer_args(root, epochs=2)])
     return cli, cli.trainer.checkpoint_callback.best_model_path

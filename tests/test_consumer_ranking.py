@@ -27,9 +27,6 @@ from lightning_fair.scoring.criterion import CriterionScores, layer_normalised
 NEW = "utilization_x_consumers"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 class Tiny(nn.Module):
     """stem -> residual block (c1, c2, identity add) -> expand 1x1 -> depthwise -> grouped 1x1 (2 groups)
     -> 2x2 average pool -> flatten -> fc (4 channels x 4 positions = 16 input columns)."""

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import calibration_loader, digits, module_shapes
+from helpers import calibration_loader, digits, module_shapes, single_thread
 from torch import nn
 
 import lightning_fair
@@ -29,14 +29,6 @@ ARCHITECTURES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.lru_cache(maxsize=None)
 def _trained_state(arch: str):
     torch.manual_seed(0)
@@ -44,17 +36,13 @@ def _trained_state(arch: str):
     x, y, _, _ = digits()
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         model.train()
         for _ in range(15):
             idx = torch.randint(0, len(y), (64,), generator=generator)
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

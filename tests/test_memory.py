@@ -6,7 +6,7 @@ import helpers
 import pytest
 import torch
 
-import lightning_fair.scoring.fair as scores_module
+import lightning_fair.scoring.compute as scores_module
 from lightning_fair import compute_scores
 from lightning_fair.collect.collector import StatisticsCollector
 from lightning_fair.collect.memory import DISTANCE_WORK_BYTES, estimate_memory

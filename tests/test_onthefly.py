@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning_helpers import classifier, datamodule, read_metrics, trainer
+from lightning_helpers import classifier, read_metrics, seeded_fit
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -35,13 +35,7 @@ OnTheFlyPruning = lightning_fair.OnTheFlyPruning
 LAYERS = ("net.features.0.0", "net.features.1.0", "net.features.3.0", "net.head.0")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 class Probe(L.Callback):
@@ -64,11 +58,10 @@ class Probe(L.Callback):
 
 
 def _fit(tmp_path, callbacks, epochs, model=None, **kwargs):
-    model = model or classifier()
-    ckpt_path = kwargs.pop("ckpt_path", None)
-    fit = trainer(tmp_path, callbacks, max_epochs=epochs, **kwargs)
-    fit.fit(model, datamodule=datamodule(), ckpt_path=ckpt_path)
-    return fit, model
+    """:func:`seeded_fit` of ``model`` (default a fresh ``classifier()``), not reseeded: the test or ``seeded`` did."""
+    factory = classifier if model is None else (lambda: model)
+    fit, fitted, _ = seeded_fit(tmp_path, callbacks, model=factory, seed=None, max_epochs=epochs, **kwargs)
+    return fit, fitted
 
 
 def _assert_tied(model, masks, recovery="channel"):

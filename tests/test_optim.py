@@ -16,14 +16,6 @@ from lightning_fair.runtime.optim import repoint_optimizer, slice_like
 FAST = dict(samples_per_class=8, num_projections=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def generated_batches(n_batches=2, batch_size=64, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return [

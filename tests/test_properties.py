@@ -36,14 +36,6 @@ FAST = settings(max_examples=60, deadline=None)
 SLOW = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------ strategies
 def _finite(lo: float, hi: float):
     return st.floats(lo, hi, allow_nan=False, allow_infinity=False)

@@ -9,8 +9,6 @@ from torch import nn
 from lightning_fair import recalibrate_bn
 from lightning_fair.demos import zoo
 
-torch.set_num_threads(1)
-
 
 def _conv_net():
     torch.manual_seed(0)

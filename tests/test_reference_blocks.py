@@ -49,7 +49,7 @@ def outputs(model, x):
 
 @pytest.mark.parametrize("budget", [dict(tolerance=0.3), dict(target_macs=0.5)], ids=["tolerance", "target"])
 @pytest.mark.parametrize("name", sorted(blocks.MODELS))
-def test_reference_block_prunes_runs_and_reloads(name, budget, loader, one_thread, tmp_path):
+def test_reference_block_prunes_runs_and_reloads(name, budget, loader, tmp_path):
     model = build(name)
     x = helpers.example_inputs(4)
     result = prune(model, loader, **budget, **FAST)
@@ -131,7 +131,7 @@ def test_a_plan_leaves_every_coupled_layer_a_channel():
     assert graph.leaving_one(group.limits, order, 8, 16).tolist() != list(range(8))
 
 
-def test_the_target_search_skips_levels_whose_model_fails(monkeypatch, loader, one_thread):
+def test_the_target_search_skips_levels_whose_model_fails(monkeypatch, loader):
     """D2: the most aggressive levels fail (a failure no single group explains): the search stays
     below them instead of raising, and the target is still met."""
     original, tried = DependencyPlanner.apply_checked, []
@@ -149,7 +149,7 @@ def test_the_target_search_skips_levels_whose_model_fails(monkeypatch, loader, o
     assert 0 < sum(len(idxs) for idxs in result.removed.values()) <= 40
 
 
-def test_a_group_search_that_does_not_end_is_left_whole(monkeypatch, loader, one_thread):
+def test_a_group_search_that_does_not_end_is_left_whole(monkeypatch, loader):
     """F: torch-pruning's group search is capped; over the cap the group is left whole, with a note."""
     monkeypatch.setattr(graph, "MAX_GROUP_ITEMS", 20)  # the residual stream needs 64
     result = prune(build("convnext"), loader, tolerance=0.3, **FAST)
@@ -189,7 +189,7 @@ def _planner(model, dependency=None):
     return DependencyPlanner(model, helpers.example_inputs(1), scored, {"classifier"}, graph=dependency)
 
 
-def test_an_unreachable_target_names_the_groups_left_whole(loader, one_thread):
+def test_an_unreachable_target_names_the_groups_left_whole(loader):
     with pytest.raises(
         ValueError, match=r"cannot be reached.*1 coupled group\(s\) are left whole \(stem: torch-pruning"
     ):

@@ -9,6 +9,7 @@ inputs (``FairScores.input_utilization``), not of one member's branch output.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import sys
 import zlib
@@ -26,14 +27,6 @@ from lightning_fair import FairScores, compute_scores, prune
 from lightning_fair.collect import projections
 from lightning_fair.demos import zoo
 from lightning_fair.units.channels import input_key
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _capture_input(model, module, x):
@@ -176,5 +169,5 @@ def test_screening_ranks_residual_groups_by_its_own_scores():
         recalibrate=False,
     )
     with_inputs = prune(model, data, **options)
-    without = prune(model, data, **{**options, "scores": FairScores(**{**scores.__dict__, "input_utilization": {}})})
+    without = prune(model, data, **{**options, "scores": dataclasses.replace(scores, input_utilization={})})
     assert with_inputs.removed == without.removed

@@ -11,6 +11,7 @@ from lightning_helpers import (
     assert_optimizer_matches_model,
     classifier,
     datamodule,
+    seeded_fit,
     shapes,
     trainer,
 )
@@ -25,13 +26,7 @@ STEPS, TARGET = [0, 1, 2], 0.5
 SCHEDULE = [1 - (1 - TARGET) * i / len(STEPS) for i in range(1, len(STEPS) + 1)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 class AfterEpoch(L.Callback):
@@ -63,28 +58,26 @@ def kept_of_original(callback) -> list:
 @pytest.fixture(scope="module")
 def gradual(tmp_path_factory):
     """fit 4 epochs pruning at the end of epochs 0, 1 and 2 to 50% of the MACs; a checkpoint at the end."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        L.seed_everything(0, verbose=False)
-        tmp_path = tmp_path_factory.mktemp("gradual")
-        model, dm = classifier(width=32), datamodule()  # width 32: one channel is a small share of the MACs
-        callback, recorder = FairPruneCallback(prune_at=STEPS, target_macs=TARGET, **FAST), AfterEpoch()
-        fit = trainer(tmp_path, [callback, recorder], max_epochs=4, limit_train_batches=4)
-        fit.fit(model, datamodule=dm)
-        path = tmp_path / "end.ckpt"
-        fit.save_checkpoint(path)
-        return {
-            "model": model,
-            "dm": dm,
-            "callback": callback,
-            "recorder": recorder,
-            "trainer": fit,
-            "path": path,
-            "tmp": tmp_path,
-        }
-    finally:
-        torch.set_num_threads(threads)
+    tmp_path = tmp_path_factory.mktemp("gradual")
+    callback, recorder = FairPruneCallback(prune_at=STEPS, target_macs=TARGET, **FAST), AfterEpoch()
+    fit, model, dm = seeded_fit(
+        tmp_path,
+        [callback, recorder],
+        model=lambda: classifier(width=32),  # width 32: one channel is a small share of the MACs
+        max_epochs=4,
+        limit_train_batches=4,
+    )
+    path = tmp_path / "end.ckpt"
+    fit.save_checkpoint(path)
+    return {
+        "model": model,
+        "dm": dm,
+        "callback": callback,
+        "recorder": recorder,
+        "trainer": fit,
+        "path": path,
+        "tmp": tmp_path,
+    }
 
 
 def test_three_steps_follow_the_linear_schedule(gradual):

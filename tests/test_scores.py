@@ -32,16 +32,6 @@ CNN_CONVS = {
 }  # conv -> BN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are tiny: intra-op threads only add overhead, and spinning OpenMP workers
-    make the suite many times slower on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- helpers
 def loader(x, y, batch_size):
     """Deterministic loader (shuffle=False)."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_fair import FairScores, compute_scores, prune, prune_connections
+from lightning_fair import ConnectionConfig, FairScores, ScreeningScores, compute_scores, prune, prune_connections
 from lightning_fair.allocation.tolerance import tolerance_count
 from lightning_fair.demos import zoo
 from lightning_fair.scoring.screening import connection_scores, screening_scores
@@ -21,14 +21,6 @@ from lightning_fair.units.cost import measure
 f_classif = pytest.importorskip("sklearn.feature_selection").f_classif
 
 FAST = dict(samples_per_class=8, num_projections=8)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def unequal_batches():
@@ -114,7 +106,9 @@ def test_screening_statistics_leave_fair_scores_bitwise_unchanged():
     model, batches = helpers.trained_small_cnn(), helpers.calibration_loader(300, 100)
     plain = compute_scores(model, batches, **FAST)
     both = compute_scores(model, batches, criterion="screening", **FAST)
-    assert not plain.f_statistic and not plain.input_f_statistic
+    # each criterion's scores are its own type: FAIR's carry no screening statistics
+    assert type(plain) is FairScores and not hasattr(plain, "f_statistic")
+    assert isinstance(both, ScreeningScores) and both.f_statistic.keys() == set(plain.layers)
     for name in plain.layers:
         assert torch.equal(plain.utilization[name], both.utilization[name])
         assert torch.equal(plain.reconstruction[name], both.reconstruction[name])
@@ -146,27 +140,28 @@ def test_scores_with_f_round_trip_and_old_files_still_load(tmp_path):
     )
     scores.save(tmp_path / "s.pt")
     back = FairScores.load(tmp_path / "s.pt")
+    assert type(back) is ScreeningScores  # the class that wrote the state reads it back
     for field in ("f_statistic", "filter_norm", "input_f_statistic"):
         assert getattr(back, field).keys() == getattr(scores, field).keys()
         for name, value in getattr(scores, field).items():
             assert torch.equal(getattr(back, field)[name], value)
     old = scores.state_dict()
-    for key in ("f_statistic", "filter_norm", "input_f_statistic"):
+    for key in ("f_statistic", "filter_norm", "input_f_statistic", "kind"):
         del old[key]  # written before the screening criterion existed
     loaded = FairScores.from_state_dict(old)
-    assert not loaded.f_statistic and torch.equal(loaded.utilization["head.0"], scores.utilization["head.0"])
+    assert type(loaded) is FairScores and torch.equal(loaded.utilization["head.0"], scores.utilization["head.0"])
 
 
 # ------------------------------------------------------------------ structured
 @pytest.fixture(scope="module")
 def lenet():
     """LeNet-300-100 (zoo.mlp on 8x8 digits) trained briefly, its state, and screening scores."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = helpers.train(zoo.mlp(in_features=64), epochs=6)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    batches = helpers.calibration_loader(400, 100)
-    return state, batches, compute_scores(model, batches, criterion="screening", **FAST)
+    with helpers.single_thread():
+        torch.manual_seed(0)
+        model = helpers.train(zoo.mlp(in_features=64), epochs=6)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        batches = helpers.calibration_loader(400, 100)
+        return state, batches, compute_scores(model, batches, criterion="screening", **FAST)
 
 
 def fresh(state):
@@ -286,7 +281,7 @@ def test_criterion_fair_is_the_default_bitwise(lenet):
         for key, value in default.model.state_dict().items():
             assert torch.equal(value, fair.model.state_dict()[key]), key
         assert fair.report.options["criterion"] == "fair"
-        assert not fair.scores.f_statistic  # nothing extra collected for FAIR
+        assert type(fair.scores) is FairScores  # nothing extra collected for FAIR
 
 
 # ------------------------------------------------------------------ unstructured
@@ -395,6 +390,63 @@ def test_screening_needs_scores_with_screening_statistics(lenet):
     ):
         with pytest.raises(ValueError):
             prune_connections(model, batches, **kwargs)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key])
+
+
+def test_connection_config_gives_the_same_masks_as_keywords(lenet):
+    state, batches, _ = lenet
+    options = dict(sparsity=0.6, allocation="layer", screening_weight=0.3, ignored_layers=["features.1"], **FAST)
+    by_keywords = prune_connections(fresh(state), batches, **options)
+    config = ConnectionConfig(**options)
+    by_config = prune_connections(fresh(state), batches, config)
+    # keywords override the config's fields
+    overridden = prune_connections(
+        fresh(state),
+        batches,
+        ConnectionConfig(sparsity=0.2, **FAST),
+        sparsity=0.6,
+        allocation="layer",
+        screening_weight=0.3,
+        ignored_layers=["features.1"],
+    )
+    for result in (by_config, overridden):
+        assert result.masks.keys() == by_keywords.masks.keys() == {"features.3"}
+        for name, mask in by_keywords.masks.items():
+            assert torch.equal(result.masks[name], mask), name
+        assert result.config == config and result.report.options == by_keywords.report.options
+    assert by_keywords.config == config
+
+
+def test_connection_options_are_checked_before_the_model_changes(lenet):
+    state, batches, _ = lenet
+    model = fresh(state)
+    with pytest.raises(
+        TypeError, match=r"'samples_per_clas' \(did you mean 'samples_per_class'\?\).*sparsity, allocation"
+    ):
+        prune_connections(model, batches, sparsity=0.5, samples_per_clas=2)
+    with pytest.raises(TypeError, match=r"did you mean 'inplace'"):
+        prune_connections(model, batches, sparsity=0.5, in_place=False)
+    with pytest.raises(ValueError, match=r"^sparsity .*\[0, 1\), got 1.5"):
+        prune_connections(model, batches, sparsity=1.5)
+    with pytest.raises(ValueError, match=r"^sparsity is required"):
+        prune_connections(model, batches, **FAST)
+    with pytest.raises(ValueError, match=r"^sparsity"):
+        prune_connections(model, batches, ConnectionConfig(sparsity=0.5), sparsity=1.5)
+    for kwargs, name in (
+        ({"samples_per_class": 0}, "samples_per_class"),
+        ({"num_projections": 0}, "num_projections"),
+        ({"observe": "inputs"}, "observe"),
+        ({"memory_budget": "lots"}, "memory_budget"),
+        ({"max_batches": 0}, "max_batches"),
+        ({"include_output": "yes"}, "include_output"),
+        ({"ignored_layers": [3]}, "ignored_layers"),
+        ({"allocation": "uniform"}, "allocation"),
+    ):
+        with pytest.raises(ValueError, match=f"^{name}"):
+            prune_connections(model, batches, sparsity=0.5, **kwargs)
+    with pytest.raises(TypeError, match="ConnectionConfig"):
+        prune_connections(model, batches, {"sparsity": 0.5})
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key])
 

@@ -4,9 +4,9 @@
 For each model and each (number of batches, samples_per_class) this measures
 
 * **buffers** (exact): the bytes held by :class:`lightning_fair.collect.collector.StatisticsCollector`'s
-  per-layer statistics, ``samples`` ``[K, n, C, D]`` float32 and ``taylor_sum`` ``[C]`` float64,
-  summed as ``numel * element_size`` after ``collector.run(batches)``; next to the formula
-  ``K * n * sum_l(C_l * D_l) * 4 + sum_l(C_l) * 8`` (``D_l = P`` projections for a conv map,
+  per-layer statistics, the samples ``[K, n, C, D]`` float32 and the two Taylor sums ``[C]`` float64
+  (``collector.class_samples.nbytes + collector.taylor.nbytes``) after ``collector.run(batches)``; next
+  to the formula ``K * n * sum_l(C_l * D_l) * 4 + sum_l(C_l) * 16`` (``D_l = P`` projections for a conv map,
   1 for a Linear feature) and the ``[map_size, P]`` projection matrices, also held once;
 * **peak RSS** (in a fresh subprocess per point, 1 thread): the resident-memory peak while
   scoring minus the resident memory just before (model built, data generator ready). The child
@@ -95,12 +95,10 @@ def default_models(seed: int = 0) -> Dict[str, tuple]:
 
 # ---------------------------------------------------------------------- measures
 def buffer_bytes(collector) -> dict:
-    """Exact bytes of a collector's statistics (``samples``, ``taylor_sum``) and projection matrices."""
-    samples = sum(
-        s.samples.numel() * s.samples.element_size() for s in collector.layers.values() if s.samples is not None
-    )
-    taylor = sum(s.taylor_sum.numel() * s.taylor_sum.element_size() for s in collector.layers.values())
-    projections = sum(t.numel() * t.element_size() for t in collector._projections.values())
+    """Exact bytes of a collector's statistics (U's samples, R's two sums) and projection matrices."""
+    samples = collector.class_samples.nbytes
+    taylor = collector.taylor.nbytes
+    projections = collector.class_samples.projection_bytes
     return {
         "samples_bytes": int(samples),
         "taylor_bytes": int(taylor),
@@ -165,10 +163,13 @@ def layer_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
 
 
 def predicted_bytes(shapes: dict, samples_per_class: int, num_projections: int) -> int:
-    """``K * n * sum_l(C_l * D_l) * 4 + sum_l(C_l) * 8`` with ``D_l = P`` for maps, 1 for scalars."""
+    """``K * n * sum_l(C_l * D_l) * 4 + sum_l(C_l) * 16`` with ``D_l = P`` for maps, 1 for scalars
+    (the samples, float32, and the two float64 Taylor sums of every scored layer's unit, signed and per-sample
+    absolute; the observed layer inputs have samples only)."""
     k = shapes["num_classes"]
     width = sum(c * (num_projections if m > 1 else 1) for c, m in shapes["layers"].values())
-    return k * int(samples_per_class) * width * 4 + sum(c for c, _ in shapes["layers"].values()) * 8
+    scored = sum(c for name, (c, _) in shapes["layers"].items() if not name.endswith("<input>"))
+    return k * int(samples_per_class) * width * 4 + scored * 16
 
 
 def _rss_now_kib() -> Optional[int]:
@@ -235,7 +236,7 @@ def _child(spec: dict) -> dict:
     out = {}
     if spec["mode"] == "scores":
         from lightning_fair.collect.collector import StatisticsCollector
-        from lightning_fair.scoring.fair import scores_from_statistics
+        from lightning_fair.scoring.fair import scores_from_statistics  # FAIR's criterion, as compute_scores
 
         # compute_scores(model, batches, samples_per_class=n, num_projections=P), in its two steps
         collector = StatisticsCollector(
@@ -555,8 +556,8 @@ def to_markdown(results: dict) -> str:
         f"Batches of {cfg['batch_size']} images generated one at a time (seeded), "
         f"{cfg['num_projections']} projections, {cfg['threads']} thread(s), torch {cfg['torch']}; models seeded and "
         "untrained (memory does not depend on the weights). *Filled*: fewest-most samples kept per class. "
-        "*Buffers*: exact bytes of the collector's `samples` + `taylor_sum` tensors; *formula*: "
-        "K·n·Σ C_l·D_l·4 + Σ C_l·8 (D_l = P for conv maps, 1 for Linear features); *proj.*: the "
+        "*Buffers*: exact bytes of the collector's samples and its two Taylor sums per unit; *formula*: "
+        "K·n·Σ C_l·D_l·4 + Σ C_l·16 (D_l = P for conv maps, 1 for Linear features); *proj.*: the "
         "`[map_size, P]` projection matrices, also allocated once. Peaks are resident-memory peaks minus the "
         "resident memory just before scoring, each row in a fresh process: *pass* = the forward/backward pass "
         "that fills the buffers (*RSS growth*: resident memory after the last batch minus after the first), *distances* = turning them into U (sorting, pairwise W1), *plain* = one "

@@ -166,6 +166,11 @@ class ClassSamples:
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers.values())
 
+    @property
+    def projection_bytes(self) -> int:
+        """Bytes of the cached projection matrices (``[map_size, P]`` per layer and map size)."""
+        return sum(t.numel() * t.element_size() for t in self._projections.values())
+
     def merge(self) -> None:
         """Every rank's samples merged class by class in rank order (the first ``samples_per_class``
         of each class over the ranks' valid rows); collective: every rank calls it, all end equal."""

@@ -23,7 +23,7 @@ from ..removal.history import CHECKPOINT_KEY, pruning_state
 from ..repair.batchnorm import recalibrate_bn
 from ..runtime.distributed import is_distributed
 from ..runtime.optim import repoint_optimizer
-from ..scoring.fair import compute_scores
+from ..scoring.compute import compute_scores
 from ..units.cost import measure
 from .private import attached_val_loader, generated_state_key, rewrap_ddp
 from .progress import Progress, announce

@@ -28,9 +28,9 @@ from ..repair.batchnorm import recalibrate_bn
 from ..repair.compensation import capture_consumers, fold_mean_replacement
 from ..runtime.batches import default_unpack, first_inputs, select_logits
 from ..runtime.guards import on_uncompiled, preserved_modes, rollback
+from ..scoring.compute import compute_scores, criterion_for
 from ..scoring.criterion import CriterionScores
-from ..scoring.fair import FairScores, compute_scores
-from ..scoring.screening import screening_ranking
+from ..scoring.fair import FairScores
 from ..units.channels import resolve_ignored
 from ..units.cost import measure, unit_counts
 from .report import LayerRow, PruneReport
@@ -269,9 +269,7 @@ def resolve_example_inputs(
 def rank(scores: FairScores, config: PruneConfig) -> CriterionScores:
     """What ranks the units: FAIR's (U removes, R protects, consumers' input U for residual
     groups) or the screening criterion's (the screening score removes, R protects)."""
-    if config.criterion == "screening":
-        return screening_ranking(scores, config.screening_weight)
-    return CriterionScores.of(scores)
+    return criterion_for(config.criterion).rank(scores, config)
 
 
 def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
+from ..scoring.compute import criterion_for
+
 __all__ = ["describe_pipeline", "LayerRow", "PruneReport", "si_count"]
 
 
@@ -90,11 +92,6 @@ class PruneReport:
         return "\n".join(lines)
 
 
-_OBSERVED = {
-    "output": "on the layer's output",
-    "norm": "after the following norm layer",
-    "activation": "after the following activation",
-}
 _COUNTS = {
     "tod": "per-layer counts by the tolerance of difference (U against R)",
     "global": "one threshold on layer-normalised scores across all layers",
@@ -116,12 +113,7 @@ def describe_pipeline(options: dict) -> str:
         no repair
     """
     get = options.get
-    if get("criterion") == "screening":
-        ranked = (
-            f"units ranked by the screening score (F-statistic weight {get('screening_weight', 0.5):g}, filter norm)"
-        )
-    else:
-        ranked = f"units ranked by U (class separation, {_OBSERVED.get(get('observe'), get('observe'))})"
+    ranked = criterion_for(get("criterion") or "fair").describe(options)
     if get("ranking") == "l1":
         ranked = "units removed by smallest filter L1 norm"
     elif get("ranking") == "random":

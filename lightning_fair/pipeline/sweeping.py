@@ -17,7 +17,8 @@ from torch import nn
 
 from ..collect.collector import default_unpack
 from ..config import PruneConfig, configure
-from ..scoring.fair import FairScores, compute_scores
+from ..scoring.compute import compute_scores
+from ..scoring.fair import FairScores
 from .evaluation import evaluate
 from .oneshot import prune
 

@@ -1,6 +1,12 @@
-"""What a criterion hands on: per-layer removal and protection scores, separate from how the
-scores were measured. (The ``ranking`` option, which units of a layer go first once its count is
-known, is :mod:`lightning_fair.allocation.order`.)
+"""What a criterion is, and what it hands on: per-layer removal and protection scores, separate
+from how the scores were measured.
+
+A :class:`Criterion` says what the statistics pass must collect (``collects_screening``), turns a
+pass's statistics into its scores (``scores``), ranks them (``rank``, a :class:`CriterionScores`)
+and names its ranking in a report (``describe``). The criteria by name are
+:data:`lightning_fair.scoring.compute.CRITERIA`: FAIR (:class:`lightning_fair.scoring.fair.FairCriterion`)
+and screening (:class:`lightning_fair.scoring.screening.ScreeningCriterion`). (The ``ranking``
+option, which units of a layer go first once its count is known, is :mod:`lightning_fair.allocation.order`.)
 
 A :class:`CriterionScores` holds, per scored layer, a **removal score** (lowest goes first) and a
 **protection score** (ToD protects the highest), plus the removal score of what each consumer
@@ -17,11 +23,33 @@ policy). Allocation (:mod:`lightning_fair.allocation.budgets`) and removal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Any, Dict, List, Protocol
 
 import torch
 
-__all__ = ["CriterionScores", "as_criterion_scores"]
+__all__ = ["Criterion", "CriterionScores", "as_criterion_scores"]
+
+
+class Criterion(Protocol):
+    """A way of scoring units from one statistics pass."""
+
+    #: the ``criterion`` option's value that selects it
+    name: str
+    #: the pass also collects the per-class moments of :class:`lightning_fair.collect.moments.ScreeningMoments`
+    collects_screening: bool
+
+    def scores(self, collector: Any, config: Any) -> Any:
+        """The criterion's scores (a :class:`lightning_fair.FairScores` or a subclass) from a finished pass
+        (:class:`lightning_fair.collect.collector.StatisticsCollector`) under ``config`` (a PruneConfig)."""
+        ...
+
+    def rank(self, scores: Any, config: Any) -> "CriterionScores":
+        """What allocation and removal read: removal and protection scores per layer."""
+        ...
+
+    def describe(self, options: dict) -> str:
+        """How the report names the ranking (``options``: the resolved configuration as a dict)."""
+        ...
 
 
 @dataclass(frozen=True)

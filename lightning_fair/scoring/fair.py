@@ -1,28 +1,25 @@
-"""FAIR scores: the utilization score U and the reconstruction score R of every unit.
+"""FAIR's criterion: the utilization score U and the reconstruction score R of every unit.
 
-``compute_scores`` runs the statistics pass once; the :class:`FairScores` it returns
-answers any tolerance, ratio or MACs target afterwards without touching data again.
+:class:`FairCriterion` turns the statistics of one pass into :class:`FairScores` (U, R and what
+removal and repair read besides) and ranks them (U removes, R protects). The pass itself is run by
+:func:`lightning_fair.scoring.compute.compute_scores`; the scores then answer any tolerance, ratio
+or MACs target without touching data again.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import ClassVar, Dict, List, Union
 
 import torch
-from torch import nn
 
 from ..collect.collector import StatisticsCollector
-from ..collect.memory import resolve_budget
-from ..config import RECONSTRUCTIONS, PruneConfig, configure
-from ..runtime.batches import default_unpack
-from ..runtime.guards import on_uncompiled
-from ..units.channels import consumer_of, resolve_ignored
+from ..config import RECONSTRUCTIONS, PruneConfig
+from ..units.channels import consumer_of
+from .criterion import CriterionScores
 from .distances import max_pairwise_w1
-from .screening import f_statistic, filter_norms, screening_scores
 
-__all__ = ["FairScores", "compute_scores", "RECONSTRUCTIONS"]
+__all__ = ["FairScores", "FairCriterion", "scores_from_statistics", "layer_utilization", "RECONSTRUCTIONS"]
 
 
 @dataclass
@@ -42,11 +39,6 @@ class FairScores:
             per forward, scored or not).
         config: how the scores were made (samples_per_class, num_projections, observe, seed, num_batches),
             and the model's mean loss and accuracy on the calibration batches while scoring.
-        f_statistic: ``{layer: F [C]}`` (``criterion="screening"`` only), the one-way ANOVA F-statistic across
-            classes of each unit's spatially averaged observed tensor (:mod:`lightning_fair.scoring.screening`).
-        filter_norm: ``{layer: [C]}`` (``criterion="screening"`` only), the L2 norm of each unit's filter.
-        input_f_statistic: ``{Conv/Linear: F [C_in]}`` (``criterion="screening"`` only), the F-statistic of
-            each input feature / spatially averaged input channel, for unstructured screening.
         input_utilization: ``{Conv/Linear: U [C_in]}``, the utilization score of each input channel of
             every Conv/Linear (scored or not, the output layer too) whose input is not simply one scored
             layer's observed tensor (it comes through a residual add, a pooling, a concatenation, ...),
@@ -62,10 +54,16 @@ class FairScores:
     class_counts: List[int] = field(default_factory=list)
     config: Dict[str, Union[int, str]] = field(default_factory=dict)
     input_means: Dict[str, torch.Tensor] = field(default_factory=dict)
-    f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
-    filter_norm: Dict[str, torch.Tensor] = field(default_factory=dict)
-    input_f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
     input_utilization: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    #: the criterion whose scores these are; subclasses that carry more (another criterion's
+    #: statistics of the same pass) name theirs and are found again by :meth:`from_state_dict`
+    kind: ClassVar[str] = "fair"
+    kinds: ClassVar[Dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        FairScores.kinds[cls.kind] = cls
 
     @property
     def layers(self) -> List[str]:
@@ -74,12 +72,6 @@ class FairScores:
 
     def __getitem__(self, layer: str) -> Dict[str, torch.Tensor]:
         return {"utilization": self.utilization[layer], "reconstruction": self.reconstruction[layer]}
-
-    def screening(self, weight: float = 0.5) -> Dict[str, torch.Tensor]:
-        """``{layer: screening score [C]}``, ``weight * F / mean F + (1 - weight) * m / mean m`` per
-        layer (scores computed with ``criterion="screening"``; see
-        :func:`lightning_fair.scoring.screening.screening_scores`)."""
-        return screening_scores(self, weight)
 
     def __repr__(self) -> str:
         units = sum(u.numel() for u in self.utilization.values())
@@ -90,6 +82,7 @@ class FairScores:
         """Plain tensors, strings and numbers only: safe for ``torch.load(weights_only=True)``."""
         return {
             "format": "lightning_fair.FairScores/1",
+            "kind": self.kind,
             "layers": self.layers,
             "utilization": [self.utilization[n].detach().cpu() for n in self.layers],
             "reconstruction": [self.reconstruction[n].detach().cpu() for n in self.layers],
@@ -99,18 +92,20 @@ class FairScores:
             "class_counts": list(self.class_counts),
             "config": dict(self.config),
             "input_means": {name: mean.detach().cpu() for name, mean in self.input_means.items()},
-            "f_statistic": [self.f_statistic[n].detach().cpu() for n in self.layers] if self.f_statistic else [],
-            "filter_norm": [self.filter_norm[n].detach().cpu() for n in self.layers] if self.filter_norm else [],
-            "input_f_statistic": {name: f.detach().cpu() for name, f in self.input_f_statistic.items()},
             "input_utilization_layers": list(self.input_utilization),
             "input_utilization": [u.detach().cpu() for u in self.input_utilization.values()],
         }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "FairScores":
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`: the class that wrote the state (``kind``) reads it back."""
         if not isinstance(state, dict) or state.get("format") != "lightning_fair.FairScores/1":
             raise ValueError("not a lightning_fair FairScores state (expected format 'lightning_fair.FairScores/1')")
+        # states written before "kind" existed: the screening criterion's are the ones with F-statistics
+        kind = state.get("kind") or ("screening" if state.get("f_statistic") else "fair")
+        owner = FairScores.kinds.get(kind, FairScores)
+        if owner is not cls and issubclass(owner, cls):
+            return owner.from_state_dict(state)
         names = list(state["layers"])
         return cls(
             utilization=dict(zip(names, state["utilization"])),
@@ -121,10 +116,6 @@ class FairScores:
             class_counts=list(state["class_counts"]),
             config=dict(state["config"]),
             input_means=dict(state.get("input_means", {})),
-            # absent from scores saved before the screening criterion existed
-            f_statistic=dict(zip(names, state["f_statistic"])) if state.get("f_statistic") else {},
-            filter_norm=dict(zip(names, state["filter_norm"])) if state.get("filter_norm") else {},
-            input_f_statistic=dict(state.get("input_f_statistic", {})),
             # absent from scores saved before coupled groups used their consumers' inputs
             input_utilization=dict(zip(state.get("input_utilization_layers", []), state.get("input_utilization", []))),
         )
@@ -139,131 +130,7 @@ class FairScores:
         return cls.from_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
 
 
-@on_uncompiled
-def compute_scores(
-    model: nn.Module,
-    dataloader: Iterable,
-    config: Optional[PruneConfig] = None,
-    *,
-    loss_fn: Optional[Callable] = None,
-    unpack: Callable = default_unpack,
-    logits: Optional[Callable] = None,
-    distributed: bool = False,
-    verbose: bool = False,
-    **options,
-) -> FairScores:
-    """Score every prunable unit of ``model`` with one forward and one backward per batch.
-
-    Args:
-        model: any ``nn.Module`` (a LightningModule too) that maps inputs to class logits.
-        dataloader: labelled calibration batches, ``(inputs, labels)`` by default.
-        config: a :class:`~lightning_fair.PruneConfig`; scoring reads ``samples_per_class``,
-            ``num_projections``, ``observe`` (what U observes: the layer's ``"output"``, the tensor
-            after the following ``"norm"``, or after the following nonlinearity, ``"activation"``,
-            the default preset's; where no such module follows, the furthest point reached is used
-            and recorded in ``scores.observed``), ``reconstruction`` (``"abs_of_sum"``, the paper's
-            ``R = |sum dL/dz z|`` over all samples and positions, or ``"sum_of_abs"``), ``seed``,
-            ``ignored_layers`` (never scored, nor pruned), ``max_batches``, ``memory_budget`` and
-            ``criterion`` (``"screening"`` also collects, in the same pass, what the screening
-            criterion needs: ``FairScores.f_statistic``, ``filter_norm``, ``input_f_statistic``;
-            per class, the count, sum and sum of squares of every unit's spatially averaged
-            observed tensor and every Conv/Linear's input: ``16 K C`` bytes per layer).
-        **options: fields of :class:`~lightning_fair.PruneConfig` overriding ``config``.
-        loss_fn: ``loss_fn(logits, labels)``, cross-entropy by default.
-        unpack: ``batch -> (inputs, labels)``.
-        logits: ``output -> class logits`` for a model that returns more (``lambda out: out[0]``);
-            by default the output itself, or its ``"logits"`` entry / ``.logits`` (Hugging Face).
-        distributed: inside a ``torch.distributed`` process group (e.g. DDP), each process passes
-            its own shard of the calibration data and the statistics of all processes are merged
-            before scoring, so every process gets the same scores (collective: call on every rank).
-        verbose: print the estimate after the first batch: memory, passes, class pairs and distance
-            work (a warning names the options that bring it down when it would take far too long,
-            verbose or not).
-
-    Memory: the utilization samples need about what :func:`lightning_fair.estimate_memory` says
-    (estimated on the first batch from the layer shapes, classes, ``samples_per_class`` and
-    ``num_projections``); over ``memory_budget`` the units are split into chunks collected in
-    further, forward-only passes over ``dataloader`` (which must then be re-iterable). Same
-    scores, given the same batches.
-
-    Returns:
-        :class:`FairScores`. The model is left exactly as it was.
-
-    Example:
-        >>> import torch
-        >>> from lightning_fair import compute_scores
-        >>> from lightning_fair.demos import zoo
-        >>> data = [(torch.randn(20, 1, 8, 8), torch.arange(20) % 10)]
-        >>> scores = compute_scores(zoo.small_cnn(), data, samples_per_class=2, num_projections=8)
-        >>> scores.layers
-        ['features.0.0', 'features.1.0', 'features.3.0', 'head.0']
-        >>> scores.utilization["features.0.0"].shape
-        torch.Size([16])
-    """
-    config = configure(config, **options).resolved()
-    samples_per_class, max_batches, memory_budget = config.samples_per_class, config.max_batches, config.memory_budget
-    budget = resolve_budget(memory_budget, next((p.device for p in model.parameters()), None))
-    ignored = resolve_ignored(model, config.ignored_layers)
-    options = dict(
-        samples_per_class=samples_per_class,
-        num_projections=config.num_projections,
-        max_classes=config.max_classes,
-        observe=config.observe,
-        seed=config.seed,
-        loss_fn=loss_fn,
-        unpack=unpack,
-        logits=logits,
-        ignored=ignored,
-        distributed=distributed,
-        prune_embedding=config.prune_embedding,
-    )
-    collector = StatisticsCollector(model, memory_budget=budget, screening=config.criterion == "screening", **options)
-    collector.on_plan = lambda estimate: _announce(estimate, budget, collector.device.type, verbose)
-    collector.run(dataloader, max_batches=max_batches)
-    scores = scores_from_statistics(collector, reconstruction=config.reconstruction)
-    if len(collector.chunks) > 1 and iter(dataloader) is dataloader:
-        raise ValueError(
-            f"the statistics need {len(collector.chunks)} passes under memory_budget={memory_budget!r}, but the "
-            "dataloader is a one-shot iterator; pass a re-iterable dataloader (a DataLoader or a list), or a larger "
-            "memory_budget"
-        )
-    for chunk in collector.chunks[1:]:  # forward-only passes for the remaining units
-        later = StatisticsCollector(model, channels=chunk, reconstruction=False, **options)
-        later.run(dataloader, max_batches=max_batches)
-        for name, (start, stop) in chunk.items():
-            consumer = consumer_of(name)
-            target = scores.utilization[name] if consumer is None else scores.input_utilization[consumer]
-            target[start:stop] = _utilization(later, name)
-        del later
-    short = {
-        k: int(collector.class_counts[k])
-        for k in collector.class_samples.chosen.tolist()
-        if 0 < collector.class_counts[k] < samples_per_class
-    }
-    if short:
-        warnings.warn(
-            f"{len(short)} class(es) have fewer calibration samples than samples_per_class={samples_per_class} "
-            f"(class: samples {dict(list(short.items())[:8])}); their utilization distances use what there is. "
-            "Pass more calibration data or a smaller samples_per_class to silence this.",
-            stacklevel=3,
-        )  # past the on_uncompiled wrapper: the caller's line
-    scores.config["passes"] = len(collector.chunks)
-    scores.config["memory_estimate"] = int(collector.estimate.total_bytes)
-    return scores
-
-
-def _announce(estimate, budget: Optional[int], device: str, verbose: bool) -> None:
-    """After the first batch, before the rest of the pass: print the estimate (``verbose``), and
-    warn when the setting would take far too long, naming the options that bring it down."""
-    threads = torch.get_num_threads()
-    if verbose:
-        print(estimate.describe(budget, device, threads), flush=True)
-    message = estimate.cost_warning(budget, device, threads)
-    if message:
-        warnings.warn(message, stacklevel=5)
-
-
-def _utilization(collector: StatisticsCollector, name: str) -> torch.Tensor:
+def layer_utilization(collector: StatisticsCollector, name: str) -> torch.Tensor:
     """U of the units of ``name`` whose samples this collector holds (its channel range)."""
     return max_pairwise_w1(collector.class_samples.per_class(name)).cpu().float()
 
@@ -273,8 +140,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
     collector's channel ranges (a split collection) get U = 0 until their pass fills them in."""
     counts = collector.class_counts
     collector.class_samples.present_classes()
-    utilization, protection, taylor, observed = {}, {}, {}, {}
-    f_stat, norms, inputs_u = {}, {}, {}
+    utilization, protection, taylor, observed, inputs_u = {}, {}, {}, {}, {}
     for name, stats in collector.layers.items():
         consumer = consumer_of(name)
         u = utilization[name] = torch.zeros(stats.num_units)
@@ -282,7 +148,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
             u = inputs_u[consumer] = utilization.pop(name)
         if name in collector.channels:
             start, stop = collector.channels[name]
-            u[start:stop] = _utilization(collector, name)
+            u[start:stop] = layer_utilization(collector, name)
             collector.class_samples.release(name)  # scored: free the samples before the next layer
         if consumer is not None:
             continue
@@ -291,15 +157,10 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         r = signed.abs() if reconstruction == "abs_of_sum" else collector.taylor.absolute[name]
         protection[name] = r.cpu().float()
         observed[name] = stats.observed
-        moments = collector.screening_moments.layers.get(name) if collector.screening_moments else None
-        if moments is not None:
-            f_stat[name] = f_statistic(*moments.tensors()).cpu()
-            norms[name] = filter_norms(collector.unit_module(name)).cpu()
     for alias, first in collector.input_aliases.items():  # consumers reading the same tensor share its U
         if first in inputs_u:
             inputs_u[alias] = inputs_u[first]
     inputs_u = {name: inputs_u[name] for name in dict.fromkeys(collector.input_order) if name in inputs_u}
-    inputs = {name: f_statistic(*moments.tensors()).cpu() for name, moments in collector.input_class_moments().items()}
     return FairScores(
         utilization=utilization,
         reconstruction=protection,
@@ -320,8 +181,35 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
             "calibration_accuracy": collector.tallies.accuracy,
         },
         input_means=collector.input_means(),
-        f_statistic=f_stat,
-        filter_norm=norms,
-        input_f_statistic=inputs,
         input_utilization=inputs_u,
     )
+
+
+class FairCriterion:
+    """FAIR (method.md §1): U removes, R protects, coupled groups ranked by their consumers' input U.
+
+    A criterion (:class:`lightning_fair.scoring.criterion.Criterion`) says what the statistics pass
+    must collect, turns the statistics into its scores and ranks them for allocation and removal.
+    """
+
+    name = "fair"
+    #: the statistics pass collects U's samples, R's sums and the mean inputs; nothing more
+    collects_screening = False
+
+    def scores(self, collector: StatisticsCollector, config: PruneConfig) -> FairScores:
+        return scores_from_statistics(collector, reconstruction=config.reconstruction)
+
+    def rank(self, scores: FairScores, config: PruneConfig) -> CriterionScores:
+        return CriterionScores.of(scores)
+
+    def describe(self, options: dict) -> str:
+        observed = OBSERVED_WORDS.get(options.get("observe"), options.get("observe"))
+        return f"units ranked by U (class separation, {observed})"
+
+
+#: how the pipeline line of a report names what U observes
+OBSERVED_WORDS = {
+    "output": "on the layer's output",
+    "norm": "after the following norm layer",
+    "activation": "after the following activation",
+}

@@ -18,20 +18,27 @@ For unstructured pruning every connection ``(i -> o)`` of a Conv/Linear gets
 for the first layer); ``F`` is invariant to scaling, so ``|W_oi|`` is what makes the score
 specific to a connection.
 
-Pure functions over statistics, score vectors and weights; no data.
+:class:`ScreeningCriterion` is the criterion (what the pass collects, its scores, its ranking);
+:class:`ScreeningScores` are FAIR's scores of the same pass plus the F-statistics and filter norms.
+The rest are pure functions over statistics, score vectors and weights; no data.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, Iterable, Optional
 
 import torch
 from torch import nn
 
-from ..config import check_screening_weight
+from ..collect.collector import StatisticsCollector
+from ..config import PruneConfig, check_screening_weight
 from .criterion import CriterionScores, layer_normalised
+from .fair import FairScores, scores_from_statistics
 
 __all__ = [
+    "ScreeningScores",
+    "ScreeningCriterion",
     "check_screening_weight",
     "f_statistic",
     "filter_norms",
@@ -111,29 +118,97 @@ def _mean_normalised(values: torch.Tensor) -> torch.Tensor:
     return layer_normalised(values.to(torch.float64))
 
 
+@dataclass
+class ScreeningScores(FairScores):
+    """FAIR's scores of a pass that also collected the screening statistics (``criterion="screening"``).
+
+    Attributes (besides :class:`~lightning_fair.FairScores`'):
+        f_statistic: ``{layer: F [C]}``, the one-way ANOVA F-statistic across classes of each unit's
+            spatially averaged observed tensor.
+        filter_norm: ``{layer: [C]}``, the L2 norm of each unit's filter.
+        input_f_statistic: ``{Conv/Linear: F [C_in]}``, the F-statistic of each input feature /
+            spatially averaged input channel, for unstructured screening
+            (:func:`lightning_fair.prune_connections`).
+    """
+
+    f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
+    filter_norm: Dict[str, torch.Tensor] = field(default_factory=dict)
+    input_f_statistic: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "screening"
+
+    def screening(self, weight: float = 0.5) -> Dict[str, torch.Tensor]:
+        """``{layer: screening score [C]}``, ``weight * F / mean F + (1 - weight) * m / mean m`` per
+        layer (:func:`screening_scores`)."""
+        return screening_scores(self, weight)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["f_statistic"] = [self.f_statistic[n].detach().cpu() for n in self.layers] if self.f_statistic else []
+        state["filter_norm"] = [self.filter_norm[n].detach().cpu() for n in self.layers] if self.filter_norm else []
+        state["input_f_statistic"] = {name: f.detach().cpu() for name, f in self.input_f_statistic.items()}
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ScreeningScores":
+        fair = FairScores.from_state_dict({**state, "kind": "fair"})
+        names = fair.layers
+        return cls(
+            **vars(fair),
+            f_statistic=dict(zip(names, state["f_statistic"])) if state.get("f_statistic") else {},
+            filter_norm=dict(zip(names, state["filter_norm"])) if state.get("filter_norm") else {},
+            input_f_statistic=dict(state.get("input_f_statistic", {})),
+        )
+
+
+class ScreeningCriterion:
+    """The screening criterion: the screening score removes (lowest first), R protects (ToD); coupled
+    groups are ranked by their members' screening scores. The pass collects, besides FAIR's
+    statistics, per class the count, sum and sum of squares of every unit's spatially averaged
+    observed tensor and of every Conv/Linear's input (:class:`lightning_fair.collect.moments.ScreeningMoments`)."""
+
+    name = "screening"
+    collects_screening = True
+
+    def scores(self, collector: StatisticsCollector, config: PruneConfig) -> ScreeningScores:
+        fair = scores_from_statistics(collector, reconstruction=config.reconstruction)
+        moments = collector.screening_moments
+        layers = moments.layers if moments is not None else {}
+        return ScreeningScores(
+            **vars(fair),
+            f_statistic={n: f_statistic(*layers[n].tensors()).cpu() for n in fair.layers if n in layers},
+            filter_norm={n: filter_norms(collector.unit_module(n)).cpu() for n in fair.layers if n in layers},
+            input_f_statistic={n: f_statistic(*m.tensors()).cpu() for n, m in collector.input_class_moments().items()},
+        )
+
+    def rank(self, scores: FairScores, config: PruneConfig) -> CriterionScores:
+        return screening_ranking(scores, config.screening_weight)
+
+    def describe(self, options: dict) -> str:
+        weight = options.get("screening_weight", 0.5)
+        return f"units ranked by the screening score (F-statistic weight {weight:g}, filter norm)"
+
+
 def screening_scores(scores, weight: float = 0.5, layers: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
-    """``{layer: w * F / mean F + (1 - w) * m / mean m}`` per unit (float64) from a :class:`FairScores`
-    computed with ``criterion="screening"``.
+    """``{layer: w * F / mean F + (1 - w) * m / mean m}`` per unit (float64) from
+    :class:`ScreeningScores` (``compute_scores(..., criterion="screening")``).
 
     Example:
-        >>> from lightning_fair.scoring.fair import FairScores
-        >>> s = FairScores({"a": torch.ones(2)}, {"a": torch.ones(2)},
-        ...                f_statistic={"a": torch.tensor([1., 3.])}, filter_norm={"a": torch.tensor([2., 2.])})
+        >>> s = ScreeningScores({"a": torch.ones(2)}, {"a": torch.ones(2)},
+        ...                     f_statistic={"a": torch.tensor([1., 3.])}, filter_norm={"a": torch.tensor([2., 2.])})
         >>> screening_scores(s, 0.5)["a"].tolist()   # 0.5 * [0.5, 1.5] + 0.5 * [1, 1]
         [0.75, 1.25]
     """
     weight = check_screening_weight(weight)
     names = list(layers) if layers is not None else list(scores.layers)
-    missing = [n for n in names if n not in scores.f_statistic or n not in scores.filter_norm]
+    f, norm = getattr(scores, "f_statistic", {}), getattr(scores, "filter_norm", {})
+    missing = [n for n in names if n not in f or n not in norm]
     if missing:
         raise ValueError(
             f"these scores carry no screening statistics for {missing[:3]}; compute them with "
             "compute_scores(..., criterion='screening') (prune(criterion='screening') does)"
         )
-    return {
-        n: weight * _mean_normalised(scores.f_statistic[n]) + (1 - weight) * _mean_normalised(scores.filter_norm[n])
-        for n in names
-    }
+    return {n: weight * _mean_normalised(f[n]) + (1 - weight) * _mean_normalised(norm[n]) for n in names}
 
 
 def screening_ranking(scores, weight: float = 0.5) -> CriterionScores:
