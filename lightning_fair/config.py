@@ -10,6 +10,7 @@ functions that use them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 import re
 from dataclasses import dataclass
@@ -454,6 +455,20 @@ class PruneConfig:
 FIELDS = tuple(field.name for field in dataclasses.fields(PruneConfig))
 
 
+def unknown_names(names: List[str], known: Tuple[str, ...]) -> str:
+    """``'tolerence' (did you mean 'tolerance'?), ...``: each unknown name with the closest known one.
+
+    Example:
+        >>> unknown_names(["tolerence", "xyz"], ("tolerance", "target_macs"))
+        "'tolerence' (did you mean 'tolerance'?), 'xyz'"
+    """
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(hints)
+
+
 def configure(config: Optional[PruneConfig] = None, **overrides: Any) -> PruneConfig:
     """``config`` (default: ``PruneConfig()``) with the keyword ``overrides`` applied, validated.
 
@@ -463,12 +478,13 @@ def configure(config: Optional[PruneConfig] = None, **overrides: Any) -> PruneCo
         >>> configure(tolerence=0.1)
         Traceback (most recent call last):
         ...
-        TypeError: unknown pruning option(s) ['tolerence']; the options are the fields of PruneConfig: ...
+        TypeError: unknown pruning option 'tolerence' (did you mean 'tolerance'?); the options are the fields ...
     """
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise TypeError(
-            f"unknown pruning option(s) {unknown}; the options are the fields of PruneConfig: {', '.join(FIELDS)}"
+            f"unknown pruning option{'s' if len(unknown) > 1 else ''} {unknown_names(unknown, FIELDS)}; "
+            f"the options are the fields of PruneConfig: {', '.join(FIELDS)}"
         )
     if config is None:
         return PruneConfig(**overrides)

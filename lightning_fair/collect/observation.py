@@ -247,7 +247,7 @@ class BatchRecorder:
                 self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
         if self.selected is None:
             return
-        if not first and (name not in self.c.layers or name not in self.c.channels):
+        if not first and (name not in self.c.layers or name not in (self.c.channels or {})):
             return  # after the first batch, only scored layers of this pass's chunk are observed
         with torch.no_grad():
             # A copy of the selected rows: later in-place ops cannot change it. Only the last

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import DEFAULT_BUDGET, Observe, PruneConfig, check_screening_weight
+from ..config import DEFAULT_BUDGET, Observe, PruneConfig, check_screening_weight, unknown_names
 from ..pipeline.report import si_count
 from ..runtime.batches import default_unpack, first_inputs
 from ..scoring.compute import compute_scores
@@ -228,14 +227,9 @@ def configure_connections(config: Optional[ConnectionConfig] = None, **overrides
     """
     unknown = [name for name in overrides if name not in CONNECTION_FIELDS]
     if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(
-                name, CONNECTION_FIELDS + ("dataloader", "config") + RUNTIME_ARGUMENTS, n=1
-            )
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise TypeError(
-            f"prune_connections: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; the options "
+            f"prune_connections: unknown option{'s' if len(unknown) > 1 else ''} "
+            f"{unknown_names(unknown, CONNECTION_FIELDS + ('dataloader', 'config') + RUNTIME_ARGUMENTS)}; the options "
             f"are the fields of ConnectionConfig: {', '.join(CONNECTION_FIELDS)} (and the keyword arguments "
             f"{', '.join(RUNTIME_ARGUMENTS)})"
         )

@@ -122,7 +122,8 @@ def describe_pipeline(options: dict) -> str:
         ranked = ranked[:-1] + ", times how strongly the next layers read them)" if ranked.endswith(")") else ranked
     elif get("ranking") not in (None, "utilization"):
         ranked = f"units removed by {get('ranking')}"
-    parts = [ranked, _COUNTS.get(get("allocation"), f"allocation {get('allocation')}")]
+    allocation = str(get("allocation"))
+    parts = [ranked, _COUNTS.get(allocation, f"allocation {allocation}")]
     if get("allocation") == "tod" or get("group_policy") == "joint":
         parts.append(
             "coupled layers take their smallest count"
