@@ -185,6 +185,7 @@ PRESETS: Dict[str, Dict[str, object]] = {
         recalibrate=False,
         compensate=False,
         ranking="utilization",
+        refit=False,
     ),
     # chosen by evidence (docs/benchmarks.md, "Variant study"): U after the nonlinearity, a
     # global U threshold when a MACs/params budget is given (ToD counts for a tolerance),
@@ -199,6 +200,7 @@ PRESETS: Dict[str, Dict[str, object]] = {
         recalibrate=True,
         compensate=True,
         ranking="utilization_x_consumers",
+        refit=False,
     ),
 }
 
@@ -235,7 +237,16 @@ def resolve_allocation(allocation: str, has_target: bool, has_ratio: bool = Fals
 # ---------------------------------------------------------------------- the config
 
 #: the options a preset sets (None in a config: the preset's value)
-PIPELINE_OPTIONS = ("observe", "reconstruction", "group_policy", "allocation", "recalibrate", "compensate", "ranking")
+PIPELINE_OPTIONS = (
+    "observe",
+    "reconstruction",
+    "group_policy",
+    "allocation",
+    "recalibrate",
+    "compensate",
+    "ranking",
+    "refit",
+)
 
 
 @dataclass(frozen=True)
@@ -243,7 +254,7 @@ class PruneConfig:
     """Every plain-data option of a pruning, validated when the config is made.
 
     Budget (give one): ``tolerance`` (default), ``target_macs``, ``target_params`` or ``ratio``.
-    The seven pipeline options (``observe`` ... ``compensate``, ``ranking``) default to None, meaning the
+    The eight pipeline options (``observe`` ... ``compensate``, ``ranking``, ``refit``) default to None, meaning the
     ``preset``'s value; :meth:`resolved` fills them in.
 
     Args:
@@ -274,6 +285,11 @@ class PruneConfig:
             ``"utilization_x_consumers"`` (the criterion's score times the mean, over the Conv/Linear
             layers that read the unit, of the L2 norm of its input-weight column: a unit the next
             layers barely read goes first; the counts are the same as with ``"utilization"``).
+        refit: least-squares refit of the consumers after removal: every Conv/Linear that lost inputs
+            gets the weights and bias that best reproduce its original output from its kept inputs,
+            on the calibration batches (one more forward pass of the unpruned model;
+            :mod:`lightning_fair.repair.refit`); with ``compensate``, mean replacement covers the consumers it
+            cannot refit.
         criterion: what ranks the units: ``"fair"`` (U, with R as ToD's protection) or
             ``"screening"`` (class-separation F-statistic combined with the filter norm,
             :mod:`lightning_fair.scoring.screening`).
@@ -327,6 +343,7 @@ class PruneConfig:
     recalibrate: Optional[bool] = None
     compensate: Optional[bool] = None
     ranking: Optional[RankingName] = None
+    refit: Optional[bool] = None
     criterion: CriterionName = "fair"
     screening_weight: float = 0.5
     samples_per_class: int = 32
@@ -359,7 +376,7 @@ class PruneConfig:
             value = pipeline.get(key, getattr(self, key))
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
-        for key in ("recalibrate", "compensate"):
+        for key in ("recalibrate", "compensate", "refit"):
             if not isinstance(pipeline[key], bool):
                 raise ValueError(f"{key} must be True, False or None (the preset's value), got {pipeline[key]!r}")
         allocation = pipeline["allocation"]
@@ -423,7 +440,7 @@ class PruneConfig:
     # ------------------------------------------------------------------ derived
     @property
     def pipeline(self) -> Dict[str, Any]:
-        """The seven pipeline options with the preset's values filled in, ``allocation`` resolved
+        """The eight pipeline options with the preset's values filled in, ``allocation`` resolved
         (``"auto"``: uniform with a ratio, global with a target, ToD otherwise)."""
         options = resolve_preset(self.preset, **{key: getattr(self, key) for key in PIPELINE_OPTIONS})
         options["allocation"] = resolve_allocation(options["allocation"], bool(self.target), self.ratio is not None)

@@ -201,6 +201,7 @@ def set_seed(seed: int) -> None:
 
 
 SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.9, 5e-4  # optimizer="sgd": Nesterov momentum, weight decay
+ADAMW_WEIGHT_DECAY = 0.05  # optimizer="adamw"
 
 
 def train_epochs(
@@ -215,19 +216,22 @@ def train_epochs(
     optimizer: str = "adam",
     schedule: Optional[str] = None,
 ) -> nn.Module:
-    """Cross-entropy with seeded shuffling, ``optimizer`` ``"adam"`` or ``"sgd"`` (momentum
-    ``SGD_MOMENTUM``, Nesterov, weight decay ``SGD_WEIGHT_DECAY``); learning rate per step:
+    """Cross-entropy with seeded shuffling, ``optimizer`` ``"adam"``, ``"adamw"`` (decoupled weight
+    decay ``ADAMW_WEIGHT_DECAY``) or ``"sgd"`` (momentum ``SGD_MOMENTUM``, Nesterov, weight decay
+    ``SGD_WEIGHT_DECAY``); learning rate per step:
     ``schedule`` ``"one_cycle"`` (peaking at ``lr``), ``"cosine"`` (from ``lr`` to 0) or
     ``"constant"`` (default: one-cycle if ``one_cycle`` else constant). Returns the model in eval mode."""
     set_seed(seed)
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=ADAMW_WEIGHT_DECAY)
     elif optimizer == "sgd":
         opt = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=SGD_WEIGHT_DECAY
         )
     else:
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {optimizer!r}")
     n = len(split) if limit is None else min(limit, len(split))
     steps = epochs * ((n + batch_size - 1) // batch_size)
     schedule = schedule or ("one_cycle" if one_cycle else "constant")

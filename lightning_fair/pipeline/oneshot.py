@@ -2,7 +2,9 @@
 
 resolve (the :class:`~lightning_fair.PruneConfig`) -> score (:func:`compute_scores`) -> rank (U,
 or the screening score) -> allocate (ToD / global / uniform counts at a level, searched for a
-target) -> remove (torch-pruning) -> repair (compensation, BatchNorm re-estimation) -> report.
+target) -> remove (torch-pruning) -> repair (least-squares refit, compensation, BatchNorm
+re-estimation) -> report. The refit's statistics come from one pass of the unpruned model over the
+calibration batches, between allocation and removal: once removed, the original outputs are gone.
 
 The units are ranked by FAIR's utilization score (``criterion="fair"``) or by the screening
 score (``criterion="screening"``, :mod:`lightning_fair.scoring.screening`); allocation, removal,
@@ -26,6 +28,7 @@ from ..removal.history import record_pruning
 from ..removal.planner import DependencyPlanner
 from ..repair.batchnorm import recalibrate_bn
 from ..repair.compensation import capture_consumers, fold_mean_replacement
+from ..repair.refit import LeastSquares, RefitTarget, collect_refit_statistics, refit_consumers, refit_targets
 from ..runtime.batches import default_unpack, first_inputs, select_logits
 from ..runtime.guards import on_uncompiled, preserved_modes, rollback
 from ..scoring.compute import compute_scores, criterion_for
@@ -99,7 +102,7 @@ def prune(
         dataloader: labelled calibration batches; not needed if ``scores`` and
             ``example_inputs`` are given.
         config: a :class:`~lightning_fair.PruneConfig` (the budget: ``tolerance``,
-            ``target_macs``, ``target_params`` or ``ratio``; the preset and its seven pipeline
+            ``target_macs``, ``target_params`` or ``ratio``; the preset and its eight pipeline
             options; ranking, criterion, statistics sizes, ``ignored_layers``, ...); default
             ``PruneConfig()``.
         **options: any field of :class:`~lightning_fair.PruneConfig`, overriding ``config``
@@ -177,13 +180,15 @@ def prune(
         if config.target:
             level = search_level(planner, allocation, ranked, config, (macs_before, params_before))
         counts, plan = plan_at(planner, allocation, ranked, level, config)
+        # the refit's statistics: one pass of the unpruned model, for the consumers this plan cuts
+        refit = gather_refit(planner, plan, config, dataloader, unpack, distributed) if config.refit else None
         # remove
         consumers = capture_consumers(model, planner.graph) if config.compensate else {}
         kept, plan, _ = planner.apply_checked(plan)
         snapshot.restore_flags(model)
         # repair
-        compensated, recalibrated, repair_notes = repair(
-            model, config, kept, scores, consumers, dataloader, unpack, distributed
+        compensated, refitted, recalibrated, repair_notes = repair(
+            model, config, kept, scores, consumers, refit, dataloader, unpack, distributed
         )
         notes.extend(repair_notes)
         macs_after, params_after = measure(model, example_inputs)
@@ -207,6 +212,7 @@ def prune(
         notes=notes,
         options={**config.to_dict(), "num_projections": scores.config.get("num_projections", config.num_projections)},
         compensated=compensated,
+        refitted=refitted,
         recalibrated=recalibrated,
     )
     return PruneResult(
@@ -373,23 +379,53 @@ def _search(
     return candidates[hi]
 
 
+def gather_refit(
+    planner: DependencyPlanner,
+    plan: Dict[str, torch.Tensor],
+    config: PruneConfig,
+    dataloader,
+    unpack: Callable,
+    distributed: bool,
+) -> Tuple[Dict[str, RefitTarget], Dict[str, LeastSquares], List[str]]:
+    """Which consumers ``plan`` cuts (found by applying it and undoing that), and their least-squares
+    statistics from one pass of the still unpruned model. Returns ``(targets, statistics, notes)``."""
+    if dataloader is None:
+        raise ValueError("refit=True fits the consumers on calibration batches; pass dataloader=..., or refit=False")
+    kept, _, _ = planner.apply_checked(plan, record_history=False)
+    planner.restore()
+    followers = {name: c.follower for name, c in capture_consumers(planner.model, planner.graph).items()}
+    targets, notes = refit_targets(planner.model, kept, followers)
+    statistics = collect_refit_statistics(
+        planner.model, targets, dataloader, unpack=unpack, max_batches=config.max_batches, distributed=distributed
+    )
+    return targets, statistics, notes
+
+
 def repair(
     model: nn.Module,
     config: PruneConfig,
     kept,
     scores: FairScores,
     consumers,
+    refit: Optional[Tuple[Dict[str, RefitTarget], Dict[str, LeastSquares], List[str]]],
     dataloader,
     unpack: Callable,
     distributed: bool,
-) -> Tuple[Dict[str, int], List[str], List[str]]:
-    """After removal: mean-replacement compensation, then BatchNorm re-estimation (as configured).
-    Returns ``(compensated, recalibrated layers, notes)``."""
+) -> Tuple[Dict[str, int], Dict[str, int], List[str], List[str]]:
+    """After removal: the least-squares refit of the consumers (if configured), mean-replacement
+    compensation of the consumers it did not refit, then BatchNorm re-estimation (as configured).
+    Returns ``(compensated, refitted, recalibrated layers, notes)``."""
     notes: List[str] = []
+    refitted: Dict[str, int] = {}
+    if refit is not None:
+        targets, statistics, left = refit
+        refitted, failed = refit_consumers(model, targets, statistics)
+        notes.extend(f"refit: {note}" for note in left + failed)
     compensated: Dict[str, int] = {}
     if config.compensate:
         if scores.input_means:
-            compensated, left = fold_mean_replacement(model, kept, scores.input_means, consumers)
+            rest = {name: sides for name, sides in kept.items() if name not in refitted}
+            compensated, left = fold_mean_replacement(model, rest, scores.input_means, consumers)
             notes.extend(f"mean replacement: {note}" for note in left)
         else:
             notes.append("mean replacement skipped: these scores carry no input means (recompute them)")
@@ -399,7 +435,7 @@ def repair(
         recalibrated = recalibrate_bn(
             model, dataloader, max_batches=config.max_batches, unpack=unpack, distributed=distributed
         )
-    return compensated, recalibrated, notes
+    return compensated, refitted, recalibrated, notes
 
 
 def _check_example_inputs(model: nn.Module, example_inputs, logits: Optional[Callable] = None) -> None:

@@ -31,7 +31,8 @@ class PruneReport:
     ``macs_ratio`` and ``params_ratio`` are the fractions kept (after / before).
     ``options`` is the resolved pipeline configuration (preset and its options),
     ``compensated`` maps each layer whose bias (or following BatchNorm) took the mean of its
-    removed inputs to their number, ``recalibrated`` lists the norm layers re-estimated.
+    removed inputs to their number, ``refitted`` each layer refitted by least squares to the inputs
+    it kept, ``recalibrated`` lists the norm layers re-estimated.
     """
 
     layers: List[LayerRow]
@@ -44,6 +45,7 @@ class PruneReport:
     notes: List[str] = field(default_factory=list)
     options: Dict[str, object] = field(default_factory=dict)
     compensated: Dict[str, int] = field(default_factory=dict)
+    refitted: Dict[str, int] = field(default_factory=dict)
     recalibrated: List[str] = field(default_factory=list)
 
     @property
@@ -86,6 +88,8 @@ class PruneReport:
                 f"mean replacement: the means of {sum(self.compensated.values())} removed inputs folded into "
                 f"{len(self.compensated)} layer(s)' bias (or their BatchNorm's running mean)"
             )
+        if self.refitted:
+            lines.append(f"least-squares refit: {len(self.refitted)} layer(s) refitted to the inputs they kept")
         if self.recalibrated:
             lines.append(f"BatchNorm statistics re-estimated: {len(self.recalibrated)} layer(s)")
         lines.extend(f"note: {note}" for note in self.notes)
@@ -132,7 +136,11 @@ def describe_pipeline(options: dict) -> str:
         )
     repairs = [
         text
-        for key, text in (("compensate", "mean replacement"), ("recalibrate", "BatchNorm re-estimation"))
+        for key, text in (
+            ("refit", "least-squares refit"),
+            ("compensate", "mean replacement"),
+            ("recalibrate", "BatchNorm re-estimation"),
+        )
         if get(key)
     ]
     parts.append("then " + " and ".join(repairs) if repairs else "no repair")

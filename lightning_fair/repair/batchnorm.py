@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from ..runtime.batches import default_unpack
+from ..runtime.batches import batch_inputs, model_device
 from ..runtime.distributed import all_gather_tensor, is_distributed
 from ..runtime.guards import on_uncompiled, preserved_modes
 
@@ -83,32 +83,6 @@ def _tracked_norms(model: nn.Module) -> Dict[str, _NormBase]:
         for name, m in model.named_modules()
         if isinstance(m, _NormBase) and m.track_running_stats and m.running_mean is not None
     }
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _batch_inputs(batch, unpack: Optional[Callable]) -> torch.Tensor:
-    if unpack is not None:
-        out = unpack(batch)
-        inputs = out[0] if isinstance(out, (tuple, list)) else out
-    elif isinstance(batch, torch.Tensor):
-        inputs = batch
-    elif isinstance(batch, (tuple, list)) and len(batch) == 1:
-        inputs = batch[0]
-    else:
-        inputs = default_unpack(batch)[0]
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(
-            f"model inputs must be a tensor, got {type(inputs).__name__}; pass "
-            "unpack=lambda batch: (inputs, target) to extract it"
-        )
-    return inputs
 
 
 @on_uncompiled
@@ -189,7 +163,7 @@ def recalibrate_bn(
             "(a few hundred) calibration samples, e.g. the training data"
         )
 
-    device = _model_device(model)
+    device = model_device(model)
     moments = {name: _Moments() for name in norms}
 
     def make_hook(name: str):
@@ -237,7 +211,7 @@ def recalibrate_bn(
                     handles.append(m.register_forward_pre_hook(make_hook(name)))
                 batch, used = first, 0
                 while batch is not sentinel:
-                    inputs = _batch_inputs(batch, unpack).to(device)
+                    inputs = batch_inputs(batch, unpack).to(device)
                     if inputs.is_inference():
                         inputs = inputs.clone()
                     model(inputs)

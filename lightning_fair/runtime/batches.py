@@ -10,8 +10,17 @@ from collections.abc import Mapping
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 
-__all__ = ["default_unpack", "first_inputs", "grad_inputs", "select_logits", "traceable_output"]
+__all__ = [
+    "batch_inputs",
+    "default_unpack",
+    "first_inputs",
+    "grad_inputs",
+    "model_device",
+    "select_logits",
+    "traceable_output",
+]
 
 
 def default_unpack(batch):
@@ -99,4 +108,33 @@ def grad_inputs(inputs, device) -> torch.Tensor:
     if inputs.is_floating_point():
         # Makes every layer output part of the graph even when all parameters are frozen.
         inputs = inputs.detach().requires_grad_(True)
+    return inputs
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def batch_inputs(batch, unpack: Optional[Callable]) -> torch.Tensor:
+    """A batch's model inputs (a tensor): ``unpack(batch)``'s first element, the batch itself, a
+    one-element sequence's element, or :func:`default_unpack`'s inputs."""
+    if unpack is not None:
+        out = unpack(batch)
+        inputs = out[0] if isinstance(out, (tuple, list)) else out
+    elif isinstance(batch, torch.Tensor):
+        inputs = batch
+    elif isinstance(batch, (tuple, list)) and len(batch) == 1:
+        inputs = batch[0]
+    else:
+        inputs = default_unpack(batch)[0]
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(
+            f"model inputs must be a tensor, got {type(inputs).__name__}; pass "
+            "unpack=lambda batch: (inputs, target) to extract it"
+        )
     return inputs
