@@ -50,7 +50,7 @@ ALLOCATIONS: Tuple[str, ...] = get_args(AllocationName)
 #: :class:`~lightning_fair.removal.planner.DependencyPlanner`
 #: applies it (the removal score times how strongly the next layers read each unit), not
 #: :func:`~lightning_fair.allocation.order.removal_order`.
-RankingName = Literal["utilization", "l1", "random", "utilization_x_consumers"]
+RankingName = Literal["utilization", "l1", "random", "utilization_x_consumers", "utilization_x_group"]
 RANKINGS: Tuple[str, ...] = get_args(RankingName)
 
 #: Which score ranks the units for removal: FAIR's utilization score, or the screening score.
@@ -284,7 +284,10 @@ class PruneConfig:
             ``"l1"`` (smallest weights) or ``"random"`` (the paper's ablations), or
             ``"utilization_x_consumers"`` (the criterion's score times the mean, over the Conv/Linear
             layers that read the unit, of the L2 norm of its input-weight column: a unit the next
-            layers barely read goes first; the counts are the same as with ``"utilization"``).
+            layers barely read goes first; the counts are the same as with ``"utilization"``), or
+            ``"utilization_x_group"`` (that, times how strongly the group's members write the unit: the
+            mean over the layers writing it of their layer-normalised output-filter L2 norm, scaled by a
+            following BatchNorm; for a residual stream, every branch that adds into the channel).
         refit: least-squares refit of the consumers after removal: every Conv/Linear that lost inputs
             gets the weights and bias that best reproduce its original output from its kept inputs,
             on the calibration batches (one more forward pass of the unpruned model;

@@ -228,3 +228,50 @@ def test_ranking_of_screening_scores_too():
     plan = planner.plan(ranking, {"c1": 2, "stem": 0, "c2": 0, "expand": 0, "dw": 0, "grouped": 0}, ranking=NEW)
     expected = torch.sort(ranking.removal["c1"].double() * total / readers, stable=True).indices[:2]
     assert list(plan) == ["c1"] and plan["c1"].tolist() == expected.sort().values.tolist()
+
+
+def test_member_writing_by_hand_and_the_group_ranking_multiplies_it_in():
+    """ranking="utilization_x_group": the residual stream (stem + c2 add) is written by stem and c2,
+    each through its BatchNorm; per root channel the mean of their layer-normalised filter norms
+    times |gamma| / sqrt(var + eps); the order is U x reading x writing."""
+    model, scores, planner = tiny_setup()
+    with torch.no_grad():  # distinct BatchNorm scales
+        for bn in (model.bn0, model.bn2):
+            bn.weight.copy_(torch.tensor([0.5, -2.0, 1.0, 1.5]))
+            bn.running_var.copy_(torch.tensor([1.0, 4.0, 0.25, 2.0]))
+    stream = next(g for g in planner.groups if {"stem", "c2"} <= set(g.members))
+    writing = planner.member_writing(stream)
+
+    def member(conv, bn):
+        norms = torch.tensor(
+            [float(conv.weight.detach()[c].double().pow(2).sum().sqrt()) for c in range(4)], dtype=torch.float64
+        )
+        norms = norms * bn.weight.detach().double().abs() / (bn.running_var.double() + bn.eps).sqrt()
+        return layer_normalised(norms)
+
+    expected = torch.zeros(4, dtype=torch.float64)
+    for name, (idxs, roots) in stream.members.items():
+        conv, bn = (model.stem, model.bn0) if name == "stem" else (model.c2, model.bn2)
+        expected[roots] += member(conv, bn)[idxs] / len(stream.members)
+    torch.testing.assert_close(writing, expected)
+    ranked = as_ranked(scores)
+    plan_x = planner.plan(ranked, {n: 2 for n in ranked.removal}, ranking="utilization_x_consumers")
+    plan_g = planner.plan(ranked, {n: 2 for n in ranked.removal}, ranking="utilization_x_group")
+    assert {r: len(i) for r, i in plan_x.items()} == {r: len(i) for r, i in plan_g.items()}
+
+
+def as_ranked(scores):
+    from lightning_fair.scoring.compute import criterion_for
+
+    return criterion_for("fair").rank(scores, PruneConfig().resolved())
+
+
+def test_group_ranking_through_prune_same_counts():
+    model = trained_small_cnn()
+    scores = compute_scores(model, calibration_loader(), **FAST)
+    base = prune(model, calibration_loader(), target_macs=0.5, scores=scores, inplace=False)
+    ours = prune(
+        model, calibration_loader(), target_macs=0.5, scores=scores, inplace=False, ranking="utilization_x_group"
+    )
+    assert ours.counts == base.counts and module_shapes(ours.model) == module_shapes(base.model)
+    assert "their layers write them" in str(ours.report)

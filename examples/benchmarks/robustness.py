@@ -69,11 +69,15 @@ RECIPES: Dict[str, Callable[[standard.StandardTask], standard.StandardTask]] = {
 FAIR_VARIANTS: Dict[str, dict] = {
     "fair": {},
     "fair_refit": {"refit": True},
+    "fair_refit_group": {"refit": True, "ranking": "utilization_x_group"},
+    "fair_group": {"ranking": "utilization_x_group"},
+    # a control, not FAIR: the refit under magnitude selection (uniform counts, smallest L1 filters go)
+    "l1_refit": {"allocation": "uniform", "ranking": "l1", "refit": True},
 }
 BASELINES = ("l2", "taylor", "global_l2", "lamp")
 SHORT = {"l2": "uniform L2", "taylor": "uniform Taylor", "global_l2": "global L2", "lamp": "LAMP"}
 METHODS = list(FAIR_VARIANTS) + list(BASELINES)
-FINETUNED = "fair"  # plus the best baseline of each cell
+FINETUNED = ("fair", "fair_refit")  # plus the best baseline of each cell
 
 
 def task(name: str, recipe: str) -> standard.StandardTask:
@@ -114,7 +118,9 @@ def measure(name: str, recipe: str, seed: int, methods: List[str], finetune: boo
     record = json.loads(path.read_text()) if path.exists() else {"model": name, "recipe": recipe, "seed": seed}
     results = record.setdefault("methods", {})
     todo = [m for m in methods if m not in results]
-    need_ft = finetune and any("ft_a" not in results.get(FINETUNED, {}).get(str(t), {"ft_a": 0}) for t in TARGETS)
+    need_ft = finetune and any(
+        "ft_a" not in results.get(m, {}).get(str(t), {"ft_a": 0}) for m in FINETUNED for t in TARGETS
+    )
     if not todo and not need_ft and "unpruned" in record:
         return record
     st = standard.settings(False)
@@ -144,7 +150,9 @@ def measure(name: str, recipe: str, seed: int, methods: List[str], finetune: boo
         for t in map(str, TARGETS):
             scored = {b: results[b][t]["oneshot"] for b in BASELINES if t in results.get(b, {})}
             best = max(scored, key=scored.get)
-            for method in (FINETUNED, best):
+            for method in (*FINETUNED, best):
+                if method not in results:
+                    continue
                 cell = results[method][t]
                 if "ft_a" in cell:
                     continue
@@ -183,7 +191,7 @@ def spread(values: List[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def summary(out_dir: Path, methods: List[str]) -> str:
+def summary(out_dir: Path, methods: List[str], fair: str = "fair_refit") -> str:
     records = load(out_dir)
     if not records:
         return f"nothing recorded in {out_dir}"
@@ -197,48 +205,65 @@ def summary(out_dir: Path, methods: List[str]) -> str:
             f"\n#### Kept MACs {t}: one-shot held-out top-1 % (mean ± std over the seeds)\n",
             "| model | recipe | seeds | unpruned | "
             + " | ".join(FAIR_LABEL.get(m, SHORT.get(m, m)) for m in shown)
-            + " | FAIR − best baseline, per model | worst gap |",
+            + f" | {FAIR_LABEL[fair]} − best baseline, per model | worst gap |",
             "|---|---|---:|---:|" + "---:|" * len(shown) + "---|---:|",
         ]
         for (model, recipe), rs in sorted(by_cell.items(), key=lambda kv: (MODELS.index(kv[0][0]), kv[0][1])):
             cols = [spread([r["methods"][m][t]["oneshot"] for r in rs if t in r["methods"].get(m, {})]) for m in shown]
             gaps = [
-                r["methods"]["fair"][t]["oneshot"] - r["methods"][best_baseline(r, t)][t]["oneshot"]
+                r["methods"][fair][t]["oneshot"] - r["methods"][best_baseline(r, t)][t]["oneshot"]
                 for r in rs
-                if "fair" in r["methods"]
+                if fair in r["methods"]
             ]
             lines.append(
                 f"| {LABEL[model]} | {recipe} | {len(rs)} | {spread([r['unpruned'] for r in rs])} | "
                 + " | ".join(cols)
-                + f" | {', '.join(f'{g:+.1f}' for g in gaps)} | {min(gaps):+.1f} |"
+                + f" | {', '.join(f'{g:+.1f}' for g in gaps)} | {min(gaps, default=float('nan')):+.1f} |"
             )
     lines += [
-        "\n#### After fine-tune (a): FAIR vs the best one-shot baseline of each model, ft / ft + BN (mean over seeds)\n",
-        "| model | recipe | kept MACs | FAIR | best baseline | FAIR − baseline (ft) | wins |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "\n#### After fine-tune (a): FAIR and the best one-shot baseline of each model, ft / ft + BN re-estimated "
+        "(mean over seeds)\n",
+        "| model | recipe | kept MACs | "
+        + " | ".join(FAIR_LABEL[m] for m in FINETUNED)
+        + f" | best baseline | {FAIR_LABEL[fair]} − baseline: ft / ft + BN | wins (ft + BN) |",
+        "|---|---|---:|" + "---:|" * (len(FINETUNED) + 3),
     ]
     for (model, recipe), rs in sorted(by_cell.items(), key=lambda kv: (MODELS.index(kv[0][0]), kv[0][1])):
         for t in map(str, TARGETS):
-            pairs = [
-                (r["methods"]["fair"][t], r["methods"][best_baseline(r, t)][t])
+            done = [
+                r
                 for r in rs
-                if "ft_a" in r["methods"].get("fair", {}).get(t, {})
-                and "ft_a" in r["methods"][best_baseline(r, t)][t]
+                if all("ft_a" in r["methods"].get(m, {}).get(t, {}) for m in (*FINETUNED, best_baseline(r, t)))
             ]
-            if not pairs:
+            if not done:
                 continue
-            f = [p[0]["ft_a"] for p in pairs], [p[0]["ft_a_bn"] for p in pairs]
-            b = [p[1]["ft_a"] for p in pairs], [p[1]["ft_a_bn"] for p in pairs]
-            d = [x - y for x, y in zip(f[0], b[0])]
+
+            def ft(method_of):
+                a = [r["methods"][method_of(r)][t]["ft_a"] for r in done]
+                b = [r["methods"][method_of(r)][t]["ft_a_bn"] for r in done]
+                return a, b
+
+            cols = [ft(lambda r, m=m: m) for m in FINETUNED]
+            base = ft(lambda r: best_baseline(r, t))
+            ours = cols[list(FINETUNED).index(fair)] if fair in FINETUNED else cols[0]
+            d = [x - y for x, y in zip(ours[0], base[0])]
+            d_bn = [x - y for x, y in zip(ours[1], base[1])]
             lines.append(
-                f"| {LABEL[model]} | {recipe} | {t} | {statistics.mean(f[0]):.1f} / {statistics.mean(f[1]):.1f} | "
-                f"{statistics.mean(b[0]):.1f} / {statistics.mean(b[1]):.1f} | {statistics.mean(d):+.1f} | "
-                f"{sum(x >= 0 for x in d)}/{len(d)} |"
+                f"| {LABEL[model]} | {recipe} | {t} | "
+                + " | ".join(f"{statistics.mean(a):.1f} / {statistics.mean(b):.1f}" for a, b in cols)
+                + f" | {statistics.mean(base[0]):.1f} / {statistics.mean(base[1]):.1f} | "
+                f"{statistics.mean(d):+.1f} / {statistics.mean(d_bn):+.1f} | {sum(x >= 0 for x in d_bn)}/{len(d_bn)} |"
             )
     return "\n".join(lines)
 
 
-FAIR_LABEL = {"fair": "FAIR (default)", "fair_refit": "FAIR + refit"}
+FAIR_LABEL = {
+    "fair": "FAIR (0.2 default)",
+    "fair_refit": "FAIR + refit",
+    "fair_refit_group": "FAIR + refit, U×group",
+    "fair_group": "FAIR, U×group",
+    "l1_refit": "uniform L1 + refit (control)",
+}
 
 
 def main(argv=None) -> None:
@@ -250,6 +275,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--fair", default="fair_refit", help="the FAIR variant compared with the baselines")
     parser.add_argument("--train", action="store_true", help="only train what the cache lacks")
     parser.add_argument("--summary", action="store_true", help="print the tables of what --out holds")
     args = parser.parse_args(argv)
@@ -267,7 +293,7 @@ def main(argv=None) -> None:
                     start = time.perf_counter()
                     measure(name, recipe, seed, methods, not args.no_finetune, out_dir)
                     print(f"{name} {recipe} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-    print(summary(out_dir, methods))
+    print(summary(out_dir, methods, args.fair))
 
 
 if __name__ == "__main__":

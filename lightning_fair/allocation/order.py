@@ -1,7 +1,7 @@
 """Which units of a layer go first once its count is known (the ``ranking`` option's plain orders).
 
-``"utilization_x_consumers"`` reads the consumers' weights of a coupled group and is applied by
-:class:`~lightning_fair.removal.planner.DependencyPlanner`.
+``"utilization_x_consumers"`` and ``"utilization_x_group"`` read the weights of a coupled group's
+layers and are applied by :class:`~lightning_fair.removal.planner.DependencyPlanner`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def removal_order(
     if ranking == "random":
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randperm(utilization.numel(), generator=generator)
-    if ranking == "utilization_x_consumers":
+    if ranking in ("utilization_x_consumers", "utilization_x_group"):
         raise ValueError(
-            "ranking='utilization_x_consumers' reads the consumers' weights of a coupled group: "
+            f"ranking={ranking!r} reads the weights of a coupled group's layers: "
             "DependencyPlanner.plan applies it (pass the product as ranking='utilization' here)"
         )
     raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")

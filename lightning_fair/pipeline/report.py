@@ -124,6 +124,12 @@ def describe_pipeline(options: dict) -> str:
         ranked = "units removed at random"
     elif get("ranking") == "utilization_x_consumers":
         ranked = ranked[:-1] + ", times how strongly the next layers read them)" if ranked.endswith(")") else ranked
+    elif get("ranking") == "utilization_x_group":
+        ranked = (
+            ranked[:-1] + ", times how strongly the next layers read them and their layers write them)"
+            if ranked.endswith(")")
+            else ranked
+        )
     elif get("ranking") not in (None, "utilization"):
         ranked = f"units removed by {get('ranking')}"
     allocation = str(get("allocation"))

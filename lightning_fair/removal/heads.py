@@ -42,7 +42,7 @@ def head_order(units: Units, removal: torch.Tensor, ranking: str, seed: int = 0)
     ``ranking`` (as channels: ``"utilization_x_consumers"`` multiplies the removal score by how strongly
     the output projection reads each unit, the L2 norm of its columns over their mean)."""
     removal = removal.double()
-    if ranking == "utilization_x_consumers":
+    if ranking in ("utilization_x_consumers", "utilization_x_group"):  # a head's members: its own rows
         reading = units.output_columns()
         return removal_order("utilization", removal * reading / reading.mean().clamp_min(1e-12))
     return removal_order(ranking, removal, units.weight, seed=seed + zlib.crc32(units.name.encode()))

@@ -262,11 +262,13 @@ class DependencyPlanner:
                 per_root.index_add_(0, roots, layer_normalised(norms)[idxs])
             utilization = per_root
             ranking = "utilization"
-        elif ranking == "utilization_x_consumers":
+        elif ranking in ("utilization_x_consumers", "utilization_x_group"):
             reading = self.consumer_reading(group)
             if reading is not None:  # no Conv/Linear reads the group: its removal score alone
                 total, readers = reading
                 utilization = utilization * total / readers.clamp_min(1)
+            if ranking == "utilization_x_group":
+                utilization = utilization * self.member_writing(group)
             ranking = "utilization"
         folded = utilization.reshape(g, n // g).mean(0) if g > 1 else utilization
         return removal_order(ranking, folded, seed=seed + zlib.crc32(group.root.encode()))
@@ -303,6 +305,31 @@ class DependencyPlanner:
             readers += read.double()
             found = True
         return (total, readers) if found else None
+
+    def member_writing(self, group: CoupledGroup) -> torch.Tensor:
+        """How strongly the group's members write each root channel: per root channel the mean over
+        the members of the layer-normalised L2 norm of the channel's output filter, times the scale
+        ``|gamma| / sqrt(running_var + eps)`` of a BatchNorm right after the member where there is
+        one (what reaches a residual stream from each branch). Ones where no member has a weight."""
+        n = group.num_channels
+        total = torch.zeros(n, dtype=torch.float64)
+        writers = torch.zeros(n, dtype=torch.float64)
+        for name, (idxs, roots) in group.members.items():
+            module = self.modules[name]
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() < 1:
+                continue
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                weight = weight.transpose(0, 1)
+            norms = weight.detach().flatten(1).float().pow(2).sum(1).double().sqrt().cpu()
+            scale = _norm_scale(self.graph, module, norms.numel())
+            if scale is not None:
+                norms = norms * scale
+            if int(idxs.max()) >= norms.numel():
+                continue
+            total.index_add_(0, roots, layer_normalised(norms)[idxs])
+            writers.index_add_(0, roots, torch.ones(len(idxs), dtype=torch.float64))
+        return torch.where(writers > 0, total / writers.clamp_min(1), torch.ones_like(total))
 
     # ------------------------------------------------------------------ removal
     def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -379,6 +406,20 @@ class DependencyPlanner:
     def history(self) -> list:
         """torch-pruning's pruning history as plain data (``[name, is_out, idxs]`` rows)."""
         return [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in self.graph.pruning_history()]
+
+
+def _norm_scale(graph: tp.DependencyGraph, module: nn.Module, channels: int) -> Optional[torch.Tensor]:
+    """``|gamma| / sqrt(running_var + eps)`` of the BatchNorm that alone follows ``module`` (None if none)."""
+    node = graph.module2node.get(module)
+    if node is None or len(node.outputs) != 1:
+        return None
+    norm = node.outputs[0].module
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_var is None:
+        return None
+    if norm.running_var.numel() != channels:
+        return None
+    scale = (norm.running_var.detach().double() + norm.eps).rsqrt().cpu()
+    return scale * norm.weight.detach().double().abs().cpu() if norm.weight is not None else scale
 
 
 def _normalised(values: torch.Tensor) -> torch.Tensor:
