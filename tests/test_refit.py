@@ -245,3 +245,43 @@ def test_failure_after_the_refit_leaves_the_model_as_it_was(monkeypatch):
     assert all(p is params[n] for n, p in model.named_parameters())
     for (n, a), (_, b) in zip(model.state_dict().items(), original.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_callback_refits_during_fit_and_training_goes_on(tmp_path):
+    """A real Trainer: FairPruneCallback(refit=True) prunes at epoch 0 on the validation batches,
+    the report names the refitted layers, and the next epoch trains the refitted weights."""
+    pytest.importorskip("lightning")
+    from lightning_helpers import FAST as CALLBACK_FAST
+    from lightning_helpers import classifier, datamodule, trainer
+
+    from lightning_fair import FairPruneCallback
+
+    callback = FairPruneCallback(prune_at=0, target_macs=0.6, refit=True, **CALLBACK_FAST)
+    model = classifier()
+    trainer(tmp_path, [callback], max_epochs=2, limit_train_batches=4, limit_val_batches=2).fit(model, datamodule())
+    result = callback.last_result
+    assert result.config.refit is True and result.report.refitted
+    assert result.report.macs_ratio <= 0.6 + 1e-9
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cli_flag(tmp_path, monkeypatch):
+    pytest.importorskip("jsonargparse")
+    import sys
+
+    from lightning_fair import FairPruneCallback
+    from lightning_fair.lightning.cli import FairCLI
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    args = [
+        "--model=lightning_fair.demos.digits.ImageClassifier",
+        "--model.width=8",
+        "--data=lightning_fair.demos.digits.DigitsDataModule",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--prune.target_macs=0.6",
+    ]
+    for flag, expected in (("--prune.refit=true", True), ("--prune.refit=false", False)):
+        cli = FairCLI(args=[*args, flag], run=False)
+        (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
+        assert callback.config.refit is expected
