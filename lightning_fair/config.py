@@ -309,7 +309,7 @@ class PruneConfig:
             (:mod:`lightning_fair.collect.classes`; docs/method.md, "Many classes").
         seed: seeds the projection directions (and the random ranking).
         max_batches: calibration batches to use (all by default).
-        memory_budget: bytes (or ``"4GiB"``) the statistics may take (None: no limit; ``"auto"``, the
+        memory_budget: bytes (or ``"4GiB"``) the statistics (and the refit's) may take (None: no limit; ``"auto"``, the
             default: half the free memory of the CUDA device the model is on, 4 GiB on the CPU); over it
             they are collected in several passes.
         ignored_layers: qualified module names never pruned (the output layer never is);

@@ -285,3 +285,15 @@ def test_cli_flag(tmp_path, monkeypatch):
         cli = FairCLI(args=[*args, flag], run=False)
         (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
         assert callback.config.refit is expected
+
+
+def test_over_the_memory_budget_the_refit_gathers_in_several_passes_with_the_same_result():
+    model = helpers.trained_small_cnn()
+    calibration = helpers.calibration_loader(200, 100)
+    scores = compute_scores(model, calibration, **FAST)
+    one = prune(copy.deepcopy(model), calibration, target_macs=0.5, scores=scores, refit=True, memory_budget=None)
+    several = prune(copy.deepcopy(model), calibration, target_macs=0.5, scores=scores, refit=True, memory_budget=4096)
+    assert any("passes" in note for note in several.report.notes)
+    assert not any("passes" in note for note in one.report.notes)
+    for (name, a), (_, b) in zip(one.model.state_dict().items(), several.model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..allocation.budgets import Allocation, allocation_for
+from ..collect.memory import resolve_budget
 from ..config import PruneConfig, configure
 from ..removal.graph import build_graph
 from ..removal.heads import planner_for
@@ -28,8 +29,16 @@ from ..removal.history import record_pruning
 from ..removal.planner import DependencyPlanner
 from ..repair.batchnorm import recalibrate_bn
 from ..repair.compensation import capture_consumers, fold_mean_replacement
-from ..repair.refit import LeastSquares, RefitTarget, collect_refit_statistics, refit_consumers, refit_targets
-from ..runtime.batches import default_unpack, first_inputs, select_logits
+from ..repair.refit import (
+    LeastSquares,
+    RefitTarget,
+    collect_refit_statistics,
+    refit_bytes,
+    refit_consumers,
+    refit_targets,
+    split_by_budget,
+)
+from ..runtime.batches import default_unpack, first_inputs, model_device, select_logits
 from ..runtime.guards import on_uncompiled, preserved_modes, rollback
 from ..scoring.compute import compute_scores, criterion_for
 from ..scoring.criterion import CriterionScores
@@ -395,9 +404,20 @@ def gather_refit(
     planner.restore()
     followers = {name: c.follower for name, c in capture_consumers(planner.model, planner.graph).items()}
     targets, notes = refit_targets(planner.model, kept, followers)
-    statistics = collect_refit_statistics(
-        planner.model, targets, dataloader, unpack=unpack, max_batches=config.max_batches, distributed=distributed
-    )
+    budget = resolve_budget(config.memory_budget, model_device(planner.model))
+    parts = split_by_budget(planner.model, targets, budget)
+    if len(parts) > 1:
+        notes.append(
+            f"the statistics of {len(targets)} consumers take {refit_bytes(planner.model, targets) / 2**20:.0f} MiB, "
+            f"over memory_budget: gathered in {len(parts)} passes"
+        )
+    statistics: Dict[str, LeastSquares] = {}
+    for part in parts:
+        statistics.update(
+            collect_refit_statistics(
+                planner.model, part, dataloader, unpack=unpack, max_batches=config.max_batches, distributed=distributed
+            )
+        )
     return targets, statistics, notes
 
 

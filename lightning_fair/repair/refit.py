@@ -13,7 +13,8 @@ sufficient statistics gathered in **one** extra forward pass of the unpruned mod
 calibration batches (:func:`collect_refit_statistics`): per consumer the row count, the sums of
 ``X_K`` and ``Y`` and the products ``X_K^T X_K`` and ``X_K^T Y``, in float64, so memory does not
 grow with the batches (``8 (D^2 + D O + D + O)`` bytes per consumer, ``D`` kept input columns,
-``O`` kept outputs; :func:`refit_bytes`). With centred statistics the intercept is not penalised:
+``O`` kept outputs; :func:`refit_bytes`; over ``memory_budget`` the consumers are split into
+several passes, :func:`split_by_budget`). With centred statistics the intercept is not penalised:
 
     W'^T = (C_xx + lambda I)^-1 C_xy,   c = mean(Y) - W' mean(X_K),   lambda = RIDGE * trace(C_xx) / D
 
@@ -54,6 +55,7 @@ __all__ = [
     "refit_bytes",
     "refit_consumers",
     "refit_targets",
+    "split_by_budget",
 ]
 
 #: ridge strength, relative to the mean variance of the kept input columns
@@ -133,6 +135,25 @@ def refit_bytes(model: nn.Module, targets: Dict[str, RefitTarget]) -> int:
         d, o = target.columns(modules[target.name]), target.outputs(modules[target.name])
         total += 8 * (d * d + d * o + d + o + 1)
     return total
+
+
+def split_by_budget(
+    model: nn.Module, targets: Dict[str, RefitTarget], budget: Optional[int]
+) -> List[Dict[str, RefitTarget]]:
+    """The targets in parts whose statistics fit ``budget`` bytes each (one pass per part; a consumer
+    over the budget alone is a part of its own), in the model's order; one part without a budget."""
+    if budget is None:
+        return [targets] if targets else []
+    parts: List[Dict[str, RefitTarget]] = []
+    used = budget + 1
+    for name, target in targets.items():
+        size = refit_bytes(model, {name: target})
+        if used + size > budget:
+            parts.append({})
+            used = 0
+        parts[-1][name] = target
+        used += size
+    return parts
 
 
 @dataclass
