@@ -200,7 +200,7 @@ PRESETS: Dict[str, Dict[str, object]] = {
         recalibrate=True,
         compensate=True,
         ranking="utilization_x_consumers",
-        refit=False,
+        refit=True,
     ),
 }
 

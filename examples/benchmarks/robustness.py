@@ -67,10 +67,10 @@ RECIPES: Dict[str, Callable[[standard.StandardTask], standard.StandardTask]] = {
 
 #: FAIR's variants: name -> options of lightning_fair.prune (the default pipeline plus these)
 FAIR_VARIANTS: Dict[str, dict] = {
-    "fair": {},
-    "fair_refit": {"refit": True},
+    "fair": {"refit": False},  # the default pipeline of 0.2
+    "fair_refit": {"refit": True},  # the default pipeline now
     "fair_refit_group": {"refit": True, "ranking": "utilization_x_group"},
-    "fair_group": {"ranking": "utilization_x_group"},
+    "fair_group": {"refit": False, "ranking": "utilization_x_group"},
     # a control, not FAIR: the refit under magnitude selection (uniform counts, smallest L1 filters go)
     "l1_refit": {"allocation": "uniform", "ranking": "l1", "refit": True},
 }
