@@ -214,8 +214,8 @@ def test_prune_subcommand(trained, tmp_path, capsys):
     assert report["checkpoint"] == str(path.resolve())
     assert set(report["validation"]["after"]) == {"loss", "accuracy"}
     assert "net.head.0" in (out / "report.txt").read_text()
-    # the default pipeline: BatchNorm re-estimated, means folded in
-    assert report["report"]["recalibrated"] and report["report"]["compensated"]
+    # the default pipeline: consumers refitted, BatchNorm re-estimated
+    assert report["report"]["recalibrated"] and report["report"]["refitted"]
     assert report["report"]["options"]["preset"] == "default"
 
 

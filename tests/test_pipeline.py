@@ -44,13 +44,13 @@ def test_paper_preset_is_the_method_as_published():
     }
 
 
-def test_default_preset_recalibrates_and_compensates():
+def test_default_preset_refits_and_recalibrates():
     model = helpers.trained_small_cnn()
     calibration = helpers.calibration_loader(300, 100)
     result = prune(copy.deepcopy(model), calibration, tolerance=0.2, **FAST)
     assert result.report.options["preset"] == "default"
     assert result.report.recalibrated == ["features.0.1", "features.1.1", "features.3.1"]
-    assert result.report.compensated
+    assert result.report.refitted and not result.report.compensated  # every consumer refitted
     assert "BatchNorm statistics re-estimated" in str(result.report)
     # the same as pruning without re-estimation and re-estimating afterwards with the public function
     manual = prune(copy.deepcopy(model), calibration, tolerance=0.2, recalibrate=False, **FAST).model
@@ -105,7 +105,9 @@ def test_recalibrate_true_without_data_is_an_error_and_so_is_the_default_on_batc
     with pytest.raises(ValueError, match="BatchNorm.*pass it too.*recalibrate=False"):
         prune(model, scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.2)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    result = prune(model, scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.2, recalibrate=False)
+    result = prune(
+        model, scores=scores, example_inputs=helpers.example_inputs(), tolerance=0.2, recalibrate=False, refit=False
+    )
     assert not result.report.recalibrated and result.report.macs_ratio < 1
 
 

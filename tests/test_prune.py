@@ -269,8 +269,8 @@ def _check_restored(model, before, x, out, name, scores):
     # a later prune works and does exactly what it does on a pristine copy
     pristine = build(name)
     pristine.load_state_dict(model.state_dict())
-    a = prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
-    b = prune(pristine, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
+    a = prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False, refit=False)
+    b = prune(pristine, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False, refit=False)
     assert a.removed == b.removed and a.history == b.history
     torch.testing.assert_close(run(model, x), run(pristine, x), rtol=0, atol=0)
 
@@ -289,7 +289,7 @@ def test_failure_during_removal_leaves_model_untouched(name, monkeypatch):
 
     monkeypatch.setattr(DependencyPlanner, "apply", apply_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
-        prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
+        prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False, refit=False)
     assert seen["shapes"] != before["shapes"], "the injected failure came before any removal"
     monkeypatch.setattr(DependencyPlanner, "apply", original_apply)
     _check_restored(model, before, x, out, name, scores)
@@ -310,7 +310,7 @@ def test_failure_after_removal_leaves_model_untouched(name, monkeypatch):
 
     monkeypatch.setattr(oneshot, "measure", measure_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False)
+        prune(model, scores=scores, example_inputs=x, tolerance=0.3, recalibrate=False, refit=False)
     assert len(calls) == 2 and calls[1] != before["shapes"]
     monkeypatch.setattr(oneshot, "measure", original_measure)
     _check_restored(model, before, x, out, name, scores)
@@ -332,7 +332,7 @@ def test_failure_during_target_search_leaves_model_untouched(monkeypatch):
 
     monkeypatch.setattr(removal, "measure", measure_then_fail)
     with pytest.raises(KeyboardInterrupt, match="injected"):
-        prune(model, scores=scores, example_inputs=x, target_macs=0.8, recalibrate=False)
+        prune(model, scores=scores, example_inputs=x, target_macs=0.8, recalibrate=False, refit=False)
     monkeypatch.setattr(removal, "measure", original_measure)
     _check_restored(model, before, x, out, "densenet", scores)
 

@@ -155,6 +155,7 @@ def prune(
     ignored = resolve_ignored(model, config.ignored_layers)
     example_inputs = resolve_example_inputs(model, dataloader, example_inputs, unpack, logits)
     check_recalibration(config, model, dataloader)
+    check_refit(config, dataloader)
     # trace: torch-pruning's graph before the (expensive) scoring pass, so that a model it cannot trace fails fast
     target = model if inplace else copy.deepcopy(model)
     graph = build_graph(target, example_inputs)
@@ -243,11 +244,24 @@ def check_calibration(config: PruneConfig, dataloader, scores, example_inputs) -
     """What must come with the options: calibration data, or scores and example inputs
     (``config`` as given: ``recalibrate=True`` asked for explicitly needs a dataloader)."""
     if dataloader is None and (scores is None or example_inputs is None):
-        raise ValueError("pass a calibration dataloader, or both scores=... and example_inputs=...")
+        raise ValueError(
+            "pass a calibration dataloader, or both scores=... and example_inputs=... (without calibration "
+            "batches also refit=False, and recalibrate=False for a model with BatchNorm)"
+        )
     if config.recalibrate is True and dataloader is None:
         raise ValueError(
             "recalibrate=True re-estimates BatchNorm statistics on the calibration batches; "
             "pass dataloader=..., or recalibrate=False"
+        )
+
+
+def check_refit(config: PruneConfig, dataloader) -> None:
+    """The refit fits the consumers on the calibration batches (the default preset's, or asked for)."""
+    if config.refit and dataloader is None:
+        raise ValueError(
+            "refit=True (the default pipeline's) fits the consumers on calibration batches and no dataloader "
+            "was given; pass it too (prune(model, loader, scores=scores, ...)): scores reused from "
+            "compute_scores still skip the scoring pass; or refit=False to prune without the refit"
         )
 
 
@@ -398,8 +412,6 @@ def gather_refit(
 ) -> Tuple[Dict[str, RefitTarget], Dict[str, LeastSquares], List[str]]:
     """Which consumers ``plan`` cuts (found by applying it and undoing that), and their least-squares
     statistics from one pass of the still unpruned model. Returns ``(targets, statistics, notes)``."""
-    if dataloader is None:
-        raise ValueError("refit=True fits the consumers on calibration batches; pass dataloader=..., or refit=False")
     kept, _, _ = planner.apply_checked(plan, record_history=False)
     planner.restore()
     followers = {name: c.follower for name, c in capture_consumers(planner.model, planner.graph).items()}
