@@ -7,7 +7,7 @@ distances), of the refit's extra pass (``collect_refit_statistics``: one forward
 model with the consumers' products accumulated) and of the solves (``refit_consumers``), for the
 consumers that the default pipeline cuts at kept MACs 0.3; and the bytes of the refit's statistics
 (:func:`lightning_fair.repair.refit.refit_bytes`) beside those of the scoring statistics
-(``estimate_memory(...).total_bytes``). Ratios are to the scoring pass, measured in the same run.
+(``estimate_memory(...)``: U's samples, R's sums, the mean inputs; and its peak with the distances' work buffer). Ratios are to the scoring pass, measured in the same run.
 
 Run:  python examples/benchmarks/refit_cost.py [--models vgg11_bn,resnet20,resnet56,mobilenet_v2,vit]
 """
@@ -15,7 +15,6 @@ Run:  python examples/benchmarks/refit_cost.py [--models vgg11_bn,resnet20,resne
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from collections import defaultdict
@@ -43,16 +42,16 @@ LABEL = {
 }
 
 
-def setup(name: str):
+def setup(name: str, quick: bool = False):
     if name == "vit":
-        run = vit.Run(vit.task(False), False, 0)
+        run = vit.Run(vit.task(quick), quick, 0)
         return run.model, run.calib, run.example
-    run = standard.ModelRun(standard.tasks()[name], 0, standard.settings(False), defaultdict(float))
+    run = standard.ModelRun(standard.tasks(quick)[name], 0, standard.settings(quick), defaultdict(float))
     return run.model, run.calib, run.example
 
 
-def measure(name: str, target: float = 0.3) -> dict:
-    model, calib, example = setup(name)
+def measure(name: str, target: float = 0.3, quick: bool = False) -> dict:
+    model, calib, example = setup(name, quick)
     start = time.perf_counter()
     scores = lightning_fair.compute_scores(model, calib, seed=0)
     scoring = time.perf_counter() - start
@@ -62,40 +61,53 @@ def measure(name: str, target: float = 0.3) -> dict:
     start = time.perf_counter()
     stats = refit.collect_refit_statistics(model, targets, calib)
     gather = time.perf_counter() - start
-    copy_of_pruned = copy.deepcopy(pruned.model)
     start = time.perf_counter()
-    done, _ = refit.refit_consumers(copy_of_pruned, targets, stats)
+    for name_, stat in stats.items():
+        stat.solve(intercept=targets[name_].intercept != "none")
     solve = time.perf_counter() - start
     memory = estimate_memory(model, example)
     return {
         "scoring": scoring,
         "gather": gather,
         "solve": solve,
-        "consumers": len(done),
+        "consumers": len(stats),
         "refit_bytes": refit.refit_bytes(model, targets),
-        "statistics_bytes": memory.total_bytes,
+        "statistics_bytes": memory.samples_bytes + memory.reconstruction_bytes + memory.input_bytes,
+        "peak_bytes": memory.total_bytes,
         "largest": max((targets[n].columns(dict(model.named_modules())[n]) for n in targets), default=0),
     }
+
+
+def run(quick: bool = False, models=tuple(LABEL), threads: int = 1) -> dict:
+    """The cost table of every model (quick: the tiny versions of standard.py and vit.py)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    names = [m for m in models if m == "vit" or m in standard.tasks(quick)]
+    lines = [
+        "| model | scoring pass s | refit pass s (ratio to scoring) | solves s | consumers refitted | largest D | "
+        "refit statistics | scoring statistics (peak with the distances' work buffer) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    try:
+        for name in names:
+            r = measure(name, quick=quick)
+            lines.append(
+                f"| {LABEL[name]} | {r['scoring']:.1f} | {r['gather']:.1f} ({r['gather'] / r['scoring']:.2f}) | "
+                f"{r['solve']:.2f} | {r['consumers']} | {r['largest']} | {r['refit_bytes'] / 2**20:.1f} MiB | "
+                f"{r['statistics_bytes'] / 2**20:.1f} MiB ({r['peak_bytes'] / 2**20:.0f} MiB) |"
+            )
+            print(lines[-1], flush=True)
+    finally:
+        torch.set_num_threads(previous)
+    return {"table": "\n".join(lines), "quick": quick}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(LABEL))
+    parser.add_argument("--quick", action="store_true", help="the tiny models (smoke test)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    print(
-        "| model | scoring pass s | refit pass s (ratio) | solves s | consumers refitted | largest D | "
-        "refit statistics | scoring statistics |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in args.models.split(","):
-        r = measure(name)
-        print(
-            f"| {LABEL[name]} | {r['scoring']:.1f} | {r['gather']:.1f} ({r['gather'] / r['scoring']:.2f}) | "
-            f"{r['solve']:.2f} | {r['consumers']} | {r['largest']} | {r['refit_bytes'] / 2**20:.1f} MiB | "
-            f"{r['statistics_bytes'] / 2**20:.1f} MiB |",
-            flush=True,
-        )
+    run(args.quick, tuple(args.models.split(",")))
 
 
 if __name__ == "__main__":

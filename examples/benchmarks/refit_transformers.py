@@ -109,21 +109,28 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run(quick: bool = False, seeds=(0, 1, 2), models=("vit", "bert"), threads: int = 1) -> dict:
+    """Both variants on every (model, seed); returns the table and the time."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    results = {}
+    try:
+        for name in models:
+            results[name] = [measure(name, seed, quick) for seed in (seeds[:1] if quick else seeds)]
+    finally:
+        torch.set_num_threads(previous)
+    return {"table": table(results), "seconds": time.perf_counter() - start, "quick": quick}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vit,bert")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="the scripts' tiny models (smoke test)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    results = {}
-    for name in args.models.split(","):
-        results[name] = []
-        for seed in map(int, args.seeds.split(",")):
-            start = time.perf_counter()
-            results[name].append(measure(name, seed, args.quick))
-            print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    print(table(results))
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    print(run(args.quick, seeds, tuple(args.models.split(",")))["table"])
 
 
 if __name__ == "__main__":

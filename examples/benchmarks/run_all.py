@@ -32,7 +32,10 @@ sys.path.insert(0, str(HERE))
 import bert  # noqa: E402
 import common  # noqa: E402
 import quality  # noqa: E402
+import refit_cost  # noqa: E402
+import refit_transformers  # noqa: E402
 import related  # noqa: E402
+import robustness  # noqa: E402
 import score_speed  # noqa: E402
 import standard  # noqa: E402
 import variants  # noqa: E402
@@ -716,6 +719,52 @@ def _script_section(title: str, r, intro: str, script: str, body, quick: bool) -
     ]
 
 
+def robustness_section(r, quick: bool) -> list:
+    """The "Across training seeds and recipes" section (robustness.py)."""
+    return _script_section(
+        "Across training seeds and recipes",
+        r,
+        "One trained model per architecture cannot tell a method from noise: the same architecture pruned the "
+        "same way spreads by tens of points across training seeds. Every method on the standard architectures, "
+        "each trained with three seeds under two recipes, one-shot at kept MACs 0.5 and 0.3 and after a short "
+        "fine-tune; the defaults (the least-squares refit, the ranking) are chosen on these tables.",
+        "robustness.py",
+        robustness.to_markdown,
+        quick,
+    )
+
+
+def refit_section(r, quick: bool) -> list:
+    """The "Least-squares refit" section (refit_transformers.py and refit_cost.py)."""
+    if not isinstance(r, dict):
+        return ["## Least-squares refit: transformers and cost", "", f"Not run: {r}", ""]
+    flag = " --quick" if quick else ""
+    return [
+        "## Least-squares refit: transformers and cost",
+        "",
+        "The refit (`refit=True`, docs/method.md) on the transformers the benchmark prunes: the timm-style ViT and "
+        "the Hugging Face tiny BERT of the two sections below, each trained with seeds 0, 1, 2 (their scripts' "
+        "recipes), pruned by FAIR's default pipeline with and without the refit (same scores, same counts), "
+        "one-shot and after each script's own fine-tune. Regenerate with",
+        "",
+        "```bash",
+        f"python examples/benchmarks/refit_transformers.py{flag}",
+        f"python examples/benchmarks/refit_cost.py{flag}",
+        "```",
+        "",
+        r["transformers"]["table"],
+        "",
+        "What the refit costs beside the scoring pass, measured side by side in one run (seed-0 models, the "
+        "500 calibration images in batches of 100, one torch thread, the consumers the default pipeline cuts at "
+        "kept MACs 0.3): the extra forward pass of the unpruned model, the solves, and the float64 statistics "
+        "(`8 (D^2 + D O + D + O)` bytes per consumer, `D` kept input columns, `O` kept outputs) beside the scoring "
+        "statistics.",
+        "",
+        r["cost"]["table"],
+        "",
+    ]
+
+
 def vit_section(r, quick: bool) -> list:
     """The "Vision Transformer" section (vit.py)."""
     return _script_section(
@@ -811,6 +860,8 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
             else ""
         )
         + (" · [standard architectures](#standard-architectures-with-fine-tuning)" if "standard" in sections else "")
+        + (" · [seeds and recipes](#across-training-seeds-and-recipes)" if "robustness" in sections else "")
+        + (" · [refit](#least-squares-refit-transformers-and-cost)" if "refit" in sections else "")
         + (" · [ViT](#a-small-vision-transformer)" if "vit" in sections else "")
         + (" · [BERT](#a-tiny-bert-on-a-sequence-task)" if "bert" in sections else "")
         + " · "
@@ -948,6 +999,10 @@ def compose(out: Path, quick: bool, command: str, sections: dict, images: dict, 
     # ---- standard architectures
     if "standard" in sections:
         lines += standard_section(sections["standard"], quick)
+    if "robustness" in sections:
+        lines += robustness_section(sections["robustness"], quick)
+    if "refit" in sections:
+        lines += refit_section(sections["refit"], quick)
     if "vit" in sections:
         lines += vit_section(sections["vit"], quick)
     if "bert" in sections:
@@ -1048,7 +1103,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated sections to skip: quality,variants,related,standard,vit,bert,speed,memory,latency",
+        help="comma-separated sections to skip: quality,variants,related,standard,robustness,refit,vit,bert,"
+        "speed,memory,latency",
     )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
@@ -1101,6 +1157,11 @@ def main(argv=None) -> None:
     )
     guarded("related", lambda: related.run(args.quick))
     guarded("standard", lambda: standard.run(args.quick))
+    guarded("robustness", lambda: robustness.run(args.quick))
+    guarded(
+        "refit",
+        lambda: {"transformers": refit_transformers.run(args.quick), "cost": refit_cost.run(args.quick)},
+    )
     guarded("vit", lambda: vit.run(args.quick))
     guarded("bert", lambda: bert.run(args.quick))
     if "speed" not in skip:
