@@ -210,6 +210,7 @@ def test_two_tolerances_from_one_score_collection(monkeypatch):
             example_inputs=helpers.example_inputs(),
             tolerance=alpha,
             recalibrate=False,
+            refit=False,
         )
         assert result.scores is scores
         assert result.counts == counts
@@ -254,10 +255,22 @@ def test_prune_l1_ranking_removes_smallest_l1_with_utilization_counts():
     alpha = 0.3
     weights = {name: module.weight.detach().clone() for name, module in model.named_modules() if name in scores.layers}
     fair = lightning_fair.prune(
-        copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, recalibrate=False, ranking="utilization"
+        copy.deepcopy(model),
+        scores=scores,
+        example_inputs=x,
+        tolerance=alpha,
+        recalibrate=False,
+        ranking="utilization",
+        refit=False,
     )
     l1 = lightning_fair.prune(
-        copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=alpha, ranking="l1", recalibrate=False
+        copy.deepcopy(model),
+        scores=scores,
+        example_inputs=x,
+        tolerance=alpha,
+        ranking="l1",
+        recalibrate=False,
+        refit=False,
     )
     assert _removed_per_layer(l1.report) == _removed_per_layer(fair.report) == tolerance_counts(scores, alpha)
     differs = False
@@ -286,6 +299,7 @@ def test_prune_random_ranking_is_reproducible():
             ranking="random",
             seed=s,
             recalibrate=False,
+            refit=False,
         )
         for s in (5, 5, 6)
     ]

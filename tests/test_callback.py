@@ -784,7 +784,10 @@ def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
     model, dm = classifier(), datamodule()
-    callback = FairPruneCallback(prune_at=0, tolerance=TOLERANCE, max_batches=3, **{**FAST, "progress": True})
+    # refit=False: the refit's pass has no progress bar of its own yet
+    callback = FairPruneCallback(
+        prune_at=0, tolerance=TOLERANCE, max_batches=3, refit=False, **{**FAST, "progress": True}
+    )
     trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2, enable_progress_bar=True).fit(
         model, datamodule=dm
     )

@@ -71,7 +71,7 @@ def test_bias_change_equals_brute_force(build):
     model = trained(zoo.mlp(in_features=64, hidden=(48, 32)) if build == "mlp" else biased_cnn())
     original = copy.deepcopy(model)
     calibration = helpers.calibration_loader(300, 100)
-    result = prune(model, calibration, tolerance=0.3, compensate=True, recalibrate=False, **FAST)
+    result = prune(model, calibration, tolerance=0.3, compensate=True, refit=False, recalibrate=False, **FAST)
     consumers = [n for n, sides in result.kept.items() if "in" in sides]
     assert consumers and set(result.report.compensated) == set(consumers)
     seen = _inputs_seen(original, calibration, consumers)
@@ -98,7 +98,7 @@ def test_mlp_pruned_equals_mean_replaced_original():
     model = trained(zoo.mlp(in_features=64, hidden=(48, 32)))
     original = copy.deepcopy(model).eval()
     calibration = helpers.calibration_loader(300, 100)
-    result = prune(model, calibration, tolerance=0.3, compensate=True, recalibrate=False, **FAST)
+    result = prune(model, calibration, tolerance=0.3, compensate=True, refit=False, recalibrate=False, **FAST)
     assert set(result.removed) == {"features.1", "features.3"}
     x = helpers.digits()[2][:50]
     means = compute_scores(original, calibration, **FAST).input_means
@@ -125,7 +125,7 @@ def test_bias_free_conv_shifts_the_following_batchnorm():
     model = helpers.trained_small_cnn()
     original = copy.deepcopy(model)
     calibration = helpers.calibration_loader(300, 100)
-    result = prune(model, calibration, tolerance=0.3, compensate=True, recalibrate=False, **FAST)
+    result = prune(model, calibration, tolerance=0.3, compensate=True, refit=False, recalibrate=False, **FAST)
     name = "features.1.0"  # bias-free conv -> BatchNorm2d
     assert before_bias_is_none(original, name) and name in result.report.compensated
     sides = result.kept[name]
@@ -144,7 +144,7 @@ def test_no_place_to_fold_is_reported():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 10, bias=False))
     model = trained(model)
-    result = prune(model, helpers.calibration_loader(200, 100), tolerance=0.4, compensate=True, **FAST)
+    result = prune(model, helpers.calibration_loader(200, 100), tolerance=0.4, compensate=True, refit=False, **FAST)
     assert "1" in result.removed and "3" not in result.report.compensated
     assert any("3: no bias and no BatchNorm right after it" in note for note in result.report.notes)
     assert "mean replacement" in str(result.report)
@@ -153,7 +153,7 @@ def test_no_place_to_fold_is_reported():
 def test_compensation_off_leaves_biases_alone():
     model = trained(zoo.mlp(in_features=64, hidden=(48, 32)))
     original = copy.deepcopy(model)
-    result = prune(model, helpers.calibration_loader(300, 100), tolerance=0.3, compensate=False, **FAST)
+    result = prune(model, helpers.calibration_loader(300, 100), tolerance=0.3, compensate=False, refit=False, **FAST)
     assert not result.report.compensated
     torch.testing.assert_close(model.classifier.bias, original.classifier.bias)
 
@@ -173,7 +173,15 @@ def test_failure_after_compensation_leaves_the_model_as_it_was(monkeypatch):
 
     monkeypatch.setattr(oneshot, "recalibrate_bn", broken)
     with pytest.raises(RuntimeError, match="injected"):
-        prune(model, helpers.calibration_loader(200, 100), tolerance=0.3, compensate=True, recalibrate=True, **FAST)
+        prune(
+            model,
+            helpers.calibration_loader(200, 100),
+            tolerance=0.3,
+            compensate=True,
+            refit=False,
+            recalibrate=True,
+            **FAST,
+        )
     assert calls
     assert {n: p for n, p in model.named_parameters()}.keys() == params.keys()
     assert all(p is params[n] for n, p in model.named_parameters())

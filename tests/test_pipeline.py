@@ -116,8 +116,9 @@ def test_recalibration_restores_one_shot_accuracy_on_a_batchnorm_net():
     model = helpers.trained_small_cnn()
     _, _, x_test, y_test = helpers.digits()
     calibration = helpers.calibration_loader(400, 100)
-    stale = prune(copy.deepcopy(model), calibration, target_macs=0.4, recalibrate=False, compensate=False, **FAST)
-    fresh = prune(copy.deepcopy(model), calibration, target_macs=0.4, recalibrate=True, compensate=False, **FAST)
+    options = dict(target_macs=0.4, compensate=False, refit=False, **FAST)
+    stale = prune(copy.deepcopy(model), calibration, recalibrate=False, **options)
+    fresh = prune(copy.deepcopy(model), calibration, recalibrate=True, **options)
     assert stale.removed == fresh.removed
     assert helpers.accuracy(fresh.model, x_test, y_test) > helpers.accuracy(stale.model, x_test, y_test) + 0.1
 
@@ -176,6 +177,7 @@ def test_global_allocation_reaches_the_target_with_threshold_counts():
         allocation="global",
         recalibrate=False,
         ranking="utilization",
+        refit=False,
     )
     assert result.report.macs_ratio <= 0.5 + 1e-9
     assert result.report.tolerance is None  # no tolerance of difference in this variant
@@ -192,6 +194,7 @@ def test_global_allocation_reaches_the_target_with_threshold_counts():
         example_inputs=helpers.example_inputs(),
         target_macs=0.5,
         recalibrate=False,
+        refit=False,
         allocation="tod",
         ranking="utilization",
     )
@@ -222,7 +225,7 @@ def test_input_means_equal_the_mean_input_of_every_layer():
 
 def test_default_allocation_is_global_under_a_target_and_tod_under_a_tolerance():
     scores = helpers.trained_small_cnn_scores()
-    kwargs = dict(scores=scores, example_inputs=helpers.example_inputs(), recalibrate=False)
+    kwargs = dict(scores=scores, example_inputs=helpers.example_inputs(), recalibrate=False, refit=False)
     assert prune(helpers.trained_small_cnn(), target_macs=0.5, **kwargs).report.options["allocation"] == "global"
     by_tolerance = prune(helpers.trained_small_cnn(), tolerance=0.1, **kwargs)
     assert by_tolerance.report.options["allocation"] == "tod" and by_tolerance.report.tolerance == 0.1
@@ -238,7 +241,7 @@ def test_printed_report_says_the_pipeline_in_words():
         "pipeline (default preset): units ranked by U (class separation, after the following activation, "
         "times how strongly the next layers read them); "
         "one threshold on layer-normalised scores across all layers; "
-        "then mean replacement and BatchNorm re-estimation"
+        "then least-squares refit, mean replacement and BatchNorm re-estimation"
     )
     paper = str(prune(helpers.trained_small_cnn(), calib, preset="paper", tolerance=0.1, **helpers.FAST).report)
     assert (

@@ -164,6 +164,7 @@ def test_removed_channels_are_exactly_the_planned_ones():
         tolerance=0.3,
         compensate=False,
         recalibrate=False,
+        refit=False,
     )
     assert set(result.removed) == {"features.0.0", "features.1.0", "features.3.0", "head.0"}
     activation = {
@@ -219,6 +220,7 @@ def test_ignored_layers_with_precomputed_scores(inplace):
         ignored_layers=["features.0.0"],
         inplace=inplace,
         recalibrate=False,
+        refit=False,
     )
     assert result.model.features[0][0].out_channels == 16
     assert "features.0.0" not in result.removed
@@ -367,7 +369,7 @@ def test_target_reaches_goal_with_least_pruning(key):
 
     def kept(tolerance):
         report = prune(
-            copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=tolerance, recalibrate=False
+            copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=tolerance, recalibrate=False, refit=False
         ).report
         return report.macs_ratio if key == "macs" else report.params_ratio
 
@@ -381,6 +383,7 @@ def test_target_reaches_goal_with_least_pruning(key):
             allocation="tod",
             **{f"target_{key}": goal},
             recalibrate=False,
+            refit=False,
         )
         ratio = result.report.macs_ratio if key == "macs" else result.report.params_ratio
         assert ratio <= goal + 1e-6, (goal, ratio)
@@ -402,6 +405,7 @@ def test_target_reaches_goal_with_least_pruning(key):
         example_inputs=x,
         **{f"target_{key}": (least + most) / 2},
         recalibrate=False,
+        refit=False,
     )
     assert middle.tolerance > 0
 
@@ -412,11 +416,15 @@ def test_unreachable_target_raises_and_leaves_model_untouched(key):
     scores = helpers.trained_small_cnn_scores()
     x = helpers.example_inputs()
     before = full_state(model)
-    report = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=1.0, recalibrate=False).report
+    report = prune(
+        copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=1.0, recalibrate=False, refit=False
+    ).report
     reachable = report.macs_ratio if key == "macs" else report.params_ratio
     assert 0 < reachable < 0.05  # at tolerance 1 every layer keeps only 1% of its units
     with pytest.raises(ValueError, match=f"target_{key}") as error:
-        prune(model, scores=scores, example_inputs=x, **{f"target_{key}": reachable / 2}, recalibrate=False)
+        prune(
+            model, scores=scores, example_inputs=x, **{f"target_{key}": reachable / 2}, recalibrate=False, refit=False
+        )
     assert f"{reachable:.3f}" in str(error.value), str(error.value)
     assert_untouched(model, before)
 
@@ -453,7 +461,7 @@ def test_accuracy_sanity_on_digits():
     loader = helpers.calibration_loader(800)
     scores = lightning_fair.compute_scores(model, loader, samples_per_class=32, num_projections=64)
     x = helpers.example_inputs()
-    result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.0, recalibrate=False)
+    result = prune(copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.0, recalibrate=False, refit=False)
     acc = helpers.accuracy(result.model, x_test, y_test)
     message = f"accuracy {base:.3f} -> {acc:.3f} at kept MACs {result.report.macs_ratio:.3f}\n{result.report}"
     assert result.report.macs_ratio < 0.9, message
@@ -544,7 +552,7 @@ def test_scores_of_another_model_raise():
     scores = helpers.trained_small_cnn_scores()
     model = build("mlp")
     with pytest.raises(ValueError, match="scores"):
-        prune(model, scores=scores, example_inputs=helpers.example_inputs(), recalibrate=False)
+        prune(model, scores=scores, example_inputs=helpers.example_inputs(), recalibrate=False, refit=False)
     assert helpers.module_shapes(model) == helpers.module_shapes(build("mlp"))
 
 
@@ -556,7 +564,13 @@ def test_group_policy_joint_on_resnet():
     results = {}
     for policy in ("min_count", "joint"):
         result = prune(
-            copy.deepcopy(model), scores=scores, example_inputs=x, tolerance=0.3, group_policy=policy, recalibrate=False
+            copy.deepcopy(model),
+            scores=scores,
+            example_inputs=x,
+            tolerance=0.3,
+            group_policy=policy,
+            recalibrate=False,
+            refit=False,
         )
         assert run(result.model, x).shape == (4, 10)
         assert result.report.macs_after < result.report.macs_before

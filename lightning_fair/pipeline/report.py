@@ -149,7 +149,11 @@ def describe_pipeline(options: dict) -> str:
         )
         if get(key)
     ]
-    parts.append("then " + " and ".join(repairs) if repairs else "no repair")
+    parts.append(
+        "then " + (", ".join(repairs[:-1]) + " and " + repairs[-1] if len(repairs) > 1 else repairs[0])
+        if repairs
+        else "no repair"
+    )
     preset = f" ({get('preset')} preset)" if get("preset") else ""
     return f"pipeline{preset}: " + "; ".join(parts)
 
