@@ -170,3 +170,21 @@ def trainer_args(root, epochs=1):
         f"--trainer.default_root_dir={root}",
         "--seed_everything=0",
     ]
+
+
+def cli_callback(tmp_path, *flags: str) -> FairPruneCallback:
+    """The FairPruneCallback that ``FairCLI`` (not run) builds for the digits demo with ``flags``
+    (``--prune.*``) after ``--prune.target_macs=0.6``; a bad flag is the parser's SystemExit."""
+    from lightning_fair.lightning.cli import FairCLI
+
+    args = [
+        "--model=lightning_fair.demos.digits.ImageClassifier",
+        "--model.width=8",
+        "--data=lightning_fair.demos.digits.DigitsDataModule",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--prune.target_macs=0.6",
+    ]
+    cli = FairCLI(args=[*args, *flags], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
+    return callback

@@ -189,23 +189,14 @@ def test_cli_flag(tmp_path, monkeypatch, capsys):
     """--prune.ranking takes the new value (from PruneConfig's Literal type: the help lists it); a wrong
     one is refused by the parser."""
     pytest.importorskip("jsonargparse")
-    from lightning_fair import FairPruneCallback
+    from lightning_helpers import cli_callback
+
     from lightning_fair.lightning.cli import FairCLI
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    args = [
-        "--model=lightning_fair.demos.digits.ImageClassifier",
-        "--model.width=8",
-        "--data=lightning_fair.demos.digits.DigitsDataModule",
-        "--trainer.logger=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--prune.target_macs=0.6",
-    ]
-    cli = FairCLI(args=[*args, f"--prune.ranking={NEW}"], run=False)
-    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
-    assert callback.config.ranking == NEW
+    assert cli_callback(tmp_path, f"--prune.ranking={NEW}").config.ranking == NEW
     with pytest.raises(SystemExit):
-        FairCLI(args=[*args, "--prune.ranking=consumers"], run=False)
+        cli_callback(tmp_path, "--prune.ranking=consumers")
     capsys.readouterr()
     with pytest.raises(SystemExit):
         FairCLI(args=["fit", "--prune.help", "FairPruneCallback"])

@@ -269,22 +269,11 @@ def test_cli_flag(tmp_path, monkeypatch):
     pytest.importorskip("jsonargparse")
     import sys
 
-    from lightning_fair import FairPruneCallback
-    from lightning_fair.lightning.cli import FairCLI
+    from lightning_helpers import cli_callback
 
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    args = [
-        "--model=lightning_fair.demos.digits.ImageClassifier",
-        "--model.width=8",
-        "--data=lightning_fair.demos.digits.DigitsDataModule",
-        "--trainer.logger=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--prune.target_macs=0.6",
-    ]
     for flag, expected in (("--prune.refit=true", True), ("--prune.refit=false", False)):
-        cli = FairCLI(args=[*args, flag], run=False)
-        (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, FairPruneCallback)]
-        assert callback.config.refit is expected
+        assert cli_callback(tmp_path, flag).config.refit is expected
 
 
 def test_over_the_memory_budget_the_refit_gathers_in_several_passes_with_the_same_result():

@@ -28,7 +28,7 @@ from ..removal.heads import planner_for
 from ..removal.history import record_pruning
 from ..removal.planner import DependencyPlanner
 from ..repair.batchnorm import recalibrate_bn
-from ..repair.compensation import capture_consumers, fold_mean_replacement
+from ..repair.compensation import Consumer, capture_consumers, fold_mean_replacement
 from ..repair.refit import (
     LeastSquares,
     RefitTarget,
@@ -190,10 +190,13 @@ def prune(
         if config.target:
             level = search_level(planner, allocation, ranked, config, (macs_before, params_before))
         counts, plan = plan_at(planner, allocation, ranked, level, config)
+        # what the next layers read, before removal (the refit also needs the BatchNorm after each)
+        consumers = capture_consumers(model, planner.graph) if config.compensate or config.refit else {}
         # the refit's statistics: one pass of the unpruned model, for the consumers this plan cuts
-        refit = gather_refit(planner, plan, config, dataloader, unpack, distributed) if config.refit else None
+        refit = (
+            gather_refit(planner, plan, config, consumers, dataloader, unpack, distributed) if config.refit else None
+        )
         # remove
-        consumers = capture_consumers(model, planner.graph) if config.compensate else {}
         kept, plan, _ = planner.apply_checked(plan)
         snapshot.restore_flags(model)
         # repair
@@ -406,6 +409,7 @@ def gather_refit(
     planner: DependencyPlanner,
     plan: Dict[str, torch.Tensor],
     config: PruneConfig,
+    consumers: Dict[str, Consumer],
     dataloader,
     unpack: Callable,
     distributed: bool,
@@ -414,7 +418,7 @@ def gather_refit(
     statistics from one pass of the still unpruned model. Returns ``(targets, statistics, notes)``."""
     kept, _, _ = planner.apply_checked(plan, record_history=False)
     planner.restore()
-    followers = {name: c.follower for name, c in capture_consumers(planner.model, planner.graph).items()}
+    followers = {name: consumer.follower for name, consumer in consumers.items()}
     targets, notes = refit_targets(planner.model, kept, followers)
     budget = resolve_budget(config.memory_budget, model_device(planner.model))
     parts = split_by_budget(planner.model, targets, budget)

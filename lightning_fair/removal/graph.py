@@ -38,6 +38,7 @@ __all__ = [
     "build_graph",
     "forward_problem",
     "forward_shapes",
+    "following_batchnorm",
     "frozen_index_mapping",
     "leaving_one",
     "output_shapes",
@@ -258,3 +259,15 @@ def forward_problem(model: nn.Module, example_inputs, expected: List[tuple]) -> 
     except Exception as error:  # what the pruned model raises: reported, the group is left whole
         return f"{type(error).__name__}: {str(error)[:200]}"
     return "" if shapes == expected else f"the output shapes change from {expected} to {shapes}"
+
+
+def following_batchnorm(graph, module: nn.Module) -> Optional[nn.Module]:
+    """The BatchNorm (with running statistics) that alone reads ``module``'s output in torch-pruning's
+    ``graph``, or None: where a bias-free layer's intercept can go, and what scales what it writes."""
+    node = graph.module2node.get(module) if graph is not None else None
+    if node is None or len(node.outputs) != 1:
+        return None
+    after = node.outputs[0].module
+    if isinstance(after, nn.modules.batchnorm._BatchNorm) and after.running_mean is not None:
+        return after
+    return None

@@ -59,6 +59,7 @@ from .graph import (
     GroupSearchTooLarge,
     bounded_group,
     build_graph,
+    following_batchnorm,
     forward_problem,
     forward_shapes,
     frozen_index_mapping,
@@ -410,13 +411,8 @@ class DependencyPlanner:
 
 def _norm_scale(graph: tp.DependencyGraph, module: nn.Module, channels: int) -> Optional[torch.Tensor]:
     """``|gamma| / sqrt(running_var + eps)`` of the BatchNorm that alone follows ``module`` (None if none)."""
-    node = graph.module2node.get(module)
-    if node is None or len(node.outputs) != 1:
-        return None
-    norm = node.outputs[0].module
-    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_var is None:
-        return None
-    if norm.running_var.numel() != channels:
+    norm = following_batchnorm(graph, module)
+    if norm is None or norm.running_var is None or norm.running_var.numel() != channels:
         return None
     scale = (norm.running_var.detach().double() + norm.eps).rsqrt().cpu()
     return scale * norm.weight.detach().double().abs().cpu() if norm.weight is not None else scale

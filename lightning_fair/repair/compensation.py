@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..removal.graph import following_batchnorm
 from ..units.channels import is_depthwise
 
-__all__ = ["capture_consumers", "fold_mean_replacement"]
+__all__ = ["Consumer", "capture_consumers", "fold_mean_replacement"]
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -58,12 +59,7 @@ def capture_consumers(model: nn.Module, graph=None) -> Dict[str, Consumer]:
         if isinstance(module, nn.Linear) or (
             isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd)
         ):
-            follower = None
-            node = graph.module2node.get(module) if graph is not None else None
-            if node is not None and len(node.outputs) == 1:
-                after = node.outputs[0].module
-                if isinstance(after, nn.modules.batchnorm._BatchNorm) and after.running_mean is not None:
-                    follower = after
+            follower = following_batchnorm(graph, module)
             consumers[name] = Consumer(module.weight, getattr(module, "groups", 1), is_depthwise(module), follower)
     return consumers
 
