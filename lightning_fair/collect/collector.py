@@ -42,7 +42,15 @@ import torch
 from torch import nn
 
 from ..config import OBSERVATION_POINTS, check_projections
-from ..runtime.batches import default_unpack, first_inputs, grad_inputs, select_logits
+from ..runtime.batches import (
+    IGNORE_INDEX,
+    default_unpack,
+    first_inputs,
+    grad_inputs,
+    is_token_target,
+    next_token_pairs,
+    select_logits,
+)
 from ..runtime.distributed import is_distributed
 from ..runtime.guards import preserved_modes
 from ..units.channels import candidate_layers, consumer_of, input_key, units_view
@@ -56,6 +64,7 @@ from .ranks import merge_ranks
 from .samples import ClassSamples, unit_bytes
 from .tallies import CalibrationTallies
 from .taylor import TaylorSums
+from .tokens import NextTokenClasses
 
 # default_unpack and first_inputs live in .batches; imported from here too
 __all__ = ["LayerStatistics", "StatisticsCollector", "default_unpack", "first_inputs"]
@@ -127,6 +136,10 @@ class StatisticsCollector:
         self.taylor = TaylorSums(self.device)
         self.inputs = InputMeans()
         self.tallies = CalibrationTallies()
+        #: next-token prediction (token ids as inputs and target, :func:`is_token_target`): decided on
+        #: the first batch; every position is a sample, its class the next token (:mod:`.tokens`)
+        self.next_token: Optional[bool] = None
+        self.token_classes = NextTokenClasses(self.max_classes)
         self.screening_moments: Optional[ScreeningMoments] = None
         #: {name: Conv/Linear} that may be scored (not ignored)
         self.candidates = candidate_layers(self.model, self.ignored)
@@ -136,6 +149,11 @@ class StatisticsCollector:
         projections = {name for units in attention.values() for name in units.projections(self.prune_embedding)}
         self.candidates = {n: m for n, m in self.candidates.items() if n not in projections}
         self.heads = removable(attention)
+        #: Conv/Linear whose inputs U does not observe: the layers of unit families, whose input
+        #: channels are units of the family or (unless ``prune_embedding``) the embedding dimension
+        self.family_layers = (
+            set() if self.prune_embedding else projections | {u.output_name for u in self.heads.values()}
+        )
         for name, units in attention.items():
             if units.blocked and self.channels is None:  # warned once, by the first pass
                 warnings.warn(
@@ -203,14 +221,30 @@ class StatisticsCollector:
         No host round trip on a GPU while labels arrive on the CPU (as a DataLoader yields them);
         labels on the GPU are copied to the host once per batch (which classes' samples to keep)."""
         inputs, labels = self.unpack(batch)
+        tokens = is_token_target(inputs, labels)
+        if self.next_token is None:
+            self.next_token = tokens
+            if tokens and self.collects_screening:
+                raise ValueError("screening=True needs class labels; it does not score next-token prediction")
+        elif tokens != self.next_token:
+            raise ValueError(
+                "every calibration batch must have the same kind of target: token ids (next-token prediction) "
+                f"or class labels; batch {self.num_batches} differs from the first"
+            )
         inputs = grad_inputs(inputs, self.device)
         labels = torch.as_tensor(labels)
-        if labels.dim() == 2 and labels.shape[1] == 1:
+        if labels.dim() == 2 and labels.shape[1] == 1 and not tokens:
             labels = labels.flatten()
         target = labels.to(self.device, non_blocking=True)
         if target.is_inference():
             target = target.clone()
-        recorder = BatchRecorder(self, self.checked_labels(labels))
+        if tokens:
+            following = labels.detach().long().cpu()[:, 1:].reshape(-1)
+            if not self.token_classes.num_classes:
+                self.token_classes.fit(following)
+            recorder = BatchRecorder(self, self.token_classes(following), tuple(inputs.shape))
+        else:
+            recorder = BatchRecorder(self, self.checked_labels(labels))
         recorder.model_input = inputs
         self._pooled_inputs = {}
         handles = recorder.attach()
@@ -221,7 +255,9 @@ class StatisticsCollector:
         finally:
             for handle in handles:
                 handle.remove()
-        logits = select_logits(output, self.logits)
+        logits = select_logits(output, self.logits, tokens=tokens)
+        if tokens:
+            logits, target = next_token_pairs(logits, target)
         if self.num_batches == 0:
             self._first_batch(recorder, logits)
         if not self.reconstruction:  # a later pass of a split collection: utilization samples only
@@ -252,6 +288,9 @@ class StatisticsCollector:
             self._add_samples(recorder)
             if self.collects_screening:
                 self._add_screening(recorder, target)
+        if tokens:  # positions without a target count for neither the loss nor the accuracy
+            scored = target != IGNORE_INDEX
+            logits, target = logits[scored], target[scored]
         self.tallies.add(loss, logits, target)
         self.tallies.batches += 1
 
@@ -328,7 +367,7 @@ class StatisticsCollector:
 
     # ------------------------------------------------------------------ helpers
     def _first_batch(self, recorder: "BatchRecorder", logits: torch.Tensor) -> None:
-        num_classes = logits.shape[1]
+        num_classes = self.token_classes.num_classes if self.next_token else logits.shape[1]
         if num_classes < 2:
             raise ValueError(f"the model's output has {num_classes} class; FAIR needs classification logits")
         if recorder.labels.numel() and recorder.labels.max() >= num_classes:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..config import AUTO_PROJECTIONS, MANY_CLASSES, parse_bytes
-from ..runtime.batches import select_logits
+from ..runtime.batches import is_token_ids, select_logits, token_samples
 from ..runtime.guards import preserved_modes
 from ..units.channels import (
     ACTIVATION_TYPES,
@@ -278,6 +278,14 @@ def estimate_memory(
     heads = removable(attention)
     modules = {n: m for n, m in candidate_layers(model, ignored).items() if n not in projections}
     consumers = candidate_layers(model, set())
+    family_layers = set() if prune_embedding else projections | {units.output_name for units in heads.values()}
+    # next-token prediction: every token position is a sample (as in the statistics pass)
+    tokens = tuple(example_inputs.shape) if is_token_ids(example_inputs) else None
+
+    def view_of(tensor, holder):
+        samples = token_samples(tensor, *tokens) if tokens is not None else None
+        return units_view(tensor if samples is None else samples, holder)
+
     shapes, order, calls, inputs, widths = {}, [], {}, {}, {}
     # tensors a layer's U observes (its output, then through the norm / activation that follow):
     # a consumer reading one of them adds nothing; any other input is observed apart
@@ -294,7 +302,7 @@ def estimate_memory(
             order.append(name)
             calls[name] = calls.get(name, 0) + 1
             if isinstance(output, torch.Tensor):
-                view = units_view(output, module)
+                view = view_of(output, module)
                 shapes[name] = (view.shape[1], view.shape[2])
                 chain[id(output)] = output
 
@@ -315,12 +323,14 @@ def estimate_memory(
                 x = args[0]
                 inputs[name] = x.shape[-1] if isinstance(module, nn.Linear) else x[0].numel()
                 widths[name] = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
+                if name in family_layers:
+                    return  # its input channels are units of a family or the embedding dimension: not observed
                 if chain.get(id(x)) is not x and x is not example_inputs and x.is_floating_point() and x.dim() >= 2:
                     if read.get(id(x)) is x:
                         return  # a consumer before read this very tensor: observed once
                     read[id(x)] = x
                     input_calls[name] = input_calls.get(name, 0) + 1
-                    view = units_view(x, module)
+                    view = view_of(x, module)
                     seen_inputs[name] = (view.shape[1], view.shape[2])
 
         return hook
@@ -330,7 +340,7 @@ def estimate_memory(
             order.append(name)
             calls[name] = calls.get(name, 0) + 1
             if args and isinstance(args[0], torch.Tensor):
-                view = units.units_view(args[0])
+                view = view_of(args[0], units)
                 shapes[name] = (view.shape[1], view.shape[2])
 
         return hook
@@ -343,7 +353,7 @@ def estimate_memory(
         try:
             model.eval()
             with torch.no_grad():
-                output = select_logits(model(example_inputs), logits)
+                output = select_logits(model(example_inputs), logits, tokens=tokens is not None)
         finally:
             for h in handles:
                 h.remove()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..runtime.batches import token_samples
 from ..units.channels import (
     ACTIVATION_TYPES,
     NORM_TYPES,
@@ -99,10 +100,13 @@ class _FunctionalActivations(TorchFunctionMode):
 class BatchRecorder:
     """Forward hooks for one batch: keeps layer outputs and projects what U observes."""
 
-    def __init__(self, collector: "StatisticsCollector", labels: torch.Tensor):
-        """``labels``: the batch's class indices on the host, checked (one per sample)."""
+    def __init__(self, collector: "StatisticsCollector", labels: torch.Tensor, tokens: Optional[tuple] = None):
+        """``labels``: the batch's class indices on the host, checked (one per sample; -1: a sample of
+        no class U compares). ``tokens``: the ``(batch, length)`` of next-token prediction, whose
+        samples are token positions (:func:`lightning_fair.runtime.batches.token_samples`)."""
         self.c = collector
         self.labels = labels
+        self.tokens = tokens
         self.outputs: Dict[str, torch.Tensor] = {}
         self.order: List[str] = []
         self.calls: Dict[str, int] = {}
@@ -173,6 +177,8 @@ class BatchRecorder:
         def hook(module, args):
             if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
                 return None
+            if name in self.c.family_layers:
+                return None  # its input channels are units of a family, or the embedding dimension
             x = args[0]
             entry = self.chain.get(id(x))
             if (entry is not None and entry[2] is x) or x is self.model_input:
@@ -234,6 +240,12 @@ class BatchRecorder:
         return hook
 
     def _observe(self, name: str, stage: int, tensor: torch.Tensor) -> None:
+        if self.tokens is not None:
+            samples = token_samples(tensor, *self.tokens)
+            if samples is None:  # not one value per token position
+                self.off_batch[name] = tuple(tensor.shape)
+                return
+            tensor = samples
         if tensor.dim() == 0 or tensor.shape[0] != self.labels.shape[0]:
             self.off_batch[name] = tuple(tensor.shape)
             return

@@ -78,14 +78,15 @@ class ClassSamples:
         self.started = True
 
     def select(self, labels: torch.Tensor) -> torch.Tensor:
-        """Indices (host) of the samples of ``labels`` (host, ``[B]``, checked) still needed: the
-        first ``samples_per_class`` per compared class, counting what earlier batches gave."""
+        """Indices (host) of the samples of ``labels`` (host, ``[B]``, checked; -1: no class) still
+        needed: the first ``samples_per_class`` per compared class, counting what earlier batches gave."""
         n = self.samples_per_class
         if not self.started:  # first batch: every class may still need n
             room = torch.full((int(labels.max()) + 1 if labels.numel() else 1,), n, dtype=torch.long)
         else:
             room = torch.where(self.slots >= 0, n - self.counts, 0).clamp(min=0)
-        return (rank_within_class(labels) < room[labels]).nonzero().flatten()
+        wanted = rank_within_class(labels) < room[labels.clamp(min=0)]
+        return (wanted & (labels >= 0)).nonzero().flatten()  # -1: a sample of no class U compares
 
     def projection(self, name: str, map_size: int) -> Optional[torch.Tensor]:
         """The ``[map_size, P]`` seeded directions of a layer (None for scalar units)."""

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from ..runtime.batches import default_unpack, select_logits
+from ..runtime.batches import IGNORE_INDEX, default_unpack, is_token_target, next_token_pairs, select_logits
 from ..runtime.distributed import is_distributed
 from ..runtime.guards import preserved_modes
 
@@ -49,6 +49,9 @@ def evaluate(
 
     The loss is each batch's ``loss_fn`` value averaged over batches (as the calibration loss of
     :func:`lightning_fair.compute_scores`); no batches give ``{"loss": 0.0, "accuracy": 0.0}``.
+    Token batches (a causal language model, :func:`lightning_fair.runtime.batches.is_token_target`)
+    are scored on next-token prediction: the loss over every position with a target, the accuracy
+    of the next token, and ``"perplexity"``, the exponential of the loss.
 
     Example:
         >>> from lightning_fair.demos import zoo
@@ -68,15 +71,24 @@ def evaluate(
     loss, accuracy = (MeanMetric(nan_strategy=float("nan"), sync_on_compute=sync).to(device) for _ in range(2))
     if device.type != "mps":  # float64 tallies, as Python floats were (MPS has no float64)
         loss, accuracy = loss.set_dtype(torch.float64), accuracy.set_dtype(torch.float64)
-    count = 0
+    count, next_token = 0, False
     with preserved_modes(model), torch.no_grad():
         model.eval()
         for batch in batches:
             if max_batches is not None and count >= max_batches:
                 break
             inputs, target = unpack(batch)
-            inputs, target = inputs.to(device), torch.as_tensor(target).to(device).reshape(-1)
-            logits = select_logits(model(inputs), logits_of)
+            tokens = is_token_target(inputs, target)
+            inputs, target = inputs.to(device), torch.as_tensor(target).to(device)
+            logits = select_logits(model(inputs), logits_of, tokens=tokens)
+            if tokens:  # next-token prediction: every position with a target is a sample
+                logits, target = next_token_pairs(logits, target)
+                scored = target != IGNORE_INDEX
+                loss.update(loss_fn(logits, target).detach())
+                accuracy.update((logits[scored].argmax(1) == target[scored]).to(accuracy.dtype))
+                count, next_token = count + 1, True
+                continue
+            target = target.reshape(-1)
             loss.update(loss_fn(logits, target).detach())  # weight 1: the mean of the batch losses
             accuracy.update((logits.argmax(1) == target).to(accuracy.dtype))  # weight 1 per sample
             count += 1
@@ -86,4 +98,6 @@ def evaluate(
     mean_loss, mean_accuracy = float(loss.compute()), float(accuracy.compute())
     if math.isnan(mean_accuracy):  # no sample on any rank (an accuracy is never NaN otherwise)
         return {"loss": 0.0, "accuracy": 0.0}
+    if next_token:
+        return {"loss": mean_loss, "accuracy": mean_accuracy, "perplexity": math.exp(mean_loss)}
     return {"loss": mean_loss, "accuracy": mean_accuracy}

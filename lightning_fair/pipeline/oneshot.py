@@ -38,7 +38,7 @@ from ..repair.refit import (
     refit_targets,
     split_by_budget,
 )
-from ..runtime.batches import default_unpack, first_inputs, model_device, select_logits
+from ..runtime.batches import default_unpack, first_inputs, is_token_ids, model_device, select_logits
 from ..runtime.guards import on_uncompiled, preserved_modes, rollback
 from ..scoring.compute import compute_scores, criterion_for
 from ..scoring.criterion import CriterionScores
@@ -488,7 +488,7 @@ def _check_example_inputs(model: nn.Module, example_inputs, logits: Optional[Cal
             f"example_inputs ({shape}) do not run through the model ({type(error).__name__}: {error}); pass one "
             "batch shaped like the calibration inputs, e.g. example_inputs=x[:1]"
         ) from error
-    select_logits(output, logits)  # ValueError saying how to pick the logits
+    select_logits(output, logits, tokens=is_token_ids(example_inputs))  # ValueError saying how to pick them
 
 
 def _fresh_norm_buffers(model: nn.Module) -> None:

@@ -75,7 +75,12 @@ def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
             param.requires_grad_(True)
         with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():
             try:
-                graph.build_dependency(model, example_inputs=example_inputs, output_transform=traceable_output)
+                graph.build_dependency(
+                    model,
+                    example_inputs=example_inputs,
+                    output_transform=traceable_output,
+                    unwrapped_parameters=vector_parameters(model),
+                )
             except ArithmeticError as error:
                 if not _raised_in(error, "update_index_mapping") or not hasattr(graph, "module2node"):
                     raise
@@ -86,6 +91,32 @@ def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
                 param.requires_grad_(flags[name])
     graph.__dict__.setdefault(_UNMAPPED, [])
     return graph
+
+
+#: modules whose own parameters torch-pruning prunes itself
+_WRAPPED = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.PReLU,
+    nn.Embedding,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+)
+
+
+def vector_parameters(model: nn.Module) -> list:
+    """``[(parameter, 0)]`` for every 1-d parameter of a module torch-pruning does not know (an
+    RMSNorm's weight, a per-channel scale): pruned along their only dimension, as torch-pruning would
+    by default, without its "unwrapped parameters" warning for each."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, _WRAPPED):
+            continue
+        found += [(p, 0) for p in module.parameters(recurse=False) if p.dim() == 1]
+    return found
 
 
 def _raised_in(error: BaseException, function: str) -> bool:

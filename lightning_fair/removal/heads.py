@@ -112,7 +112,11 @@ class TransformerPlanner(DependencyPlanner):
         for name, units in self.heads.items():
             k = min(int(counts.get(name, 0)), units.num_units - 1)
             if k > 0:
-                plan[name] = head_order(units, ranked.removal[name], ranking, seed)[:k].sort().values
+                order = head_order(units, ranked.removal[name], ranking, seed)
+                choose = getattr(units, "choose", None)  # optional: any k units can go without it
+                chosen = order[:k] if choose is None else choose(order, k)
+                if chosen.numel():
+                    plan[name] = chosen.sort().values
         return plan
 
     def apply(self, plan: Dict[str, torch.Tensor], record_history: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:

@@ -2,6 +2,13 @@
 
 Batches are ``(inputs, labels, ...)`` sequences or dicts with an inputs key and a labels key
 (:func:`default_unpack`); anything else needs an ``unpack`` callable.
+
+Two kinds of target are understood. *Classification*: one class index per sample, class logits
+``[batch, classes]``. *Next-token prediction* (causal language models): token ids ``[batch, length]``
+as inputs and as target (Hugging Face's convention: ``labels`` equal to ``input_ids``, -100 where no
+loss is taken; a batch of token ids alone, or a dict without ``labels``, is its own target), logits
+``[batch, length, vocabulary]``; position ``t`` predicts token ``t + 1`` (:func:`next_token_pairs`),
+and every token position is a sample (:func:`token_samples`).
 """
 
 from __future__ import annotations
@@ -14,8 +21,13 @@ from torch import nn
 
 __all__ = [
     "batch_inputs",
+    "IGNORE_INDEX",
     "default_unpack",
     "first_inputs",
+    "is_token_ids",
+    "is_token_target",
+    "next_token_pairs",
+    "token_samples",
     "grad_inputs",
     "model_device",
     "select_logits",
@@ -23,11 +35,22 @@ __all__ = [
 ]
 
 
+#: a target position without a loss (Hugging Face's and ``F.cross_entropy``'s ``ignore_index``)
+IGNORE_INDEX = -100
+
+
+def is_token_ids(value) -> bool:
+    """Whether ``value`` is a ``[batch, length]`` tensor of token ids (integers)."""
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and not value.is_floating_point()
+
+
 def default_unpack(batch):
     """Split a batch into ``(inputs, target)``: ``(x, y, ...)`` sequences and dicts with
     ``x``/``input``/``image`` and ``y``/``label``/``target`` keys are understood, and Hugging Face
     batches (``input_ids`` or ``pixel_values``, and ``labels``; other entries such as
-    ``attention_mask`` are not passed to the model: unpadded batches, or pass ``unpack``)."""
+    ``attention_mask`` are not passed to the model: unpadded batches, or pass ``unpack``). A batch of
+    token ids ``[batch, length]`` alone, or a dict with ``input_ids`` and no labels, is its own target
+    (next-token prediction)."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     if isinstance(batch, dict):
@@ -35,6 +58,12 @@ def default_unpack(batch):
         ys = [k for k in ("y", "label", "labels", "target", "targets") if k in batch]
         if xs and ys:
             return batch[xs[0]], batch[ys[0]]
+        if "input_ids" in batch and not ys and is_token_ids(batch["input_ids"]):
+            return batch["input_ids"], batch["input_ids"]
+    if is_token_ids(batch):
+        return batch, batch
+    if isinstance(batch, (tuple, list)) and len(batch) == 1 and is_token_ids(batch[0]):
+        return batch[0], batch[0]
     raise TypeError(
         f"cannot find (inputs, target) in a batch of type {type(batch).__name__}; batches must be "
         "(inputs, labels, ...) sequences or dicts with 'x' and 'y' keys, or pass "
@@ -42,9 +71,54 @@ def default_unpack(batch):
     )
 
 
-def select_logits(output, logits: Optional[Callable] = None) -> torch.Tensor:
-    """The class logits ``[batch, num_classes]`` in a model's output: ``logits(output)`` if given;
-    else the output itself, or its ``"logits"`` entry / ``.logits`` attribute (Hugging Face outputs).
+def is_token_target(inputs, target) -> bool:
+    """Whether ``(inputs, target)`` is next-token prediction: integer ``[batch, length]`` token ids as
+    both, the target equal to the inputs wherever it is not :data:`IGNORE_INDEX` (Hugging Face's
+    causal-LM ``labels``; a token-classification target differs from the inputs).
+
+    Example:
+        >>> ids = torch.tensor([[5, 6, 7]])
+        >>> is_token_target(ids, ids), is_token_target(ids, torch.tensor([[5, -100, 7]]))
+        (True, True)
+        >>> is_token_target(ids, ids[:, 0])  # one label per sample: classification
+        False
+    """
+    if not (is_token_ids(inputs) and is_token_ids(target)) or tuple(inputs.shape) != tuple(target.shape):
+        return False
+    target = target.to(inputs.device)
+    return bool(((target == inputs) | (target == IGNORE_INDEX)).all())
+
+
+def next_token_pairs(logits: torch.Tensor, target: torch.Tensor) -> tuple:
+    """``(logits [N, vocabulary], target [N])`` of next-token prediction, ``N = batch * (length - 1)``:
+    position ``t``'s logits against token ``t + 1`` (targets :data:`IGNORE_INDEX` stay so).
+
+    Example:
+        >>> logits, target = next_token_pairs(torch.zeros(2, 4, 10), torch.arange(8).view(2, 4))
+        >>> tuple(logits.shape), target.tolist()
+        ((6, 10), [1, 2, 3, 5, 6, 7])
+    """
+    return logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1)
+
+
+def token_samples(tensor: torch.Tensor, batch: int, length: int) -> Optional[torch.Tensor]:
+    """A ``[batch, length, ...]`` activation as one sample per predicting position,
+    ``[batch * (length - 1), 1, ...]`` (the order of :func:`next_token_pairs`); None for a tensor of
+    another layout.
+
+    Example:
+        >>> tuple(token_samples(torch.zeros(2, 4, 8), 2, 4).shape), token_samples(torch.zeros(2, 8), 2, 4)
+        ((6, 1, 8), None)
+    """
+    if tensor.dim() < 3 or tuple(tensor.shape[:2]) != (batch, length):
+        return None
+    return tensor[:, :-1].reshape(batch * (length - 1), 1, *tensor.shape[2:])
+
+
+def select_logits(output, logits: Optional[Callable] = None, tokens: bool = False) -> torch.Tensor:
+    """The class logits ``[batch, num_classes]`` in a model's output (``tokens``: next-token logits
+    ``[batch, length, vocabulary]``): ``logits(output)`` if given; else the output itself, or its
+    ``"logits"`` entry / ``.logits`` attribute (Hugging Face outputs).
 
     Raises:
         ValueError: no such tensor; the message says how to pick it (``logits=lambda out: out[0]``).
@@ -62,8 +136,15 @@ def select_logits(output, logits: Optional[Callable] = None) -> torch.Tensor:
             output = output["logits"]
         elif isinstance(getattr(output, "logits", None), torch.Tensor):
             output = output.logits
+    if tokens and isinstance(output, torch.Tensor) and output.dim() == 3:
+        return output
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        if tokens:
+            raise ValueError(
+                f"the model's output must be next-token logits of shape [batch, length, vocabulary] for token "
+                f"batches, got {got}; pass logits=lambda out: ... to pick them"
+            )
         how = (
             "check what the logits= callable returns"
             if logits is not None
@@ -75,8 +156,13 @@ def select_logits(output, logits: Optional[Callable] = None) -> torch.Tensor:
 
 
 def traceable_output(output):
-    """A model's output as torch-pruning's tracer can walk it: tensors, lists, tuples and dicts as
-    they are; any other object (a dataclass-like model output) as the list of its tensor attributes."""
+    """A model's output as torch-pruning's tracer can walk it: tensors, lists, tuples and dicts of
+    tensors as they are; a dict holding other things (a Hugging Face output with a key-value cache) as
+    its tensor entries; any other object (a dataclass-like model output) as the list of its tensor
+    attributes."""
+    if isinstance(output, Mapping) and not all(isinstance(v, torch.Tensor) for v in output.values()):
+        # a Hugging Face output with a key-value cache or hidden-state tuples: its tensors only
+        return {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
     if output is None or isinstance(output, (torch.Tensor, list, tuple, Mapping)):
         return output
     return (

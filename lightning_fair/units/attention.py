@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .mha import HeadPrunedMultiheadAttention, is_plain_mha
+from .surgery import keep_columns, keep_rows
 
 __all__ = ["AttentionUnits", "find_attention", "head_count", "head_row", "head_row_module", "remove_heads", "removable"]
 
@@ -94,6 +95,10 @@ class AttentionUnits:
     def remove(self, units: List[int]) -> Dict[str, Dict[str, torch.Tensor]]:
         """:func:`remove_heads` of these heads."""
         return remove_heads(self, units)
+
+    def choose(self, order: torch.Tensor, count: int) -> torch.Tensor:
+        """The heads to remove when ``count`` go: the first ``count`` of ``order`` (any set of heads can go)."""
+        return order[:count]
 
     @property
     def head_dim(self) -> int:
@@ -234,25 +239,6 @@ def head_row_module(row_name: str) -> Optional[str]:
     return row_name[: -len(HEAD_SUFFIX)] if row_name.endswith(HEAD_SUFFIX) else None
 
 
-def _new_param(old: torch.Tensor, value: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
-
-
-def _keep_rows(layer: nn.Module, rows: torch.Tensor, weight: str = "weight", bias: str = "bias") -> None:
-    old = getattr(layer, weight)
-    rows = rows.to(old.device)
-    setattr(layer, weight, _new_param(old, old.index_select(0, rows)))
-    if getattr(layer, bias, None) is not None:
-        setattr(layer, bias, _new_param(getattr(layer, bias), getattr(layer, bias).index_select(0, rows)))
-    if isinstance(layer, nn.Linear):
-        layer.out_features = int(rows.numel())
-
-
-def _keep_columns(layer: nn.Linear, columns: torch.Tensor) -> None:
-    layer.weight = _new_param(layer.weight, layer.weight.index_select(1, columns.to(layer.weight.device)))
-    layer.in_features = int(columns.numel())
-
-
 def remove_heads(units: AttentionUnits, heads: List[int]) -> Dict[str, Dict[str, torch.Tensor]]:
     """Remove whole heads (indices in the current numbering) and set the head-count attributes.
 
@@ -274,16 +260,16 @@ def remove_heads(units: AttentionUnits, heads: List[int]) -> Dict[str, Dict[str,
     packed = torch.cat([per_head + part * count * dim for part in range(3)])  # q, k, v blocks of a fused layout
     kept = {units.output_name: {"in": per_head}}
     if units.kind == "mha":
-        _keep_rows(units.module, packed, "in_proj_weight", "in_proj_bias")
+        keep_rows(units.module, packed, "in_proj_weight", "in_proj_bias")
         kept[units.name] = {"out": packed}
     elif units.kind == "fused":
-        _keep_rows(units.inputs[0], packed)
+        keep_rows(units.inputs[0], packed)
         kept[units.input_names[0]] = {"out": packed}
     else:
         for layer, layer_name in zip(units.inputs, units.input_names):
-            _keep_rows(layer, per_head)
+            keep_rows(layer, per_head)
             kept[layer_name] = {"out": per_head}
-    _keep_columns(units.output, per_head)
+    keep_columns(units.output, per_head)
     module = units.module
     heads_left = int(keep.numel())
     for attribute in HEAD_COUNTS:

@@ -3,8 +3,9 @@ Conv output channel or Linear output feature.
 
 A Conv channel or a Linear feature is a unit by itself (:mod:`.channels`), removed through
 torch-pruning's dependency graph. A *family* groups rows and columns of several layers into one unit
-that the graph cannot cut on its own: attention heads today (:mod:`.attention`), key-value groups,
-gated-MLP neurons or experts tomorrow. A family is an adapter with four parts:
+that the graph cannot cut on its own: attention heads (:mod:`.attention`), grouped-query attention
+heads (:mod:`.grouped_attention`), gated-MLP neurons (:mod:`.gated_mlp`). A family is an adapter with
+four parts:
 
 - ``find(model, ignored)``: ``{module name: units}`` of every module of the family, each a
   :class:`Units` (blocked ones too, carrying the reason);
@@ -30,11 +31,15 @@ import torch
 from torch import nn
 
 from .attention import find_attention, head_count
+from .gated_mlp import find_gated_mlp, gated_width
+from .grouped_attention import find_grouped_attention, grouped_head_count
 from .mha import hookable_attention
 
 __all__ = [
     "ATTENTION_HEADS",
     "FAMILIES",
+    "GATED_MLP_NEURONS",
+    "GROUPED_QUERY_HEADS",
     "UnitFamily",
     "Units",
     "collecting",
@@ -89,6 +94,12 @@ class Units(Protocol):
     def remove(self, units: List[int]) -> Dict[str, Dict[str, torch.Tensor]]:
         """Remove these units; ``{layer: {"out"/"in": kept indices}}`` of every changed layer."""
 
+    def choose(self, order: torch.Tensor, count: int) -> torch.Tensor:
+        """Optional. The units to remove when about ``count`` should go, given ``order`` (every unit,
+        first-to-remove first): ``order[:count]`` where any set of units can go, else the nearest
+        set the module's layout allows (grouped-query attention keeps the same number of query heads
+        per key-value head)."""
+
 
 @dataclass(frozen=True)
 class UnitFamily:
@@ -104,8 +115,22 @@ class UnitFamily:
 #: attention heads: ``nn.MultiheadAttention``, timm's fused qkv, Hugging Face's separate q/k/v
 ATTENTION_HEADS = UnitFamily("attention heads", find_attention, head_count, hookable_attention, "<heads>")
 
+
+def nothing_to_prepare(model: nn.Module) -> ContextManager:
+    """The ``collecting`` context of a family whose units hooks see as the model runs."""
+    return contextlib.nullcontext()
+
+
+#: grouped-query attention (Llama, Qwen, Mistral, Gemma3, the MoE families): query heads, grouping kept
+GROUPED_QUERY_HEADS = UnitFamily(
+    "grouped-query heads", find_grouped_attention, grouped_head_count, nothing_to_prepare, "<query-heads>"
+)
+
+#: gated MLPs (``down_proj(act(gate_proj(x)) * up_proj(x))``): intermediate neurons
+GATED_MLP_NEURONS = UnitFamily("gated-MLP neurons", find_gated_mlp, gated_width, nothing_to_prepare, "<neurons>")
+
 #: the registered families, consulted in this order
-FAMILIES: List[UnitFamily] = [ATTENTION_HEADS]
+FAMILIES: List[UnitFamily] = [GROUPED_QUERY_HEADS, ATTENTION_HEADS, GATED_MLP_NEURONS]
 
 
 def register_family(family: UnitFamily) -> None:

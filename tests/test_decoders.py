@@ -1,0 +1,171 @@
+"""Decoder language models (issue 22): grouped-query attention heads and gated-MLP neurons as units,
+scored for next-token prediction, for Llama, Qwen2, Qwen3, Mistral and Gemma3 from tiny configs
+(random init, a few training steps on patterned tokens). Under a tolerance and under a MACs target:
+the grouping stays valid (every key-value group keeps the same number of query heads), the hidden
+size is untouched, the pruned model generates, and its pruning history reloads."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from decoder_helpers import DECODERS, decoder, lm_loss, token_batches, train_briefly
+
+import lightning_fair
+from lightning_fair import compute_scores, load_pruned, prune, save_pruned
+from lightning_fair.units.gated_mlp import find_gated_mlp
+from lightning_fair.units.grouped_attention import GroupedQueryUnits, find_grouped_attention, layouts
+
+FAST = dict(samples_per_class=4, num_projections=8, max_classes=16)
+BUDGETS = [dict(tolerance=0.3), dict(target_macs=0.5)]
+
+
+def trained(family: str):
+    model = decoder(family)
+    return train_briefly(model, token_batches(4, seed=1), steps=30)
+
+
+def check_structure(model) -> dict:
+    """Every attention module's widths fit whole heads in equal key-value groups; returns
+    ``{attention: (query heads, key-value heads)}``."""
+    left = {}
+    for name, module in model.named_modules():
+        if not isinstance(getattr(module, "num_key_value_groups", None), int):
+            continue
+        dim = module.head_dim
+        heads, groups = module.q_proj.out_features // dim, module.k_proj.out_features // dim
+        assert module.q_proj.out_features == heads * dim == module.o_proj.in_features
+        assert module.v_proj.out_features == groups * dim and heads % groups == 0
+        assert module.num_key_value_groups == heads // groups
+        left[name] = (heads, groups)
+    for units in find_gated_mlp(model).values():
+        assert units.inputs[0].out_features == units.inputs[1].out_features == units.output.in_features
+    return left
+
+
+def hidden_widths(model) -> list:
+    return sorted({m.o_proj.out_features for m in model.modules() if hasattr(m, "o_proj")})
+
+
+@pytest.mark.parametrize("budget", BUDGETS, ids=["tolerance", "target_macs"])
+@pytest.mark.parametrize("family", DECODERS)
+def test_decoder_prunes_heads_and_neurons(family, budget):
+    model = trained(family)
+    calibration = token_batches(4, seed=2)
+    prompt = calibration[0][:1, :6]
+    before = check_structure(model)
+    widths = hidden_widths(model)
+    result = prune(copy.deepcopy(model), calibration, **FAST, **budget)
+    pruned = result.model.eval()
+    left = check_structure(pruned)
+    assert hidden_widths(pruned) == widths  # the residual stream is not cut
+    assert result.report.macs_after < result.report.macs_before
+    if "target_macs" in budget:
+        assert result.report.macs_ratio <= 0.5 + 1e-9
+    assert any(left[n] != before[n] for n in before) or any(u.num_units < 48 for u in find_gated_mlp(pruned).values())
+    assert any(u.num_units < 48 for u in find_gated_mlp(pruned).values()), "no MLP neuron was removed"
+    out = pruned(prompt).logits
+    assert out.shape == (1, 6, 48) and torch.isfinite(out).all()
+    generated = pruned.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert generated.shape == (1, 10)
+
+    buffer = io.BytesIO()
+    save_pruned(pruned, buffer)
+    buffer.seek(0)
+    fresh = load_pruned(decoder(family, seed=5), buffer).eval()
+    assert check_structure(fresh) == left
+    assert torch.allclose(fresh(prompt).logits, out, atol=1e-5)
+
+
+def test_layouts_keep_the_grouping_and_choose_is_nearest():
+    model = decoder("llama")
+    units = find_grouped_attention(model)["model.layers.0.self_attn"]
+    assert isinstance(units, GroupedQueryUnits) and (units.num_units, units.num_key_value_heads) == (8, 2)
+    assert [r for r, _, _ in layouts(8, 2)] == [0, 2, 4, 4, 5, 6, 6, 7]
+    order = torch.tensor([5, 6, 7, 4, 0, 1, 2, 3])  # group 1 (heads 4-7) first to remove
+    assert units.choose(order, 4).tolist() == [4, 5, 6, 7]  # the whole group, not two from each
+    assert units.choose(order, 2).tolist() == [0, 5]  # one head per group: the first of each in order
+    assert units.choose(order, 3).tolist() == [0, 5]  # 3 is between 2 and 4: the smaller
+    assert units.choose(order, 0).numel() == 0
+    with pytest.raises(ValueError, match="same number of query heads"):
+        units.remove([0, 1, 4])
+
+
+def test_removing_a_whole_group_takes_its_key_value_head():
+    model = decoder("llama")
+    x = token_batches(1)[0]
+    units = find_grouped_attention(model)["model.layers.0.self_attn"]
+    kept = units.remove([0, 1, 2, 3])
+    attention = model.model.layers[0].self_attn
+    assert attention.k_proj.out_features == attention.v_proj.out_features == 4  # one group of head_dim 4
+    assert attention.num_key_value_groups == 4 and kept["model.layers.0.self_attn.k_proj"]["out"].tolist() == [
+        4,
+        5,
+        6,
+        7,
+    ]
+    assert model(x).logits.shape == (4, 24, 48)
+
+
+def test_pruned_heads_match_zeroed_heads():
+    """Removing heads (trimming each group) gives the same logits as zeroing their o_proj columns."""
+    model = decoder("qwen2")
+    x = token_batches(1)[0]
+    zeroed = copy.deepcopy(model)
+    o = zeroed.model.layers[1].self_attn.o_proj
+    with torch.no_grad():
+        for head in (1, 6):
+            o.weight[:, head * 4 : head * 4 + 4] = 0
+    find_grouped_attention(model)["model.layers.1.self_attn"].remove([1, 6])
+    assert torch.allclose(model(x).logits, zeroed(x).logits, atol=1e-5)
+
+
+def test_next_token_utilization_matches_brute_force():
+    """U of a gated-MLP neuron: the largest W1 distance between its values at the positions predicting
+    the compared tokens (the most frequent next tokens of the first batch), computed by hand."""
+    model = trained("llama")
+    batches = token_batches(3, seed=4)
+    scores = compute_scores(model, batches, samples_per_class=6, max_classes=5)
+    captured = []
+    handle = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    with torch.no_grad():
+        for ids in batches:
+            model(ids)
+    handle.remove()
+    values = torch.cat([h[:, :-1].reshape(-1, h.shape[-1]) for h in captured])  # position t predicts t + 1
+    following = torch.cat([ids[:, 1:].reshape(-1) for ids in batches])
+    counts = torch.bincount(batches[0][:, 1:].reshape(-1))
+    tokens = torch.sort(-counts, stable=True).indices[:5]
+    per_class = [values[following == t][:6].double() for t in tokens]
+    expected = torch.zeros(values.shape[1], dtype=torch.float64)
+    for i in range(5):
+        for j in range(i + 1, 5):
+            a, b = per_class[i].sort(0).values, per_class[j].sort(0).values
+            distance = torch.stack([_w1(a[:, u], b[:, u]) for u in range(values.shape[1])])
+            expected = torch.maximum(expected, distance)
+    got = scores.utilization["model.layers.1.mlp"].double()
+    assert torch.allclose(got, expected, rtol=1e-3, atol=1e-5)
+
+
+def _w1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """W1 distance between two empirical distributions (exact, any sizes)."""
+    points = torch.cat([a, b]).sort().values
+    cdf_a = torch.searchsorted(a.sort().values, points[:-1], right=True).double() / a.numel()
+    cdf_b = torch.searchsorted(b.sort().values, points[:-1], right=True).double() / b.numel()
+    return ((cdf_a - cdf_b).abs() * points.diff()).sum()
+
+
+def test_pruning_keeps_a_trained_decoder_useful():
+    """Removing a quarter of the MACs of a trained tiny Llama costs less loss than random removal."""
+    model = train_briefly(decoder("llama"), token_batches(6, seed=1), steps=120)
+    calibration, held_out = token_batches(4, seed=2), token_batches(4, seed=3)
+    dense = lm_loss(model, held_out)
+    fair = prune(copy.deepcopy(model), calibration, target_macs=0.75, **FAST)
+    rand = prune(copy.deepcopy(model), calibration, target_macs=0.75, ranking="random", refit=False, **FAST)
+    fair_loss, random_loss = lm_loss(fair.model, held_out), lm_loss(rand.model, held_out)
+    assert dense < fair_loss < random_loss, (dense, fair_loss, random_loss)
+    assert lightning_fair.evaluate(fair.model, held_out)["loss"] == pytest.approx(
+        lm_loss(fair.model, held_out), rel=1e-4
+    )
