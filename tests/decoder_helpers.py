@@ -83,3 +83,31 @@ def train_briefly(model: nn.Module, batches: list, steps: int = 60, lr: float = 
 def lm_loss(model: nn.Module, batches: list) -> float:
     with torch.no_grad():
         return sum(float(model(input_ids=ids, labels=ids).loss) for ids in batches) / len(batches)
+
+
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe"]
+
+
+def moe_decoder(family: str, seed: int = 0) -> nn.Module:
+    """A tiny mixture-of-experts ``<family>ForCausalLM`` (6 experts, 2 per token) in eval mode."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    common = dict(COMMON, intermediate_size=32)
+    if family == "mixtral":
+        config = transformers.MixtralConfig(**common, num_local_experts=6, num_experts_per_tok=2)
+        return transformers.MixtralForCausalLM(config).eval()
+    if family == "qwen2_moe":
+        config = transformers.Qwen2MoeConfig(
+            **common,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            num_experts=6,
+            num_experts_per_tok=2,
+        )
+        return transformers.Qwen2MoeForCausalLM(config).eval()
+    if family == "qwen3_moe":
+        config = transformers.Qwen3MoeConfig(
+            **common, head_dim=8, moe_intermediate_size=16, num_experts=6, num_experts_per_tok=2
+        )
+        return transformers.Qwen3MoeForCausalLM(config).eval()
+    raise ValueError(family)

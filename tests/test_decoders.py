@@ -1,6 +1,7 @@
-"""Decoder language models (issue 22): grouped-query attention heads and gated-MLP neurons as units,
-scored for next-token prediction, for Llama, Qwen2, Qwen3, Mistral and Gemma3 from tiny configs
-(random init, a few training steps on patterned tokens). Under a tolerance and under a MACs target:
+"""Decoder language models (issue 22): grouped-query attention heads, gated-MLP neurons and routed
+experts as units, scored for next-token prediction, for Llama, Qwen2, Qwen3, Mistral, Gemma3 and the
+mixture-of-experts Mixtral, Qwen2-MoE and Qwen3-MoE from tiny configs (random init, a few training
+steps on patterned tokens). Under a tolerance and under a MACs target:
 the grouping stays valid (every key-value group keeps the same number of query heads), the hidden
 size is untouched, the pruned model generates, and its pruning history reloads."""
 
@@ -11,10 +12,11 @@ import io
 
 import pytest
 import torch
-from decoder_helpers import DECODERS, decoder, lm_loss, token_batches, train_briefly
+from decoder_helpers import DECODERS, MOE, decoder, lm_loss, moe_decoder, token_batches, train_briefly
 
 import lightning_fair
 from lightning_fair import compute_scores, load_pruned, prune, save_pruned
+from lightning_fair.units.experts import find_experts
 from lightning_fair.units.gated_mlp import find_gated_mlp
 from lightning_fair.units.grouped_attention import GroupedQueryUnits, find_grouped_attention, layouts
 
@@ -169,3 +171,66 @@ def test_pruning_keeps_a_trained_decoder_useful():
     assert lightning_fair.evaluate(fair.model, held_out)["loss"] == pytest.approx(
         lm_loss(fair.model, held_out), rel=1e-4
     )
+
+
+def check_experts(model) -> dict:
+    """Every sparse block's router rows, expert tensors and expert counts agree; ``{block: experts}``."""
+    left = {}
+    for name, units in find_experts(model).items():
+        count = units.router.weight.shape[0]
+        assert units.output.gate_up_proj.shape[0] == units.output.down_proj.shape[0] == count
+        assert units.output.num_experts == units.router.num_experts == count >= units.top_k
+        left[name] = count
+    return left
+
+
+@pytest.mark.parametrize("budget", [dict(tolerance=0.3), dict(target_params=0.6)], ids=["tolerance", "target_params"])
+@pytest.mark.parametrize("family", MOE)
+def test_moe_decoder_prunes_experts(family, budget):
+    model = train_briefly(moe_decoder(family), token_batches(4, seed=1), steps=20)
+    calibration = token_batches(4, seed=2)
+    prompt = calibration[0][:1, :6]
+    before = check_experts(model)
+    result = prune(copy.deepcopy(model), calibration, **FAST, **budget)
+    pruned = result.model.eval()
+    left, heads = check_experts(pruned), check_structure(pruned)
+    assert sum(left.values()) < sum(before.values()), "no expert was removed"
+    assert heads and hidden_widths(pruned) == hidden_widths(model)
+    if "target_params" in budget:
+        assert result.report.params_ratio <= 0.6 + 1e-9
+    out = pruned(prompt).logits
+    assert torch.isfinite(out).all()
+    assert pruned.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 9)
+    buffer = io.BytesIO()
+    save_pruned(pruned, buffer)
+    buffer.seek(0)
+    fresh = load_pruned(moe_decoder(family, seed=7), buffer).eval()
+    assert check_experts(fresh) == left and check_structure(fresh) == heads
+    assert torch.allclose(fresh(prompt).logits, out, atol=1e-5)
+
+
+def test_expert_reconstruction_score_is_the_routing_weight_taylor_term():
+    """R of an expert is |sum over tokens of dL/dw * w| for the routing weights w it gets, the loss
+    being next-token cross-entropy (summed over batches), as computed here by hand."""
+    model = moe_decoder("qwen3_moe")
+    batches = token_batches(2, seed=4)
+    scores = compute_scores(model, batches, samples_per_class=4, max_classes=8)
+    block = model.model.layers[1].mlp
+    expected = torch.zeros(6, dtype=torch.float64)
+    for ids in batches:
+        seen = {}
+
+        def keep(module, args, seen=seen):
+            seen["index"], seen["weights"] = args[1], args[2]
+            args[2].retain_grad()
+
+        handle = block.experts.register_forward_pre_hook(keep)
+        loss = model(input_ids=ids, labels=ids).loss
+        handle.remove()
+        loss.backward()
+        weights = seen["weights"]
+        per_pair = (weights.grad * weights).double()
+        expected += torch.zeros(6, dtype=torch.float64).index_add(0, seen["index"].flatten(), per_pair.flatten())
+        model.zero_grad()
+    got = scores.reconstruction["model.layers.1.mlp"].double()
+    assert torch.allclose(got, expected.abs(), rtol=1e-3, atol=1e-7)

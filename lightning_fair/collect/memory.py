@@ -336,17 +336,22 @@ def estimate_memory(
         return hook
 
     def head_hook(name, units):
-        def hook(module, args):
+        expose = getattr(units, "expose", None)
+
+        def hook(module, args, kwargs):
             order.append(name)
             calls[name] = calls.get(name, 0) + 1
-            if args and isinstance(args[0], torch.Tensor):
-                view = view_of(args[0], units)
+            tensor = expose(args, kwargs)[0] if expose is not None else (args[0] if args else None)
+            if isinstance(tensor, torch.Tensor):
+                view = view_of(tensor, units)
                 shapes[name] = (view.shape[1], view.shape[2])
 
         return hook
 
     handles = [m.register_forward_hook(out_hook(n)) for n, m in modules.items()]
-    handles += [units.output.register_forward_pre_hook(head_hook(n, units)) for n, units in heads.items()]
+    handles += [
+        units.output.register_forward_pre_hook(head_hook(n, units), with_kwargs=True) for n, units in heads.items()
+    ]
     handles += [m.register_forward_hook(follow_hook) for m in model.modules() if isinstance(m, follow)]
     handles += [m.register_forward_pre_hook(in_hook(n)) for n, m in consumers.items()]
     with preserved_modes(model), collecting(model):

@@ -149,17 +149,25 @@ class BatchRecorder:
         for name, module in self.c.consumers.items():
             handles.append(module.register_forward_pre_hook(self._consumer_hook(name)))
         for name, units in self.c.heads.items():  # a head's output: its slice of the output projection's input
-            handles.append(units.output.register_forward_pre_hook(self._head_hook(name)))
+            handles.append(units.output.register_forward_pre_hook(self._head_hook(name, units), with_kwargs=True))
         return handles
 
-    def _head_hook(self, name: str):
-        def hook(module, args):
+    def _head_hook(self, name: str, units):
+        expose = getattr(units, "expose", None)  # units whose outputs a family makes visible (experts)
+
+        def hook(module, args, kwargs):
             self.order.append(name)
             self.calls[name] = self.calls.get(name, 0) + 1
-            if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
-                self.outputs[name] = args[0]
-                self._observe(name, 0, args[0])
-            return None
+            changed = None
+            if expose is not None:
+                tensor, args, kwargs = expose(args, kwargs)
+                changed = (args, kwargs)
+            else:
+                tensor = args[0] if args else None
+            if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                self.outputs[name] = tensor
+                self._observe(name, 0, tensor)
+            return changed
 
         return hook
 

@@ -30,6 +30,7 @@ from torch_pruning.dependency.group import Group
 
 from ..runtime.batches import traceable_output
 from ..runtime.guards import preserved_modes
+from ..units.experts import find_experts
 
 __all__ = [
     "GraphState",
@@ -109,13 +110,16 @@ _WRAPPED = (
 
 def vector_parameters(model: nn.Module) -> list:
     """``[(parameter, 0)]`` for every 1-d parameter of a module torch-pruning does not know (an
-    RMSNorm's weight, a per-channel scale): pruned along their only dimension, as torch-pruning would
-    by default, without its "unwrapped parameters" warning for each."""
+    RMSNorm's weight, a per-channel scale), pruned along their only dimension as torch-pruning would
+    by default, and for the 3-d expert tensors and router of a mixture-of-experts block (whose first
+    dimension is the experts, removed by :mod:`lightning_fair.units.experts`, not by the graph):
+    declared, so torch-pruning does not warn about each."""
+    experts = {id(m) for units in find_experts(model).values() for m in (units.output, units.router)}
     found = []
     for module in model.modules():
         if isinstance(module, _WRAPPED):
             continue
-        found += [(p, 0) for p in module.parameters(recurse=False) if p.dim() == 1]
+        found += [(p, 0) for p in module.parameters(recurse=False) if p.dim() == 1 or id(module) in experts]
     return found
 
 

@@ -102,14 +102,16 @@ def next_token_pairs(logits: torch.Tensor, target: torch.Tensor) -> tuple:
 
 
 def token_samples(tensor: torch.Tensor, batch: int, length: int) -> Optional[torch.Tensor]:
-    """A ``[batch, length, ...]`` activation as one sample per predicting position,
-    ``[batch * (length - 1), 1, ...]`` (the order of :func:`next_token_pairs`); None for a tensor of
-    another layout.
+    """A ``[batch, length, ...]`` activation (or ``[batch * length, ...]``, tokens flattened as sparse
+    MoE blocks do) as one sample per predicting position, ``[batch * (length - 1), 1, ...]`` (the order
+    of :func:`next_token_pairs`); None for a tensor of another layout.
 
     Example:
         >>> tuple(token_samples(torch.zeros(2, 4, 8), 2, 4).shape), token_samples(torch.zeros(2, 8), 2, 4)
         ((6, 1, 8), None)
     """
+    if tensor.dim() >= 2 and tensor.shape[0] == batch * length and (batch, length) != tuple(tensor.shape[:2]):
+        tensor = tensor.reshape(batch, length, *tensor.shape[1:])  # tokens flattened first (MoE blocks)
     if tensor.dim() < 3 or tuple(tensor.shape[:2]) != (batch, length):
         return None
     return tensor[:, :-1].reshape(batch * (length - 1), 1, *tensor.shape[2:])

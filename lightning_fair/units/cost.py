@@ -14,6 +14,7 @@ from torch import nn
 
 from ..runtime.guards import on_uncompiled, preserved_modes
 from .channels import PRUNABLE_TYPES
+from .experts import expert_macs, find_experts
 from .families import unit_count
 from .mha import no_fastpath
 
@@ -29,6 +30,9 @@ def measure(model: nn.Module, example_inputs) -> tuple:
     a Trainer is fine); train/eval flags are restored. An ``nn.MultiheadAttention`` counts its
     in-projection and ``out_proj`` (its attention products, like every matmul, are not counted);
     PyTorch's fused transformer fast path is off while counting, so its Linear layers run as modules.
+    A mixture-of-experts block counts its router and, per token, the experts it routes to
+    (:func:`lightning_fair.units.experts.expert_macs`). Per sample: the total over the example
+    divided by its batch size (for a language model, a sample is a sequence of the example's length).
     """
     macs = [0]
     attention_outputs = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -41,10 +45,13 @@ def measure(model: nn.Module, example_inputs) -> tuple:
         inner = module.in_proj_weight.shape[0] // 3
         macs[0] += (queries + 2 * keys) * inner * module.embed_dim + queries * inner * module.out_proj.out_features
 
+    # per sample: the example's batch size (a layer may see tokens flattened, [batch * length, ...])
+    samples = example_inputs.shape[0] if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() else None
+
     def hook(module, args, output):
         if id(module) in attention_outputs:
             return  # counted with its attention module
-        batch = output.shape[0] if output.dim() > 1 else 1
+        batch = samples or (output.shape[0] if output.dim() > 1 else 1)
         if isinstance(module, nn.Linear):
             macs[0] += output.numel() // batch * module.in_features
         elif isinstance(module, nn.modules.conv._ConvTransposeNd):
@@ -52,8 +59,20 @@ def measure(model: nn.Module, example_inputs) -> tuple:
         else:
             macs[0] += output.numel() // batch * (module.in_channels // module.groups) * _prod(module.kernel_size)
 
+    def experts_hook(units):
+        def hook(module, args, kwargs):
+            index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            tokens = index.shape[0]
+            macs[0] += (expert_macs(module, index) + tokens * units.router.weight.numel()) // (samples or 1)
+
+        return hook
+
     with preserved_modes(model):
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+        handles += [
+            units.output.register_forward_pre_hook(experts_hook(units), with_kwargs=True)
+            for units in find_experts(model).values()
+        ]
         handles += [
             m.register_forward_hook(attention_hook, with_kwargs=True)
             for m in model.modules()

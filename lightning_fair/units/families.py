@@ -4,8 +4,8 @@ Conv output channel or Linear output feature.
 A Conv channel or a Linear feature is a unit by itself (:mod:`.channels`), removed through
 torch-pruning's dependency graph. A *family* groups rows and columns of several layers into one unit
 that the graph cannot cut on its own: attention heads (:mod:`.attention`), grouped-query attention
-heads (:mod:`.grouped_attention`), gated-MLP neurons (:mod:`.gated_mlp`). A family is an adapter with
-four parts:
+heads (:mod:`.grouped_attention`), gated-MLP neurons (:mod:`.gated_mlp`), routed experts
+(:mod:`.experts`). A family is an adapter with four parts:
 
 - ``find(model, ignored)``: ``{module name: units}`` of every module of the family, each a
   :class:`Units` (blocked ones too, carrying the reason);
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .attention import find_attention, head_count
+from .experts import expert_count, find_experts
 from .gated_mlp import find_gated_mlp, gated_width
 from .grouped_attention import find_grouped_attention, grouped_head_count
 from .mha import hookable_attention
@@ -38,6 +39,7 @@ from .mha import hookable_attention
 __all__ = [
     "ATTENTION_HEADS",
     "FAMILIES",
+    "EXPERTS",
     "GATED_MLP_NEURONS",
     "GROUPED_QUERY_HEADS",
     "UnitFamily",
@@ -129,8 +131,11 @@ GROUPED_QUERY_HEADS = UnitFamily(
 #: gated MLPs (``down_proj(act(gate_proj(x)) * up_proj(x))``): intermediate neurons
 GATED_MLP_NEURONS = UnitFamily("gated-MLP neurons", find_gated_mlp, gated_width, nothing_to_prepare, "<neurons>")
 
+#: mixture-of-experts blocks (a router and 3-d expert tensors): routed experts
+EXPERTS = UnitFamily("experts", find_experts, expert_count, nothing_to_prepare, "<experts>")
+
 #: the registered families, consulted in this order
-FAMILIES: List[UnitFamily] = [GROUPED_QUERY_HEADS, ATTENTION_HEADS, GATED_MLP_NEURONS]
+FAMILIES: List[UnitFamily] = [GROUPED_QUERY_HEADS, ATTENTION_HEADS, GATED_MLP_NEURONS, EXPERTS]
 
 
 def register_family(family: UnitFamily) -> None:
