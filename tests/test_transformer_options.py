@@ -48,9 +48,10 @@ def test_sequence_first_layers_are_skipped_and_heads_still_prune():
     model = train(SequenceFirst(), token_batches())
     x = token_batches()[0][0][:3]
     with pytest.warns(UserWarning, match="not the batch"):
-        result = prune(model, token_batches(), **FAST, target_macs=0.5)
+        # the heads are the only units: with one head left per layer 0.625 of the MACs stay
+        result = prune(model, token_batches(), **FAST, target_macs=0.75)
     assert result.scores.layers == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
-    assert result.report.macs_ratio <= 0.5
+    assert result.report.macs_ratio <= 0.75
     buffer = io.BytesIO()
     save_pruned(result.model, buffer)
     buffer.seek(0)
