@@ -57,6 +57,12 @@ RANKINGS: Tuple[str, ...] = get_args(RankingName)
 CriterionName = Literal["fair", "screening"]
 CRITERIA: Tuple[str, ...] = get_args(CriterionName)
 
+#: What a class is for U under next-token prediction: the next token itself, among the most frequent
+#: next tokens of the first calibration batch (``"frequent"``), or the cluster of the next token's
+#: output embedding (``"clusters"``: k-means of the output embedding's rows, every token in a class).
+TokenClassesName = Literal["frequent", "clusters"]
+TOKEN_CLASSES: Tuple[str, ...] = get_args(TokenClassesName)
+
 #: The named pipeline configurations (:data:`PRESETS`).
 PresetName = Literal["default", "paper"]
 
@@ -307,6 +313,11 @@ class PruneConfig:
             a random subset of the model's classes, seeded by ``seed``, is chosen once and only
             their samples are kept (memory ~ classes, pairs ~ classes²); None compares all
             (:mod:`lightning_fair.collect.classes`; docs/method.md, "Many classes").
+        token_classes: next-token prediction (a causal language model): what a class is for U,
+            ``"frequent"`` (the next token, among the ``max_classes`` most frequent next tokens of the
+            first calibration batch) or ``"clusters"`` (the next token's cluster among ``max_classes``
+            k-means clusters of the output embedding's rows, seeded by ``seed``); :mod:`lightning_fair.collect.tokens`,
+            docs/method.md ("Decoder language models").
         seed: seeds the projection directions (and the random ranking).
         max_batches: calibration batches to use (all by default).
         memory_budget: bytes (or ``"4GiB"``) the statistics (and the refit's) may take (None: no limit; ``"auto"``, the
@@ -352,6 +363,7 @@ class PruneConfig:
     samples_per_class: int = 32
     num_projections: Union[int, Literal["auto"]] = "auto"
     max_classes: Optional[int] = 100
+    token_classes: TokenClassesName = "frequent"
     seed: int = 0
     max_batches: Optional[int] = None
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET
@@ -419,6 +431,10 @@ class PruneConfig:
                 f"max_classes must be an integer >= 2 (U compares pairs of classes) or None (all classes), "
                 f"got {self.max_classes!r}"
             )
+        if self.token_classes not in TOKEN_CLASSES:
+            raise ValueError(f"token_classes must be one of {TOKEN_CLASSES}, got {self.token_classes!r}")
+        if self.token_classes == "clusters" and self.max_classes is None:
+            raise ValueError("token_classes='clusters' needs max_classes (the number of clusters), not None")
         if self.max_batches is not None and (
             isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int) or self.max_batches < 1
         ):

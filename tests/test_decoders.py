@@ -12,10 +12,11 @@ import io
 
 import pytest
 import torch
-from decoder_helpers import DECODERS, MOE, decoder, lm_loss, moe_decoder, token_batches, train_briefly
+from decoder_helpers import DECODERS, MOE, VOCAB, decoder, lm_loss, moe_decoder, token_batches, train_briefly
 
 import lightning_fair
-from lightning_fair import compute_scores, load_pruned, prune, save_pruned
+from lightning_fair import PruneConfig, compute_scores, load_pruned, prune, save_pruned
+from lightning_fair.collect.tokens import embedding_clusters
 from lightning_fair.units.experts import find_experts
 from lightning_fair.units.gated_mlp import find_gated_mlp
 from lightning_fair.units.grouped_attention import GroupedQueryUnits, find_grouped_attention, layouts
@@ -124,12 +125,16 @@ def test_pruned_heads_match_zeroed_heads():
     assert torch.allclose(model(x).logits, zeroed(x).logits, atol=1e-5)
 
 
-def test_next_token_utilization_matches_brute_force():
-    """U of a gated-MLP neuron: the largest W1 distance between its values at the positions predicting
-    the compared tokens (the most frequent next tokens of the first batch), computed by hand."""
+@pytest.mark.parametrize("kind", ["frequent", "clusters"])
+def test_next_token_utilization_matches_brute_force(kind):
+    """U of a gated-MLP neuron: the largest W1 distance between its values at the positions of the
+    compared classes, computed by hand. A class is a next token among the most frequent of the first
+    batch (``"frequent"``) or the cluster of the next token's output-embedding row (``"clusters"``),
+    clusters ordered by their frequency in the first batch."""
     model = trained("llama")
     batches = token_batches(3, seed=4)
-    scores = compute_scores(model, batches, samples_per_class=6, max_classes=5)
+    scores = compute_scores(model, batches, samples_per_class=6, max_classes=5, token_classes=kind)
+    assert scores.config["token_classes"] == kind
     captured = []
     handle = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
     with torch.no_grad():
@@ -138,17 +143,52 @@ def test_next_token_utilization_matches_brute_force():
     handle.remove()
     values = torch.cat([h[:, :-1].reshape(-1, h.shape[-1]) for h in captured])  # position t predicts t + 1
     following = torch.cat([ids[:, 1:].reshape(-1) for ids in batches])
-    counts = torch.bincount(batches[0][:, 1:].reshape(-1))
-    tokens = torch.sort(-counts, stable=True).indices[:5]
-    per_class = [values[following == t][:6].double() for t in tokens]
+    first = batches[0][:, 1:].reshape(-1)
+    if kind == "clusters":
+        cluster = embedding_clusters(model.lm_head.weight, 5, seed=0)
+        following, first = cluster[following], cluster[first]
+    counts = torch.bincount(first)
+    classes = torch.sort(-counts, stable=True).indices[: min(5, int((counts > 0).sum()))]
+    per_class = [values[following == c][:6].double() for c in classes]
     expected = torch.zeros(values.shape[1], dtype=torch.float64)
-    for i in range(5):
-        for j in range(i + 1, 5):
+    for i in range(len(classes)):
+        for j in range(i + 1, len(classes)):
             a, b = per_class[i].sort(0).values, per_class[j].sort(0).values
             distance = torch.stack([_w1(a[:, u], b[:, u]) for u in range(values.shape[1])])
             expected = torch.maximum(expected, distance)
     got = scores.utilization["model.layers.1.mlp"].double()
     assert torch.allclose(got, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_embedding_clusters_group_tokens_with_close_output_rows():
+    """Spherical k-means: rows pointing the same way share a cluster, whatever their length."""
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(4, 16, generator=generator), dim=1)
+    truth = torch.arange(40) % 4
+    weight = directions[truth] * torch.rand(40, 1, generator=generator).add(0.5)
+    weight = weight + 0.01 * torch.randn(40, 16, generator=generator)
+    labels = embedding_clusters(weight, 4, seed=1)
+    pairs = truth[:, None] == truth[None, :]
+    assert torch.equal(labels[:, None] == labels[None, :], pairs)
+
+
+def test_token_clusters_need_an_output_embedding():
+    class Plain(torch.nn.Module):  # a language model without get_output_embeddings
+        def __init__(self):
+            super().__init__()
+            self.embed, self.hidden = torch.nn.Embedding(VOCAB, 16), torch.nn.Linear(16, 16)
+            self.head = torch.nn.Linear(16, VOCAB)
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.hidden(self.embed(ids))))
+
+    with pytest.raises(ValueError, match="token_classes='frequent'"):
+        compute_scores(Plain(), token_batches(2), samples_per_class=4, token_classes="clusters")
+    assert compute_scores(Plain(), token_batches(2), samples_per_class=4).config["token_classes"] == "frequent"
+    with pytest.raises(ValueError, match="max_classes"):
+        PruneConfig(token_classes="clusters", max_classes=None)
+    with pytest.raises(ValueError, match="token_classes must be one of"):
+        PruneConfig(token_classes="tokens")
 
 
 def _w1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,8 @@ class StatisticsCollector:
     num_projections: Union[int, str] = "auto"
     #: U compares at most this many classes (a seeded random subset; None: all), :mod:`.classes`
     max_classes: Optional[int] = 100
+    #: next-token prediction: what a class is for U, ``"frequent"`` or ``"clusters"`` (:mod:`.tokens`)
+    token_classes: str = "frequent"
     observe: str = "activation"
     seed: int = 0
     loss_fn: Optional[Callable] = None
@@ -139,7 +141,7 @@ class StatisticsCollector:
         #: next-token prediction (token ids as inputs and target, :func:`is_token_target`): decided on
         #: the first batch; every position is a sample, its class the next token (:mod:`.tokens`)
         self.next_token: Optional[bool] = None
-        self.token_classes = NextTokenClasses(self.max_classes)
+        self.next_token_classes = NextTokenClasses(self.max_classes, self.token_classes, self.seed)
         self.screening_moments: Optional[ScreeningMoments] = None
         #: {name: Conv/Linear} that may be scored (not ignored)
         self.candidates = candidate_layers(self.model, self.ignored)
@@ -240,9 +242,9 @@ class StatisticsCollector:
             target = target.clone()
         if tokens:
             following = labels.detach().long().cpu()[:, 1:].reshape(-1)
-            if not self.token_classes.num_classes:
-                self.token_classes.fit(following)
-            recorder = BatchRecorder(self, self.token_classes(following), tuple(inputs.shape))
+            if not self.next_token_classes.num_classes:
+                self.next_token_classes.fit(following, self.model)
+            recorder = BatchRecorder(self, self.next_token_classes(following), tuple(inputs.shape))
         else:
             recorder = BatchRecorder(self, self.checked_labels(labels))
         recorder.model_input = inputs
@@ -367,7 +369,7 @@ class StatisticsCollector:
 
     # ------------------------------------------------------------------ helpers
     def _first_batch(self, recorder: "BatchRecorder", logits: torch.Tensor) -> None:
-        num_classes = self.token_classes.num_classes if self.next_token else logits.shape[1]
+        num_classes = self.next_token_classes.num_classes if self.next_token else logits.shape[1]
         if num_classes < 2:
             raise ValueError(f"the model's output has {num_classes} class; FAIR needs classification logits")
         if recorder.labels.numel() and recorder.labels.max() >= num_classes:

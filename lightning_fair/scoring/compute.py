@@ -104,6 +104,7 @@ def compute_scores(
         samples_per_class=samples_per_class,
         num_projections=config.num_projections,
         max_classes=config.max_classes,
+        token_classes=config.token_classes,
         observe=config.observe,
         seed=config.seed,
         loss_fn=loss_fn,

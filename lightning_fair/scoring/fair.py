@@ -173,6 +173,8 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
             "num_projections": int(collector.num_projections),
             "max_classes": collector.max_classes,
             "classes_compared": int(collector.class_samples.chosen.numel()),
+            # next-token prediction: what a class was (None: class labels)
+            "token_classes": collector.token_classes if collector.next_token else None,
             "observe": collector.observe,
             "reconstruction": reconstruction,
             "seed": int(collector.seed),
