@@ -42,9 +42,9 @@ def output_embedding(model: nn.Module) -> torch.Tensor:
     """
     for module in model.modules():
         getter = getattr(module, "get_output_embeddings", None)
-        head = getter() if callable(getter) else None
-        if isinstance(getattr(head, "weight", None), torch.Tensor):
-            return head.weight
+        weight = getattr(getter() if callable(getter) else None, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return weight
     raise ValueError(
         "token_classes='clusters' clusters the output embedding's rows, but the model has no "
         "get_output_embeddings() (a Hugging Face language model has one); use token_classes='frequent'"
