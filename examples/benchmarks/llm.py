@@ -57,7 +57,7 @@ JOBS = {
 }
 LABEL = {
     "magnitude": "Magnitude (L2 of the unit's weights), uniform",
-    "wanda_sp": "Wanda-sp (|W|·‖X‖ of the consumer columns), uniform",
+    "wanda_sp": "Wanda-sp (abs(W)·‖X‖ of the consumer columns), uniform",
     "flap": "FLAP (fluctuation, global adaptive, bias compensation)",
     "taylor": "LLM-Pruner Taylor (element1), uniform, blocks 3-27",
     "fair": "**FAIR (lightning_fair, default)**",
@@ -197,12 +197,14 @@ def cached(job: str, quick: bool, force: bool) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--job", job] + (["--quick"] if quick else [])
     subprocess.run(command, check=True)
     result = json.loads(path.read_text())
-    print(f"[{job}: {time.perf_counter() - start:.0f} s]", file=sys.stderr)
+    result["wall_s"] = time.perf_counter() - start
+    path.write_text(json.dumps(result, indent=1))
+    print(f"[{job}: {result['wall_s']:.0f} s]", file=sys.stderr)
     return result
 
 
 # ---------------------------------------------------------------------------------- markdown
-def section(results: dict, quick: bool, seconds: float) -> str:
+def section(results: dict, quick: bool) -> str:
     info = results["unpruned"]["data"]
     base = results["unpruned"]["rows"]["unpruned"]
     rows = {row: (results[job], results[job]["rows"][row]) for job, names in JOBS.items() for row in names}
@@ -235,7 +237,7 @@ def section(results: dict, quick: bool, seconds: float) -> str:
         f"{base['calib_perplexity']:.2f}).",
         "- Budget: the fraction of the blocks' parameters (everything under `model.model.layers`) removed, "
         "20 % and 50 %; FAIR gets the whole-model `target_params = 1 - r * blocks / total`. "
-        "\"blocks removed\" is what each method actually removed (FLAP's new biases counted).",
+        '"blocks removed" is what each method actually removed (FLAP\'s new biases counted).',
         "- Peers: magnitude (per-unit L2 norm of its weights), Wanda-sp (`sum_i |W_ij| ||X_j||` over the "
         "consumer's input column), LLM-Pruner's first-order Taylor (`sum |w dL/dw|` over the unit's "
         "weights, gradients accumulated over the calibration batches; first 3 and last 2 blocks left whole "
@@ -275,7 +277,14 @@ def section(results: dict, quick: bool, seconds: float) -> str:
             h, n = v["heads_min_max"], v["neurons_min_max"]
             cells.append(f"{v['heads']} ({h[0]}-{h[1]}), {v['neurons']} ({n[0]}-{n[1]})")
         lines.append(f"| {LABEL[row]} | {' | '.join(cells)} |")
-    lines += ["", reading(rows, base), "", f"Whole run: {seconds / 60:.0f} min (cached methods not rerun)."]
+    walls = {job: r.get("wall_s", 0.0) for job, r in results.items()}
+    timing = ", ".join(f"{job} {wall:.0f} s" for job, wall in walls.items())
+    lines += [
+        "",
+        reading(rows, base),
+        "",
+        f"Whole run: {sum(walls.values()) / 60:.0f} min, one process per method ({timing}).",
+    ]
     return "\n".join(lines)
 
 
@@ -293,15 +302,28 @@ def reading(rows: dict, base: dict) -> str:
             f"at {int(f * 100)} % FAIR's perplexity is {fair:.2f}, {word} the best peer ({LABEL[best].split(' (')[0]}, "
             f"{peer:.2f}; ratio {fair / peer:.2f})"
         )
+    variants = ("fair", "fair_norefit", "fair_classes10")
+    for f in FRACTIONS:
+        key = str(f)
+        best = min(variants, key=lambda r: rows[r][1][key]["perplexity"])
+        peer = min(rows[r][1][key]["perplexity"] for r in peers)
+        value = rows[best][1][key]["perplexity"]
+        parts.append(
+            f"best FAIR variant at {int(f * 100)} %: {LABEL[best].strip('*')}, {value:.2f} "
+            f"({'better' if value < peer else 'worse'} than the best peer)"
+        )
+    refit = all(
+        rows["fair"][1][str(f)]["perplexity"] < rows["fair_norefit"][1][str(f)]["perplexity"] for f in FRACTIONS
+    )
+    parts.append(f"the least-squares refit {'helps' if refit else 'does not always help'} FAIR at both budgets")
     return "Reading (generated from the numbers above): " + "; ".join(parts) + "."
 
 
 def run(quick: bool = False, force: bool = False) -> str:
     """Every job (cached), then the markdown section (also written to .cache/llm/section.md)."""
-    start = time.perf_counter()
     CACHE.mkdir(parents=True, exist_ok=True)
     results = {job: cached(job, quick, force) for job in JOBS}
-    text = section(results, quick, time.perf_counter() - start)
+    text = section(results, quick)
     (CACHE / f"section{'-quick' if quick else ''}.md").write_text(text + "\n")
     return text
 

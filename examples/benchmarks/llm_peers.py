@@ -138,7 +138,10 @@ def flap_statistics(model: nn.Module, batches) -> Dict[int, dict]:
     out = {}
     for i, (attention, mlp) in layer_units(model).items():
         entry = {}
-        for kind, layer, name in (("heads", attention.output, attention.output_name), ("neurons", mlp.output, mlp.output_name)):
+        for kind, layer, name in (
+            ("heads", attention.output, attention.output_name),
+            ("neurons", mlp.output, mlp.output_name),
+        ):
             s = stats[name]
             mean = s["sum"] / s["n"]
             variance = (s["sq"] - s["n"] * mean.pow(2)) / (s["n"] - 1)
@@ -172,14 +175,18 @@ def taylor_scores(model: nn.Module, batches) -> Dict[int, tuple]:
 
 
 # ------------------------------------------------------------------------------ allocation
-def uniform_plan(model: nn.Module, scores: Dict[int, tuple], remove_params: int, layers: Optional[List[int]] = None) -> Plan:
+def uniform_plan(
+    model: nn.Module, scores: Dict[int, tuple], remove_params: int, layers: Optional[List[int]] = None
+) -> Plan:
     """The same counts in every pruned layer: the fraction ``rho`` of the pruned layers' parameters that
     the budget asks for, heads = the valid grouped-query layout nearest ``rho * heads``, neurons = the
     count that brings the layer's removed parameters to ``rho``; lowest scores go."""
     units = layer_units(model)
     layers = list(units) if layers is None else layers
     attention, mlp = units[layers[0]]
-    layer_params = sum(p.numel() for p in attention.module.parameters()) + sum(p.numel() for p in mlp.module.parameters())
+    layer_params = sum(p.numel() for p in attention.module.parameters()) + sum(
+        p.numel() for p in mlp.module.parameters()
+    )
     rho = remove_params / (len(layers) * layer_params)
     plan: Plan = {}
     for i in layers:
@@ -232,7 +239,9 @@ def apply(model: nn.Module, plan: Plan, compensate: Optional[Dict[int, dict]] = 
             if not removed:
                 continue
             if kind == "heads":
-                columns = (torch.tensor(removed)[:, None] * attention.head_dim + torch.arange(attention.head_dim)).flatten()
+                columns = (
+                    torch.tensor(removed)[:, None] * attention.head_dim + torch.arange(attention.head_dim)
+                ).flatten()
             else:
                 columns = torch.tensor(removed)
             bias = None
