@@ -54,6 +54,15 @@ JOBS = {
     "taylor": ["taylor"],
     "fair": ["fair", "fair_norefit"],
     "fair_classes10": ["fair_classes10"],
+    "fair_clusters": ["fair_clusters"],
+    "fair_clusters10": ["fair_clusters10"],
+}
+#: the FAIR jobs' options (what a class is for U: docs/method.md, "Decoder language models")
+FAIR_OPTIONS = {
+    "fair": {},
+    "fair_classes10": {"max_classes": 10},
+    "fair_clusters": {"token_classes": "clusters"},
+    "fair_clusters10": {"token_classes": "clusters", "max_classes": 10},
 }
 LABEL = {
     "magnitude": "Magnitude (L2 of the unit's weights), uniform",
@@ -63,6 +72,8 @@ LABEL = {
     "fair": "**FAIR (lightning_fair, default)**",
     "fair_norefit": "FAIR, `refit=False`",
     "fair_classes10": "FAIR, `max_classes=10`",
+    "fair_clusters": "FAIR, `token_classes=\"clusters\"` (100 clusters)",
+    "fair_clusters10": "FAIR, `token_classes=\"clusters\", max_classes=10`",
 }
 
 
@@ -159,7 +170,7 @@ def run_job(job: str, quick: bool) -> dict:
             rows[job][str(fraction)] = {**describe(model, pruned, heldout), "prune_s": seconds}
             del pruned
     else:
-        options = {"max_classes": 10} if job == "fair_classes10" else {}
+        options = FAIR_OPTIONS[job]
         start = time.perf_counter()
         scores = lightning_fair.compute_scores(model, calib, **options)
         scoring = time.perf_counter() - start
@@ -302,7 +313,7 @@ def reading(rows: dict, base: dict) -> str:
             f"at {int(f * 100)} % FAIR's perplexity is {fair:.2f}, {word} the best peer ({LABEL[best].split(' (')[0]}, "
             f"{peer:.2f}; ratio {fair / peer:.2f})"
         )
-    variants = ("fair", "fair_norefit", "fair_classes10")
+    variants = ("fair", "fair_norefit", *[job for job in FAIR_OPTIONS if job != "fair"])
     for f in FRACTIONS:
         key = str(f)
         best = min(variants, key=lambda r: rows[r][1][key]["perplexity"])
