@@ -286,3 +286,19 @@ def test_over_the_memory_budget_the_refit_gathers_in_several_passes_with_the_sam
     assert not any("passes" in note for note in one.report.notes)
     for (name, a), (_, b) in zip(one.model.state_dict().items(), several.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_too_few_calibration_rows_leave_the_consumer_to_mean_replacement():
+    """A Linear consumer with fewer than MIN_ROWS_PER_INPUT rows per kept input is not refitted
+    (the fit would follow the calibration noise): a note says so and how to fix it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 96), nn.ReLU(), nn.Linear(96, 3))
+    x = torch.randn(60, 8)
+    batches = [(x[i : i + 20], (x[i : i + 20, 0] > 0).long() + (x[i : i + 20, 1] > 0).long()) for i in range(0, 60, 20)]
+    result = prune(copy.deepcopy(model), batches, ratio=0.25, allocation="uniform", **FAST)
+    assert result.model[2].in_features == 72  # 60 rows for 72 kept inputs: too few
+    assert not result.report.refitted
+    assert any(
+        "calibration rows for 72 kept inputs" in note and "more calibration data" in note
+        for note in result.report.notes
+    )
