@@ -72,8 +72,8 @@ LABEL = {
     "fair": "**FAIR (lightning_fair, default)**",
     "fair_norefit": "FAIR, `refit=False`",
     "fair_classes10": "FAIR, `max_classes=10`",
-    "fair_clusters": "FAIR, `token_classes=\"clusters\"` (100 clusters)",
-    "fair_clusters10": "FAIR, `token_classes=\"clusters\", max_classes=10`",
+    "fair_clusters": 'FAIR, `token_classes="clusters"` (100 clusters)',
+    "fair_clusters10": 'FAIR, `token_classes="clusters", max_classes=10`',
 }
 
 
