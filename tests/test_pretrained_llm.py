@@ -54,7 +54,7 @@ def test_smollm2_prunes_reloads_and_generates():
     result = lightning_fair.prune(model, calibration, target_params=1 - 0.1 * blocks / total, max_classes=10)
     assert result.report.params_ratio <= 1 - 0.1 * blocks / total + 1e-3
     pruned = lightning_fair.evaluate(result.model, held_out)["perplexity"]
-    assert dense < pruned < 4 * dense, (dense, pruned)  # measured 10 % of the blocks: well under 2x
+    assert dense < pruned < 4 * dense, (dense, pruned)  # before the refit's row guard: 108 (21.8 dense)
     buffer = io.BytesIO()
     lightning_fair.save_pruned(result.model, buffer)
     buffer.seek(0)
