@@ -67,6 +67,14 @@ def test_decoder_prunes_heads_and_neurons(family, budget):
     assert result.report.macs_after < result.report.macs_before
     if "target_macs" in budget:
         assert result.report.macs_ratio <= 0.5 + 1e-9
+    # the report says what the budgets count: MACs per sequence, params with the embeddings apart
+    report = result.report
+    embeddings = sum(
+        m.weight.numel() for m in {id(m): m for m in model.modules() if isinstance(m, torch.nn.Embedding)}.values()
+    )
+    assert report.macs_per == "sequence of 24 tokens" and "per sequence of 24 tokens" in str(report)
+    assert report.embedding_params_before == report.embedding_params_after == embeddings
+    assert "of which embeddings" in str(report)
     assert any(left[n] != before[n] for n in before) or any(u.num_units < 48 for u in find_gated_mlp(pruned).values())
     assert any(u.num_units < 48 for u in find_gated_mlp(pruned).values()), "no MLP neuron was removed"
     out = pruned(prompt).logits

@@ -44,7 +44,7 @@ from ..scoring.compute import compute_scores, criterion_for
 from ..scoring.criterion import CriterionScores
 from ..scoring.fair import FairScores
 from ..units.channels import resolve_ignored
-from ..units.cost import measure, unit_counts
+from ..units.cost import embedding_params, macs_basis, measure, unit_counts
 from .report import LayerRow, PruneReport
 
 __all__ = ["PruneResult", "prune"]
@@ -183,6 +183,7 @@ def prune(
         planner = planner_for(model, example_inputs, scored, protected, config.prune_embedding, graph=graph)
         snapshot.include(planner.graph.module2node)  # concat/split ops keep channel sizes too
         macs_before, params_before = measure(model, example_inputs)
+        embeddings_before = embedding_params(model)
         before = unit_counts(model, scores.layers)
         # allocate
         allocation = allocation_for(config.allocation, ranked, scored, config.group_policy)
@@ -227,6 +228,9 @@ def prune(
         compensated=compensated,
         refitted=refitted,
         recalibrated=recalibrated,
+        macs_per=macs_basis(example_inputs),
+        embedding_params_before=embeddings_before,
+        embedding_params_after=embedding_params(model),
     )
     return PruneResult(
         model=model,

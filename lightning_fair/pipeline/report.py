@@ -32,7 +32,10 @@ class PruneReport:
     ``options`` is the resolved pipeline configuration (preset and its options),
     ``compensated`` maps each layer whose bias (or following BatchNorm) took the mean of its
     removed inputs to their number, ``refitted`` each layer refitted by least squares to the inputs
-    it kept, ``recalibrated`` lists the norm layers re-estimated.
+    it kept, ``recalibrated`` lists the norm layers re-estimated. ``macs_per`` says what the MACs
+    count (``"sample"``, or ``"sequence of T tokens"`` for token inputs: the example's length);
+    ``embedding_params_before`` / ``_after`` are the parameters of the embedding layers, included in
+    ``params_*`` (a language model's budget cannot remove them unless ``prune_embedding``).
     """
 
     layers: List[LayerRow]
@@ -47,6 +50,9 @@ class PruneReport:
     compensated: Dict[str, int] = field(default_factory=dict)
     refitted: Dict[str, int] = field(default_factory=dict)
     recalibrated: List[str] = field(default_factory=list)
+    macs_per: str = "sample"
+    embedding_params_before: int = 0
+    embedding_params_after: int = 0
 
     @property
     def macs_ratio(self) -> float:
@@ -71,12 +77,20 @@ class PruneReport:
         lines.append("-" * len(lines[0]))
         lines.append(
             f"MACs   {si_count(self.macs_before):>9} -> {si_count(self.macs_after):>9}  (kept {self.macs_ratio:.1%}, "
-            f"{1 / max(self.macs_ratio, 1e-12):.2f}x fewer)"
+            f"{1 / max(self.macs_ratio, 1e-12):.2f}x fewer; per {self.macs_per})"
         )
         lines.append(
             f"params {si_count(self.params_before):>9} -> {si_count(self.params_after):>9}  "
             f"(kept {self.params_ratio:.1%})"
         )
+        if self.embedding_params_before:
+            rest_before = self.params_before - self.embedding_params_before
+            rest_after = self.params_after - self.embedding_params_after
+            lines.append(
+                f"  of which embeddings {si_count(self.embedding_params_before)} -> "
+                f"{si_count(self.embedding_params_after)}; the rest {si_count(rest_before)} -> {si_count(rest_after)} "
+                f"(kept {rest_after / max(rest_before, 1):.1%})"
+            )
         if self.tolerance is not None:
             lines.append(f"tolerance of difference: {self.tolerance:.4g}")
         for key, value in self.target.items():

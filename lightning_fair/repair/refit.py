@@ -66,7 +66,8 @@ RIDGE = 1e-3
 MAX_INPUTS = 8192
 #: calibration rows needed per kept input column: with fewer the fit follows the calibration data's
 #: noise (SmolLM2-135M, 10 % of the blocks removed, 1,024 calibration token rows, fewer than most
-#: down_proj consumers keep of their 1,536 inputs: held-out perplexity 21.8 dense -> 108 with the refit), and the consumer is left to mean replacement
+#: down_proj consumers keep of their 1,536 inputs: held-out perplexity 21.8 dense -> 108 with the
+#: refit), and the consumer is left to mean replacement
 MIN_ROWS_PER_INPUT = 2
 #: rows x columns of one unfolded chunk (the transient memory of the pass: 64 MiB in float32)
 CHUNK_ELEMENTS = 1 << 24

@@ -12,13 +12,14 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..runtime.batches import is_token_ids
 from ..runtime.guards import on_uncompiled, preserved_modes
 from .channels import PRUNABLE_TYPES
 from .experts import expert_macs, find_experts
 from .families import unit_count
 from .mha import no_fastpath
 
-__all__ = ["measure", "unit_counts"]
+__all__ = ["embedding_params", "macs_basis", "measure", "unit_counts"]
 
 
 @on_uncompiled
@@ -110,3 +111,18 @@ def unit_counts(model: nn.Module, names) -> Dict[str, int]:
         elif unit_count(module) is not None:
             counts[name] = unit_count(module)
     return counts
+
+
+def embedding_params(model: nn.Module) -> int:
+    """Parameters of the model's ``nn.Embedding`` layers (a weight tied to an output layer counted
+    once): what a language model's budget cannot remove unless ``prune_embedding``."""
+    seen = {id(p): p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    return int(sum(seen.values()))
+
+
+def macs_basis(example_inputs) -> str:
+    """What :func:`measure`'s MACs are per: ``"sequence of T tokens"`` for token ids ``[batch, T]``,
+    else ``"sample"``."""
+    if is_token_ids(example_inputs):
+        return f"sequence of {example_inputs.shape[1]} tokens"
+    return "sample"
