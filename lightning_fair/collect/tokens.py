@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..config import TOKEN_CLASSES
 from ..runtime.batches import IGNORE_INDEX
 
 __all__ = ["NextTokenClasses", "embedding_clusters", "output_embedding"]
@@ -88,6 +89,10 @@ class NextTokenClasses:
     """
 
     def __init__(self, max_classes: Optional[int], kind: str = "frequent", seed: int = 0):
+        if kind not in TOKEN_CLASSES:
+            raise ValueError(f"token_classes must be one of {TOKEN_CLASSES}, got {kind!r}")
+        if kind == "clusters" and max_classes is None:
+            raise ValueError("token_classes='clusters' needs max_classes (the number of clusters), not None")
         self.max_classes = max_classes
         self.kind = kind
         self.seed = seed
@@ -120,8 +125,7 @@ class NextTokenClasses:
                 raise ValueError(
                     f"next token {int(valid.max())} is beyond the output embedding's {weight.shape[0]} rows"
                 )
-            assert self.max_classes is not None  # PruneConfig refuses clusters without a count
-            cluster = embedding_clusters(weight, self.max_classes, self.seed).cpu()
+            cluster = embedding_clusters(weight, int(self.max_classes or 0), self.seed).cpu()
             valid = cluster[valid]  # from here on, count clusters as "frequent" counts tokens
         counts = torch.bincount(valid) if valid.numel() else torch.zeros(0, dtype=torch.long)
         present = counts.nonzero().flatten()

@@ -27,8 +27,8 @@ Left to mean replacement, each with a note: grouped (not depthwise) and transpos
 3-d convolutions, consumers whose kept input columns exceed :data:`MAX_INPUTS` (the statistics
 would pass 0.5 GiB), consumers the pass never saw run (e.g. ``nn.MultiheadAttention``'s
 ``out_proj``, whose weight is read without calling the module), consumers with fewer than
-:data:`MIN_ROWS_PER_INPUT` calibration rows per kept input column (too little data). Depthwise convolutions lose their
-outputs with their inputs: nothing to refit.
+:data:`MIN_ROWS_PER_INPUT` calibration rows per kept input column (too little data). Depthwise
+convolutions lose their outputs with their inputs: nothing to refit.
 
 Every parameter and buffer is replaced, never written into, so a
 :class:`~lightning_fair.runtime.guards.ModelSnapshot` taken before removal undoes the refit too.
