@@ -20,6 +20,7 @@ from .pipeline.oneshot import PruneResult, prune
 from .pipeline.report import PruneReport
 from .pipeline.sweeping import SweepResult, sweep
 from .removal.history import load_pruned, save_pruned
+from .removal.pretrained import load_pretrained
 from .repair.batchnorm import recalibrate_bn
 from .scoring.compute import compute_scores
 from .scoring.fair import FairScores
@@ -45,6 +46,7 @@ __all__ = [
     "compute_scores",
     "estimate_memory",
     "evaluate",
+    "load_pretrained",
     "load_pruned",
     "prune",
     "prune_connections",

@@ -63,6 +63,12 @@ CRITERIA: Tuple[str, ...] = get_args(CriterionName)
 TokenClassesName = Literal["frequent", "clusters"]
 TOKEN_CLASSES: Tuple[str, ...] = get_args(TokenClassesName)
 
+#: The pruned model's shapes: each layer its own count (``"per_layer"``), or one count for every
+#: layer of a kind (``"uniform"``: what a standard Hugging Face config can hold, so that
+#: ``save_pretrained`` folders load with ``from_pretrained``); :mod:`lightning_fair.units.pretrained_config`.
+ShapesName = Literal["per_layer", "uniform"]
+SHAPES: Tuple[str, ...] = get_args(ShapesName)
+
 #: The named pipeline configurations (:data:`PRESETS`).
 PresetName = Literal["default", "paper"]
 
@@ -325,6 +331,13 @@ class PruneConfig:
             they are collected in several passes.
         ignored_layers: qualified module names never pruned (the output layer never is);
             :func:`lightning_fair.prune` also accepts module objects here.
+        shapes: ``"per_layer"`` (each layer keeps what its allocation gives; a pruned Hugging Face
+            model's config carries the pruning history, and ``lightning_fair.load_pretrained``
+            reloads its ``save_pretrained`` folder) or ``"uniform"`` (every layer of a kind, the same
+            name up to the block index, keeps the same count, and layers whose width no config field
+            holds stay whole; the config's head counts and widths are set, so the folder loads with
+            stock ``from_pretrained``); :mod:`lightning_fair.units.pretrained_config`, docs/method.md
+            ("Saving and loading").
         prune_embedding: transformers: also prune the embedding dimension (the residual stream:
             embeddings, LayerNorms, attention output projections, cls/position tokens); off by
             default, heads and MLP neurons only (:mod:`lightning_fair.removal.heads`). Not for
@@ -368,6 +381,7 @@ class PruneConfig:
     max_batches: Optional[int] = None
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET
     ignored_layers: Optional[List[str]] = None
+    shapes: ShapesName = "per_layer"
     prune_embedding: bool = False
 
     def __post_init__(self) -> None:
@@ -433,6 +447,8 @@ class PruneConfig:
             )
         if self.token_classes not in TOKEN_CLASSES:
             raise ValueError(f"token_classes must be one of {TOKEN_CLASSES}, got {self.token_classes!r}")
+        if self.shapes not in SHAPES:
+            raise ValueError(f"shapes must be one of {SHAPES}, got {self.shapes!r}")
         if self.token_classes == "clusters" and self.max_classes is None:
             raise ValueError("token_classes='clusters' needs max_classes (the number of clusters), not None")
         if self.max_batches is not None and (

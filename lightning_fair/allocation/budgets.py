@@ -7,7 +7,8 @@ Pure functions over a :class:`~lightning_fair.scoring.criterion.CriterionScores`
 
 from __future__ import annotations
 
-from typing import Dict
+import re
+from typing import Dict, List, Optional
 
 import torch
 
@@ -20,9 +21,11 @@ __all__ = [
     "GlobalAllocation",
     "ToDAllocation",
     "UniformAllocation",
+    "UniformShapes",
     "allocation_for",
     "global_counts",
     "global_thresholds",
+    "layer_kind",
     "uniform_counts",
     "uniform_ratios",
 ]
@@ -161,6 +164,56 @@ class UniformAllocation(Allocation):
 
     def counts(self, level: float) -> Dict[str, int]:
         return uniform_counts(self.ranking, level, self.layers)
+
+
+def layer_kind(name: str) -> str:
+    """A layer's name with its block indices as ``*``: the layers of one kind across blocks.
+
+    Example:
+        >>> layer_kind("model.layers.12.mlp"), layer_kind("features.3")
+        ('model.layers.*.mlp', 'features.*')
+    """
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
+class UniformShapes(Allocation):
+    """Another allocation's counts made equal across the layers of a kind (the same
+    :func:`layer_kind` and number of units): each loses the mean of their counts, rounded
+    (``shapes="uniform"``: one head count and one MLP width for all blocks, as a standard
+    Hugging Face config holds), or the nearest of the layer's ``allowed`` counts (the smaller on a
+    tie; a config may accept only some head counts). The levels are the other allocation's; coupled
+    groups take the smallest member count.
+
+    Example:
+        >>> from lightning_fair.scoring.fair import FairScores
+        >>> u = {"b.0.fc": torch.tensor([1., 2., 3., 4.]), "b.1.fc": torch.tensor([1., 1., 1., 5.])}
+        >>> inner = GlobalAllocation(FairScores(u, {n: torch.ones(4) for n in u}), list(u))
+        >>> inner.counts(0.9), UniformShapes(inner).counts(0.9)
+        ({'b.0.fc': 2, 'b.1.fc': 3}, {'b.0.fc': 2, 'b.1.fc': 2})
+        >>> UniformShapes(inner, {"b.0.fc": [0, 3], "b.1.fc": [0, 3]}).counts(0.9)
+        {'b.0.fc': 3, 'b.1.fc': 3}
+    """
+
+    def __init__(self, inner: Allocation, allowed: Optional[Dict[str, List[int]]] = None):
+        super().__init__(inner.ranking, inner.layers, "min_count")
+        self.inner, self.level_name, self.allowed = inner, inner.level_name, dict(allowed or {})
+        kinds: Dict[tuple, list] = {}
+        for name in self.layers:
+            kinds.setdefault((layer_kind(name), self.ranking.removal[name].numel()), []).append(name)
+        self.kinds = list(kinds.items())
+
+    def levels(self) -> list:
+        return self.inner.levels()
+
+    def counts(self, level: float) -> Dict[str, int]:
+        counts = self.inner.counts(level)
+        for (_, n), members in self.kinds:
+            mean = sum(counts[m] for m in members) / len(members)
+            allowed = self.allowed.get(members[0])
+            count = round(mean) if allowed is None else min(allowed, key=lambda a: (abs(a - mean), a))
+            for member in members:
+                counts[member] = min(count, n - 1)
+        return counts
 
 
 def allocation_for(name: str, scores, layers, group_policy: str = "min_count") -> Allocation:

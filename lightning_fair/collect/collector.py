@@ -44,10 +44,13 @@ from torch import nn
 from ..config import OBSERVATION_POINTS, check_projections
 from ..runtime.batches import (
     IGNORE_INDEX,
+    call_model,
     default_unpack,
     first_inputs,
     grad_inputs,
     is_token_target,
+    main_input,
+    mask_padding,
     next_token_pairs,
     select_logits,
 )
@@ -235,6 +238,8 @@ class StatisticsCollector:
             )
         inputs = grad_inputs(inputs, self.device)
         labels = torch.as_tensor(labels)
+        if tokens:  # padded positions are neither samples nor in the loss
+            labels = mask_padding(inputs, labels)
         if labels.dim() == 2 and labels.shape[1] == 1 and not tokens:
             labels = labels.flatten()
         target = labels.to(self.device, non_blocking=True)
@@ -244,16 +249,16 @@ class StatisticsCollector:
             following = labels.detach().long().cpu()[:, 1:].reshape(-1)
             if not self.next_token_classes.num_classes:
                 self.next_token_classes.fit(following, self.model)
-            recorder = BatchRecorder(self, self.next_token_classes(following), tuple(inputs.shape))
+            recorder = BatchRecorder(self, self.next_token_classes(following), tuple(main_input(inputs).shape))
         else:
             recorder = BatchRecorder(self, self.checked_labels(labels))
-        recorder.model_input = inputs
+        recorder.model_input = main_input(inputs)
         self._pooled_inputs = {}
         handles = recorder.attach()
         handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self.consumers.items()]
         try:
             with recorder.functional():
-                output = self.model(inputs)
+                output = call_model(self.model, inputs)
         finally:
             for handle in handles:
                 handle.remove()

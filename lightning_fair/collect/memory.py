@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..config import AUTO_PROJECTIONS, MANY_CLASSES, parse_bytes
-from ..runtime.batches import is_token_ids, select_logits, token_samples
+from ..runtime.batches import call_model, is_token_ids, main_input, select_logits, token_samples
 from ..runtime.guards import preserved_modes
 from ..units.channels import (
     ACTIVATION_TYPES,
@@ -280,7 +280,7 @@ def estimate_memory(
     consumers = candidate_layers(model, set())
     family_layers = set() if prune_embedding else projections | {units.output_name for units in heads.values()}
     # next-token prediction: every token position is a sample (as in the statistics pass)
-    tokens = tuple(example_inputs.shape) if is_token_ids(example_inputs) else None
+    tokens = tuple(main_input(example_inputs).shape) if is_token_ids(example_inputs) else None
 
     def view_of(tensor, holder):
         samples = token_samples(tensor, *tokens) if tokens is not None else None
@@ -358,7 +358,7 @@ def estimate_memory(
         try:
             model.eval()
             with torch.no_grad():
-                output = select_logits(model(example_inputs), logits, tokens=tokens is not None)
+                output = select_logits(call_model(model, example_inputs), logits, tokens=tokens is not None)
         finally:
             for h in handles:
                 h.remove()

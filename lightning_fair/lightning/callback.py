@@ -21,6 +21,7 @@ from ..pipeline.oneshot import prune
 from ..pipeline.schedule import check_prune_at, step_options
 from ..removal.history import CHECKPOINT_KEY, pruning_state
 from ..repair.batchnorm import recalibrate_bn
+from ..runtime.batches import inputs_to
 from ..runtime.distributed import is_distributed
 from ..runtime.optim import repoint_optimizer
 from ..scoring.compute import compute_scores
@@ -220,8 +221,7 @@ class FairPruneCallback(Callback):
     def _config_now(self, trainer: Trainer, pl_module: LightningModule, example) -> Tuple[Optional[PruneConfig], dict]:
         """The config for :func:`lightning_fair.prune` now and the schedule's record of this step
         (:func:`lightning_fair.pipeline.schedule.step_options`); None (and an info note) for a step already met."""
-        if isinstance(example, torch.Tensor):
-            example = example.to(pl_module.device)
+        example = inputs_to(example, pl_module.device)
         original = self.events[0]["report"] if self.events else None
         config, record = step_options(
             self.config, self.prune_at, trainer.current_epoch, original, lambda: measure(pl_module, example)

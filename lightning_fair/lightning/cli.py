@@ -40,7 +40,7 @@ from ..pipeline.evaluation import evaluate
 from ..pipeline.oneshot import PruneResult
 from ..pipeline.oneshot import prune as fair_prune
 from ..removal.history import CHECKPOINT_KEY, pruning_state
-from ..runtime.batches import default_unpack
+from ..runtime.batches import default_unpack, first_sample, inputs_to
 from .callback import FairPruneCallback
 from .loading import restore_checkpoint, validation_loader
 from .mixin import FairPruningMixin
@@ -108,9 +108,7 @@ def prune_checkpoint(
     loader = validation_loader(model, datamodule)
     before = evaluate(model, loader, logits=logits)
 
-    example = default_unpack(next(iter(loader)))[0]
-    if isinstance(example, torch.Tensor):
-        example = example[:1].to(self.strategy.root_device)
+    example = inputs_to(first_sample(default_unpack(next(iter(loader)))[0]), self.strategy.root_device)
     calibration = loader
     if self.progress_bar_callback is not None and self.is_global_zero:
         total = len(loader) if hasattr(loader, "__len__") else None

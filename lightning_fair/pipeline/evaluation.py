@@ -13,7 +13,16 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from ..runtime.batches import IGNORE_INDEX, default_unpack, is_token_target, next_token_pairs, select_logits
+from ..runtime.batches import (
+    IGNORE_INDEX,
+    call_model,
+    default_unpack,
+    inputs_to,
+    is_token_target,
+    mask_padding,
+    next_token_pairs,
+    select_logits,
+)
 from ..runtime.distributed import is_distributed
 from ..runtime.guards import preserved_modes
 
@@ -79,10 +88,10 @@ def evaluate(
                 break
             inputs, target = unpack(batch)
             tokens = is_token_target(inputs, target)
-            inputs, target = inputs.to(device), torch.as_tensor(target).to(device)
-            logits = select_logits(model(inputs), logits_of, tokens=tokens)
-            if tokens:  # next-token prediction: every position with a target is a sample
-                logits, target = next_token_pairs(logits, target)
+            inputs, target = inputs_to(inputs, device), torch.as_tensor(target).to(device)
+            logits = select_logits(call_model(model, inputs), logits_of, tokens=tokens)
+            if tokens:  # next-token prediction: every position with a target (not padding) is a sample
+                logits, target = next_token_pairs(logits, mask_padding(inputs, target))
                 scored = target != IGNORE_INDEX
                 loss.update(loss_fn(logits, target).detach())
                 accuracy.update((logits[scored].argmax(1) == target[scored]).to(accuracy.dtype))

@@ -20,12 +20,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..allocation.budgets import Allocation, allocation_for
+from ..allocation.budgets import Allocation, UniformShapes, allocation_for, layer_kind
 from ..collect.memory import resolve_budget
 from ..config import PruneConfig, configure
 from ..removal.graph import build_graph
 from ..removal.heads import planner_for
-from ..removal.history import record_pruning
+from ..removal.history import pruning_state, record_pruning
 from ..removal.planner import DependencyPlanner
 from ..repair.batchnorm import recalibrate_bn
 from ..repair.compensation import Consumer, capture_consumers, fold_mean_replacement
@@ -38,13 +38,23 @@ from ..repair.refit import (
     refit_targets,
     split_by_budget,
 )
-from ..runtime.batches import default_unpack, first_inputs, is_token_ids, model_device, select_logits
+from ..runtime.batches import (
+    call_model,
+    default_unpack,
+    first_inputs,
+    inputs_to,
+    is_token_ids,
+    main_input,
+    model_device,
+    select_logits,
+)
 from ..runtime.guards import on_uncompiled, preserved_modes, rollback
 from ..scoring.compute import compute_scores, criterion_for
 from ..scoring.criterion import CriterionScores
 from ..scoring.fair import FairScores
 from ..units.channels import resolve_ignored
 from ..units.cost import embedding_params, macs_basis, measure, unit_counts
+from ..units.pretrained_config import allowed_removals, fixed_layers, record_in_config, write_config
 from .report import LayerRow, PruneReport
 
 __all__ = ["PruneResult", "prune"]
@@ -176,17 +186,32 @@ def prune(
     # names, not module objects: ``ignored`` holds modules of the input model, not of a copy
     protected = {name for name, module in model.named_modules() if module in ignored} | {scores.output_layer}
     model = target
-    scored = scored_layers(model, scores, protected)
     notes: List[str] = []
+    allowed: Dict[str, List[int]] = {}
+    if config.shapes == "uniform":  # counts a config can hold; layers with none (but 0) stay whole
+        free = [n for n in scores.layers if n not in protected and scores.utilization[n].numel() > 1]
+        allowed = allowed_removals(model, free)
+        fixed = fixed_layers(model, free, allowed)
+        protected |= set(fixed)
+        kinds: Dict[Tuple[str, str], int] = {}  # one note per kind of layer, not per block
+        for name, why in fixed.items():
+            kinds[(layer_kind(name), why)] = kinds.get((layer_kind(name), why), 0) + 1
+        notes.extend(f"{kind} ({count} layer{'s' * (count > 1)}): {why}" for (kind, why), count in kinds.items())
+    scored = scored_layers(model, scores, protected)
 
     with rollback(model) as snapshot:
-        planner = planner_for(model, example_inputs, scored, protected, config.prune_embedding, graph=graph)
+        uniform = config.shapes == "uniform"
+        planner = planner_for(
+            model, example_inputs, scored, protected, config.prune_embedding, graph=graph, same_layout=uniform
+        )
         snapshot.include(planner.graph.module2node)  # concat/split ops keep channel sizes too
         macs_before, params_before = measure(model, example_inputs)
         embeddings_before = embedding_params(model)
         before = unit_counts(model, scores.layers)
         # allocate
         allocation = allocation_for(config.allocation, ranked, scored, config.group_policy)
+        if uniform:
+            allocation = UniformShapes(allocation, allowed)
         level = float(config.ratio) if config.ratio is not None else config.tolerance
         if config.target:
             level = search_level(planner, allocation, ranked, config, (macs_before, params_before))
@@ -206,8 +231,13 @@ def prune(
         )
         notes.extend(repair_notes)
         macs_after, params_after = measure(model, example_inputs)
-        if isinstance(example_inputs, torch.Tensor):
-            record_pruning(model, planner.history(), example_inputs)
+        if isinstance(example_inputs, (torch.Tensor, dict)):
+            record_pruning(model, planner.history(), main_input(example_inputs))
+        # a Hugging Face model's config: the new counts (uniform), or the history to replay (per layer)
+        if uniform:
+            write_config(model)
+        elif pruning_state(model) is not None:
+            record_in_config(model, pruning_state(model))
     # report
     after = unit_counts(model, scores.layers)
     notes = (
@@ -296,8 +326,8 @@ def resolve_example_inputs(
     checked to run through the model."""
     if example_inputs is None:
         example_inputs = first_inputs(dataloader, unpack)
-    if isinstance(example_inputs, torch.Tensor):  # trace and count on the model's device
-        example_inputs = example_inputs.to(next((p.device for p in model.parameters()), example_inputs.device))
+    if isinstance(example_inputs, (torch.Tensor, dict)):  # trace and count on the model's device
+        example_inputs = inputs_to(example_inputs, model_device(model))
     _check_example_inputs(model, example_inputs, logits)
     return example_inputs
 
@@ -481,16 +511,22 @@ def repair(
 def _check_example_inputs(model: nn.Module, example_inputs, logits: Optional[Callable] = None) -> None:
     """One eval-mode forward of ``example_inputs``: a clear error now instead of one from deep
     inside the dependency tracer (flags restored; eval mode leaves BatchNorm statistics alone)."""
-    shape = tuple(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else type(example_inputs).__name__
+    if isinstance(example_inputs, torch.Tensor):
+        shape = str(tuple(example_inputs.shape))
+    elif isinstance(example_inputs, dict):
+        shape = "dict of " + ", ".join(f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in example_inputs.items())
+    else:
+        shape = type(example_inputs).__name__
     try:
         with preserved_modes(model):
             model.eval()
             with torch.no_grad(), torch.inference_mode(False):
-                output = model(example_inputs)
+                output = call_model(model, example_inputs)
     except Exception as error:
         raise ValueError(
             f"example_inputs ({shape}) do not run through the model ({type(error).__name__}: {error}); pass one "
-            "batch shaped like the calibration inputs, e.g. example_inputs=x[:1]"
+            "batch shaped like the calibration inputs, e.g. example_inputs=x[:1] (for keyword inputs, a dict "
+            "of the entries forward takes: {'input_ids': ids[:1], 'attention_mask': mask[:1]})"
         ) from error
     select_logits(output, logits, tokens=is_token_ids(example_inputs))  # ValueError saying how to pick them
 

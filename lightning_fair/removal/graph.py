@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+from collections.abc import Mapping
 from typing import Iterator, List, Optional
 
 import torch
@@ -28,7 +29,7 @@ from torch_pruning import ops
 from torch_pruning.dependency import index_mapping
 from torch_pruning.dependency.group import Group
 
-from ..runtime.batches import traceable_output
+from ..runtime.batches import call_model, traceable_output
 from ..runtime.guards import preserved_modes
 from ..units.experts import find_experts
 
@@ -79,6 +80,8 @@ def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
                 graph.build_dependency(
                     model,
                     example_inputs=example_inputs,
+                    # a dict of keyword inputs: the entries the forward names (torch-pruning passes all)
+                    forward_fn=call_model if isinstance(example_inputs, Mapping) else None,
                     output_transform=traceable_output,
                     unwrapped_parameters=vector_parameters(model),
                 )
@@ -284,7 +287,7 @@ def forward_shapes(model: nn.Module, example_inputs) -> List[tuple]:
     """The output shapes of one eval-mode forward of ``example_inputs`` (flags restored)."""
     with preserved_modes(model), torch.no_grad():
         model.eval()
-        return output_shapes(model(example_inputs))
+        return output_shapes(call_model(model, example_inputs))
 
 
 def forward_problem(model: nn.Module, example_inputs, expected: List[tuple]) -> str:

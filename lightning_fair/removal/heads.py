@@ -60,9 +60,12 @@ class TransformerPlanner(DependencyPlanner):
         heads: Dict[str, Units],
         prune_embedding: bool = False,
         graph=None,
+        same_layout: bool = False,
     ):
         self.heads = {name: units for name, units in heads.items() if name in scored}
         self.prune_embedding = prune_embedding
+        #: modules losing the same count end in the same layout (``shapes="uniform"``; ``Units.choose``)
+        self.same_layout = same_layout
         self.head_rows: list = []
         with warnings.catch_warnings():  # cls/position tokens: their groups are the embedding dimension, kept
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
@@ -114,7 +117,10 @@ class TransformerPlanner(DependencyPlanner):
             if k > 0:
                 order = head_order(units, ranked.removal[name], ranking, seed)
                 choose = getattr(units, "choose", None)  # optional: any k units can go without it
-                chosen = order[:k] if choose is None else choose(order, k)
+                if choose is None:
+                    chosen = order[:k]
+                else:
+                    chosen = choose(order, k, same_layout=True) if self.same_layout else choose(order, k)
                 if chosen.numel():
                     plan[name] = chosen.sort().values
         return plan
@@ -139,15 +145,23 @@ class TransformerPlanner(DependencyPlanner):
 
 
 def planner_for(
-    model: nn.Module, example_inputs, scored: List[str], protected: set, prune_embedding: bool = False, graph=None
+    model: nn.Module,
+    example_inputs,
+    scored: List[str],
+    protected: set,
+    prune_embedding: bool = False,
+    graph=None,
+    same_layout: bool = False,
 ) -> DependencyPlanner:
     """A :class:`TransformerPlanner` if the model has unit-family modules (attention), else a
     :class:`~lightning_fair.removal.planner.DependencyPlanner`. ``prune_embedding``: the groups of the
     embedding dimension are pruned like any other (except around ``nn.MultiheadAttention``);
     ``graph``: torch-pruning's graph of ``model`` if already built
-    (:func:`lightning_fair.removal.graph.build_graph`)."""
+    (:func:`lightning_fair.removal.graph.build_graph`); ``same_layout``: see :class:`TransformerPlanner`."""
     found = find_units(model)
     if not found:
         return DependencyPlanner(model, example_inputs, scored, protected, graph=graph)
     heads = {name: units for name, units in removable(found).items() if name in scored}
-    return TransformerPlanner(model, example_inputs, scored, protected, heads, prune_embedding, graph=graph)
+    return TransformerPlanner(
+        model, example_inputs, scored, protected, heads, prune_embedding, graph=graph, same_layout=same_layout
+    )

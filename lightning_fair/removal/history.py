@@ -189,11 +189,13 @@ def replay_pruning(model: nn.Module, state: dict) -> None:
             for param in model.parameters():
                 param.requires_grad_(True)  # torch-pruning traces autograd; frozen layers must show up
             with torch.inference_mode(False), torch.enable_grad():
-                graph = build_graph(model, example)  # as prune built it (a channel shuffle's reshape unmapped)
-                snapshot.include(graph.module2node)
+                graph = None  # traced only for torch-pruning's rows (unit-family rows need none)
+                if any(row_target(name) is None for name, _, _ in rows):
+                    graph = build_graph(model, example)  # as prune built it (a channel shuffle's reshape unmapped)
+                    snapshot.include(graph.module2node)
                 for number, (name, is_out, idxs) in enumerate(rows, start=len(mine)):
                     try:
-                        if row_target(name) is not None:  # a unit family's units, e.g. whole attention heads
+                        if graph is None or row_target(name) is not None:  # a unit family's units
                             replay_row(model, name, idxs)
                         else:
                             _replay_row(graph, modules[name], name, is_out, idxs)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from ..runtime.batches import batch_inputs, model_device
+from ..runtime.batches import batch_inputs, call_model, inputs_to, model_device
 from ..runtime.distributed import all_gather_tensor, is_distributed
 from ..runtime.guards import on_uncompiled, preserved_modes
 
@@ -211,10 +211,8 @@ def recalibrate_bn(
                     handles.append(m.register_forward_pre_hook(make_hook(name)))
                 batch, used = first, 0
                 while batch is not sentinel:
-                    inputs = batch_inputs(batch, unpack).to(device)
-                    if inputs.is_inference():
-                        inputs = inputs.clone()
-                    model(inputs)
+                    inputs = inputs_to(batch_inputs(batch, unpack), device)
+                    call_model(model, inputs)
                     used += 1
                     if max_batches is not None and used >= max_batches:
                         break

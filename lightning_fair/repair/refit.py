@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime.batches import batch_inputs, model_device
+from ..runtime.batches import batch_inputs, call_model, inputs_to, model_device
 from ..runtime.distributed import all_reduce_sum, is_distributed
 from ..runtime.guards import preserved_modes
 from ..units.channels import is_depthwise
@@ -296,10 +296,8 @@ def collect_refit_statistics(
             for name in targets:
                 handles.append(modules[name].register_forward_hook(make_hook(name)))
             for batch in dataloader:
-                inputs = batch_inputs(batch, unpack).to(device)
-                if inputs.is_inference():
-                    inputs = inputs.clone()
-                model(inputs)
+                inputs = inputs_to(batch_inputs(batch, unpack), device)
+                call_model(model, inputs)
                 used += 1
                 if max_batches is not None and used >= max_batches:
                     break

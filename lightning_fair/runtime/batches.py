@@ -1,7 +1,11 @@
 """Calibration batches: splitting one into ``(inputs, target)``, example inputs for tracing.
 
 Batches are ``(inputs, labels, ...)`` sequences or dicts with an inputs key and a labels key
-(:func:`default_unpack`); anything else needs an ``unpack`` callable.
+(:func:`default_unpack`); anything else needs an ``unpack`` callable. A model's inputs are a tensor,
+``model(inputs)``, or a dict of keyword arguments, ``model(**inputs)`` (a Hugging Face batch without
+its labels: ``input_ids`` with ``attention_mask``, ``token_type_ids``, ...; :func:`call_model` passes
+the entries the model's ``forward`` names). Under next-token prediction, positions that
+``attention_mask`` marks as padding are not samples and carry no loss (:func:`mask_padding`).
 
 Two kinds of target are understood. *Classification*: one class index per sample, class logits
 ``[batch, classes]``. *Next-token prediction* (causal language models): token ids ``[batch, length]``
@@ -13,6 +17,7 @@ and every token position is a sample (:func:`token_samples`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Callable, Optional
 
@@ -21,9 +26,14 @@ from torch import nn
 
 __all__ = [
     "batch_inputs",
+    "call_model",
+    "inputs_to",
+    "main_input",
+    "mask_padding",
     "IGNORE_INDEX",
     "default_unpack",
     "first_inputs",
+    "first_sample",
     "is_token_ids",
     "is_token_target",
     "next_token_pairs",
@@ -37,29 +47,146 @@ __all__ = [
 
 #: a target position without a loss (Hugging Face's and ``F.cross_entropy``'s ``ignore_index``)
 IGNORE_INDEX = -100
+#: the entries of a dict batch that are targets, never model inputs
+LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+#: the entries of a Hugging Face batch that are the model's main input, in order of preference
+MAIN_INPUT_KEYS = ("input_ids", "pixel_values", "inputs_embeds", "input_values", "input_features")
+
+
+def main_input(inputs) -> torch.Tensor:
+    """The tensor that says a batch's size and layout: ``inputs`` itself, or a dict's ``input_ids``
+    (``pixel_values``, ...; else its first tensor).
+
+    Example:
+        >>> ids = torch.zeros(2, 5, dtype=torch.long)
+        >>> main_input({"attention_mask": torch.ones(2, 5), "input_ids": ids}) is ids
+        True
+    """
+    if isinstance(inputs, Mapping):
+        for key in MAIN_INPUT_KEYS:
+            if isinstance(inputs.get(key), torch.Tensor):
+                return inputs[key]
+        for value in inputs.values():
+            if isinstance(value, torch.Tensor):
+                return value
+        raise TypeError(f"model inputs must hold a tensor, got a dict with keys {sorted(inputs)}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(
+            f"model inputs must be a tensor or a dict of tensors, got {type(inputs).__name__}; pass "
+            "unpack=lambda batch: (inputs, target) to extract them"
+        )
+    return inputs
+
+
+def _keyword_names(model: nn.Module) -> Optional[frozenset]:
+    """The keyword arguments ``model.forward`` names, or None when it takes ``**kwargs`` only
+    (then every entry goes through)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = frozenset(
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
+    if not names and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return names
+
+
+def call_model(model: nn.Module, inputs):
+    """``model(inputs)`` for a tensor; for a dict, ``model(**entries)`` with the entries ``forward``
+    names (a Hugging Face model's ``attention_mask``, ``token_type_ids``, ...; the rest, such as a
+    collator's ``special_tokens_mask``, stays out), or ``model(inputs)`` when ``forward`` names none
+    of them (a module written as ``forward(self, batch)``).
+
+    Example:
+        >>> class Masked(nn.Module):
+        ...     def forward(self, input_ids, attention_mask=None):
+        ...         return input_ids * attention_mask
+        >>> call_model(Masked(), {"input_ids": torch.ones(1, 2), "attention_mask": torch.tensor([[1, 0]]),
+        ...                       "special_tokens_mask": None}).tolist()
+        [[1.0, 0.0]]
+    """
+    if not isinstance(inputs, Mapping):
+        return model(inputs)
+    names = _keyword_names(model)
+    if names is None:
+        return model(**inputs)
+    passed = {key: value for key, value in inputs.items() if key in names}
+    return model(**passed) if passed else model(inputs)
+
+
+def inputs_to(inputs, device):
+    """``inputs`` (a tensor or a dict of them) on ``device``, as normal tensors (not inference ones)."""
+    if isinstance(inputs, Mapping):
+        return {key: inputs_to(value, device) for key, value in inputs.items()}
+    if not isinstance(inputs, torch.Tensor):
+        return inputs
+    inputs = inputs.to(device, non_blocking=True)  # from the host: no wait for the device's queue
+    return inputs.clone() if inputs.is_inference() else inputs
+
+
+def mask_padding(inputs, target: torch.Tensor) -> torch.Tensor:
+    """A next-token target without the positions ``inputs["attention_mask"]`` marks as padding: a
+    padded token is not predicted, and a padded position predicts nothing (left or right padding);
+    both become :data:`IGNORE_INDEX`. Other inputs and targets are returned as they are.
+
+    Example:
+        >>> ids = torch.tensor([[5, 6, 7, 0]])
+        >>> mask_padding({"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0]])}, ids).tolist()
+        [[5, 6, 7, -100]]
+        >>> mask_padding({"input_ids": ids, "attention_mask": torch.tensor([[0, 1, 1, 1]])}, ids).tolist()
+        [[-100, -100, 7, 0]]
+    """
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(target.shape):
+        return target
+    mask = mask.to(target.device) != 0
+    drop = ~mask
+    drop[:, 1:] |= ~mask[:, :-1]  # the token after a padded position is predicted from padding
+    return target.masked_fill(drop, IGNORE_INDEX)
 
 
 def is_token_ids(value) -> bool:
-    """Whether ``value`` is a ``[batch, length]`` tensor of token ids (integers)."""
+    """Whether ``value`` (or a dict's main input, :func:`main_input`) is a ``[batch, length]`` tensor
+    of token ids (integers)."""
+    if isinstance(value, Mapping):
+        value = next((value[k] for k in MAIN_INPUT_KEYS if isinstance(value.get(k), torch.Tensor)), None)
     return isinstance(value, torch.Tensor) and value.dim() == 2 and not value.is_floating_point()
 
 
 def default_unpack(batch):
     """Split a batch into ``(inputs, target)``: ``(x, y, ...)`` sequences and dicts with
     ``x``/``input``/``image`` and ``y``/``label``/``target`` keys are understood, and Hugging Face
-    batches (``input_ids`` or ``pixel_values``, and ``labels``; other entries such as
-    ``attention_mask`` are not passed to the model: unpadded batches, or pass ``unpack``). A batch of
-    token ids ``[batch, length]`` alone, or a dict with ``input_ids`` and no labels, is its own target
-    (next-token prediction)."""
+    batches (``input_ids`` or ``pixel_values``, and ``labels``). A Hugging Face batch's inputs are
+    the batch without its labels, a dict that :func:`call_model` passes as keywords (so
+    ``attention_mask``, ``token_type_ids``, ``position_ids`` reach the model); with the main input
+    alone they are that tensor. A batch of token ids ``[batch, length]`` alone, or a dict with
+    ``input_ids`` and no labels, is its own target (next-token prediction).
+
+    Example:
+        >>> ids, mask = torch.tensor([[5, 6]]), torch.tensor([[1, 1]])
+        >>> inputs, target = default_unpack({"input_ids": ids, "attention_mask": mask, "labels": ids})
+        >>> sorted(inputs), target is ids
+        (['attention_mask', 'input_ids'], True)
+    """
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
-    if isinstance(batch, dict):
-        xs = [k for k in ("x", "input", "inputs", "image", "images", "input_ids", "pixel_values") if k in batch]
-        ys = [k for k in ("y", "label", "labels", "target", "targets") if k in batch]
+    if isinstance(batch, Mapping):
+        xs = [k for k in ("x", "input", "inputs", "image", "images") if k in batch]
+        ys = [k for k in LABEL_KEYS if k in batch]
         if xs and ys:
             return batch[xs[0]], batch[ys[0]]
-        if "input_ids" in batch and not ys and is_token_ids(batch["input_ids"]):
-            return batch["input_ids"], batch["input_ids"]
+        main = next((k for k in MAIN_INPUT_KEYS if isinstance(batch.get(k), torch.Tensor)), None)
+        if main is not None:
+            entries = {k: v for k, v in batch.items() if k not in LABEL_KEYS and isinstance(v, torch.Tensor)}
+            inputs = entries if len(entries) > 1 else batch[main]
+            if ys:
+                return inputs, batch[ys[0]]
+            if main == "input_ids" and is_token_ids(batch["input_ids"]):
+                return inputs, batch["input_ids"]
     if is_token_ids(batch):
         return batch, batch
     if isinstance(batch, (tuple, list)) and len(batch) == 1 and is_token_ids(batch[0]):
@@ -73,8 +200,9 @@ def default_unpack(batch):
 
 def is_token_target(inputs, target) -> bool:
     """Whether ``(inputs, target)`` is next-token prediction: integer ``[batch, length]`` token ids as
-    both, the target equal to the inputs wherever it is not :data:`IGNORE_INDEX` (Hugging Face's
-    causal-LM ``labels``; a token-classification target differs from the inputs).
+    both (the inputs' :func:`main_input`), the target equal to the inputs wherever it is not
+    :data:`IGNORE_INDEX` (Hugging Face's causal-LM ``labels``; a token-classification target differs
+    from the inputs).
 
     Example:
         >>> ids = torch.tensor([[5, 6, 7]])
@@ -83,6 +211,8 @@ def is_token_target(inputs, target) -> bool:
         >>> is_token_target(ids, ids[:, 0])  # one label per sample: classification
         False
     """
+    if isinstance(inputs, Mapping):
+        inputs = main_input(inputs)
     if not (is_token_ids(inputs) and is_token_ids(target)) or tuple(inputs.shape) != tuple(target.shape):
         return False
     target = target.to(inputs.device)
@@ -175,19 +305,34 @@ def traceable_output(output):
 
 
 def first_inputs(dataloader, unpack=default_unpack):
-    """The first calibration batch's inputs (one sample if a tensor): example inputs for tracing."""
+    """The first calibration batch's inputs (one sample of a tensor, or of each tensor of a dict):
+    example inputs for tracing."""
     with torch.inference_mode(False):  # under trainer.validate: a normal tensor, usable for tracing
         for batch in dataloader:
             inputs, _ = unpack(batch)
-            if isinstance(inputs, torch.Tensor):
-                inputs = inputs[:1].clone()
-            return inputs
+            return first_sample(inputs)
     raise ValueError("the calibration dataloader yielded no batches; pass a non-empty dataloader")
 
 
-def grad_inputs(inputs, device) -> torch.Tensor:
-    """``inputs`` on ``device`` as a normal tensor (not an inference one); floating-point inputs
-    require grad, so every layer output is part of the autograd graph."""
+def first_sample(inputs):
+    """The first sample of ``inputs``: a tensor's first row, or a dict's tensors' (same batch size)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:1].clone()
+    if isinstance(inputs, Mapping):
+        size = main_input(inputs).shape[0] if main_input(inputs).dim() else None
+        return {
+            k: v[:1].clone() if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size else v
+            for k, v in inputs.items()
+        }
+    return inputs
+
+
+def grad_inputs(inputs, device):
+    """``inputs`` (a tensor, or a dict of them) on ``device`` as normal tensors (not inference ones);
+    floating-point inputs require grad, so every layer output is part of the autograd graph."""
+    if isinstance(inputs, Mapping):
+        main_input(inputs)  # a clear error for a dict without tensors
+        return {k: grad_inputs(v, device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"model inputs must be a tensor, got {type(inputs).__name__}; pass unpack=... to extract it")
     inputs = inputs.to(device, non_blocking=True)  # from the host: no wait for the device's queue
@@ -208,9 +353,10 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def batch_inputs(batch, unpack: Optional[Callable]) -> torch.Tensor:
-    """A batch's model inputs (a tensor): ``unpack(batch)``'s first element, the batch itself, a
-    one-element sequence's element, or :func:`default_unpack`'s inputs."""
+def batch_inputs(batch, unpack: Optional[Callable]):
+    """A batch's model inputs (a tensor or a dict of them, for :func:`call_model`): ``unpack(batch)``'s
+    first element, the batch itself, a one-element sequence's element, or :func:`default_unpack`'s
+    inputs."""
     if unpack is not None:
         out = unpack(batch)
         inputs = out[0] if isinstance(out, (tuple, list)) else out
@@ -220,9 +366,5 @@ def batch_inputs(batch, unpack: Optional[Callable]) -> torch.Tensor:
         inputs = batch[0]
     else:
         inputs = default_unpack(batch)[0]
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(
-            f"model inputs must be a tensor, got {type(inputs).__name__}; pass "
-            "unpack=lambda batch: (inputs, target) to extract it"
-        )
+    main_input(inputs)  # a tensor, or a dict holding one: else a clear error
     return inputs

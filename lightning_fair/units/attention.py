@@ -96,7 +96,7 @@ class AttentionUnits:
         """:func:`remove_heads` of these heads."""
         return remove_heads(self, units)
 
-    def choose(self, order: torch.Tensor, count: int) -> torch.Tensor:
+    def choose(self, order: torch.Tensor, count: int, same_layout: bool = False) -> torch.Tensor:
         """The heads to remove when ``count`` go: the first ``count`` of ``order`` (any set of heads can go)."""
         return order[:count]
 

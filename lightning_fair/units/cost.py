@@ -7,12 +7,13 @@ counts its in-projection and ``out_proj``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Dict
 
 import torch
 from torch import nn
 
-from ..runtime.batches import is_token_ids
+from ..runtime.batches import call_model, is_token_ids, main_input
 from ..runtime.guards import on_uncompiled, preserved_modes
 from .channels import PRUNABLE_TYPES
 from .experts import expert_macs, find_experts
@@ -47,7 +48,8 @@ def measure(model: nn.Module, example_inputs) -> tuple:
         macs[0] += (queries + 2 * keys) * inner * module.embed_dim + queries * inner * module.out_proj.out_features
 
     # per sample: the example's batch size (a layer may see tokens flattened, [batch * length, ...])
-    samples = example_inputs.shape[0] if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() else None
+    main = main_input(example_inputs) if isinstance(example_inputs, (torch.Tensor, Mapping)) else None
+    samples = main.shape[0] if main is not None and main.dim() else None
 
     def hook(module, args, output):
         if id(module) in attention_outputs:
@@ -82,7 +84,7 @@ def measure(model: nn.Module, example_inputs) -> tuple:
         try:
             model.eval()
             with torch.no_grad(), no_fastpath():
-                model(example_inputs)
+                call_model(model, example_inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -124,5 +126,5 @@ def macs_basis(example_inputs) -> str:
     """What :func:`measure`'s MACs are per: ``"sequence of T tokens"`` for token ids ``[batch, T]``,
     else ``"sample"``."""
     if is_token_ids(example_inputs):
-        return f"sequence of {example_inputs.shape[1]} tokens"
+        return f"sequence of {main_input(example_inputs).shape[1]} tokens"
     return "sample"

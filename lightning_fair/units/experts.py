@@ -27,7 +27,7 @@ from torch import nn
 
 from .surgery import new_parameter
 
-__all__ = ["ExpertUnits", "expert_count", "expert_macs", "find_experts"]
+__all__ = ["ExpertUnits", "expert_config_fields", "expert_count", "expert_macs", "find_experts"]
 
 EXPERT_TENSORS = ("gate_up_proj", "down_proj")
 COUNTS = ("num_experts", "num_local_experts")
@@ -115,7 +115,7 @@ class ExpertUnits:
         """``[E]``: the norm of each expert's ``down_proj`` (how strongly its output is written)."""
         return getattr(self.output, "down_proj").detach().double().flatten(1).norm(dim=1).cpu()
 
-    def choose(self, order: torch.Tensor, count: int) -> torch.Tensor:
+    def choose(self, order: torch.Tensor, count: int, same_layout: bool = False) -> torch.Tensor:
         """The first ``count`` of ``order``, keeping at least ``top_k`` experts."""
         return order[: max(0, min(count, self.num_units - self.top_k))]
 
@@ -175,3 +175,9 @@ def find_experts(model: nn.Module, ignored: Optional[set] = None) -> Dict[str, E
             units.blocked = f"{units.num_units} experts for top-{units.top_k} routing: none can go"
         found[name] = units
     return found
+
+
+def expert_config_fields(name: str, units: "ExpertUnits", config) -> Dict[str, int]:
+    """The config field of a MoE block's expert count: Mixtral's ``num_local_experts``, Qwen's
+    ``num_experts``."""
+    return {"num_local_experts" if hasattr(config, "num_local_experts") else "num_experts": units.num_units}

@@ -14,7 +14,11 @@ heads (:mod:`.grouped_attention`), gated-MLP neurons (:mod:`.gated_mlp`), routed
 - ``collecting(model)``: a context manager under which the statistics pass sees the units' inputs and
   outputs through hooks (e.g. PyTorch's fused attention fast path off);
 - ``row_suffix``: what marks a pruning-history row of the family (``"<heads>"``), replayed by
-  ``Units.remove`` on a freshly built model.
+  ``Units.remove`` on a freshly built model;
+- ``config_fields(name, units, config)``: the fields of a Hugging Face config that hold the
+  module's unit counts (``{"num_attention_heads": 6, ...}``), or None where the config cannot say
+  them (a head size derived from the hidden size); :mod:`lightning_fair.units.pretrained_config`
+  writes them under ``shapes="uniform"``.
 
 The statistics pass (:mod:`lightning_fair.collect`), the memory estimate, the removal planner, the
 report and the checkpoint replay call the functions below, never a family directly, so a new family
@@ -25,15 +29,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 from torch import nn
 
 from .attention import find_attention, head_count
-from .experts import expert_count, find_experts
-from .gated_mlp import find_gated_mlp, gated_width
-from .grouped_attention import find_grouped_attention, grouped_head_count
+from .experts import expert_config_fields, expert_count, find_experts
+from .gated_mlp import find_gated_mlp, gated_config_fields, gated_width
+from .grouped_attention import find_grouped_attention, grouped_config_fields, grouped_head_count
 from .mha import hookable_attention
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "UnitFamily",
     "Units",
     "collecting",
+    "family_of_module",
     "find_units",
     "history_row",
     "register_family",
@@ -96,11 +101,12 @@ class Units(Protocol):
     def remove(self, units: List[int]) -> Dict[str, Dict[str, torch.Tensor]]:
         """Remove these units; ``{layer: {"out"/"in": kept indices}}`` of every changed layer."""
 
-    def choose(self, order: torch.Tensor, count: int) -> torch.Tensor:
+    def choose(self, order: torch.Tensor, count: int, same_layout: bool = False) -> torch.Tensor:
         """Optional. The units to remove when about ``count`` should go, given ``order`` (every unit,
         first-to-remove first): ``order[:count]`` where any set of units can go, else the nearest
         set the module's layout allows (grouped-query attention keeps the same number of query heads
-        per key-value head)."""
+        per key-value head). ``same_layout``: modules of a kind losing the same count must end in
+        the same layout (``shapes="uniform"``)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class UnitFamily:
     unit_count: Callable[[nn.Module], Optional[int]]
     collecting: Callable[[nn.Module], ContextManager]
     row_suffix: str
+    config_fields: Callable[[str, Any, Any], Optional[Dict[str, int]]] = lambda name, units, config: None
 
 
 #: attention heads: ``nn.MultiheadAttention``, timm's fused qkv, Hugging Face's separate q/k/v
@@ -125,14 +132,21 @@ def nothing_to_prepare(model: nn.Module) -> ContextManager:
 
 #: grouped-query attention (Llama, Qwen, Mistral, Gemma3, the MoE families): query heads, grouping kept
 GROUPED_QUERY_HEADS = UnitFamily(
-    "grouped-query heads", find_grouped_attention, grouped_head_count, nothing_to_prepare, "<query-heads>"
+    "grouped-query heads",
+    find_grouped_attention,
+    grouped_head_count,
+    nothing_to_prepare,
+    "<query-heads>",
+    grouped_config_fields,
 )
 
 #: gated MLPs (``down_proj(act(gate_proj(x)) * up_proj(x))``): intermediate neurons
-GATED_MLP_NEURONS = UnitFamily("gated-MLP neurons", find_gated_mlp, gated_width, nothing_to_prepare, "<neurons>")
+GATED_MLP_NEURONS = UnitFamily(
+    "gated-MLP neurons", find_gated_mlp, gated_width, nothing_to_prepare, "<neurons>", gated_config_fields
+)
 
 #: mixture-of-experts blocks (a router and 3-d expert tensors): routed experts
-EXPERTS = UnitFamily("experts", find_experts, expert_count, nothing_to_prepare, "<experts>")
+EXPERTS = UnitFamily("experts", find_experts, expert_count, nothing_to_prepare, "<experts>", expert_config_fields)
 
 #: the registered families, consulted in this order
 FAMILIES: List[UnitFamily] = [GROUPED_QUERY_HEADS, ATTENTION_HEADS, GATED_MLP_NEURONS, EXPERTS]
@@ -195,6 +209,14 @@ def collecting(model: nn.Module) -> Iterator[None]:
         for family in FAMILIES:
             stack.enter_context(family.collecting(model))
         yield
+
+
+def family_of_module(module: nn.Module) -> Optional[UnitFamily]:
+    """The first registered family that knows ``module`` (None: none does)."""
+    for family in FAMILIES:
+        if family.unit_count(module) is not None:
+            return family
+    return None
 
 
 def _family_of(model: nn.Module, name: str) -> UnitFamily:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .surgery import keep_columns, keep_rows
 
-__all__ = ["GatedMLPUnits", "find_gated_mlp", "gated_width"]
+__all__ = ["GatedMLPUnits", "find_gated_mlp", "gated_config_fields", "gated_width"]
 
 LAYERS = ("gate_proj", "up_proj", "down_proj")
 WIDTHS = ("intermediate_size", "ffn_dim", "hidden_dim")
@@ -75,7 +75,7 @@ class GatedMLPUnits:
         """``[I]``: L2 norm of each neuron's column in ``down_proj``."""
         return self.output.weight.detach().double().pow(2).sum(0).sqrt().cpu()
 
-    def choose(self, order: torch.Tensor, count: int) -> torch.Tensor:
+    def choose(self, order: torch.Tensor, count: int, same_layout: bool = False) -> torch.Tensor:
         """Any set of neurons can go: the first ``count`` of ``order``."""
         return order[: max(count, 0)]
 
@@ -139,3 +139,11 @@ def find_gated_mlp(model: nn.Module, ignored: Optional[set] = None) -> Dict[str,
             units.blocked = "one neuron left"
         found[name] = units
     return found
+
+
+def gated_config_fields(name: str, units: "GatedMLPUnits", config) -> Dict[str, int]:
+    """The config field of a gated MLP's width: Qwen2-MoE's shared expert has its own, every other
+    dense gated MLP (Llama, Qwen, Mistral, Gemma3, the dense layers of MoE models) ``intermediate_size``."""
+    if name.endswith("shared_expert") and hasattr(config, "shared_expert_intermediate_size"):
+        return {"shared_expert_intermediate_size": units.num_units}
+    return {"intermediate_size": units.num_units}

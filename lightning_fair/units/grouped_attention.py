@@ -28,7 +28,7 @@ from torch import nn
 
 from .surgery import keep_columns, keep_rows
 
-__all__ = ["GroupedQueryUnits", "find_grouped_attention", "grouped_head_count", "layouts"]
+__all__ = ["GroupedQueryUnits", "find_grouped_attention", "grouped_config_fields", "grouped_head_count", "layouts"]
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 #: attributes set to the new counts after removal, where the module has them as integers
@@ -129,14 +129,16 @@ class GroupedQueryUnits:
         weight = self.output.weight.detach().double()
         return weight.reshape(weight.shape[0], self.num_units, self.head_dim).pow(2).sum((0, 2)).sqrt().cpu()
 
-    def choose(self, order: torch.Tensor, count: int) -> torch.Tensor:
+    def choose(self, order: torch.Tensor, count: int, same_layout: bool = False) -> torch.Tensor:
         """The heads to remove when about ``count`` should go: a valid layout (:func:`layouts`)
         nearest ``count`` (the smaller on a tie), filled with the heads ``order`` puts first. A head's
         cost is its place in ``order`` (the first to remove is the cheapest);
         each kept group loses its cheapest heads, the groups removed whole are those whose removal
-        costs least beside that, and of the layouts removing the same number the cheapest is taken."""
+        costs least beside that, and of the layouts removing the same number the cheapest is taken.
+        ``same_layout``: only layouts that keep every key-value group (each loses the same number of
+        query heads), so that modules losing the same count end alike (``shapes="uniform"``)."""
         heads, groups, size = self.num_units, self.num_key_value_heads, self.group_size
-        candidates = layouts(heads, groups)
+        candidates = [c for c in layouts(heads, groups) if not (same_layout and c[1])]
         best = min((abs(removed - count), removed) for removed, _, _ in candidates)[1]
         if count <= 0 or best == 0:
             return order[:0]
@@ -247,3 +249,14 @@ def find_grouped_attention(model: nn.Module, ignored: Optional[set] = None) -> D
             continue
         found[name] = units
     return found
+
+
+def grouped_config_fields(name: str, units: "GroupedQueryUnits", config) -> Dict[str, int]:
+    """The config fields of a grouped-query attention module's heads (Llama, Qwen, Mistral, Gemma3
+    and their MoE variants read them per model; ``head_dim`` is written out because a changed head
+    count would otherwise derive another one from the hidden size)."""
+    return {
+        "num_attention_heads": units.num_units,
+        "num_key_value_heads": units.num_key_value_heads,
+        "head_dim": units.head_dim,
+    }
