@@ -338,6 +338,10 @@ class PruneConfig:
             holds stay whole; the config's head counts and widths are set, so the folder loads with
             stock ``from_pretrained``); :mod:`lightning_fair.units.pretrained_config`, docs/method.md
             ("Saving and loading").
+        round_to: every layer of at least ``2 * round_to`` units keeps a multiple of ``round_to`` of them
+            (e.g. 8 or 64: widths that matrix kernels tile well); None (default) keeps any count.
+            With a target, the search meets it with the rounded counts; docs/saving.md ("Rounded
+            widths") has the measured latency.
         prune_embedding: transformers: also prune the embedding dimension (the residual stream:
             embeddings, LayerNorms, attention output projections, cls/position tokens); off by
             default, heads and MLP neurons only (:mod:`lightning_fair.removal.heads`). Not for
@@ -382,6 +386,7 @@ class PruneConfig:
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET
     ignored_layers: Optional[List[str]] = None
     shapes: ShapesName = "per_layer"
+    round_to: Optional[int] = None
     prune_embedding: bool = False
 
     def __post_init__(self) -> None:
@@ -449,6 +454,10 @@ class PruneConfig:
             raise ValueError(f"token_classes must be one of {TOKEN_CLASSES}, got {self.token_classes!r}")
         if self.shapes not in SHAPES:
             raise ValueError(f"shapes must be one of {SHAPES}, got {self.shapes!r}")
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 2
+        ):
+            raise ValueError(f"round_to must be an integer >= 2 (e.g. 8 or 64) or None, got {self.round_to!r}")
         if self.token_classes == "clusters" and self.max_classes is None:
             raise ValueError("token_classes='clusters' needs max_classes (the number of clusters), not None")
         if self.max_batches is not None and (

@@ -22,10 +22,13 @@ __all__ = [
     "ToDAllocation",
     "UniformAllocation",
     "UniformShapes",
+    "AllowedCounts",
     "allocation_for",
     "global_counts",
     "global_thresholds",
     "layer_kind",
+    "multiples_kept",
+    "nearest_allowed",
     "uniform_counts",
     "uniform_ratios",
 ]
@@ -167,22 +170,69 @@ class UniformAllocation(Allocation):
 
 
 def layer_kind(name: str) -> str:
-    """A layer's name with its block indices as ``*``: the layers of one kind across blocks.
+    """A layer's name with its block index (the first numeric part) as ``*``: the layers of one
+    kind across blocks; numbers after it (positions inside a block) stay.
 
     Example:
-        >>> layer_kind("model.layers.12.mlp"), layer_kind("features.3")
-        ('model.layers.*.mlp', 'features.*')
+        >>> layer_kind("model.layers.12.mlp"), layer_kind("blocks.0.2"), layer_kind("head")
+        ('model.layers.*.mlp', 'blocks.*.2', 'head')
     """
-    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name, count=1)
 
 
-class UniformShapes(Allocation):
+def nearest_allowed(count: float, allowed: Optional[List[int]]) -> int:
+    """``count`` rounded, or the nearest of ``allowed`` (the smaller on a tie)."""
+    if allowed is None:
+        return int(round(count))
+    return min(allowed, key=lambda a: (abs(a - count), a))
+
+
+def multiples_kept(units: int, multiple: int) -> Optional[List[int]]:
+    """The unit counts a layer of ``units`` may lose so that what it keeps is a multiple of
+    ``multiple`` (the ``round_to`` option); None (any count) for a layer of fewer than twice
+    ``multiple`` units, which rounding would empty or leave whole.
+
+    Example:
+        >>> multiples_kept(100, 32), multiples_kept(40, 32)
+        ([0, 4, 36, 68], None)
+    """
+    if units < 2 * multiple:
+        return None
+    return [0] + [units - kept for kept in range(units // multiple * multiple, 0, -multiple) if kept < units]
+
+
+class AllowedCounts(Allocation):
+    """Another allocation's counts, each layer's the nearest of its ``allowed`` counts (the smaller
+    on a tie; layers not listed as they were): what a config accepts, or widths rounded to a
+    multiple (``round_to``). The levels are the other allocation's; coupled groups take the
+    smallest member count.
+
+    Example:
+        >>> from lightning_fair.scoring.fair import FairScores
+        >>> u = {"b.0.fc": torch.tensor([1., 2., 3., 4.]), "b.1.fc": torch.tensor([1., 1., 1., 5.])}
+        >>> inner = GlobalAllocation(FairScores(u, {n: torch.ones(4) for n in u}), list(u))
+        >>> inner.counts(0.9), AllowedCounts(inner, {"b.1.fc": [0, 2]}).counts(0.9)
+        ({'b.0.fc': 2, 'b.1.fc': 3}, {'b.0.fc': 2, 'b.1.fc': 2})
+    """
+
+    def __init__(self, inner: Allocation, allowed: Optional[Dict[str, List[int]]] = None):
+        super().__init__(inner.ranking, inner.layers, "min_count")
+        self.inner, self.level_name, self.allowed = inner, inner.level_name, dict(allowed or {})
+
+    def levels(self) -> list:
+        return self.inner.levels()
+
+    def counts(self, level: float) -> Dict[str, int]:
+        counts = self.inner.counts(level)
+        return {name: nearest_allowed(count, self.allowed.get(name)) for name, count in counts.items()}
+
+
+class UniformShapes(AllowedCounts):
     """Another allocation's counts made equal across the layers of a kind (the same
     :func:`layer_kind` and number of units): each loses the mean of their counts, rounded
     (``shapes="uniform"``: one head count and one MLP width for all blocks, as a standard
     Hugging Face config holds), or the nearest of the layer's ``allowed`` counts (the smaller on a
-    tie; a config may accept only some head counts). The levels are the other allocation's; coupled
-    groups take the smallest member count.
+    tie; a config may accept only some head counts).
 
     Example:
         >>> from lightning_fair.scoring.fair import FairScores
@@ -195,22 +245,17 @@ class UniformShapes(Allocation):
     """
 
     def __init__(self, inner: Allocation, allowed: Optional[Dict[str, List[int]]] = None):
-        super().__init__(inner.ranking, inner.layers, "min_count")
-        self.inner, self.level_name, self.allowed = inner, inner.level_name, dict(allowed or {})
+        super().__init__(inner, allowed)
         kinds: Dict[tuple, list] = {}
         for name in self.layers:
             kinds.setdefault((layer_kind(name), self.ranking.removal[name].numel()), []).append(name)
         self.kinds = list(kinds.items())
 
-    def levels(self) -> list:
-        return self.inner.levels()
-
     def counts(self, level: float) -> Dict[str, int]:
         counts = self.inner.counts(level)
         for (_, n), members in self.kinds:
             mean = sum(counts[m] for m in members) / len(members)
-            allowed = self.allowed.get(members[0])
-            count = round(mean) if allowed is None else min(allowed, key=lambda a: (abs(a - mean), a))
+            count = nearest_allowed(mean, self.allowed.get(members[0]))
             for member in members:
                 counts[member] = min(count, n - 1)
         return counts

@@ -20,7 +20,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..allocation.budgets import Allocation, UniformShapes, allocation_for, layer_kind
+from ..allocation.budgets import (
+    Allocation,
+    AllowedCounts,
+    UniformShapes,
+    allocation_for,
+    layer_kind,
+    multiples_kept,
+)
 from ..collect.memory import resolve_budget
 from ..config import PruneConfig, configure
 from ..removal.graph import build_graph
@@ -198,6 +205,11 @@ def prune(
             kinds[(layer_kind(name), why)] = kinds.get((layer_kind(name), why), 0) + 1
         notes.extend(f"{kind} ({count} layer{'s' * (count > 1)}): {why}" for (kind, why), count in kinds.items())
     scored = scored_layers(model, scores, protected)
+    if config.round_to:  # kept widths in multiples of round_to (layers of at least twice as many units)
+        for name in scored:
+            multiples = multiples_kept(ranked.removal[name].numel(), config.round_to)
+            if multiples is not None:
+                allowed[name] = sorted(set(multiples) & set(allowed.get(name, multiples))) or [0]
 
     with rollback(model) as snapshot:
         uniform = config.shapes == "uniform"
@@ -212,6 +224,8 @@ def prune(
         allocation = allocation_for(config.allocation, ranked, scored, config.group_policy)
         if uniform:
             allocation = UniformShapes(allocation, allowed)
+        elif allowed:
+            allocation = AllowedCounts(allocation, allowed)
         level = float(config.ratio) if config.ratio is not None else config.tolerance
         if config.target:
             level = search_level(planner, allocation, ranked, config, (macs_before, params_before))
