@@ -248,6 +248,9 @@ def resolve_allocation(allocation: str, has_target: bool, has_ratio: bool = Fals
 
 # ---------------------------------------------------------------------- the config
 
+#: the tolerance of difference when no other budget is given
+DEFAULT_TOLERANCE = 0.05
+
 #: the options a preset sets (None in a config: the preset's value)
 PIPELINE_OPTIONS = (
     "observe",
@@ -362,7 +365,7 @@ class PruneConfig:
         ValueError: observe must be one of ('output', 'norm', 'activation'), got 'inputs'
     """
 
-    tolerance: float = 0.05
+    tolerance: float = DEFAULT_TOLERANCE
     target_macs: Optional[float] = None
     target_params: Optional[float] = None
     ratio: Optional[float] = None
@@ -395,6 +398,23 @@ class PruneConfig:
         pipeline = self.pipeline  # checks the preset
         if self.target_macs is not None and self.target_params is not None:
             raise ValueError("give target_macs or target_params, not both")
+        other = next(
+            (
+                f"{k}={v}"
+                for k, v in (
+                    ("target_macs", self.target_macs),
+                    ("target_params", self.target_params),
+                    ("ratio", self.ratio),
+                )
+                if v is not None
+            ),
+            None,
+        )
+        if other is not None and float(self.tolerance) != DEFAULT_TOLERANCE:
+            raise ValueError(
+                f"tolerance={self.tolerance} and {other} are two budgets; give one: the tolerance sets ToD's "
+                f"per-layer counts, {other.split('=')[0]} is met by searching the level (drop tolerance=...)"
+            )
         for key, value in (("target_macs", self.target_macs), ("target_params", self.target_params)):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0

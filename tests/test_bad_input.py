@@ -6,6 +6,8 @@ One test per case of issue 6; each checks the message and that the model is exac
 
 from __future__ import annotations
 
+import warnings
+
 import helpers
 import pytest
 import torch
@@ -71,11 +73,19 @@ def test_only_one_class(model):
     assert_untouched(model, before)
 
 
-def test_classes_with_fewer_samples_than_asked_warn_and_go_on(model):
+def test_classes_with_far_fewer_samples_than_asked_warn_and_go_on(model):
     x, y = data(300)[0]
-    with pytest.warns(UserWarning, match="fewer calibration samples than samples_per_class=16"):
-        scores = compute_scores(model, [(x[:60], y[:60])], **FAST)
+    with pytest.warns(UserWarning, match="fewer than 4 calibration samples, a quarter of samples_per_class=16"):
+        scores = compute_scores(model, [(x[:25], y[:25])], **FAST)
     assert max(scores.class_counts) < 16 and all(torch.isfinite(u).all() for u in scores.utilization.values())
+
+
+def test_classes_a_little_short_of_samples_per_class_go_on_quietly(model):
+    x, y = data(300)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        scores = compute_scores(model, [(x[:120], y[:120])], **FAST)  # ~12 of 16 per class
+    assert min(scores.class_counts) < 16
 
 
 @pytest.mark.parametrize("where", ["input", "activation", "gradient", "loss"])

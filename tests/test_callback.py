@@ -662,7 +662,9 @@ def test_ignored_layers_and_targets_reach_prune(tmp_path):
     callback = FairPruneCallback(prune_at=0, target_macs=0.6, **FAST)
     trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2).fit(model, datamodule=dm)
     assert callback.events[0]["macs_ratio"] <= 0.6 + 1e-9
-    assert callback.events[0]["tolerance"] == callback.last_result.tolerance
+    event = callback.events[0]
+    assert event["level"] == callback.last_result.level and event["level_name"] == "threshold"
+    assert "tolerance" not in event  # a threshold is not called a tolerance
 
 
 # ------------------------------------------------------------------ 9: callback state in checkpoints
@@ -819,6 +821,16 @@ def test_two_callbacks_prune_at_two_epochs(tmp_path):
 
 def test_epoch_never_reached_warns(tmp_path):
     callback = FairPruneCallback(prune_at=5, tolerance=TOLERANCE, **FAST)
-    with pytest.warns(UserWarning, match="did not prune"):
+    with pytest.warns(UserWarning, match="cannot prune at epoch"):  # said at fit start (tests/test_early_errors.py)
         trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2).fit(classifier(), datamodule=datamodule())
+    assert callback.events == []
+
+
+def test_epoch_never_reached_for_another_reason_warns_at_fit_end(tmp_path):
+    """max_epochs allows the epoch, but training stops early (max_steps): said when fit ends."""
+    callback = FairPruneCallback(prune_at=3, tolerance=TOLERANCE, **FAST)
+    with pytest.warns(UserWarning, match="did not prune"):
+        trainer(tmp_path, [callback], max_epochs=5, max_steps=2, limit_train_batches=2).fit(
+            classifier(), datamodule=datamodule()
+        )
     assert callback.events == []

@@ -120,7 +120,11 @@ def test_prune_subcommand_preset_target_and_ignored_layers_flags(tmp_path):
     assert options["preset"] == "paper" and options["target_macs"] == 0.7
     assert options["ignored_layers"] == [FIRST_CONV] and options["max_batches"] == 2
     assert report["report"]["macs_ratio"] <= 0.7
-    assert report["level_name"] == "tolerance" and report["level"] == report["tolerance"]
+    assert report["level_name"] == "tolerance" and report["level"] == report["tolerance"]  # the paper's ToD
+    # counts: the units each layer lost, as the report's rows say (coupled layers reconciled)
+    rows = {row["name"]: row["before"] - row["after"] for row in report["report"]["layers"]}
+    assert report["counts"] == {name: removed for name, removed in rows.items() if removed}
+    assert FIRST_CONV not in report["counts"]
     assert cli.model.net.features[0][0].out_channels == 8
 
 

@@ -59,7 +59,12 @@ def test_a_small_budget_splits_the_pass_and_gives_the_same_scores(monkeypatch, c
     whole = compute_scores(model, calibration, memory_budget=None, **OPTIONS)
     estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
     # room for about a quarter of the samples per pass: several passes, some layers split by channels
-    budget = DISTANCE_WORK_BYTES + estimate.reconstruction_bytes + estimate.input_bytes + estimate.samples_bytes // 4
+    budget = (
+        estimate.distance_work_bytes
+        + estimate.reconstruction_bytes
+        + estimate.input_bytes
+        + estimate.samples_bytes // 4
+    )
     chunks = estimate.chunks(budget)
     assert len(chunks) >= 4 and any(
         stop - start < estimate.layers[n][0] for c in chunks for n, (start, stop) in c.items()
@@ -68,7 +73,10 @@ def test_a_small_budget_splits_the_pass_and_gives_the_same_scores(monkeypatch, c
     monkeypatch.setattr(scores_module, "StatisticsCollector", Recording)
     split = compute_scores(model, calibration, memory_budget=budget, verbose=True, **OPTIONS)
     assert split.config["passes"] == len(chunks) == len(Recording.held)
-    assert max(Recording.held) <= budget - DISTANCE_WORK_BYTES - estimate.reconstruction_bytes - estimate.input_bytes
+    assert (
+        max(Recording.held)
+        <= budget - estimate.distance_work_bytes - estimate.reconstruction_bytes - estimate.input_bytes
+    )
     assert f"{len(chunks)} passes" in capsys.readouterr().out
     for name in whole.layers:
         assert torch.equal(split.utilization[name], whole.utilization[name]), name
@@ -78,7 +86,7 @@ def test_a_small_budget_splits_the_pass_and_gives_the_same_scores(monkeypatch, c
 
 def test_chunks_cover_every_unit_once_within_the_budget():
     estimate = estimate_memory(zoo.resnet(width=8, layers=(1, 1, 1)), torch.randn(1, 1, 16, 16), **OPTIONS)
-    fixed = DISTANCE_WORK_BYTES + estimate.reconstruction_bytes + estimate.input_bytes
+    fixed = estimate.distance_work_bytes + estimate.reconstruction_bytes + estimate.input_bytes
     for budget in (fixed + 2 * 300_000, fixed + 2 * 1_000_000, fixed + estimate.samples_bytes):
         covered = {name: [] for name in estimate.layers}
         for chunk in estimate.chunks(budget):
@@ -120,7 +128,12 @@ def test_resnet50_at_224_with_1000_classes_stays_within_a_few_gib():
 def test_one_shot_iterator_cannot_be_passed_twice():
     model = helpers.trained_small_cnn()
     estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
-    budget = DISTANCE_WORK_BYTES + estimate.reconstruction_bytes + estimate.input_bytes + estimate.samples_bytes // 2
+    budget = (
+        estimate.distance_work_bytes
+        + estimate.reconstruction_bytes
+        + estimate.input_bytes
+        + estimate.samples_bytes // 2
+    )
     with pytest.raises(ValueError, match="re-iterable dataloader"):
         compute_scores(model, iter(helpers.calibration_loader(200, 100)), memory_budget=budget, **OPTIONS)
 
@@ -134,10 +147,31 @@ def test_bad_budgets_are_refused(value, match):
 
 
 def test_a_budget_below_one_unit_says_so():
+    model = helpers.trained_small_cnn()
+    estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
     with pytest.raises(ValueError, match="raise memory_budget"):
         compute_scores(
-            helpers.trained_small_cnn(),
+            model,
             helpers.calibration_loader(100, 100),
-            memory_budget=DISTANCE_WORK_BYTES,
+            memory_budget=estimate.distance_work_bytes + estimate.reconstruction_bytes + estimate.input_bytes + 1,
             **OPTIONS,
         )
+
+
+def test_the_estimate_is_in_proportion_and_printed_only_when_it_matters(capsys):
+    """A small CNN's statistics take megabytes, not the distance buffers' cap, and scoring it says
+    nothing about memory; a budget that splits the pass is said."""
+    model = helpers.trained_small_cnn()
+    estimate = estimate_memory(model, helpers.example_inputs(1), **OPTIONS)
+    assert estimate.total_bytes < 64 * 2**20 < DISTANCE_WORK_BYTES
+    compute_scores(model, helpers.calibration_loader(200, 100), verbose=True, **OPTIONS)
+    assert "statistics need" not in capsys.readouterr().out
+    budget = estimate.distance_work_bytes + estimate.reconstruction_bytes + estimate.input_bytes
+    compute_scores(
+        model,
+        helpers.calibration_loader(200, 100),
+        verbose=True,
+        memory_budget=budget + estimate.samples_bytes // 2,
+        **OPTIONS,
+    )
+    assert "statistics need" in capsys.readouterr().out

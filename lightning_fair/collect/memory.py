@@ -55,8 +55,13 @@ from .samples import unit_bytes
 __all__ = ["MemoryEstimate", "estimate_memory", "parse_bytes", "resolve_budget", "screening_bytes"]
 
 CPU_BUDGET = "4GiB"
+#: the estimate is printed before the pass (verbose) from this size on, or when it takes several
+#: passes or this many seconds of distances; below, the pass is quick and small enough to just run
+ANNOUNCE_BYTES = 1 << 30
+ANNOUNCE_SECONDS = 30.0
 AUTO_FRACTION = 0.5
-#: Bytes of the bounded work buffers of one layer's distance computation.
+#: Bytes the work buffers of one layer's distance computation may reach (each of the five holds at most
+#: ``max_pairwise_w1``'s ``max_elements``); a smaller model needs less (:attr:`StatisticsEstimate.distance_work_bytes`).
 DISTANCE_WORK_BYTES = (
     5 * 2**25 * 4
 )  # float32: sorted chunk, stacked class grids, the grid, its weighted copy, distances
@@ -119,6 +124,15 @@ class MemoryEstimate:
         rate = OPS_PER_SECOND.get(device, OPS_PER_SECOND["cpu"]) * (max(threads, 1) if device == "cpu" else 1)
         return self.distance_ops / rate
 
+    def worth_saying(self, budget: Optional[int], device: str = "cpu", threads: int = 1) -> bool:
+        """Whether the estimate is worth printing before the pass: it takes a sizeable share of memory
+        (:data:`ANNOUNCE_BYTES`), several passes, or distances of :data:`ANNOUNCE_SECONDS` or more."""
+        return (
+            self.total_bytes >= ANNOUNCE_BYTES
+            or len(self.chunks(budget)) > 1
+            or self.distance_seconds(device, threads) >= ANNOUNCE_SECONDS
+        )
+
     def cost_warning(self, budget: Optional[int], device: str = "cpu", threads: int = 1) -> Optional[str]:
         """A sentence naming the options that bring the cost down, if the setting would take far too
         long (more than ``MANY_PASSES`` passes, or over an hour of distances); else None."""
@@ -156,10 +170,19 @@ class MemoryEstimate:
         """The two float64 Taylor sums of every scored layer (not of the observed layer inputs)."""
         return sum(16 * c for name, (c, _) in self.layers.items() if consumer_of(name) is None)
 
+    @property
+    def distance_work_bytes(self) -> int:
+        """The distance computation's work buffers for the widest layer: five intermediates of its
+        ``[units, projections, classes, max(samples, classes)]`` elements, at most
+        :data:`DISTANCE_WORK_BYTES` (the computation goes in chunks of units beyond that)."""
+        n, k = max(self.samples_per_class, 1), self.num_classes
+        widest = max((c * b for c, b in self.layers.values()), default=0)
+        return min(DISTANCE_WORK_BYTES, 5 * widest * max(n, k) // n)
+
     def peak_bytes(self, chunk_bytes: Optional[int] = None) -> int:
         """Peak of one pass holding ``chunk_bytes`` of samples (default: everything at once)."""
         held = self.samples_bytes if chunk_bytes is None else chunk_bytes
-        return held + DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
+        return held + self.distance_work_bytes + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -171,7 +194,7 @@ class MemoryEstimate:
         everything = {name: (0, c) for name, (c, _) in self.layers.items()}
         if budget is None or self.peak_bytes() <= budget:
             return [everything]
-        fixed = DISTANCE_WORK_BYTES + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
+        fixed = self.distance_work_bytes + self.reconstruction_bytes + self.input_bytes + self.screening_bytes
         capacity = budget - fixed  # samples held (units are sorted and compared in bounded chunks)
         smallest = min((b for _, b in self.layers.values()), default=1)
         if capacity < smallest:

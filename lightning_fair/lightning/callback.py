@@ -26,6 +26,7 @@ from ..runtime.distributed import is_distributed
 from ..runtime.optim import repoint_optimizer
 from ..scoring.compute import compute_scores
 from ..units.cost import measure
+from .mixin import FairPruningMixin
 from .private import attached_val_loader, generated_state_key, rewrap_ddp
 from .progress import Progress, announce
 from .state import check_callback_state, to_plain
@@ -150,6 +151,66 @@ class FairPruneCallback(Callback):
         self.events: List[Dict[str, Any]] = []
         self.last_result = None
 
+    # ------------------------------------------------------------------ checks before training
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """What can be known before the first training step is checked now: the schedule against
+        ``max_epochs``, the mixin that makes pruned checkpoints load, the first calibration batch."""
+        if self.prune_at == "validate":
+            return
+        self._warned_schedule = False
+        epochs = self._epochs()
+        last = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        if last is not None and epochs and max(epochs) >= last:
+            late = [e for e in epochs if e >= last]
+            self._warned_schedule = True
+            rank_zero_warn(
+                f"FairPruneCallback(prune_at={self.prune_at if isinstance(self.prune_at, int) else list(epochs)}) "
+                f"cannot prune at epoch(s) {late}: max_epochs={last} ends training at epoch {last - 1}"
+                + ("; the gradual schedule stops short of its target" if len(epochs) > 1 else "")
+                + f"; give epochs below {last} (or a larger max_epochs)"
+            )
+        if not isinstance(pl_module, FairPruningMixin) and (trainer.checkpoint_callbacks or self.write_checkpoint):
+            rank_zero_warn(
+                f"{type(pl_module).__name__} does not use FairPruningMixin: checkpoints written after the prune "
+                f"hold narrower layers than {type(pl_module).__name__}() builds, and load_from_checkpoint will "
+                f"fail with a size mismatch; declare class {type(pl_module).__name__}(FairPruningMixin, "
+                "L.LightningModule) (the mixin first)"
+            )
+        self._check_first_batch(trainer, pl_module)
+
+    def _check_first_batch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The first calibration batch unpacks into inputs and labels and holds finite values."""
+        try:
+            loader = self._calibration_loader(trainer, pl_module)
+        except MisconfigurationException:
+            return  # the validation data may come later (said again, with the fix, at the prune)
+        try:
+            batch = next(iter(loader))
+        except StopIteration:
+            raise MisconfigurationException("FairPruneCallback: the calibration dataloader yields no batches") from None
+        except TypeError:
+            return  # not iterable before the loop sets it up
+        where = "FairPruneCallback(dataloader=...)" if self.dataloader is not None else "the validation dataloader"
+        try:
+            inputs, labels = self.unpack(batch)
+        except (TypeError, ValueError) as error:
+            raise MisconfigurationException(
+                f"FairPruneCallback: the first batch of {where} does not unpack into (inputs, labels): {error}. "
+                "Calibration needs labelled batches; pass unpack=lambda batch: (inputs, labels), or labelled data"
+            ) from error
+        tensors = (
+            [inputs]
+            if isinstance(inputs, torch.Tensor)
+            else [v for v in (inputs.values() if isinstance(inputs, dict) else []) if isinstance(v, torch.Tensor)]
+        )
+        for tensor in tensors + [torch.as_tensor(labels)]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise MisconfigurationException(
+                    f"FairPruneCallback: the first batch of {where} holds NaN or inf values; the scores would "
+                    "be undefined. Clean the data (or the transform that makes it) before training"
+                )
+
     # ------------------------------------------------------------------ when
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -160,6 +221,8 @@ class FairPruneCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.prune_at == "fit_end" and not self._done("fit", trainer):
             self.prune_now(trainer, pl_module, stage="fit")
+        elif getattr(self, "_warned_schedule", False):
+            pass  # said at fit start
         elif isinstance(self.prune_at, int) and not any(e["epoch"] == self.prune_at for e in self.events):
             rank_zero_warn(
                 f"FairPruneCallback(prune_at={self.prune_at}) did not prune: training ended at epoch "
@@ -374,7 +437,8 @@ class FairPruneCallback(Callback):
             "fair/params_before": report.params_before,
             "fair/params_after": report.params_after,
             "fair/params_ratio": report.params_ratio,
-            "fair/tolerance": result.tolerance,
+            # the level under its own name: fair/tolerance (ToD), fair/threshold (global), fair/ratio (uniform)
+            f"fair/{result.level_name}": result.level,
             "fair/calibration_loss_before": config["calibration_loss"],
             "fair/calibration_accuracy_before": config["calibration_accuracy"],
             "fair/calibration_loss_after": after["loss"],
@@ -389,7 +453,9 @@ class FairPruneCallback(Callback):
                     "stage": stage,
                     "epoch": int(trainer.current_epoch),
                     "global_step": int(trainer.global_step),
-                    "tolerance": float(result.tolerance),
+                    "level": float(result.level),
+                    "level_name": result.level_name,
+                    **({"tolerance": float(result.level)} if result.level_name == "tolerance" else {}),
                     "macs_ratio": float(report.macs_ratio),
                     "params_ratio": float(report.params_ratio),
                     "report": report.to_dict(),
@@ -399,8 +465,8 @@ class FairPruneCallback(Callback):
                 "event",
             )
         )
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        for logger in trainer.loggers:  # with the epoch, as Lightning logs self.log's metrics
+            logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=trainer.global_step)
         # also where EarlyStopping, ModelCheckpoint and the user read metrics (self.log is not allowed in
         # on_fit_end / on_validation_end, where pruning happens)
         trainer.callback_metrics.update({key: torch.tensor(float(value)) for key, value in metrics.items()})

@@ -27,6 +27,7 @@ import dataclasses
 import inspect
 import json
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -145,13 +146,14 @@ def prune_checkpoint(
         },
         "level": result.level,
         "level_name": result.level_name,
-        "tolerance": result.level,  # the 0.1 key: the level, whatever its kind (read level and level_name)
+        **({"tolerance": result.level} if result.level_name == "tolerance" else {}),
         "validation": {"before": before, "after": after},
         "calibration": {
             "loss": result.scores.config.get("calibration_loss"),
             "accuracy": result.scores.config.get("calibration_accuracy"),
         },
-        "counts": result.counts,
+        # units removed per layer, as the report counts them (coupled layers reconciled)
+        "counts": {row.name: row.before - row.after for row in result.report.layers if row.before != row.after},
         "report": report.to_dict(),
     }
     text = (
@@ -250,7 +252,11 @@ class FairCLI(TrainerInstantiation, LightningCLI):
 
 
 def main(args: Optional[List[str]] = None) -> None:
-    """Entry point of the ``lightning-fair`` command (also ``python -m lightning_fair.lightning.cli``)."""
+    """Entry point of the ``lightning-fair`` command (also ``python -m lightning_fair.lightning.cli``).
+    The working folder is on the import path, as under ``python -m``: ``--model=mymodule.MyModel``
+    finds ``mymodule.py`` there."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     FairCLI(
         args=args,
         parser_kwargs={

@@ -18,7 +18,7 @@ from ..removal.history import describe, is_int
 
 __all__ = ["check_callback_state", "to_plain"]
 
-_EVENT_KEYS = ("stage", "epoch", "global_step", "tolerance", "macs_ratio", "params_ratio", "report")
+_EVENT_KEYS = ("stage", "epoch", "global_step", "macs_ratio", "params_ratio", "report")
 _STAGES = ("fit", "validate")
 
 
@@ -68,8 +68,9 @@ def check_callback_state(state, owner: str = "FairPruneCallback") -> list:
 
     ValueError, naming the entry, if it is not what the callback writes: a dict whose ``events``
     is a list of plain-data records with ``stage`` ('fit' or 'validate'), ``epoch`` and
-    ``global_step`` (integers >= 0), ``tolerance``, ``macs_ratio`` and ``params_ratio`` (finite
-    numbers) and ``report`` (a dict). Other keys are allowed (plain data only).
+    ``global_step`` (integers >= 0), ``level`` (0.2: ``tolerance``, which 0.2 writes only when the
+    level is one), ``macs_ratio`` and ``params_ratio`` (finite numbers) and ``report`` (a dict).
+    Other keys are allowed (plain data only).
     """
 
     def fail(problem: str):
@@ -91,6 +92,8 @@ def check_callback_state(state, owner: str = "FairPruneCallback") -> list:
         if not isinstance(event, Mapping):
             fail(f"{where} must be a dict, got {type(event).__name__}")
         missing = [key for key in _EVENT_KEYS if key not in event]
+        if "level" not in event and "tolerance" not in event:  # 0.1 events hold the level as "tolerance"
+            missing.append("level")
         if missing:
             fail(f"{where} lacks {missing}")
         if event["stage"] not in _STAGES:
@@ -98,7 +101,7 @@ def check_callback_state(state, owner: str = "FairPruneCallback") -> list:
         for key in ("epoch", "global_step"):
             if not is_int(event[key]) or event[key] < 0:
                 fail(f"{where}[{key!r}] must be an integer >= 0, got {describe(event[key], 30)}")
-        for key in ("tolerance", "macs_ratio", "params_ratio"):
+        for key in [k for k in ("level", "tolerance") if k in event] + ["macs_ratio", "params_ratio"]:
             value = event[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 fail(f"{where}[{key!r}] must be a finite number, got {describe(value, 30)}")

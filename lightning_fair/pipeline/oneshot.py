@@ -358,6 +358,18 @@ def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:
     missing = [n for n in scores.layers if n not in names]
     if missing:
         raise ValueError(f"scores name layers the model does not have ({missing[:3]}); compute them on this model")
+    units = unit_counts(model, scores.layers)
+    differ = [
+        f"{n}: {scores.utilization[n].numel()} scored, {units[n]} now"
+        for n in scores.layers
+        if n in units and scores.utilization[n].numel() != units[n]
+    ]
+    if differ:
+        raise ValueError(
+            f"scores= were computed on a model of other widths ({'; '.join(differ[:3])}"
+            f"{'; ...' if len(differ) > 3 else ''}), e.g. before an earlier pruning; compute them on this model "
+            "(lightning_fair.compute_scores(model, loader)) or leave scores= out"
+        )
     return [n for n in scores.layers if n not in protected]
 
 

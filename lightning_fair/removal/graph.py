@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+import warnings
 from collections.abc import Mapping
 from typing import Iterator, List, Optional
 
@@ -75,7 +76,11 @@ def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
         # torch-pruning traces grad_fn: a frozen layer fed by inputs without grad leaves no trace
         for param in model.parameters():
             param.requires_grad_(True)
-        with preserved_modes(model), torch.inference_mode(False), torch.enable_grad():
+        with preserved_modes(model), torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            # parameters outside Conv/Linear/norm layers (cls and position tokens): torch-pruning prunes
+            # them along their channel dimension, which is what the embedding groups need; the planner
+            # keeps those groups whole unless prune_embedding, so its warning says nothing to act on
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             try:
                 graph.build_dependency(
                     model,

@@ -134,12 +134,16 @@ def compute_scores(
             target[start:stop] = layer_utilization(later, name)
         del later
     kept = collector.class_samples.counts
-    short = {k: int(kept[k]) for k in collector.class_samples.chosen.tolist() if 0 < kept[k] < samples_per_class}
+    # a class a little short of samples_per_class changes U by sampling noise only; one with fewer than
+    # a quarter of them (or under 2) compares by a handful of values: said, with the fix
+    floor = max(2, samples_per_class // 4)
+    short = {k: int(kept[k]) for k in collector.class_samples.chosen.tolist() if 0 < kept[k] < floor}
     if short:
         warnings.warn(
-            f"{len(short)} class(es) have fewer calibration samples than samples_per_class={samples_per_class} "
-            f"(class: samples {dict(list(short.items())[:8])}); their utilization distances use what there is. "
-            "Pass more calibration data or a smaller samples_per_class to silence this.",
+            f"{len(short)} class(es) have fewer than {floor} calibration samples, a quarter of "
+            f"samples_per_class={samples_per_class} (class: samples {dict(list(short.items())[:8])}); their "
+            "utilization distances rest on a handful of values. Pass more calibration data (or a smaller "
+            "samples_per_class) to silence this.",
             stacklevel=3,
         )  # past the on_uncompiled wrapper: the caller's line
     scores.config["passes"] = len(collector.chunks)
@@ -151,7 +155,7 @@ def _announce(estimate, budget: Optional[int], device: str, verbose: bool) -> No
     """After the first batch, before the rest of the pass: print the estimate (``verbose``), and
     warn when the setting would take far too long, naming the options that bring it down."""
     threads = torch.get_num_threads()
-    if verbose:
+    if verbose and estimate.worth_saying(budget, device, threads):
         print(estimate.describe(budget, device, threads), flush=True)
     message = estimate.cost_warning(budget, device, threads)
     if message:
