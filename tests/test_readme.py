@@ -18,7 +18,6 @@ BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
 SMALL = [
     (re.compile(r"max_epochs=\d+"), "max_epochs=2"),
     (re.compile(r"prune_at=\d+"), "prune_at=0"),
-    (re.compile(r"epoch=9-step=180"), "epoch=1-step=36"),
 ]
 
 
