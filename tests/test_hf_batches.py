@@ -172,3 +172,31 @@ def test_unpack_may_return_a_dict_of_inputs():
     with torch.no_grad():
         by_hand = sum(float(nn.functional.cross_entropy(result.model(i, t), y)) for i, t, y in batches) / len(batches)
     assert loss == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_padding_does_not_enter_utilization_maps_of_a_classifier():
+    """Classification of padded sequences: the same sequences padded with other junk give the same
+    scores (a unit's token map holds its real tokens only; padded positions carry no gradient)."""
+    torch.manual_seed(0)
+    model = TypedEncoder().eval()
+    generator = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(3):
+        ids = torch.randint(0, VOCAB, (16, 10), generator=generator)
+        lengths = torch.randint(4, 11, (16,), generator=generator)
+        mask = (torch.arange(10) < lengths[:, None]).long()
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": ids[:, 0] % 3})
+
+    def with_junk(seed):
+        junk = torch.Generator().manual_seed(seed)
+        out = []
+        for b in batches:
+            noise = torch.randint(0, VOCAB, b["input_ids"].shape, generator=junk)
+            out.append({**b, "input_ids": torch.where(b["attention_mask"] == 1, b["input_ids"], noise)})
+        return out
+
+    first, second = (compute_scores(model, with_junk(seed), num_projections=8) for seed in (1, 2))
+    assert first.utilization  # the hidden layer is scored
+    for name in first.utilization:
+        torch.testing.assert_close(first.utilization[name], second.utilization[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(first.reconstruction[name], second.reconstruction[name], rtol=1e-4, atol=1e-7)

@@ -251,7 +251,9 @@ class StatisticsCollector:
                 self.next_token_classes.fit(following, self.model)
             recorder = BatchRecorder(self, self.next_token_classes(following), tuple(main_input(inputs).shape))
         else:
-            recorder = BatchRecorder(self, self.checked_labels(labels))
+            mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+            padded = isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool((mask != 0).all())
+            recorder = BatchRecorder(self, self.checked_labels(labels), padding=(mask != 0) if padded else None)
         recorder.model_input = main_input(inputs)
         self._pooled_inputs = {}
         handles = recorder.attach()

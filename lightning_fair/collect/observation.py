@@ -100,13 +100,24 @@ class _FunctionalActivations(TorchFunctionMode):
 class BatchRecorder:
     """Forward hooks for one batch: keeps layer outputs and projects what U observes."""
 
-    def __init__(self, collector: "StatisticsCollector", labels: torch.Tensor, tokens: Optional[tuple] = None):
+    def __init__(
+        self,
+        collector: "StatisticsCollector",
+        labels: torch.Tensor,
+        tokens: Optional[tuple] = None,
+        padding: Optional[torch.Tensor] = None,
+    ):
         """``labels``: the batch's class indices on the host, checked (one per sample; -1: a sample of
         no class U compares). ``tokens``: the ``(batch, length)`` of next-token prediction, whose
-        samples are token positions (:func:`lightning_fair.runtime.batches.token_samples`)."""
+        samples are token positions (:func:`lightning_fair.runtime.batches.token_samples`).
+        ``padding``: classification of padded sequences, the ``[batch, length]`` attention mask: a
+        ``[batch, length, ...]`` activation's padded positions are zeroed in what U observes, so a
+        unit's map holds its real tokens only (the projections of a map then see what they would
+        see of the unpadded sequence)."""
         self.c = collector
         self.labels = labels
         self.tokens = tokens
+        self.padding = padding
         self.outputs: Dict[str, torch.Tensor] = {}
         self.order: List[str] = []
         self.calls: Dict[str, int] = {}
@@ -272,5 +283,10 @@ class BatchRecorder:
         with torch.no_grad():
             # A copy of the selected rows: later in-place ops cannot change it. Only the last
             # stage reached is projected, once, in commit().
-            values = units_view(tensor.detach()[self.selected], module)
+            rows = tensor.detach()[self.selected]
+            mask = self.padding
+            if mask is not None and rows.dim() >= 3 and tuple(tensor.shape[:2]) == tuple(mask.shape):
+                keep = mask.to(rows.device)[self.selected].to(rows.dtype)
+                rows = rows * keep.reshape(*keep.shape, *([1] * (rows.dim() - 2)))
+            values = units_view(rows, module)
         self.observed[name] = (stage, values)
