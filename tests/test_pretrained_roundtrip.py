@@ -121,9 +121,8 @@ def test_save_pretrained_round_trip(saved, family, shapes):
     if shapes == "uniform":
         # one count per field across the layers, written into the config
         assert all(getattr(pruned.config, f) == v for f, v in fields.items())
-        assert not hasattr(pruned.config, CONFIG_KEY)
-    else:
-        assert hasattr(pruned.config, CONFIG_KEY)
+    assert hasattr(pruned.config, CONFIG_KEY)  # the history travels in the config either way
+    if shapes == "per_layer":
         differs = any(getattr(pruned.config, f, v) != v for f, v in fields.items())
         if differs:  # layers that differ from the config's counts: stock from_pretrained refuses them
             assert reloaded["stock"] != "loaded"
@@ -143,3 +142,24 @@ def test_uniform_shapes_prune_every_layer_alike(saved, family):
     original = decoder(family) if family in DECODERS else moe_decoder(family)
     before = {f: v for found in layer_fields(original).values() for f, v in (found or {}).items()}
     assert any(next(iter(values)) < before[f] for f, values in per_field.items())
+
+
+def test_uniform_then_per_layer_prunings_reload_with_load_pretrained(tmp_path):
+    """A model pruned with uniform shapes (config fields rewritten), then per layer: the history in
+    the config starts from the counts before the first pruning, so load_pretrained rebuilds it."""
+    from lightning_fair import load_pretrained
+
+    torch.manual_seed(0)
+    batches, inputs = decoder_tokens(3), decoder_tokens(1, seed=9)[0]
+    model = prune(decoder("llama"), batches, target_params=0.9, shapes="uniform", **FAST).model
+    model = prune(model, batches, target_params=0.85, **FAST).model.eval()
+    model.save_pretrained(tmp_path / "twice")
+    again = load_pretrained(tmp_path / "twice")
+    with torch.no_grad():
+        torch.testing.assert_close(again(inputs).logits, model(inputs).logits, rtol=1e-4, atol=1e-5)
+    uniform_only = prune(decoder("llama"), batches, target_params=0.8, shapes="uniform", **FAST).model.eval()
+    uniform_only.save_pretrained(tmp_path / "uniform")
+    with torch.no_grad():  # a uniform folder loads with load_pretrained too
+        torch.testing.assert_close(
+            load_pretrained(tmp_path / "uniform")(inputs).logits, uniform_only(inputs).logits, rtol=1e-4, atol=1e-5
+        )

@@ -249,7 +249,7 @@ def prune(
             record_pruning(model, planner.history(), main_input(example_inputs))
         # a Hugging Face model's config: the new counts (uniform), or the history to replay (per layer)
         if uniform:
-            write_config(model)
+            write_config(model, pruning_state(model))
         elif pruning_state(model) is not None:
             record_in_config(model, pruning_state(model))
     # report

@@ -8,9 +8,12 @@ were pruned to different widths does not load with ``from_pretrained`` (size mis
   holds is kept whole (:func:`fixed_layers`: BERT's and ViT's heads, whose size the config derives
   from the hidden size; a pooler); after removal :func:`write_config` sets the fields, and the
   ``save_pretrained`` folder loads with stock ``from_pretrained``.
-- ``shapes="per_layer"``: the config keeps its original counts and carries the pruning history
-  (:func:`record_in_config`, under :data:`CONFIG_KEY`), which
-  :func:`lightning_fair.removal.pretrained.load_pretrained` replays on a model built from it.
+- ``shapes="per_layer"``: the config keeps its original counts.
+
+Either way the config carries the pruning history and the counts from before the first pruning
+(:func:`record_in_config`, under :data:`CONFIG_KEY`), which
+:func:`lightning_fair.removal.pretrained.load_pretrained` replays on a model built from them (stock
+``from_pretrained`` ignores the entry).
 
 The config fields of each unit family are the family's own (``UnitFamily.config_fields``); those of
 plain Linear layers (a BERT's intermediate layer) are in :data:`PLAIN_WIDTHS`.
@@ -187,9 +190,11 @@ def fixed_layers(model: nn.Module, layers: List[str], allowed: Optional[Dict[str
     return fixed
 
 
-def write_config(model: nn.Module) -> Dict[str, Dict[str, int]]:
+def write_config(model: nn.Module, state: Optional[dict] = None) -> Dict[str, Dict[str, int]]:
     """Set the config fields of every Hugging Face model in ``model`` to its layers' counts
-    (``shapes="uniform"``), and drop a per-layer history from the config; ``{prefix: fields set}``.
+    (``shapes="uniform"``); ``{prefix: fields set}``. With the pruning ``state``, the history and the
+    counts from before the first pruning go into the config too (:func:`record_in_config`), so that
+    ``load_pretrained`` also reloads the folder, and a later per-layer pruning can be replayed.
 
     Raises:
         ValueError: layers that one field describes have different counts (the model was pruned
@@ -219,11 +224,11 @@ def write_config(model: nn.Module) -> Dict[str, Dict[str, int]]:
             config,
             {f: next(iter(v)) for f, v in values.items() if getattr(config, f, None) != next(iter(v))},
         )
+    if state is not None:  # before the fields change: the counts it records are the original ones
+        record_in_config(model, state)
     for prefix, (config, fields) in plans.items():
         for field, value in fields.items():
             setattr(config, field, value)
-        if hasattr(config, CONFIG_KEY):
-            delattr(config, CONFIG_KEY)
     return {prefix: fields for prefix, (_, fields) in plans.items()}
 
 
