@@ -202,3 +202,16 @@ def test_logged_level_is_named_by_its_kind_and_rows_carry_the_epoch(tmp_path):
     assert not row.get("fair/tolerance")
     event = callback.events[0]
     assert event["level_name"] == "threshold" and "tolerance" not in event
+
+
+def test_a_misspelt_prune_flag_is_said_first_and_alone(capsys):
+    from lightning_fair.lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model=lightning_fair.demos.digits.ImageClassifier", "--prune.target_mac=0.5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "lightning-fair: error: unknown option --prune.target_mac (did you mean --prune.target_macs?)"
+    )
+    assert "usage:" not in err

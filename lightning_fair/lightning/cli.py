@@ -24,6 +24,7 @@ This module is imported only by the CLI: ``import lightning_fair`` does not impo
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import json
 import os
@@ -251,12 +252,41 @@ class FairCLI(TrainerInstantiation, LightningCLI):
             )
 
 
+def misspelt_prune_flags(args: List[str]) -> str:
+    """``"option --prune.target_mac (did you mean 'target_macs'?)"`` for ``--prune.NAME`` flags that
+    name no option of :class:`~lightning_fair.FairPruneCallback`, or ""."""
+    known = tuple(
+        sorted(
+            {n for n in inspect.signature(FairPruneCallback.__init__).parameters if n not in ("self", "options")}
+            | {field.name for field in dataclasses.fields(PruneConfig)}
+            | {"help"}
+        )
+    )
+    names = []
+    for arg in args:
+        if isinstance(arg, str) and arg.startswith("--prune."):
+            name = arg[len("--prune.") :].split("=", 1)[0].split(".", 1)[0]
+            if name and name not in known:
+                names.append(name)
+    if not names:
+        return ""
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"--prune.{name}" + (f" (did you mean --prune.{close[0]}?)" if close else ""))
+    return f"option{'s' if len(names) > 1 else ''} " + ", ".join(parts)
+
+
 def main(args: Optional[List[str]] = None) -> None:
     """Entry point of the ``lightning-fair`` command (also ``python -m lightning_fair.lightning.cli``).
     The working folder is on the import path, as under ``python -m``: ``--model=mymodule.MyModel``
     finds ``mymodule.py`` there."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    misspelt = misspelt_prune_flags(sys.argv[1:] if args is None else args)
+    if misspelt:  # said first and alone, not under jsonargparse's usage text
+        print(f"lightning-fair: error: unknown {misspelt}; --prune.help FairPruneCallback lists them", file=sys.stderr)
+        raise SystemExit(2)
     FairCLI(
         args=args,
         parser_kwargs={
