@@ -215,3 +215,13 @@ def test_a_misspelt_prune_flag_is_said_first_and_alone(capsys):
         "lightning-fair: error: unknown option --prune.target_mac (did you mean --prune.target_macs?)"
     )
     assert "usage:" not in err
+
+
+def test_sweep_says_its_progress(capsys):
+    from lightning_fair import sweep
+
+    torch.manual_seed(0)
+    sweep(zoo.small_cnn(), batches(), targets=[0.7, 0.5], verbose=True, **FAST)
+    out = capsys.readouterr().out
+    assert "sweep: scoring once on the calibration data, then 2 target(s)" in out
+    assert "sweep 1/2: target_macs=0.7" in out and "sweep 2/2: target_macs=0.5" in out

@@ -60,7 +60,14 @@ def sweep_checkpoint(
     held_out = test_loader(model, datamodule)
     with torch.inference_mode(False), torch.enable_grad():
         table = fair_sweep(
-            model, calibration, targets=list(targets), eval_loader=held_out, config=config, budget=budget, logits=logits
+            model,
+            calibration,
+            targets=list(targets),
+            eval_loader=held_out,
+            config=config,
+            budget=budget,
+            logits=logits,
+            verbose=self.is_global_zero,  # a line per target as it is done
         )
     output_dir = output_dir or os.path.join(self.default_root_dir, "sweep")
     if self.is_global_zero:

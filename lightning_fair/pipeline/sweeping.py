@@ -178,6 +178,8 @@ def sweep(
         dataclasses.replace(config, **{**budgets, f"target_{budget}": float(t)}) for t in targets
     ]  # every target checked before the data pass
     if scores is None:
+        if verbose:
+            print(f"sweep: scoring once on the calibration data, then {len(targets)} target(s)", flush=True)
         scores = compute_scores(
             model, calibration_loader, config, loss_fn=loss_fn, unpack=unpack, logits=logits, verbose=verbose
         )
@@ -222,8 +224,8 @@ def sweep(
         )
         if verbose:
             print(
-                f"target_{budget}={target}: kept MACs {result.report.macs_ratio:.1%}, "
-                f"accuracy {held_out['accuracy']:.2%}",
+                f"sweep {len(rows)}/{len(targets)}: target_{budget}={target}: kept MACs "
+                f"{result.report.macs_ratio:.1%}, accuracy {held_out['accuracy']:.2%}",
                 flush=True,
             )
     return SweepResult(
