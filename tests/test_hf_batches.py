@@ -174,11 +174,25 @@ def test_unpack_may_return_a_dict_of_inputs():
     assert loss == pytest.approx(by_hand, rel=1e-5)
 
 
+class TokenMLP(nn.Module):
+    """Token-level layers before a masked mean: ``fc2`` reads ``fc1``'s units at every position."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Embedding(VOCAB, 16)
+        self.fc1, self.fc2, self.head = nn.Linear(16, 48), nn.Linear(48, 16), nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.fc2(torch.relu(self.fc1(self.tokens(input_ids))))
+        weights = torch.ones_like(input_ids, dtype=x.dtype) if attention_mask is None else attention_mask.to(x.dtype)
+        return self.head((x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True))
+
+
 def test_padding_does_not_enter_utilization_maps_of_a_classifier():
     """Classification of padded sequences: the same sequences padded with other junk give the same
     scores (a unit's token map holds its real tokens only; padded positions carry no gradient)."""
     torch.manual_seed(0)
-    model = TypedEncoder().eval()
+    model = TokenMLP().eval()
     generator = torch.Generator().manual_seed(3)
     batches = []
     for _ in range(3):
@@ -196,6 +210,12 @@ def test_padding_does_not_enter_utilization_maps_of_a_classifier():
         return out
 
     first, second = (compute_scores(model, with_junk(seed), num_projections=8) for seed in (1, 2))
+    for name in first.input_means:  # mean replacement's estimates leave the padding out too
+        torch.testing.assert_close(first.input_means[name], second.input_means[name], rtol=1e-5, atol=1e-7)
+    # and so does the refit: the same units go and their consumers get the same weights
+    pruned = [prune(copy.deepcopy(model), with_junk(seed), target_macs=0.7, num_projections=8).model for seed in (1, 2)]
+    for a, b in zip(pruned[0].parameters(), pruned[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert first.utilization  # the hidden layer is scored
     for name in first.utilization:
         torch.testing.assert_close(first.utilization[name], second.utilization[name], rtol=1e-4, atol=1e-6)

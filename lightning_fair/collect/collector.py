@@ -52,6 +52,8 @@ from ..runtime.batches import (
     main_input,
     mask_padding,
     next_token_pairs,
+    padding_mask,
+    real_rows,
     select_logits,
 )
 from ..runtime.distributed import is_distributed
@@ -174,6 +176,8 @@ class StatisticsCollector:
         self.input_aliases: Dict[str, str] = {}
         self.input_order: List[str] = []
         self._pooled_inputs: Dict[str, torch.Tensor] = {}
+        #: this batch's real tokens when its keyword inputs are padded (:func:`padding_mask`), else None
+        self._padding: Optional[torch.Tensor] = None
         #: NaN/inf checks: at once on the CPU, read once at the end of the pass on a GPU
         self.checks = FiniteChecks(self.device)
         self.on_plan: Optional[Callable] = None  # called with the MemoryEstimate after the first batch
@@ -255,6 +259,7 @@ class StatisticsCollector:
             padded = isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool((mask != 0).all())
             recorder = BatchRecorder(self, self.checked_labels(labels), padding=(mask != 0) if padded else None)
         recorder.model_input = main_input(inputs)
+        self._padding = padding_mask(inputs)
         self._pooled_inputs = {}
         handles = recorder.attach()
         handles += [m.register_forward_pre_hook(self._input_hook(n)) for n, m in self.consumers.items()]
@@ -461,7 +466,8 @@ class StatisticsCollector:
             if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
                 with torch.no_grad():
                     x = args[0].detach().to(torch.float64)
-                    self.inputs.add(name, x, module)
+                    # padded token positions stay out of the mean input (mean replacement's estimate)
+                    self.inputs.add(name, real_rows(x, self._padding) if isinstance(module, nn.Linear) else x, module)
                     pooled = pooled_input(x, module) if self.collects_screening else None
                     if pooled is not None:
                         self._pooled_inputs[name] = pooled

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime.batches import batch_inputs, call_model, inputs_to, model_device
+from ..runtime.batches import batch_inputs, call_model, inputs_to, model_device, padding_mask, real_rows
 from ..runtime.distributed import all_reduce_sum, is_distributed
 from ..runtime.guards import preserved_modes
 from ..units.channels import is_depthwise
@@ -275,7 +275,8 @@ def collect_refit_statistics(
 
         def hook(_module, args, output):
             x, y = args[0].detach(), output.detach()
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear):  # padded token positions are no rows of the fit
+                x, y = real_rows(x, current["mask"]), real_rows(y, current["mask"])
                 stats[name].add(_rows(module, x, kept_in).float(), _targets_rows(module, y, kept_out).float())
                 return
             if x.dim() == module.weight.dim() - 1:  # an unbatched input
@@ -290,6 +291,7 @@ def collect_refit_statistics(
 
     handles = []
     used = 0
+    current: Dict[str, Optional[torch.Tensor]] = {"mask": None}  # this batch's real tokens (padded inputs)
     with torch.inference_mode(False), torch.no_grad(), preserved_modes(model):
         model.eval()
         try:
@@ -297,6 +299,7 @@ def collect_refit_statistics(
                 handles.append(modules[name].register_forward_hook(make_hook(name)))
             for batch in dataloader:
                 inputs = inputs_to(batch_inputs(batch, unpack), device)
+                current["mask"] = padding_mask(inputs)
                 call_model(model, inputs)
                 used += 1
                 if max_batches is not None and used >= max_batches:

@@ -30,6 +30,8 @@ __all__ = [
     "inputs_to",
     "main_input",
     "mask_padding",
+    "padding_mask",
+    "real_rows",
     "IGNORE_INDEX",
     "default_unpack",
     "first_inputs",
@@ -126,6 +128,28 @@ def inputs_to(inputs, device):
         return inputs
     inputs = inputs.to(device, non_blocking=True)  # from the host: no wait for the device's queue
     return inputs.clone() if inputs.is_inference() else inputs
+
+
+def padding_mask(inputs) -> Optional[torch.Tensor]:
+    """``[batch, length]`` True at the real tokens of padded keyword inputs (``attention_mask`` with a
+    zero somewhere), else None.
+
+    Example:
+        >>> padding_mask({"input_ids": torch.zeros(1, 3), "attention_mask": torch.tensor([[1, 1, 0]])}).tolist()
+        [[True, True, False]]
+    """
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool((mask != 0).all()):
+        return None
+    return mask != 0
+
+
+def real_rows(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x`` ``[batch, length, ...]`` as ``[n, ...]`` rows of its real tokens (``mask``: :func:`padding_mask`);
+    any other ``x`` (or no mask) as it is."""
+    if mask is None or x.dim() < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+        return x
+    return x[mask.to(x.device)]
 
 
 def mask_padding(inputs, target: torch.Tensor) -> torch.Tensor:
