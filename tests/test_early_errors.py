@@ -225,3 +225,18 @@ def test_sweep_says_its_progress(capsys):
     out = capsys.readouterr().out
     assert "sweep: scoring once on the calibration data, then 2 target(s)" in out
     assert "sweep 1/2: target_macs=0.7" in out and "sweep 2/2: target_macs=0.5" in out
+
+
+def test_a_target_that_keeps_everything_returns_at_once(monkeypatch):
+    import lightning_fair.pipeline.oneshot as oneshot
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored although nothing is to be removed")
+
+    monkeypatch.setattr(oneshot, "compute_scores", no_scoring)
+    model = zoo.small_cnn()
+    before = [p.detach().clone() for p in model.parameters()]
+    result = prune(model, batches(), target_macs=1.0, **FAST)
+    assert result.model is model and result.report.macs_ratio == 1.0 and result.level_name == "none"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert "keeps everything" in str(result.report)

@@ -325,6 +325,9 @@ class FairPruneCallback(Callback):
                 config, schedule = self._config_now(trainer, pl_module, example)
                 if config is None:  # this step of the schedule is already met: nothing to do
                     return
+                if config.target and min(config.target.values()) >= 1.0:
+                    rank_zero_info(f"lightning_fair: target {config.target} keeps everything; nothing to prune")
+                    return
                 step = "scoring units on the calibration data"
                 scores = compute_scores(
                     pl_module,

@@ -81,8 +81,8 @@ class PruneResult:
         level: where the allocation was cut (given, or found by search for a target); what it is
             says ``level_name``.
         level_name: ``"tolerance"`` (ToD: the tolerance of difference), ``"threshold"`` (global:
-            the threshold on layer-normalised scores) or ``"ratio"`` (uniform: the fraction of
-            every layer removed).
+            the threshold on layer-normalised scores), ``"ratio"`` (uniform: the fraction of
+            every layer removed) or ``"none"`` (a target that keeps everything: nothing scored).
         kept: original indices each changed module kept, ``{name: {"out": idxs, "in": idxs}}``.
         config: the resolved :class:`PruneConfig` (the preset's values filled in).
     """
@@ -173,6 +173,8 @@ def prune(
     example_inputs = resolve_example_inputs(model, dataloader, example_inputs, unpack, logits)
     check_recalibration(config, model, dataloader)
     check_refit(config, dataloader)
+    if config.target and min(config.target.values()) >= 1.0:  # keep everything: nothing to score or remove
+        return nothing_removed(model if inplace else copy.deepcopy(model), scores, example_inputs, config)
     # trace: torch-pruning's graph before the (expensive) scoring pass, so that a model it cannot trace fails fast
     target = model if inplace else copy.deepcopy(model)
     graph = build_graph(target, example_inputs)
@@ -331,6 +333,38 @@ def check_recalibration(config: PruneConfig, model: nn.Module, dataloader) -> No
             "...)): scores reused from compute_scores still skip the scoring pass; or recalibrate=False to "
             "prune without re-estimation; lightning_fair.sweep(...) prunes several targets from one scoring pass"
         )
+
+
+def nothing_removed(model: nn.Module, scores: Optional[FairScores], example_inputs, config: PruneConfig) -> PruneResult:
+    """The result of a target that keeps everything (``target_macs=1.0``): the model as it is, its
+    report, no scoring pass (``scores`` as given, or empty)."""
+    macs, params = measure(model, example_inputs)
+    embeddings = embedding_params(model)
+    report = PruneReport(
+        layers=[],
+        macs_before=macs,
+        macs_after=macs,
+        params_before=params,
+        params_after=params,
+        target=config.target,
+        notes=[f"target {config.target} keeps everything: nothing was scored or removed"],
+        options=config.to_dict(),
+        macs_per=macs_basis(example_inputs),
+        embedding_params_before=embeddings,
+        embedding_params_after=embeddings,
+    )
+    return PruneResult(
+        model=model,
+        scores=scores if scores is not None else FairScores({}, {}),
+        report=report,
+        counts={},
+        removed={},
+        history=[],
+        level=0.0,
+        level_name="none",
+        kept={},
+        config=config,
+    )
 
 
 def resolve_example_inputs(
