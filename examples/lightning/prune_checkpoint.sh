@@ -12,9 +12,11 @@ COMMON=(--model=lightning_fair.demos.digits.ImageClassifier --data=lightning_fai
         --seed_everything=0 --trainer.enable_progress_bar=false --trainer.enable_model_summary=false)
 
 # 1. train without pruning (a stand-in for any trained checkpoint)
+#    (a ModelCheckpoint with save_last: checkpoints/last.ckpt, whatever the data size)
 $LF fit "${COMMON[@]}" --model.width=16 --trainer.max_epochs=10 --trainer.logger=false \
-    --trainer.default_root_dir="$OUT/train"
-CKPT=$(ls -t "$OUT"/train/checkpoints/*.ckpt | head -n 1)
+    --trainer.default_root_dir="$OUT/train" \
+    --trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint --trainer.callbacks.save_last=true
+CKPT="$OUT/train/checkpoints/last.ckpt"
 
 # 2. prune it one-shot on the validation split: keep at most half of the MACs
 $LF prune "${COMMON[@]}" --ckpt_path="$CKPT" --target_macs=0.5 --output_dir="$OUT/pruned"
