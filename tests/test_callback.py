@@ -790,7 +790,10 @@ def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):
     callback = FairPruneCallback(
         prune_at=0, tolerance=TOLERANCE, max_batches=3, refit=False, **{**FAST, "progress": True}
     )
-    trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2, enable_progress_bar=True).fit(
+    # Lightning's tqdm bar (with rich installed, Lightning's default is RichProgressBar: next test)
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    trainer(tmp_path, [TQDMProgressBar(), callback], max_epochs=1, limit_train_batches=2, enable_progress_bar=True).fit(
         model, datamodule=dm
     )
     ours = [bar for bar in bars if bar.desc.startswith("lightning_fair")]
@@ -805,6 +808,51 @@ def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):
     callback = FairPruneCallback(prune_at=0, tolerance=TOLERANCE, **{**FAST, "progress": True})
     trainer(tmp_path, [callback], max_epochs=1, limit_train_batches=2).fit(classifier(), datamodule=datamodule())
     assert not [bar for bar in bars if bar.desc.startswith("lightning_fair")]
+
+
+def test_under_a_rich_progress_bar_the_passes_are_tasks_of_its_display(tmp_path, monkeypatch):
+    # a tqdm bar under Rich's live display prints a new line per update: the passes become tasks of
+    # the Trainer's own display instead, removed when each pass ends
+    pytest.importorskip("rich")
+    import tqdm.auto
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class NoTqdm(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            if str(kwargs.get("desc", "")).startswith("lightning_fair"):
+                raise AssertionError("a tqdm bar under RichProgressBar")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", NoTqdm)
+    seen = []
+
+    class Watching(RichProgressBar):
+        def on_train_epoch_end(self, trainer, pl_module):
+            super().on_train_epoch_end(trainer, pl_module)
+            display = self.progress
+            original = display.update
+
+            def update(task_id, **kwargs):
+                task = display._tasks[task_id]
+                if task.description.startswith("lightning_fair"):
+                    seen.append((task.description, task.total, kwargs.get("advance")))
+                return original(task_id, **kwargs)
+
+            display.update = update
+
+    bar = Watching()
+    callback = FairPruneCallback(
+        prune_at=0, tolerance=TOLERANCE, max_batches=3, refit=False, **{**FAST, "progress": True}
+    )
+    # the bar's callback runs before ours (callbacks run in list order), so its display is live
+    trainer(tmp_path, [bar, callback], max_epochs=1, limit_train_batches=2, enable_progress_bar=True).fit(
+        classifier(), datamodule=datamodule()
+    )
+    assert callback.last_result is not None
+    scoring = [row for row in seen if row[0] == "lightning_fair: scoring units"]
+    batchnorm = [row for row in seen if row[0] == "lightning_fair: re-estimating BatchNorm"]
+    assert len(scoring) == 3 and len(batchnorm) == 3 and all(row[1] == 3 and row[2] == 1 for row in scoring)
+    assert not [t for t in bar.progress.tasks if t.description.startswith("lightning_fair")], "tasks left behind"
 
 
 def test_two_callbacks_prune_at_two_epochs(tmp_path):

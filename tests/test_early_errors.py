@@ -3,6 +3,7 @@ once, scores computed on another model, the console script importing the user's 
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -30,6 +31,23 @@ def test_a_tolerance_beside_another_budget_is_an_error(budget):
     with pytest.raises(ValueError, match="two budgets"):
         prune(zoo.small_cnn(), batches(), tolerance=0.1, **budget)
     assert PruneConfig(**budget).resolved()  # the default tolerance beside it is no conflict
+
+
+def test_a_tolerance_that_leaves_little_is_warned_about():
+    import warnings
+
+    import helpers
+
+    model = helpers.trained_small_cnn()
+    scores = compute_scores(model, helpers.calibration_loader(), **FAST)
+    with pytest.warns(UserWarning, match=r"tolerance=1 kept \d+\.\d % of the MACs .*target_macs=") as record:
+        result = prune(copy.deepcopy(model), helpers.calibration_loader(), scores=scores, tolerance=1.0, **FAST)
+    assert result.report.macs_after / result.report.macs_before < 0.2
+    assert len([w for w in record if "kept" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*kept .* of the MACs")
+        prune(copy.deepcopy(model), helpers.calibration_loader(), scores=scores, tolerance=0.1, **FAST)
+        prune(copy.deepcopy(model), helpers.calibration_loader(), scores=scores, target_macs=0.1, **FAST)
 
 
 def test_scores_of_another_model_are_refused_before_anything_changes():

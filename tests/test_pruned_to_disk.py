@@ -116,3 +116,25 @@ def test_no_checkpoint_directory_writes_nothing_into_the_current_directory(tmp_p
     assert callback.events[-1].get("checkpoint") is None
     assert widths(model) != widths(lh.classifier())  # pruned all the same
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("bar", ["tqdm", "rich"])
+def test_the_checkpoint_line_goes_through_the_progress_bar(tmp_path, bar):
+    """The "pruned checkpoint written" line was a log record under a live bar (cut at the terminal's
+    width); it is printed by the bar, with each path on a line of its own."""
+    pytest.importorskip("rich") if bar == "rich" else None
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    printed = []
+    base = TQDMProgressBar if bar == "tqdm" else RichProgressBar
+
+    class Recording(base):
+        def print(self, *args, **kwargs):
+            printed.append(" ".join(map(str, args)))
+
+    callback = FairPruneCallback(prune_at="validate", **FAST)
+    trainer = lh.trainer(tmp_path, [Recording(), callback], enable_progress_bar=True)
+    trainer.validate(lh.classifier(), datamodule=lh.datamodule())
+    written = [text for text in printed if "pruned checkpoint written" in text]
+    assert len(written) == 1
+    assert written[0].splitlines()[1].strip() == callback.events[-1]["checkpoint"]

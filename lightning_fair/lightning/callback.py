@@ -415,7 +415,7 @@ class FairPruneCallback(Callback):
         total = len(loader) if hasattr(loader, "__len__") else None
         if total is not None and self.config.max_batches:
             total = min(total, self.config.max_batches)
-        return Progress(loader, total)
+        return Progress(loader, total, trainer.progress_bar_callback)
 
     def _log(
         self,

@@ -1,11 +1,16 @@
 """Progress and messages inside a Trainer: a calibration loader with a progress bar on every pass
-(scoring, then BatchNorm re-estimation), and text printed without breaking Lightning's bars."""
+(scoring, then BatchNorm re-estimation), and text printed without breaking Lightning's bars.
+
+Under Lightning's ``RichProgressBar`` the pass is a task of that bar's own live display (a tqdm bar
+there would print a new line per update); under ``TQDMProgressBar`` it is a tqdm bar beside
+Lightning's."""
 
 from __future__ import annotations
 
 from typing import Optional
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 __all__ = ["Progress", "announce"]
@@ -23,17 +28,47 @@ def announce(trainer: Trainer, text: str) -> None:
         rank_zero_info(text)
 
 
-class Progress:
-    """A loader with a progress bar on every pass (scoring, then BatchNorm re-estimation)."""
+def live_rich_display(bar):
+    """The running ``rich`` display of a ``RichProgressBar`` (None for other bars, or when it has not
+    started or has stopped)."""
+    if not isinstance(bar, RichProgressBar):
+        return None
+    display = bar.progress
+    if display is None or not display.live.is_started:
+        return None
+    return display
 
-    def __init__(self, loader, total: Optional[int]):
-        self.loader, self.total, self.passes = loader, total, 0
+
+class Progress:
+    """A loader with a progress bar on every pass (scoring, then BatchNorm re-estimation): a task of
+    the Trainer's rich display when it has one, else a tqdm bar."""
+
+    def __init__(self, loader, total: Optional[int], bar=None):
+        self.loader, self.total, self.bar, self.passes = loader, total, bar, 0
 
     def __iter__(self):
-        from tqdm.auto import tqdm
-
         self.passes += 1
         desc = "lightning_fair: scoring units" if self.passes == 1 else "lightning_fair: re-estimating BatchNorm"
+        display = live_rich_display(self.bar)
+        if display is not None:
+            yield from self._rich(display, desc)
+        else:
+            yield from self._tqdm(desc)
+
+    def _rich(self, display, desc: str):
+        task = display.add_task(desc, total=float(self.total) if self.total is not None else float("inf"))
+        try:
+            for done, batch in enumerate(self.loader):
+                if self.total is not None and done >= self.total:
+                    return  # max_batches reached: the pass stops here anyway
+                display.update(task, advance=1)
+                yield batch
+        finally:
+            display.remove_task(task)
+
+    def _tqdm(self, desc: str):
+        from tqdm.auto import tqdm
+
         # disable=None: no bar when the output is not a terminal (a log file gets no cursor codes)
         with tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
             for batch in self.loader:

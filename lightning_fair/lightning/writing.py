@@ -8,6 +8,8 @@ from typing import Optional
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from .progress import announce
+
 __all__ = ["PRUNED_CHECKPOINT", "checkpoint_dir", "write_pruned_checkpoint"]
 
 #: file name of the pruned checkpoint written after each pruning
@@ -55,9 +57,11 @@ def write_pruned_checkpoint(trainer: Trainer, last_too: bool = False) -> Optiona
             "trainer.save_checkpoint(...)"
         )
         return None
-    rank_zero_info(
-        f"lightning_fair: pruned checkpoint written to {path}"
-        + (f" (and {last})" if len(paths) > 1 else "")
-        + "; it loads with load_from_checkpoint when the module uses FairPruningMixin"
+    # through the progress bar's print: a log line under a live bar is overdrawn or cut at the
+    # terminal's width; the paths go on lines of their own so that a narrow terminal wraps only them
+    announce(
+        trainer,
+        "lightning_fair: pruned checkpoint written (load_from_checkpoint reads it when the module uses "
+        "FairPruningMixin):\n  " + "\n  ".join(paths),
     )
     return path

@@ -14,6 +14,7 @@ compensation and re-estimation are the same for both.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -278,6 +279,8 @@ def prune(
         embedding_params_before=embeddings_before,
         embedding_params_after=embedding_params(model),
     )
+    if not config.target:
+        warn_if_little_is_left(report, level, allocation.level_name)
     return PruneResult(
         model=model,
         scores=scores,
@@ -293,6 +296,23 @@ def prune(
 
 
 # ---------------------------------------------------------------------- stages
+#: below this fraction of the MACs kept, a level given without a target is said to have gone far
+LITTLE_LEFT = 0.2
+
+
+def warn_if_little_is_left(report: PruneReport, level: float, level_name: str) -> None:
+    """A warning when a level given directly (``tolerance=``, ``ratio=``, not a budget) left less
+    than ``LITTLE_LEFT`` of the MACs: a level says how far scores may disagree or how much of each
+    layer may go, not how much of the model is removed, and ``tolerance=1.0`` keeps almost nothing."""
+    if report.macs_before and report.macs_after / report.macs_before < LITTLE_LEFT:
+        warnings.warn(
+            f"{level_name}={level:g} kept {100 * report.macs_after / report.macs_before:.1f} % of the MACs "
+            f"(params {100 * report.params_after / max(report.params_before, 1):.1f} %); for a budget pass "
+            "target_macs=... or target_params=... instead (a smaller tolerance removes less)",
+            stacklevel=3,
+        )
+
+
 def check_calibration(config: PruneConfig, dataloader, scores, example_inputs) -> None:
     """What must come with the options: calibration data, or scores and example inputs
     (``config`` as given: ``recalibrate=True`` asked for explicitly needs a dataloader)."""
