@@ -67,6 +67,7 @@ METHODS = {
     "fair_uniform": 'FAIR, `shapes="uniform"`',
     "fair_round64": "FAIR, `round_to=64`",
     "fair_norefit": "FAIR, `refit=False`",
+    "fair_nocomp": "FAIR, `refit=False, compensate=False`",
     "fair_output": 'FAIR, `observe="output"`',
     "l2": "torch-pruning uniform L2 (heads + FFN)",
     "taylor": "torch-pruning uniform Taylor (heads + FFN)",
@@ -80,6 +81,7 @@ FAIR_OPTIONS = {
     "fair_uniform": {"shapes": "uniform"},
     "fair_round64": {"round_to": 64},
     "fair_norefit": {"refit": False},
+    "fair_nocomp": {"refit": False, "compensate": False},  # no mean replacement either
     "fair_output": {"observe": "output"},  # U on the Linear output, before GELU (scored apart)
 }
 
