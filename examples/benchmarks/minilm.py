@@ -10,9 +10,9 @@ pruning, one-shot and after a short fine-tune, with the CPU latency of the prune
   (the attention mask goes to the model in every pass).
 - FAIR: the default pipeline, ``shapes="per_layer"`` and ``shapes="uniform"`` (BERT's config cannot
   hold a head count of its own, so uniform keeps the heads and prunes the feed-forward neurons alike
-  in every layer), ``round_to=64`` (feed-forward widths in multiples of 64), ``refit=False`` and
-  ``observe="output"`` (U on the Linear output, before GELU; scored apart), one scoring pass for the
-  first eight prunings.
+  in every layer), ``round_to=64`` (feed-forward widths in multiples of 64), ``refit=False``, ``refit=False,
+  compensate=False`` and ``observe="output"`` (U on the Linear output, before GELU; scored apart),
+  one scoring pass for the other prunings.
 - torch-pruning 1.6 ``MetaPruner``: whole heads (``num_heads``, ``prune_num_heads=True``) and
   feed-forward neurons, the residual stream kept (attention-output and output dense layers and the
   head ignored): uniform L2, uniform Taylor, global L2; the ratio searched to each target.
@@ -368,7 +368,7 @@ def to_markdown(r: dict) -> str:
         f"tweets, test {s['test']}; padded to {SEQ_LEN} tokens, the attention mask passed in every pass. "
         f"Unpruned: **{r['baseline']:.1f} %** test accuracy, {r['macs'] / 1e6:.0f} M MACs per tweet (Linear "
         f"layers), {r['params'] / 1e6:.1f} M parameters. FAIR scores once ({r['scoring_s']:.0f} s, 2 threads) "
-        'for its first eight prunings (`observe="output"` scores apart). Fine-tune: AdamW lr 5e-5, one pass over '
+        'for all its prunings but `observe="output"`, scored apart. Fine-tune: AdamW lr 5e-5, one pass over '
         f"{s['finetune']} training tweets, batch 32. Cells: test accuracy % (kept MACs).",
         "",
         "```bash",
