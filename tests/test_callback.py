@@ -786,10 +786,8 @@ def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
     model, dm = classifier(), datamodule()
-    # refit=False: the refit's pass has no progress bar of its own yet
-    callback = FairPruneCallback(
-        prune_at=0, tolerance=TOLERANCE, max_batches=3, refit=False, **{**FAST, "progress": True}
-    )
+    # every pass has a bar named by what it does: scoring, the refit's statistics, BatchNorm
+    callback = FairPruneCallback(prune_at=0, target_macs=0.6, max_batches=3, **{**FAST, "progress": True})
     # Lightning's tqdm bar (with rich installed, Lightning's default is RichProgressBar: next test)
     from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -798,10 +796,15 @@ def test_progress_bar_follows_the_scoring_pass(tmp_path, monkeypatch):
     )
     ours = [bar for bar in bars if bar.desc.startswith("lightning_fair")]
     assert callback.last_result.report.recalibrated, "the test model has BatchNorm: it is re-estimated"
-    assert [bar.desc for bar in ours] == ["lightning_fair: scoring units", "lightning_fair: re-estimating BatchNorm"]
+    assert callback.last_result.report.refitted, "the refit ran: its pass has a bar"
+    assert [bar.desc for bar in ours] == [
+        "lightning_fair: scoring units",
+        "lightning_fair: refitting consumers",
+        "lightning_fair: re-estimating BatchNorm",
+    ]
     assert all(bar.total == 3 for bar in ours)
     assert callback.last_result.scores.config["num_batches"] == 3
-    assert ours[0].n == 3 and ours[1].n == 3, "the progress bars did not follow the two passes"
+    assert all(bar.n == 3 for bar in ours), "the progress bars did not follow the three passes"
 
     # a Trainer without progress bars gets none from us either
     bars.clear()

@@ -40,15 +40,22 @@ def live_rich_display(bar):
 
 
 class Progress:
-    """A loader with a progress bar on every pass (scoring, then BatchNorm re-estimation): a task of
-    the Trainer's rich display when it has one, else a tqdm bar."""
+    """A loader with a progress bar on every pass (scoring, the refit's statistics, BatchNorm
+    re-estimation, each named by the pipeline): a task of the Trainer's rich display when it has
+    one, else a tqdm bar."""
 
     def __init__(self, loader, total: Optional[int], bar=None):
         self.loader, self.total, self.bar, self.passes = loader, total, bar, 0
+        self.next_name: Optional[str] = None
+
+    def name_next_pass(self, what: str) -> None:
+        """What the next pass is for (the pipeline says it: ``runtime.batches.name_next_pass``)."""
+        self.next_name = what
 
     def __iter__(self):
         self.passes += 1
-        desc = "lightning_fair: scoring units" if self.passes == 1 else "lightning_fair: re-estimating BatchNorm"
+        what, self.next_name = self.next_name or ("scoring units" if self.passes == 1 else "a further pass"), None
+        desc = f"lightning_fair: {what}"
         display = live_rich_display(self.bar)
         if display is not None:
             yield from self._rich(display, desc)

@@ -54,6 +54,7 @@ from ..runtime.batches import (
     is_token_ids,
     main_input,
     model_device,
+    name_next_pass,
     select_logits,
 )
 from ..runtime.guards import on_uncompiled, preserved_modes, rollback
@@ -542,7 +543,8 @@ def gather_refit(
             f"over memory_budget: gathered in {len(parts)} passes"
         )
     statistics: Dict[str, LeastSquares] = {}
-    for part in parts:
+    for number, part in enumerate(parts, 1):
+        name_next_pass(dataloader, "refitting consumers" + (f" ({number}/{len(parts)})" if len(parts) > 1 else ""))
         statistics.update(
             collect_refit_statistics(
                 planner.model, part, dataloader, unpack=unpack, max_batches=config.max_batches, distributed=distributed
@@ -582,6 +584,7 @@ def repair(
     recalibrated: List[str] = []
     if config.recalibrate and dataloader is not None:
         _fresh_norm_buffers(model)  # re-estimation writes in place; the snapshot keeps the old tensors
+        name_next_pass(dataloader, "re-estimating BatchNorm")
         recalibrated = recalibrate_bn(
             model, dataloader, max_batches=config.max_batches, unpack=unpack, distributed=distributed
         )

@@ -30,6 +30,7 @@ __all__ = [
     "inputs_to",
     "main_input",
     "mask_padding",
+    "name_next_pass",
     "padding_mask",
     "real_rows",
     "IGNORE_INDEX",
@@ -128,6 +129,18 @@ def inputs_to(inputs, device):
         return inputs
     inputs = inputs.to(device, non_blocking=True)  # from the host: no wait for the device's queue
     return inputs.clone() if inputs.is_inference() else inputs
+
+
+def name_next_pass(dataloader, what: str) -> None:
+    """Tell a calibration loader that shows progress (the callback's progress bar) what its next
+    pass over the data is for, e.g. ``"refitting consumers"``; any other iterable is left alone.
+
+    Example:
+        >>> name_next_pass([torch.zeros(1)], "refitting consumers")  # a plain list: nothing to tell
+    """
+    tell = getattr(dataloader, "name_next_pass", None)
+    if callable(tell):
+        tell(what)
 
 
 def padding_mask(inputs) -> Optional[torch.Tensor]:
