@@ -1,5 +1,6 @@
 """Progress and messages inside a Trainer: a calibration loader with a progress bar on every pass
-(scoring, then BatchNorm re-estimation), and text printed without breaking Lightning's bars.
+(scoring, the refit's statistics, BatchNorm re-estimation), and text printed without breaking
+Lightning's bars.
 
 Under Lightning's ``RichProgressBar`` the pass is a task of that bar's own live display (a tqdm bar
 there would print a new line per update); under ``TQDMProgressBar`` it is a tqdm bar beside

@@ -309,7 +309,7 @@ def warn_if_little_is_left(report: PruneReport, level: float, level_name: str) -
         warnings.warn(
             f"{level_name}={level:g} kept {100 * report.macs_after / report.macs_before:.1f} % of the MACs "
             f"(params {100 * report.params_after / max(report.params_before, 1):.1f} %); for a budget pass "
-            "target_macs=... or target_params=... instead (a smaller tolerance removes less)",
+            "target_macs=... or target_params=... instead (a smaller tolerance or ratio removes less)",
             stacklevel=3,
         )
 
