@@ -829,7 +829,15 @@ def test_under_a_rich_progress_bar_the_passes_are_tasks_of_its_display(tmp_path,
     monkeypatch.setattr(tqdm.auto, "tqdm", NoTqdm)
     seen = []
 
+    repaints = []
+
     class Watching(RichProgressBar):
+        def refresh(self, hard: bool = False) -> None:
+            # Lightning's display repaints only when its bar asks: ours must ask on every update
+            if self.progress is not None:
+                repaints.append([t.description for t in self.progress.tasks if t.description.startswith("lightning")])
+            super().refresh(hard)
+
         def on_train_epoch_end(self, trainer, pl_module):
             super().on_train_epoch_end(trainer, pl_module)
             display = self.progress
@@ -856,6 +864,8 @@ def test_under_a_rich_progress_bar_the_passes_are_tasks_of_its_display(tmp_path,
     batchnorm = [row for row in seen if row[0] == "lightning_fair: re-estimating BatchNorm"]
     assert len(scoring) == 3 and len(batchnorm) == 3 and all(row[1] == 3 and row[2] == 1 for row in scoring)
     assert not [t for t in bar.progress.tasks if t.description.startswith("lightning_fair")], "tasks left behind"
+    assert sum(["lightning_fair: scoring units"] == r for r in repaints) >= 3, "the display was not asked to repaint"
+    assert [] in repaints[repaints.index(["lightning_fair: scoring units"]) :], "no repaint after the task went"
 
 
 def test_two_callbacks_prune_at_two_epochs(tmp_path):

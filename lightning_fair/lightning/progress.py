@@ -64,15 +64,19 @@ class Progress:
             yield from self._tqdm(desc)
 
     def _rich(self, display, desc: str):
-        task = display.add_task(desc, total=float(self.total) if self.total is not None else float("inf"))
+        # Lightning's display repaints only when its bar asks (``refresh``): without it our task
+        # would stand still, and once removed would linger in the last frame
+        task = display.add_task(desc, total=self.total if self.total is not None else float("inf"))
         try:
             for done, batch in enumerate(self.loader):
                 if self.total is not None and done >= self.total:
                     return  # max_batches reached: the pass stops here anyway
                 display.update(task, advance=1)
+                self.bar.refresh()
                 yield batch
         finally:
             display.remove_task(task)
+            self.bar.refresh(hard=True)
 
     def _tqdm(self, desc: str):
         from tqdm.auto import tqdm
