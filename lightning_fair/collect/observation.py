@@ -32,6 +32,7 @@ from ..units.channels import (
     input_key,
     units_view,
 )
+from .peaks import unit_peaks
 
 if TYPE_CHECKING:  # the collector imports this module at run time
     from .collector import StatisticsCollector
@@ -124,6 +125,9 @@ class BatchRecorder:
         # id(tensor) -> (layer name, stage, tensor) for tensors derived from a layer output
         self.chain: Dict[int, tuple] = {}
         self.observed: Dict[str, tuple] = {}  # name -> (stage, selected rows [m, C, M])
+        self.peaks: Dict[str, tuple] = {}  # scored layer -> (stage, [C] largest |value| of every sample)
+        #: next-token prediction: which samples (positions) predict a token (not padding, no -100 target)
+        self.real_samples: Optional[torch.Tensor] = None
         self.pooled: Dict[str, tuple] = {}  # name -> (stage, spatially averaged [B, C] float64), screening
         self.model_input: Optional[torch.Tensor] = None
         # first batch only: the layout of the observed consumer inputs
@@ -276,6 +280,8 @@ class BatchRecorder:
             with torch.no_grad():  # every image of the batch; only the last stage reached is kept
                 view = units_view(tensor.detach(), module)
                 self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
+        if consumer_of(name) is None and (first or name in self.c.layers):
+            self._peak(name, stage, tensor, module)
         if self.selected is None:
             return
         if not first and (name not in self.c.layers or name not in (self.c.channels or {})):
@@ -290,3 +296,16 @@ class BatchRecorder:
                 rows = rows * keep.reshape(*keep.shape, *([1] * (rows.dim() - 2)))
             values = units_view(rows, module)
         self.observed[name] = (stage, values)
+
+    def _peak(self, name: str, stage: int, tensor: torch.Tensor, module) -> None:
+        """Each unit's largest ``|value|`` over the whole batch (padded positions zeroed), at the latest
+        stage reached (:mod:`lightning_fair.collect.peaks`)."""
+        with torch.no_grad():
+            values = tensor.detach()
+            if self.real_samples is not None and values.shape[0] == self.real_samples.numel():
+                values = values[self.real_samples.to(values.device)]
+            mask = self.padding
+            if mask is not None and values.dim() >= 3 and tuple(values.shape[:2]) == tuple(mask.shape):
+                keep = mask.to(values.device).to(values.dtype)
+                values = values * keep.reshape(*keep.shape, *([1] * (values.dim() - 2)))
+            self.peaks[name] = (stage, unit_peaks(units_view(values, module)))

@@ -61,6 +61,7 @@ from ..runtime.guards import on_uncompiled, preserved_modes, rollback
 from ..scoring.compute import compute_scores, criterion_for
 from ..scoring.criterion import CriterionScores
 from ..scoring.fair import FairScores
+from ..scoring.massive import keeping_massive
 from ..units.channels import resolve_ignored
 from ..units.cost import embedding_params, macs_basis, measure, unit_counts
 from ..units.pretrained_config import allowed_removals, fixed_layers, record_in_config, write_config
@@ -209,6 +210,12 @@ def prune(
             kinds[(layer_kind(name), why)] = kinds.get((layer_kind(name), why), 0) + 1
         notes.extend(f"{kind} ({count} layer{'s' * (count > 1)}): {why}" for (kind, why), count in kinds.items())
     scored = scored_layers(model, scores, protected)
+    massive = {name: int(ranked.last[name].sum()) for name in scored if name in ranked.last}
+    if massive:
+        notes.append(
+            f"{sum(massive.values())} unit(s) with massive activations (a peak at least {config.massive:g}x their "
+            f"layer's median) in {len(massive)} layer(s) go last in their layer's removal order"
+        )
     if config.round_to:  # kept widths in multiples of round_to (layers of at least twice as many units)
         for name in scored:
             multiples = multiples_kept(ranked.removal[name].numel(), config.round_to)
@@ -403,8 +410,10 @@ def resolve_example_inputs(
 
 def rank(scores: FairScores, config: PruneConfig) -> CriterionScores:
     """What ranks the units: FAIR's (U removes, R protects, consumers' input U for residual
-    groups) or the screening criterion's (the screening score removes, R protects)."""
-    return criterion_for(config.criterion).rank(scores, config)
+    groups) or the screening criterion's (the screening score removes, R protects); either way the
+    units with massive activations go last in their layers (``massive``, :mod:`lightning_fair.scoring.massive`)."""
+    ranked = criterion_for(config.criterion).rank(scores, config)
+    return keeping_massive(ranked, getattr(scores, "peaks", {}), config.massive)
 
 
 def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:

@@ -37,15 +37,18 @@ __all__ = ["EMBEDDING_NOTE", "TransformerPlanner", "head_order", "planner_for"]
 EMBEDDING_NOTE = "the embedding dimension (residual stream) of a transformer is not pruned"
 
 
-def head_order(units: Units, removal: torch.Tensor, ranking: str, seed: int = 0) -> torch.Tensor:
+def head_order(
+    units: Units, removal: torch.Tensor, ranking: str, seed: int = 0, last: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Units of one family module (heads of an attention module), first-to-remove first, under
     ``ranking`` (as channels: ``"utilization_x_consumers"`` multiplies the removal score by how strongly
-    the output projection reads each unit, the L2 norm of its columns over their mean)."""
+    the output projection reads each unit, the L2 norm of its columns over their mean); ``last``: units
+    that go after all others (:func:`~lightning_fair.allocation.order.removal_order`)."""
     removal = removal.double()
     if ranking in ("utilization_x_consumers", "utilization_x_group"):  # a head's members: its own rows
         reading = units.output_columns()
-        return removal_order("utilization", removal * reading / reading.mean().clamp_min(1e-12))
-    return removal_order(ranking, removal, units.weight, seed=seed + zlib.crc32(units.name.encode()))
+        return removal_order("utilization", removal * reading / reading.mean().clamp_min(1e-12), last=last)
+    return removal_order(ranking, removal, units.weight, seed=seed + zlib.crc32(units.name.encode()), last=last)
 
 
 class TransformerPlanner(DependencyPlanner):
@@ -115,7 +118,7 @@ class TransformerPlanner(DependencyPlanner):
         for name, units in self.heads.items():
             k = min(int(counts.get(name, 0)), units.num_units - 1)
             if k > 0:
-                order = head_order(units, ranked.removal[name], ranking, seed)
+                order = head_order(units, ranked.removal[name], ranking, seed, last=ranked.last.get(name))
                 choose = getattr(units, "choose", None)  # optional: any k units can go without it
                 if choose is None:
                     chosen = order[:k]

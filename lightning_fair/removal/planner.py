@@ -245,12 +245,15 @@ class DependencyPlanner:
             k = (k // g) * g
             if k <= 0:
                 continue
-            positions = leaving_one(group.limits, self._order(group, ranking, utilization, seed), k // g, n, g)
+            order = self._order(group, ranking, utilization, seed, _combine_last(group, scores))
+            positions = leaving_one(group.limits, order, k // g, n, g)
             if positions.numel():
                 plan[group.root] = torch.cat([positions + j * (n // g) for j in range(g)]).sort().values
         return plan
 
-    def _order(self, group: CoupledGroup, ranking: str, utilization: torch.Tensor, seed: int) -> torch.Tensor:
+    def _order(
+        self, group: CoupledGroup, ranking: str, utilization: torch.Tensor, seed: int, last: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         n, g = group.num_channels, group.channel_groups
         if ranking == "l1":
             per_root = torch.zeros(n, dtype=torch.float64)
@@ -272,7 +275,9 @@ class DependencyPlanner:
                 utilization = utilization * self.member_writing(group)
             ranking = "utilization"
         folded = utilization.reshape(g, n // g).mean(0) if g > 1 else utilization
-        return removal_order(ranking, folded, seed=seed + zlib.crc32(group.root.encode()))
+        if last is not None and g > 1:
+            last = last.reshape(g, n // g).any(0)
+        return removal_order(ranking, folded, seed=seed + zlib.crc32(group.root.encode()), last=last)
 
     def consumer_reading(self, group: CoupledGroup) -> Optional[tuple]:
         """How strongly the layers reading a group's channels read each of them, from their weights:
@@ -435,6 +440,17 @@ def _combine_removal(group: CoupledGroup, scores) -> torch.Tensor:
     combined = torch.zeros(group.num_channels, dtype=torch.float64)
     for name, (idxs, roots) in group.members.items():
         combined[roots] = torch.maximum(combined[roots], _normalised(scores.removal[name])[idxs])
+    return combined
+
+
+def _combine_last(group: CoupledGroup, scores) -> Optional[torch.Tensor]:
+    """Per root channel: whether any member marks it to go last (``scores.last``), or None."""
+    marked = [(scores.last[name], idxs, roots) for name, (idxs, roots) in group.members.items() if name in scores.last]
+    if not marked:
+        return None
+    combined = torch.zeros(group.num_channels, dtype=torch.bool)
+    for mask, idxs, roots in marked:
+        combined[roots] |= mask[idxs]
     return combined
 
 

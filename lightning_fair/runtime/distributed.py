@@ -14,7 +14,7 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size", "all_reduce_sum", "all_gather_tensor"]
+__all__ = ["is_distributed", "world_size", "all_reduce_sum", "all_reduce_max", "all_gather_tensor"]
 
 
 def is_distributed() -> bool:
@@ -36,6 +36,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum over ranks (a new tensor on ``tensor``'s device)."""
     work = tensor.detach().to(_collective_device(tensor)).clone()
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum over ranks (a new tensor on ``tensor``'s device)."""
+    work = tensor.detach().to(_collective_device(tensor)).clone()
+    dist.all_reduce(work, op=dist.ReduceOp.MAX)
     return work.to(tensor.device)
 
 

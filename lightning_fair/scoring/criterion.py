@@ -63,6 +63,8 @@ class CriterionScores:
             stream receives (ranks coupled groups; empty: members' scores are combined instead).
         taylor_sum: ``{layer: [C]}``, signed first-order sums (the ``"joint"`` group policy's R).
         criterion: what the removal score is (``"fair"``: U; ``"screening"``).
+        last: ``{layer: bool [C]}``, units that go last in their layer's removal order whatever their
+            scores (the units with massive activations, :mod:`lightning_fair.scoring.massive`).
     """
 
     removal: Dict[str, torch.Tensor]
@@ -70,6 +72,7 @@ class CriterionScores:
     consumers: Dict[str, torch.Tensor] = field(default_factory=dict)
     taylor_sum: Dict[str, torch.Tensor] = field(default_factory=dict)
     criterion: str = "fair"
+    last: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def layers(self) -> List[str]:

@@ -44,6 +44,9 @@ class FairScores:
             layer's observed tensor (it comes through a residual add, a pooling, a concatenation, ...),
             in execution order: what the consumers of channels shared through residual adds see
             (used for coupled groups, :mod:`lightning_fair.removal.planner`).
+        peaks: ``{layer: [C]}``, each unit's largest ``|value|`` of the tensor U observed, over the
+            calibration data (:mod:`lightning_fair.collect.peaks`): what finds the units with massive
+            activations (:mod:`lightning_fair.scoring.massive`).
     """
 
     utilization: Dict[str, torch.Tensor]
@@ -55,6 +58,7 @@ class FairScores:
     config: Dict[str, Union[int, str]] = field(default_factory=dict)
     input_means: Dict[str, torch.Tensor] = field(default_factory=dict)
     input_utilization: Dict[str, torch.Tensor] = field(default_factory=dict)
+    peaks: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     #: the criterion whose scores these are; subclasses that carry more (another criterion's
     #: statistics of the same pass) name theirs and are found again by :meth:`from_state_dict`
@@ -94,6 +98,7 @@ class FairScores:
             "input_means": {name: mean.detach().cpu() for name, mean in self.input_means.items()},
             "input_utilization_layers": list(self.input_utilization),
             "input_utilization": [u.detach().cpu() for u in self.input_utilization.values()],
+            "peaks": {name: peak.detach().cpu() for name, peak in self.peaks.items()},
         }
 
     @classmethod
@@ -118,6 +123,7 @@ class FairScores:
             input_means=dict(state.get("input_means", {})),
             # absent from scores saved before coupled groups used their consumers' inputs
             input_utilization=dict(zip(state.get("input_utilization_layers", []), state.get("input_utilization", []))),
+            peaks=dict(state.get("peaks", {})),  # absent from scores saved before massive activations were kept
         )
 
     def save(self, path) -> None:
@@ -184,6 +190,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
         },
         input_means=collector.input_means(),
         input_utilization=inputs_u,
+        peaks={name: peak for name, peak in collector.peaks.result().items() if name in protection},
     )
 
 
