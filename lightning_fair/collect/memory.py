@@ -7,8 +7,8 @@ channels, not with the number of batches. Everything else is small: the reconstr
 (``2 * C`` float64 per layer), the peaks (``C`` float32 per layer) and the mean input of every
 Conv/Linear (``C_in * spatial`` float64). Scoring a layer needs a bounded work buffer
 (:func:`lightning_fair.scoring.distances.max_pairwise_w1` sorts and compares a chunk of units at a
-time). With ``screening=True`` the screening criterion adds, per scored layer and per Conv/Linear input, a per-class count, sum
-and sum of squares: ``16 * K * C + 8 * K`` bytes (float64).
+time). With ``screening=True`` the screening criterion adds, per scored layer and per Conv/Linear
+input, a per-class count, sum and sum of squares: ``16 * K * C + 8 * K`` bytes (float64).
 
 When the estimate exceeds ``memory_budget``, the units are split into chunks (whole layers
 where they fit, channel ranges of a layer that alone does not) and the utilization samples
