@@ -46,31 +46,22 @@ REPO = HERE.parents[1]
 #: the page's summary of results: written by hand from the sections below (the README points here)
 #: the MiniLM section's reading (docs/benchmarks.md), written by hand from its last full run
 MINILM_READING = """\
-Reading. One-shot, the default pipeline is ahead of torch-pruning's magnitude baselines at kept MACs
-0.70 (69.7 % against uniform L2 64.0 and global L2 63.6) and 1.3 below its uniform Taylor there
-(71.0), but at 0.50 it collapses to 50.5 (Taylor 67.8 at 0.47): the repairs do it. This encoder has *massive activations* on its `[CLS]` / `[SEP]` tokens (feed-forward inputs whose
-mean there is up to 12 against at most 1.3 on the other tokens, layers 0-3). Mean replacement adds
-the mean input of each removed unit to every token, and that mean is pulled by those few tokens:
-`refit=False` (mean replacement only) keeps 53.1 / 54.5, below no repair at all (`refit=False,
-compensate=False`: 66.8 / 60.9). Before padded positions were kept out of the means (issue 23) the
-padding diluted the pull and `refit=False` measured 69.3 / 66.3; the real-token mean is the right
-mean, and the wrong statistic for such units. Probed on 1,024 of the test tweets with `refit=False`:
-real-token mean 53.1 / 54.5, per-feature median 70.3 / 65.1, mean without `[CLS]`/`[SEP]` 71.5 /
-68.1, no compensation 68.3 / 62.1 (0.70 / 0.50). The least-squares refit is a mean-square fit too
-(the same rows weigh most in it; untested as the cause), and fits each layer to the unpruned
-model's inputs; refitting each
-consumer in forward order on the pruned model's own inputs instead (a prototype outside the library)
-gave 69.3 / 69.3 against the default's 71.1 / 51.2 on those tweets. With U on the Linear output
-instead of after GELU (`observe="output"`, the paper's choice) the default pipeline keeps 71.3 /
-69.8: above the best baseline at both targets (standard error of a 2,000-tweet test: about 1
-point); the tiny BERT below agrees (3 seeds, kept MACs 0.3: 37.3 / 67.8 / 40.1 against 18.1 / 20.2 /
-19.6 after GELU), the small ViT does not (3 seeds: -0.1 at 0.5, -1.6 at 0.3 on average; its refit
-does not collapse), so the default stays "activation". After one pass of fine-tuning every method
-is within 3 points of the others at 0.70. The uniform shape policy (stock `from_pretrained`) keeps
-every head, since BERT's config derives the head size, and takes the cut from the feed-forward
-layers (844 / 383 of 1536): 2.5 points below per-layer shapes at 0.70. This run's latencies were
-measured while a second job shared the machine's two cores: they are noisy (`round_to=64` showed no
-measurable gain in the previous, quiet run, whose unpruned batch-32 time was 222 ms).
+Reading. One-shot, the default pipeline keeps 71.2 / 70.2 % at kept MACs 0.70 / 0.50, at or above
+torch-pruning's best baseline at both (uniform Taylor 71.0 / 67.8 at 0.47; uniform L2 64.0 / 60.5,
+global L2 63.6 / 59.5), and so does the uniform shape policy that loads with stock `from_pretrained`
+(72.0 / 69.8; BERT's config derives the head size, so uniform keeps every head and takes the cut from
+the feed-forward layers: 844 / 383 of 1536). What made the difference is the guard on units with
+*massive activations* (docs/method.md): five feed-forward neurons in layers 0-3 fire only on
+`[CLS]`/`[SEP]`, 6.7-13.8x their layer's median peak; they separate no classes, so U ranked them first,
+and removing them took the default to 50.5 at 0.50 (`massive=0` row). With them kept the repairs
+help as they do elsewhere: no repair 66.2 / 64.0, mean replacement 70.2 / 67.2, the least-squares
+refit (default) 71.2 / 70.2. U on the Linear output (`observe="output"`, scored apart; it happened
+to rank those neurons high) gives 71.3 / 69.8: no longer better than the default. `round_to=64`
+costs no accuracy here (71.4 / 71.0) and in this run (nothing else on the machine) it is the fastest
+FAIR model at batch 32: 0.63 / 0.42 of the unpruned time against 0.69 / 0.50 unrounded. After one
+pass of fine-tuning the default is the best row at both targets (72.2 / 71.3; Taylor 71.8 / 69.2),
+while `massive=0` stays 6 points behind at 0.50 (65.0). Standard error of a 2,000-tweet test: about
+1 point.
 """
 
 SUMMARY = """\
@@ -99,10 +90,9 @@ The headline figures of the sections below, as of the last full runs (written in
   (`preset="paper"`) collapses to near chance on these BatchNorm networks one-shot.
 * **A pretrained encoder** (section "A pretrained encoder: MiniLM-L6 on tweets"): all-MiniLM-L6-v2
   with a linear head on 3-class tweets (72.3% unpruned), one-shot at kept MACs 0.7 / 0.5: the
-  default pipeline 69.7% / 50.5% against torch-pruning's uniform Taylor 71.0 / 67.8 and L2 64.0 /
-  60.5; with U on the Linear output (`observe="output"`) 71.3 / 69.8. Behind the best baseline with
-  the defaults: the encoder's massive activations on `[CLS]`/`[SEP]` pull mean replacement's means
-  (`refit=False` 53.1 / 54.5, no repair 66.8 / 60.9; a per-feature median 70.3 / 65.1 in a probe).
+  default pipeline 71.2% / 70.2% (uniform shapes, stock `from_pretrained`: 72.0 / 69.8) against
+  torch-pruning's uniform Taylor 71.0 / 67.8 and L2 64.0 / 60.5: at or above the best baseline at
+  both targets. Without the guard on units with massive activations (`massive=0`) 69.7 / 50.5.
 * **Transformers.** A small ViT trained on MNIST keeps 87.9% / 63.9% at kept MACs 0.5 / 0.3
   one-shot (93.6% trained), ahead of torch-pruning's whole-head pruning (best 77.5% / 38.1%), and
   89.9% / 80.4% after a one-epoch fine-tune (best baseline 86.1% / 71.7%); on a tiny BERT
