@@ -131,7 +131,7 @@ def prune(
         dataloader: labelled calibration batches; not needed if ``scores`` and
             ``example_inputs`` are given.
         config: a :class:`~lightning_fair.PruneConfig` (the budget: ``tolerance``,
-            ``target_macs``, ``target_params`` or ``ratio``; the preset and its eight pipeline
+            ``target_macs``, ``target_params`` or ``ratio``; the preset and its nine pipeline
             options; ranking, criterion, statistics sizes, ``ignored_layers``, ...); default
             ``PruneConfig()``.
         **options: any field of :class:`~lightning_fair.PruneConfig`, overriding ``config``
