@@ -282,7 +282,7 @@ class StatisticsCollector:
             logits, target = next_token_pairs(logits, target)
         if self.num_batches == 0:
             self._first_batch(recorder, logits)
-        for name, (_, peak) in recorder.peaks.items():
+        for name, peak in recorder.peaks.items():
             if name in self.layers:
                 self.peaks.add(name, peak)
         if not self.reconstruction:  # a later pass of a split collection: utilization samples only

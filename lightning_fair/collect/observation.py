@@ -125,7 +125,7 @@ class BatchRecorder:
         # id(tensor) -> (layer name, stage, tensor) for tensors derived from a layer output
         self.chain: Dict[int, tuple] = {}
         self.observed: Dict[str, tuple] = {}  # name -> (stage, selected rows [m, C, M])
-        self.peaks: Dict[str, tuple] = {}  # scored layer -> (stage, [C] largest |value| of every sample)
+        self.peaks: Dict[str, torch.Tensor] = {}  # scored layer -> [C] largest |value| of every sample
         #: next-token prediction: which samples (positions) predict a token (not padding, no -100 target)
         self.real_samples: Optional[torch.Tensor] = None
         self.pooled: Dict[str, tuple] = {}  # name -> (stage, spatially averaged [B, C] float64), screening
@@ -281,7 +281,7 @@ class BatchRecorder:
                 view = units_view(tensor.detach(), module)
                 self.pooled[name] = (stage, view.mean(2, dtype=torch.float64))
         if consumer_of(name) is None and (first or name in self.c.layers):
-            self._peak(name, stage, tensor, module)
+            self._peak(name, tensor, module)
         if self.selected is None:
             return
         if not first and (name not in self.c.layers or name not in (self.c.channels or {})):
@@ -290,22 +290,39 @@ class BatchRecorder:
             # A copy of the selected rows: later in-place ops cannot change it. Only the last
             # stage reached is projected, once, in commit().
             rows = tensor.detach()[self.selected]
-            mask = self.padding
-            if mask is not None and rows.dim() >= 3 and tuple(tensor.shape[:2]) == tuple(mask.shape):
-                keep = mask.to(rows.device)[self.selected].to(rows.dtype)
-                rows = rows * keep.reshape(*keep.shape, *([1] * (rows.dim() - 2)))
+            mask = self._padding_of(tensor)
+            if mask is not None:
+                rows = zero_padding(rows, mask[self.selected])
             values = units_view(rows, module)
         self.observed[name] = (stage, values)
 
-    def _peak(self, name: str, stage: int, tensor: torch.Tensor, module) -> None:
-        """Each unit's largest ``|value|`` over the whole batch (padded positions zeroed), at the latest
-        stage reached (:mod:`lightning_fair.collect.peaks`)."""
+    def _padding_of(self, tensor: torch.Tensor) -> Optional[torch.Tensor]:
+        """The batch's ``[batch, length]`` real-token mask if ``tensor`` is ``[batch, length, ...]``, else None."""
+        mask = self.padding
+        if mask is None or tensor.dim() < 3 or tuple(tensor.shape[:2]) != tuple(mask.shape):
+            return None
+        return mask
+
+    def _peak(self, name: str, tensor: torch.Tensor, module) -> None:
+        """Each unit's largest ``|value|`` over the whole batch (padded positions zeroed, positions
+        without a next-token target left out); a later stage replaces an earlier one
+        (:mod:`lightning_fair.collect.peaks`)."""
         with torch.no_grad():
             values = tensor.detach()
             if self.real_samples is not None and values.shape[0] == self.real_samples.numel():
                 values = values[self.real_samples.to(values.device)]
-            mask = self.padding
-            if mask is not None and values.dim() >= 3 and tuple(values.shape[:2]) == tuple(mask.shape):
-                keep = mask.to(values.device).to(values.dtype)
-                values = values * keep.reshape(*keep.shape, *([1] * (values.dim() - 2)))
-            self.peaks[name] = (stage, unit_peaks(units_view(values, module)))
+            mask = self._padding_of(values)
+            if mask is not None:
+                values = zero_padding(values, mask)
+            self.peaks[name] = unit_peaks(units_view(values, module))
+
+
+def zero_padding(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` ``[n, length, ...]`` with the positions ``mask`` ``[n, length]`` marks False zeroed.
+
+    Example:
+        >>> zero_padding(torch.ones(1, 3, 2), torch.tensor([[True, True, False]]))[0, :, 0].tolist()
+        [1.0, 1.0, 0.0]
+    """
+    keep = mask.to(device=values.device, dtype=values.dtype)
+    return values * keep.reshape(*keep.shape, *([1] * (values.dim() - 2)))

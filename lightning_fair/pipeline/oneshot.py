@@ -413,7 +413,7 @@ def rank(scores: FairScores, config: PruneConfig) -> CriterionScores:
     groups) or the screening criterion's (the screening score removes, R protects); either way the
     units with massive activations go last in their layers (``massive``, :mod:`lightning_fair.scoring.massive`)."""
     ranked = criterion_for(config.criterion).rank(scores, config)
-    return keeping_massive(ranked, getattr(scores, "peaks", {}), config.massive)
+    return keeping_massive(ranked, scores.peaks, config.massive)
 
 
 def scored_layers(model: nn.Module, scores: FairScores, protected) -> List[str]:
