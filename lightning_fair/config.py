@@ -39,10 +39,12 @@ GroupPolicy = Literal["min_count", "joint"]
 GROUP_POLICIES: Tuple[str, ...] = get_args(GroupPolicy)
 
 #: How many units each layer loses: FAIR's per-layer ToD counts (``"tod"``), one global
-#: threshold on U normalised by its layer's mean (``"global"``; needs a MACs/params target),
-#: the same fraction of every layer (``"uniform"``; a ``ratio`` or a target), or ``"auto"``:
-#: global under a target, ToD under a tolerance, uniform with a ratio.
-AllocationName = Literal["auto", "tod", "global", "uniform"]
+#: threshold on U normalised by its layer's mean (``"global"``; needs a MACs/params target), one
+#: global threshold on U standardised within its layer (``"standardised"``, z-scores as FLAP's
+#: adaptive structure search; needs a target), the same fraction of every layer (``"uniform"``; a
+#: ``ratio`` or a target), or ``"auto"``: global under a target, ToD under a tolerance, uniform with a
+#: ratio.
+AllocationName = Literal["auto", "tod", "global", "standardised", "uniform"]
 ALLOCATIONS: Tuple[str, ...] = get_args(AllocationName)
 
 #: Which units of a layer go first, once its count is known (the ``ranking`` option).
@@ -293,7 +295,8 @@ class PruneConfig:
         group_policy: layers coupled by residual adds or concatenation: ``"min_count"`` (each
             member's own count, the smallest wins) or ``"joint"`` (one count on combined scores).
         allocation: ``"tod"`` (per-layer tolerance-of-difference counts, FAIR), ``"global"`` (one
-            threshold on layer-normalised scores; needs a target), ``"uniform"`` (the same
+            threshold on layer-normalised scores; needs a target), ``"standardised"`` (one threshold
+            on scores standardised within each layer, FLAP's z-scores; needs a target), ``"uniform"`` (the same
             fraction of every layer: ``ratio``, or searched for a target) or ``"auto"`` (global
             with a target, ToD with a tolerance, uniform with a ratio).
         recalibrate: re-estimate BatchNorm running statistics on the calibration batches after
@@ -452,9 +455,9 @@ class PruneConfig:
                 f"unit goes last, a number > 1 (e.g. 6), or 0 to turn it off; got {massive!r}"
             )
         allocation = pipeline["allocation"]
-        if allocation == "global" and not self.target:
+        if allocation in ("global", "standardised") and not self.target:
             raise ValueError(
-                "allocation='global' ranks units across layers and needs a budget: pass target_macs=... "
+                f"allocation={allocation!r} ranks units across layers and needs a budget: pass target_macs=... "
                 "or target_params=... (or use allocation='tod' with a tolerance)"
             )
         if self.ratio is not None:

@@ -13,9 +13,10 @@ from helpers import FAST
 from torch import nn
 
 from lightning_fair import compute_scores, prune, recalibrate_bn
-from lightning_fair.allocation.budgets import global_counts
+from lightning_fair.allocation.budgets import global_counts, global_thresholds
 from lightning_fair.config import PRESETS
 from lightning_fair.demos import zoo
+from lightning_fair.scoring.criterion import layer_standardised
 
 
 # ------------------------------------------------------------------ presets
@@ -80,6 +81,7 @@ def test_explicit_options_override_the_preset():
         (dict(reconstruction="sum"), "reconstruction must be one of"),
         (dict(allocation="layerwise"), "allocation must be one of"),
         (dict(allocation="global"), "needs a budget"),
+        (dict(allocation="standardised"), "allocation='standardised' ranks units across layers and needs a budget"),
     ],
 )
 def test_bad_pipeline_options_are_refused_before_anything_runs(kwargs, match):
@@ -199,6 +201,30 @@ def test_global_allocation_reaches_the_target_with_threshold_counts():
         ranking="utilization",
     )
     assert tod.counts != result.counts
+
+
+def test_standardised_allocation_thresholds_z_scores_within_each_layer():
+    """allocation="standardised": one threshold on (U - mean U) / std U of each layer, FLAP's
+    standardisation; a different allocation from the mean-normalised one at the same budget."""
+    scores = helpers.trained_small_cnn_scores()
+    options = dict(
+        scores=scores, example_inputs=helpers.example_inputs(), target_macs=0.5, recalibrate=False, refit=False
+    )
+    result = prune(helpers.trained_small_cnn(), allocation="standardised", ranking="utilization", **options)
+    assert result.report.macs_ratio <= 0.5 + 1e-9
+    assert result.level_name == "threshold" and result.level < 0  # z-scores: the mean is 0
+    assert "standardised within each layer" in str(result.report)
+    scored = [n for n in scores.layers if n != scores.output_layer]
+    assert result.counts == global_counts(scores, result.level, scored, layer_standardised)
+    for name, idxs in result.removed.items():
+        u = scores.utilization[name]
+        assert set(idxs) == set(torch.sort(u.double(), stable=True).indices[: len(idxs)].tolist())
+    # the lowest candidate level removes nothing, the levels ascend
+    levels = global_thresholds(scores, scored, layer_standardised)
+    assert levels == sorted(levels) and levels[0] < 0
+    assert set(global_counts(scores, levels[0], scored, layer_standardised).values()) == {0}
+    mean_normalised = prune(helpers.trained_small_cnn(), allocation="global", ranking="utilization", **options)
+    assert mean_normalised.counts != result.counts
 
 
 # ------------------------------------------------------------------ input means

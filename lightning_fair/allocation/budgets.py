@@ -1,6 +1,7 @@
-"""How many units each layer loses at a *level*: ToD counts at a tolerance, one global threshold, or
-a uniform ratio, behind one :class:`Allocation` interface that a target search (kept MACs or
-parameters) asks for its levels and counts.
+"""How many units each layer loses at a *level*: ToD counts at a tolerance, one global threshold (on
+scores divided by their layer's mean, or standardised within their layer), or a uniform ratio,
+behind one :class:`Allocation` interface that a target search (kept MACs or parameters) asks for its
+levels and counts.
 
 Pure functions over a :class:`~lightning_fair.scoring.criterion.CriterionScores`; no model, no data.
 """
@@ -13,12 +14,13 @@ from typing import Dict, List, Optional
 import torch
 
 from ..config import ALLOCATIONS
-from ..scoring.criterion import CriterionScores, as_criterion_scores, layer_normalised
+from ..scoring.criterion import as_criterion_scores, layer_normalised, layer_standardised
 from .tolerance import count_from_curve, layer_curves
 
 __all__ = [
     "Allocation",
     "GlobalAllocation",
+    "StandardisedAllocation",
     "ToDAllocation",
     "UniformAllocation",
     "UniformShapes",
@@ -34,13 +36,12 @@ __all__ = [
 ]
 
 
-def _normalised_removal(ranking: CriterionScores, name: str) -> torch.Tensor:
-    return layer_normalised(ranking.removal[name].double())
-
-
-def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
-    """``{layer: units whose U / mean U of the layer < threshold}``, at most ``floor(0.99 n)``
-    and always leaving one unit (the ``"global"`` allocation).
+def global_counts(scores, threshold: float, layers=None, normalise=layer_normalised) -> Dict[str, int]:
+    """``{layer: units whose normalised score < threshold}``, at most ``floor(0.99 n)`` and always
+    leaving one unit; ``normalise`` puts one layer's removal scores on the common scale: U / mean U of
+    the layer (:func:`~lightning_fair.scoring.criterion.layer_normalised`, the ``"global"``
+    allocation) or its z-scores (:func:`~lightning_fair.scoring.criterion.layer_standardised`,
+    ``"standardised"``).
 
     Example:
         >>> from lightning_fair.scoring.fair import FairScores
@@ -52,18 +53,21 @@ def global_counts(scores, threshold: float, layers=None) -> Dict[str, int]:
     ranking = as_criterion_scores(scores)
     counts = {}
     for name in layers if layers is not None else ranking.layers:
-        normalised = _normalised_removal(ranking, name)
+        normalised = normalise(ranking.removal[name].double())
         n = normalised.numel()
         counts[name] = min(int((normalised < threshold).sum()), int(0.99 * n), n - 1)
     return counts
 
 
-def global_thresholds(scores, layers=None) -> list:
-    """Every threshold at which :func:`global_counts` changes, ascending (search candidates)."""
+def global_thresholds(scores, layers=None, normalise=layer_normalised) -> list:
+    """Every threshold at which :func:`global_counts` changes, ascending (search candidates): one
+    below every score (0 for scores that are never negative), the scores, one above them."""
     ranking = as_criterion_scores(scores)
-    values = torch.cat([_normalised_removal(ranking, n) for n in (layers if layers is not None else ranking.layers)])
+    names = layers if layers is not None else ranking.layers
+    values = torch.cat([normalise(ranking.removal[n].double()) for n in names])
     unique = torch.unique(values)
-    return torch.cat([torch.zeros(1, dtype=torch.float64), unique, unique[-1:] + 1]).tolist()
+    lowest = torch.zeros(1, dtype=torch.float64) if unique[0] >= 0 else unique[:1] - 1
+    return torch.cat([lowest, unique, unique[-1:] + 1]).tolist()
 
 
 def _uniform_count(ratio: float, n: int) -> int:
@@ -146,15 +150,26 @@ class ToDAllocation(Allocation):
 
 
 class GlobalAllocation(Allocation):
-    """One threshold on layer-normalised scores across all layers (:func:`global_counts`)."""
+    """One threshold across all layers on scores divided by their layer's mean (:func:`global_counts`)."""
 
     level_name = "threshold"
+    #: one layer's removal scores on the scale the threshold is on
+    normalise = staticmethod(layer_normalised)
 
     def levels(self) -> list:
-        return global_thresholds(self.ranking, self.layers)
+        return global_thresholds(self.ranking, self.layers, self.normalise)
 
     def counts(self, level: float) -> Dict[str, int]:
-        return global_counts(self.ranking, level, self.layers)
+        return global_counts(self.ranking, level, self.layers, self.normalise)
+
+
+class StandardisedAllocation(GlobalAllocation):
+    """One threshold across all layers on scores standardised within their layer (z-scores: FLAP's
+    adaptive structure search, An et al. 2024): a layer loses the units below ``mean + level * std``
+    of its own scores, so what decides its count is the shape of its score distribution, not how
+    far below the mean its weakest units lie (:func:`global_counts`)."""
+
+    normalise = staticmethod(layer_standardised)
 
 
 class UniformAllocation(Allocation):
@@ -262,13 +277,15 @@ class UniformShapes(AllowedCounts):
 
 
 def allocation_for(name: str, scores, layers, group_policy: str = "min_count") -> Allocation:
-    """The :class:`Allocation` called ``name`` (``"tod"``, ``"global"`` or ``"uniform"``; resolve
-    ``"auto"`` first with :func:`resolve_allocation`). Global and uniform counts are per layer
+    """The :class:`Allocation` called ``name`` (``"tod"``, ``"global"``, ``"standardised"`` or
+    ``"uniform"``; resolve ``"auto"`` first with :func:`resolve_allocation`). Global and uniform counts are per layer
     already, so their coupled groups always take the smallest member count."""
     if name == "tod":
         return ToDAllocation(scores, layers, group_policy)
     if name == "global":
         return GlobalAllocation(scores, layers)
+    if name == "standardised":
+        return StandardisedAllocation(scores, layers)
     if name == "uniform":
         return UniformAllocation(scores, layers)
     raise ValueError(f"allocation must be one of {ALLOCATIONS[1:]} here (resolve 'auto' first), got {name!r}")

@@ -113,6 +113,7 @@ class PruneReport:
 _COUNTS = {
     "tod": "per-layer counts by the tolerance of difference (U against R)",
     "global": "one threshold on layer-normalised scores across all layers",
+    "standardised": "one threshold on scores standardised within each layer, across all layers",
     "uniform": "the same fraction of every layer",
 }
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Protocol
 
 import torch
 
-__all__ = ["Criterion", "CriterionScores", "as_criterion_scores"]
+__all__ = ["Criterion", "CriterionScores", "as_criterion_scores", "layer_normalised", "layer_standardised"]
 
 
 class Criterion(Protocol):
@@ -103,3 +103,17 @@ def layer_normalised(values: torch.Tensor) -> torch.Tensor:
         [0.5, 1.5]
     """
     return values / values.mean().clamp_min(1e-12)
+
+
+def layer_standardised(values: torch.Tensor) -> torch.Tensor:
+    """``(values - mean(values)) / std(values)`` (the standard deviation floored at 1e-12; a single
+    value is 0): one layer's scores as z-scores, FLAP's standardisation (An et al. 2024), which
+    compares layers by the shape of their score distributions, not by their ratio to the mean.
+
+    Example:
+        >>> layer_standardised(torch.tensor([1.0, 2.0, 3.0])).tolist()
+        [-1.0, 0.0, 1.0]
+    """
+    if values.numel() < 2:
+        return torch.zeros_like(values)
+    return (values - values.mean()) / values.std().clamp_min(1e-12)
