@@ -44,7 +44,7 @@ SIZES = {False: {"calib": 64, "heldout": 128, "batch": 8}, True: {"calib": 8, "h
 FRACTIONS = (0.2, 0.5)  # of the blocks' parameters removed
 SPLIT_SEED = 0
 THREADS = 2
-VERSION = 1  # bump when a method or the data changes: invalidates the cached JSON
+VERSION = 2  # bump when a method or the data changes: invalidates the cached JSON
 #: job -> rows it produces (the FAIR job scores once and prunes with and without the refit)
 JOBS = {
     "unpruned": ["unpruned"],
@@ -52,10 +52,16 @@ JOBS = {
     "wanda_sp": ["wanda_sp"],
     "flap": ["flap"],
     "taylor": ["taylor"],
-    "fair": ["fair", "fair_norefit"],
+    "fair": ["fair", "fair_norefit", "fair_std"],
     "fair_classes10": ["fair_classes10"],
-    "fair_clusters": ["fair_clusters"],
+    "fair_clusters": ["fair_clusters", "fair_clusters_std"],
     "fair_clusters10": ["fair_clusters10"],
+}
+#: the pipeline options of FAIR rows that share their job's scores (the other rows: the default pipeline)
+ROW_OPTIONS = {
+    "fair_norefit": {"refit": False},
+    "fair_std": {"allocation": "standardised"},
+    "fair_clusters_std": {"allocation": "standardised"},
 }
 #: the FAIR jobs' options (what a class is for U: docs/method.md, "Decoder language models")
 FAIR_OPTIONS = {
@@ -71,9 +77,11 @@ LABEL = {
     "taylor": "LLM-Pruner Taylor (element1), uniform, blocks 3-27",
     "fair": "**FAIR (lightning_fair, default)**",
     "fair_norefit": "FAIR, `refit=False`",
+    "fair_std": 'FAIR, `allocation="standardised"`',
     "fair_classes10": "FAIR, `max_classes=10`",
     "fair_clusters": 'FAIR, `token_classes="clusters"` (100 clusters)',
     "fair_clusters10": 'FAIR, `token_classes="clusters", max_classes=10`',
+    "fair_clusters_std": 'FAIR, `token_classes="clusters", allocation="standardised"`',
 }
 
 
@@ -174,7 +182,7 @@ def run_job(job: str, quick: bool) -> dict:
         start = time.perf_counter()
         scores = lightning_fair.compute_scores(model, calib, **options)
         scoring = time.perf_counter() - start
-        variants = {"fair": {}, "fair_norefit": {"refit": False}} if job == "fair" else {job: {}}
+        variants = {row: ROW_OPTIONS.get(row, {}) for row in JOBS[job]}
         total = sum(p.numel() for p in model.parameters())
         blocks = llm_peers.block_params(model)
         for row, extra in variants.items():
@@ -313,7 +321,7 @@ def reading(rows: dict, base: dict) -> str:
             f"at {int(f * 100)} % FAIR's perplexity is {fair:.2f}, {word} the best peer ({LABEL[best].split(' (')[0]}, "
             f"{peer:.2f}; ratio {fair / peer:.2f})"
         )
-    variants = ("fair", "fair_norefit", *[job for job in FAIR_OPTIONS if job != "fair"])
+    variants = [row for job in FAIR_OPTIONS for row in JOBS[job]]
     for f in FRACTIONS:
         key = str(f)
         best = min(variants, key=lambda r: rows[r][1][key]["perplexity"])
