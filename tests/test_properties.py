@@ -18,12 +18,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import wasserstein_distance
 
-from lightning_fair.allocation.budgets import global_counts
+from lightning_fair.allocation.budgets import global_counts, global_thresholds
 from lightning_fair.allocation.tolerance import (
     count_from_curve,
     tod_curve,
     tolerance_count,
 )
+from lightning_fair.scoring.criterion import layer_standardised
 from lightning_fair.scoring.distances import (
     max_pairwise_w1,
     pairwise_w1,
@@ -391,3 +392,43 @@ def test_max_pairwise_w1_equals_brute_force(num_classes, channels, dim, data):
 def test_max_pairwise_w1_single_class_is_zero(n, channels, dim):
     result = max_pairwise_w1([torch.randn(n, channels, dim)])
     assert torch.equal(result, torch.zeros(channels))
+
+
+# standardised allocation: one threshold on per-layer z-scores
+z_thresholds = st.one_of(_finite(-5.0, 5.0), st.sampled_from([-1e6, -1.0, 0.0, 1.0, 1e6]))
+
+
+def _z_bounds(u, threshold):
+    """#{z_j < threshold} at threshold -+ 1e-6, z computed in float64 with numpy; one score, or
+    scores that spread by less than 1e-6 of their largest magnitude, are ties at z = 0."""
+    x = np.asarray(u, dtype=np.float64)
+    spread = x.std(ddof=1) if x.size > 1 else 0.0
+    tied = not spread > 1e-6 * np.abs(x).max()
+    z = np.zeros_like(x) if tied else (x - x.mean()) / spread
+    return int((z < threshold - 1e-6).sum()), int((z < threshold + 1e-6).sum())
+
+
+@FAST
+@given(layer_sets, z_thresholds)
+def test_standardised_counts_match_the_rule_and_cap(layers, threshold):
+    scores = _scores(layers)
+    counts = global_counts(scores, threshold, normalise=layer_standardised)
+    for name, u in zip(scores.layers, layers):
+        cap = min(_cap(len(u)), len(u) - 1)
+        lo, hi = _z_bounds(u, threshold)
+        assert min(lo, cap) <= counts[name] <= min(hi, cap)
+
+
+@FAST
+@given(layer_sets, z_thresholds, z_thresholds)
+def test_standardised_counts_monotone_and_the_candidates_span_none_to_the_cap(layers, t1, t2):
+    scores = _scores(layers)
+    lo, hi = sorted((t1, t2))
+    a = global_counts(scores, lo, normalise=layer_standardised)
+    b = global_counts(scores, hi, normalise=layer_standardised)
+    assert all(a[n] <= b[n] for n in scores.layers)
+    levels = global_thresholds(scores, normalise=layer_standardised)
+    assert levels == sorted(levels)
+    assert global_counts(scores, levels[0], normalise=layer_standardised) == {n: 0 for n in scores.layers}
+    top = global_counts(scores, levels[-1], normalise=layer_standardised)
+    assert top == {n: min(_cap(len(u)), len(u) - 1) for n, u in zip(scores.layers, layers)}

@@ -106,14 +106,20 @@ def layer_normalised(values: torch.Tensor) -> torch.Tensor:
 
 
 def layer_standardised(values: torch.Tensor) -> torch.Tensor:
-    """``(values - mean(values)) / std(values)`` (the standard deviation floored at 1e-12; a single
-    value is 0): one layer's scores as z-scores, FLAP's standardisation (An et al. 2024), which
-    compares layers by the shape of their score distributions, not by their ratio to the mean.
+    """``(values - mean(values)) / std(values)``: one layer's scores as z-scores, FLAP's
+    standardisation (An et al. 2024), which compares layers by the shape of their score
+    distributions, not by their ratio to the mean. Scores that spread by less than 1e-6 of their
+    largest magnitude are ties (rounding, not information): all 0, as is a single score.
 
     Example:
         >>> layer_standardised(torch.tensor([1.0, 2.0, 3.0])).tolist()
         [-1.0, 0.0, 1.0]
+        >>> layer_standardised(torch.tensor([5.0, 5.0])).tolist()
+        [0.0, 0.0]
     """
     if values.numel() < 2:
         return torch.zeros_like(values)
-    return (values - values.mean()) / values.std().clamp_min(1e-12)
+    spread = values.std()
+    if not spread > 1e-6 * float(values.abs().max()):
+        return torch.zeros_like(values)
+    return (values - values.mean()) / spread
