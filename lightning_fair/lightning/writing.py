@@ -50,7 +50,7 @@ def write_pruned_checkpoint(trainer: Trainer, last_too: bool = False) -> Optiona
         paths.append(last)
     try:
         for where in paths:
-            trainer.save_checkpoint(where)
+            trainer.save_checkpoint(where, weights_only=False)  # a full checkpoint, to resume from
     except OSError as error:
         rank_zero_warn(
             f"lightning_fair: the pruned model could not be written to {path} ({error}); save it with "
