@@ -33,6 +33,11 @@ OBSERVATION_POINTS: Tuple[str, ...] = get_args(Observe)
 Reconstruction = Literal["abs_of_sum", "sum_of_abs"]
 RECONSTRUCTIONS: Tuple[str, ...] = get_args(Reconstruction)
 
+#: How U combines the Wasserstein distances of the class pairs: the largest (``"max"``, the
+#: paper's) or their mean over all pairs (``"mean"``; docs/method.md, "Class pairs").
+PairsName = Literal["max", "mean"]
+PAIRS: Tuple[str, ...] = get_args(PairsName)
+
 #: Coupled groups (residual adds, concatenations): each member's own count, the smallest wins
 #: (``"min_count"``), or one count on the members' combined scores (``"joint"``).
 GroupPolicy = Literal["min_count", "joint"]
@@ -341,6 +346,9 @@ class PruneConfig:
             first calibration batch) or ``"clusters"`` (the next token's cluster among ``max_classes``
             k-means clusters of the output embedding's rows, seeded by ``seed``); :mod:`lightning_fair.collect.tokens`,
             docs/method.md ("Decoder language models").
+        pairs: how U combines the Wasserstein distances between the classes compared: their
+            maximum over class pairs (``"max"``, the paper's) or their mean over all pairs
+            (``"mean"``, our option; docs/method.md, "Class pairs").
         seed: seeds the projection directions (and the random ranking).
         max_batches: calibration batches to use (all by default).
         memory_budget: bytes (or ``"4GiB"``) the statistics (and the refit's) may take (None: no limit; ``"auto"``, the
@@ -399,6 +407,7 @@ class PruneConfig:
     num_projections: Union[int, Literal["auto"]] = "auto"
     max_classes: Optional[int] = 100
     token_classes: TokenClassesName = "frequent"
+    pairs: PairsName = "max"
     seed: int = 0
     max_batches: Optional[int] = None
     memory_budget: Union[int, str, None] = DEFAULT_BUDGET
@@ -491,6 +500,8 @@ class PruneConfig:
                 f"max_classes must be an integer >= 2 (U compares pairs of classes) or None (all classes), "
                 f"got {self.max_classes!r}"
             )
+        if self.pairs not in PAIRS:
+            raise ValueError(f"pairs must be one of {PAIRS}, got {self.pairs!r}")
         if self.token_classes not in TOKEN_CLASSES:
             raise ValueError(f"token_classes must be one of {TOKEN_CLASSES}, got {self.token_classes!r}")
         if self.shapes not in SHAPES:

@@ -307,6 +307,7 @@ def test_help_documents_the_prune_options(capsys):
         "--samples_per_class",
         "--num_projections",
         "--observe",
+        "--pairs",
         "--seed",
         "--ranking",
         "--group_policy",
@@ -339,6 +340,7 @@ def test_console_script(trained, tmp_path):
             "--target_macs=0.7",
             "--num_projections=8",
             "--samples_per_class=8",
+            "--pairs=mean",
         ],
         capture_output=True,
         text=True,
@@ -349,6 +351,7 @@ def test_console_script(trained, tmp_path):
     assert "MACs" in run.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["report"]["macs_ratio"] <= 0.7 and (out / "pruned.ckpt").is_file()
+    assert report["options"]["pairs"] == "mean"
 
 
 def test_import_lightning_fair_does_not_import_the_cli():

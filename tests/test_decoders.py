@@ -133,16 +133,16 @@ def test_pruned_heads_match_zeroed_heads():
     assert torch.allclose(model(x).logits, zeroed(x).logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["frequent", "clusters"])
-def test_next_token_utilization_matches_brute_force(kind):
-    """U of a gated-MLP neuron: the largest W1 distance between its values at the positions of the
-    compared classes, computed by hand. A class is a next token among the most frequent of the first
-    batch (``"frequent"``) or the cluster of the next token's output-embedding row (``"clusters"``),
-    clusters ordered by their frequency in the first batch."""
+@pytest.mark.parametrize("kind,pairs", [("frequent", "max"), ("clusters", "max"), ("clusters", "mean")])
+def test_next_token_utilization_matches_brute_force(kind, pairs):
+    """U of a gated-MLP neuron: the largest (``pairs="mean"``: the mean) W1 distance between its values
+    at the positions of two compared classes, computed by hand. A class is a next token among the most
+    frequent of the first batch (``"frequent"``) or the cluster of the next token's output-embedding
+    row (``"clusters"``), clusters ordered by their frequency in the first batch."""
     model = trained("llama")
     batches = token_batches(3, seed=4)
-    scores = compute_scores(model, batches, samples_per_class=6, max_classes=5, token_classes=kind)
-    assert scores.config["token_classes"] == kind
+    scores = compute_scores(model, batches, samples_per_class=6, max_classes=5, token_classes=kind, pairs=pairs)
+    assert scores.config["token_classes"] == kind and scores.config["pairs"] == pairs
     captured = []
     handle = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
     with torch.no_grad():
@@ -158,12 +158,13 @@ def test_next_token_utilization_matches_brute_force(kind):
     counts = torch.bincount(first)
     classes = torch.sort(-counts, stable=True).indices[: min(5, int((counts > 0).sum()))]
     per_class = [values[following == c][:6].double() for c in classes]
-    expected = torch.zeros(values.shape[1], dtype=torch.float64)
+    distances = []
     for i in range(len(classes)):
         for j in range(i + 1, len(classes)):
             a, b = per_class[i].sort(0).values, per_class[j].sort(0).values
-            distance = torch.stack([_w1(a[:, u], b[:, u]) for u in range(values.shape[1])])
-            expected = torch.maximum(expected, distance)
+            distances.append(torch.stack([_w1(a[:, u], b[:, u]) for u in range(values.shape[1])]))
+    stacked = torch.stack(distances)
+    expected = stacked.amax(0) if pairs == "max" else stacked.mean(0)
     got = scores.utilization["model.layers.1.mlp"].double()
     assert torch.allclose(got, expected, rtol=1e-3, atol=1e-5)
 
@@ -197,6 +198,8 @@ def test_token_clusters_need_an_output_embedding():
         PruneConfig(token_classes="clusters", max_classes=None)
     with pytest.raises(ValueError, match="token_classes must be one of"):
         PruneConfig(token_classes="tokens")
+    with pytest.raises(ValueError, match=r"pairs must be one of \('max', 'mean'\)"):
+        PruneConfig(pairs="median")
 
 
 def _w1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -257,6 +257,27 @@ def test_default_allocation_is_global_under_a_target_and_tod_under_a_tolerance()
     assert by_tolerance.report.options["allocation"] == "tod" and by_tolerance.report.tolerance == 0.1
 
 
+def test_mean_over_class_pairs_flows_from_the_scores_to_the_ranking_and_report():
+    """``pairs="mean"`` scores passed to ``prune`` (which is not told): the report says what U was, and
+    the units removed follow the mean-pair U (a layer's lowest-U units are the ones that go)."""
+    calib = helpers.calibration_loader()
+    model = helpers.trained_small_cnn()
+    scores = compute_scores(model, calib, pairs="mean", **helpers.FAST)
+    assert scores.config["pairs"] == "mean"
+    by_max = compute_scores(model, calib, **helpers.FAST)
+    assert all(bool((scores.utilization[n] <= by_max.utilization[n] + 1e-6).all()) for n in scores.layers)
+    assert any(not torch.allclose(scores.utilization[n], by_max.utilization[n]) for n in scores.layers)
+    result = prune(copy.deepcopy(model), calib, scores=scores, target_macs=0.6, ranking="utilization", refit=False)
+    assert result.report.options["pairs"] == "mean"
+    assert "units ranked by U (class separation, mean over class pairs, after" in str(result.report)
+    name = "features.0.0"  # the first conv: its kept rows are its own, unchanged (it reads the image)
+    before, after = model.get_submodule(name).weight.flatten(1), result.model.get_submodule(name).weight.flatten(1)
+    kept = {int(torch.cdist(row[None], before).argmin()) for row in after}
+    removed = set(range(before.shape[0])) - kept
+    assert len(kept) == after.shape[0] and removed
+    assert removed == set(torch.argsort(scores.utilization[name], stable=True)[: len(removed)].tolist())
+
+
 def test_printed_report_says_the_pipeline_in_words():
     """0.1 printed ``pipeline: preset=default, observe=activation, ...``: jargon (issue 13)."""
     scores = helpers.trained_small_cnn_scores()

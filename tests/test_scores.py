@@ -57,18 +57,18 @@ def capture(model, module, x, transform=lambda t: t, batch_size=97):
     return torch.cat(outs)
 
 
-def brute_max_pairwise(per_class):
-    """``per_class``: ``{k: [n_k, C, D]}`` float64 arrays -> ``[C]``: max over pairs of mean over D of scipy W1."""
+def brute_max_pairwise(per_class, pairs="max"):
+    """``per_class``: ``{k: [n_k, C, D]}`` float64 arrays -> ``[C]``: max (``pairs="mean"``: mean) over
+    the unordered class pairs of the mean over D of scipy W1."""
     classes = sorted(per_class)
     channels, dims = next(iter(per_class.values())).shape[1:]
     result = np.zeros(channels)
     for c in range(channels):
-        best = 0.0
+        distances = []
         for k1, k2 in itertools.combinations(classes, 2):
             a, b = per_class[k1], per_class[k2]
-            d = np.mean([wasserstein_distance(a[:, c, p], b[:, c, p]) for p in range(dims)])
-            best = max(best, d)
-        result[c] = best
+            distances.append(np.mean([wasserstein_distance(a[:, c, p], b[:, c, p]) for p in range(dims)]))
+        result[c] = (max if pairs == "max" else np.mean)(distances) if distances else 0.0
     return result
 
 
@@ -150,6 +150,21 @@ def test_max_pairwise_w1_matches_scipy(sizes, max_elements):
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("sizes", [(5, 5, 5), (5, 7), (32, 17, 1, 4), (8, 3, 8, 12, 1)])
+@pytest.mark.parametrize("max_elements", [2**25, 1])
+def test_mean_over_class_pairs_matches_scipy(sizes, max_elements):
+    """``pairs="mean"``: the mean of the same distances over all unordered class pairs; never above the max."""
+    rng = np.random.default_rng(sum(sizes) + 1)
+    channels, dims = 4, 3
+    samples = [rng.normal(loc=rng.normal(), scale=rng.uniform(0.5, 2), size=(s, channels, dims)) for s in sizes]
+    tensors = [torch.from_numpy(s) for s in samples]
+    got = distances.class_pair_w1(tensors, pairs="mean", max_elements=max_elements)
+    np.testing.assert_allclose(got.numpy(), brute_max_pairwise(dict(enumerate(samples)), "mean"), rtol=0, atol=1e-9)
+    assert bool((got <= distances.class_pair_w1(tensors, pairs="max") + 1e-12).all())
+    with pytest.raises(ValueError, match="pairs must be one of"):
+        distances.class_pair_w1(tensors, pairs="median")
+
+
 def test_max_pairwise_w1_needs_two_classes():
     assert torch.equal(distances.max_pairwise_w1([torch.randn(4, 3, 1)]), torch.zeros(3))
 
@@ -163,8 +178,8 @@ def test_random_projections_seeded_unit_columns():
 
 
 # --------------------------------------------------- 2. Linear utilization vs brute force
-@pytest.mark.parametrize("observe", ["activation", "output"])
-def test_linear_utilization_matches_brute_force(trained_mlp, digits, observe):
+@pytest.mark.parametrize("observe,pairs", [("activation", "max"), ("output", "max"), ("activation", "mean")])
+def test_linear_utilization_matches_brute_force(trained_mlp, digits, observe, pairs):
     # class 3 has 5 samples, class 7 one, class 9 none; the others more than n.
     n = 12
     x, y = digits_subset(digits, {3: 5, 7: 1, 9: 0})
@@ -177,11 +192,14 @@ def test_linear_utilization_matches_brute_force(trained_mlp, digits, observe):
         act = (lambda t: t.clamp(min=0)) if observe == "activation" else (lambda t: t)
         z = capture(trained_mlp, modules[name], x, act).double()  # [N, C]
         per_class = {k: z[idx].unsqueeze(-1).numpy() for k, idx in picks.items()}
-        expected[name] = brute_max_pairwise(per_class)
+        expected[name] = brute_max_pairwise(per_class, pairs)
         assert expected[name].max() > 0
     # the first batch holds more than n of a class (200) / many batches are needed (13)
     for batch_size in (200, 13):
-        scores = compute_scores(trained_mlp, loader(x, y, batch_size), samples_per_class=n, observe=observe)
+        scores = compute_scores(
+            trained_mlp, loader(x, y, batch_size), samples_per_class=n, observe=observe, pairs=pairs
+        )
+        assert scores.config["pairs"] == pairs
         assert scores.layers == list(MLP_LAYERS)
         assert scores.output_layer == "classifier"
         assert scores.class_counts == [min(n, int((y == k).sum())) for k in range(10)]

@@ -44,7 +44,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..config import OBSERVATION_POINTS, check_projections
+from ..config import OBSERVATION_POINTS, PAIRS, check_projections
 from ..runtime.batches import (
     IGNORE_INDEX,
     call_model,
@@ -105,6 +105,8 @@ class StatisticsCollector:
     max_classes: Optional[int] = 100
     #: next-token prediction: what a class is for U, ``"frequent"`` or ``"clusters"`` (:mod:`.tokens`)
     token_classes: str = "frequent"
+    #: how U combines the class pairs' distances, ``"max"`` or ``"mean"`` (read when scoring)
+    pairs: str = "max"
     observe: str = "activation"
     seed: int = 0
     loss_fn: Optional[Callable] = None
@@ -131,6 +133,8 @@ class StatisticsCollector:
     def __post_init__(self):
         if self.observe not in OBSERVATION_POINTS:
             raise ValueError(f"observe must be one of {OBSERVATION_POINTS}, got {self.observe!r}")
+        if self.pairs not in PAIRS:
+            raise ValueError(f"pairs must be one of {PAIRS}, got {self.pairs!r}")
         if int(self.samples_per_class) < 1:
             raise ValueError(f"samples_per_class must be a positive integer, got {self.samples_per_class!r}")
         check_projections(self.num_projections)  # "auto": resolved on the first batch (:func:`.projections_for`)

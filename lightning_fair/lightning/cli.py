@@ -144,6 +144,7 @@ def prune_checkpoint(
         "options": {
             **config.to_dict(),  # "auto" options as used
             "num_projections": result.scores.config.get("num_projections", config.num_projections),
+            "pairs": result.scores.config.get("pairs", config.pairs),
         },
         "level": result.level,
         "level_name": result.level_name,

@@ -279,7 +279,12 @@ def prune(
         tolerance=float(level) if config.allocation == "tod" else None,
         target=config.target,
         notes=notes,
-        options={**config.to_dict(), "num_projections": scores.config.get("num_projections", config.num_projections)},
+        options={
+            **config.to_dict(),
+            # what the scores were made with (they may come from an earlier compute_scores)
+            "num_projections": scores.config.get("num_projections", config.num_projections),
+            "pairs": scores.config.get("pairs", config.pairs),
+        },
         compensated=compensated,
         refitted=refitted,
         recalibrated=recalibrated,

@@ -105,6 +105,7 @@ def compute_scores(
         num_projections=config.num_projections,
         max_classes=config.max_classes,
         token_classes=config.token_classes,
+        pairs=config.pairs,
         observe=config.observe,
         seed=config.seed,
         loss_fn=loss_fn,

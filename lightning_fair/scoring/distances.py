@@ -3,7 +3,8 @@
 Everything here is pure tensor math: no hooks, no models.
 
 The utilization score of a unit is the largest Wasserstein-1 distance between
-the distributions of its output for any two classes (method.md §1.1). For a
+the distributions of its output for any two classes (method.md §1.1), or, with
+``pairs="mean"`` (our option), the mean of those distances over all class pairs. For a
 unit whose output per image is a scalar (a Linear feature) the distance is the
 exact 1-D W1. For a unit whose output per image is a map (a Conv channel) the
 distance is the sliced W1: the mean, over ``P`` unit directions, of the 1-D W1
@@ -28,7 +29,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["quantile_grid", "pairwise_w1", "max_pairwise_w1", "wasserstein_1d"]
+from ..config import PAIRS
+
+__all__ = ["quantile_grid", "pairwise_w1", "class_pair_w1", "max_pairwise_w1", "wasserstein_1d"]
 
 
 def quantile_grid(counts: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -87,17 +90,33 @@ def pairwise_w1(quantiles: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
 
 
 def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**25) -> torch.Tensor:
-    """Utilization score: max over class pairs of the mean over projections of the 1-D W1.
+    """Utilization score as published: max over class pairs of the mean over projections of the
+    1-D W1 (:func:`class_pair_w1` with ``pairs="max"``)."""
+    return class_pair_w1(samples, pairs="max", max_elements=max_elements)
+
+
+def class_pair_w1(samples: Sequence[torch.Tensor], *, pairs: str = "max", max_elements: int = 2**25) -> torch.Tensor:
+    """Utilization score: the mean over projections of the 1-D W1 between two classes' samples,
+    combined over the unordered class pairs by their maximum (``pairs="max"``, the paper's) or
+    their mean (``pairs="mean"``).
 
     Args:
         samples: one tensor per class, each ``[n_k, C, D]``: ``n_k`` samples of C units,
             each seen through D projections (D = 1 for scalar units). Classes may have
             different ``n_k``.
+        pairs: ``"max"`` or ``"mean"``.
         max_elements: the work is split over units so no intermediate holds more elements.
 
     Returns:
         ``[C]`` scores (zeros when fewer than two classes are given).
+
+    Example:
+        >>> a, b, c = torch.zeros(2, 1, 1), torch.ones(2, 1, 1), 3 * torch.ones(2, 1, 1)
+        >>> class_pair_w1([a, b, c]).item(), class_pair_w1([a, b, c], pairs="mean").item()
+        (3.0, 2.0)
     """
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be one of {PAIRS}, got {pairs!r}")
     if len(samples) < 2:
         channels = samples[0].shape[1] if samples else 0
         return torch.zeros(channels, device=samples[0].device if samples else None)
@@ -129,7 +148,11 @@ def max_pairwise_w1(samples: Sequence[torch.Tensor], *, max_elements: int = 2**2
                 dim=2,
             )
         distances = pairwise_w1(grid, widths)  # [c, D, K, K]
-        result[start:stop] = distances.mean(dim=1).amax(dim=(-2, -1))
+        per_pair = distances.mean(dim=1)  # [c, K, K], symmetric, zero diagonal
+        if pairs == "max":
+            result[start:stop] = per_pair.amax(dim=(-2, -1))
+        else:  # every unordered pair counted twice in the full matrix, the diagonal is zero
+            result[start:stop] = per_pair.sum(dim=(-2, -1)) / (num_classes * (num_classes - 1))
     return result
 
 

@@ -17,7 +17,7 @@ from ..collect.collector import StatisticsCollector
 from ..config import RECONSTRUCTIONS, PruneConfig
 from ..units.channels import consumer_of
 from .criterion import CriterionScores
-from .distances import max_pairwise_w1
+from .distances import class_pair_w1
 
 __all__ = ["FairScores", "FairCriterion", "scores_from_statistics", "layer_utilization", "RECONSTRUCTIONS"]
 
@@ -27,7 +27,8 @@ class FairScores:
     """Per-layer FAIR scores, keyed by the layer's qualified name in the model.
 
     Attributes:
-        utilization: ``{layer: U [C]}``, max over class pairs of the (sliced) W1 distance.
+        utilization: ``{layer: U [C]}``, max (``config["pairs"] == "mean"``: mean) over class pairs of
+            the (sliced) W1 distance.
         reconstruction: ``{layer: R [C]}``, ``|Σ dL/dz · z|`` over the calibration data
             (``config["reconstruction"] == "sum_of_abs"``: ``Σ_samples |Σ_positions dL/dz · z|``).
         taylor_sum: ``{layer: [C]}``, the signed sum before the absolute value.
@@ -138,7 +139,7 @@ class FairScores:
 
 def layer_utilization(collector: StatisticsCollector, name: str) -> torch.Tensor:
     """U of the units of ``name`` whose samples this collector holds (its channel range)."""
-    return max_pairwise_w1(collector.class_samples.per_class(name)).cpu().float()
+    return class_pair_w1(collector.class_samples.per_class(name), pairs=collector.pairs).cpu().float()
 
 
 def scores_from_statistics(collector: StatisticsCollector, reconstruction: str = "abs_of_sum") -> FairScores:
@@ -181,6 +182,7 @@ def scores_from_statistics(collector: StatisticsCollector, reconstruction: str =
             "classes_compared": int(collector.class_samples.chosen.numel()),
             # next-token prediction: what a class was (None: class labels)
             "token_classes": collector.token_classes if collector.next_token else None,
+            "pairs": collector.pairs,
             "observe": collector.observe,
             "reconstruction": reconstruction,
             "seed": int(collector.seed),
@@ -213,7 +215,8 @@ class FairCriterion:
 
     def describe(self, options: dict) -> str:
         observed = OBSERVED_WORDS.get(options.get("observe"), options.get("observe"))
-        return f"units ranked by U (class separation, {observed})"
+        pairs = "mean over class pairs, " if options.get("pairs") == "mean" else ""
+        return f"units ranked by U (class separation, {pairs}{observed})"
 
 
 #: how the pipeline line of a report names what U observes
