@@ -56,12 +56,16 @@ JOBS = {
     "fair_classes10": ["fair_classes10"],
     "fair_clusters": ["fair_clusters", "fair_clusters_std"],
     "fair_clusters10": ["fair_clusters10"],
+    "fair_mean": ["fair_mean", "fair_mean_std"],
+    "fair_clusters_mean": ["fair_clusters_mean", "fair_clusters_mean_std"],
 }
 #: the pipeline options of FAIR rows that share their job's scores (the other rows: the default pipeline)
 ROW_OPTIONS = {
     "fair_norefit": {"refit": False},
     "fair_std": {"allocation": "standardised"},
     "fair_clusters_std": {"allocation": "standardised"},
+    "fair_mean_std": {"allocation": "standardised"},
+    "fair_clusters_mean_std": {"allocation": "standardised"},
 }
 #: the FAIR jobs' options (what a class is for U: docs/method.md, "Decoder language models")
 FAIR_OPTIONS = {
@@ -69,6 +73,8 @@ FAIR_OPTIONS = {
     "fair_classes10": {"max_classes": 10},
     "fair_clusters": {"token_classes": "clusters"},
     "fair_clusters10": {"token_classes": "clusters", "max_classes": 10},
+    "fair_mean": {"pairs": "mean"},
+    "fair_clusters_mean": {"token_classes": "clusters", "pairs": "mean"},
 }
 LABEL = {
     "magnitude": "Magnitude (L2 of the unit's weights), uniform",
@@ -82,6 +88,10 @@ LABEL = {
     "fair_clusters": 'FAIR, `token_classes="clusters"` (100 clusters)',
     "fair_clusters10": 'FAIR, `token_classes="clusters", max_classes=10`',
     "fair_clusters_std": 'FAIR, `token_classes="clusters", allocation="standardised"`',
+    "fair_mean": 'FAIR, `pairs="mean"`',
+    "fair_mean_std": 'FAIR, `pairs="mean", allocation="standardised"`',
+    "fair_clusters_mean": 'FAIR, `token_classes="clusters", pairs="mean"`',
+    "fair_clusters_mean_std": 'FAIR, `token_classes="clusters", pairs="mean", allocation="standardised"`',
 }
 
 

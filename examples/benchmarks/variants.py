@@ -38,6 +38,8 @@ VARIANTS: Dict[str, tuple] = {
     "default": ("default pipeline", {}),
     "paper": ('paper-exact (`preset="paper"`)', {"preset": "paper"}),
     "tod": ("ToD counts instead of the global U threshold", {"allocation": "tod"}),
+    "standardised": ("standardised allocation (per-layer z-scores)", {"allocation": "standardised"}),
+    "pairs_mean": ("U: mean over class pairs instead of the max", {"pairs": "mean"}),
     "observe_output": ("U observes the layer output", {"observe": "output"}),
     "observe_norm": ("U observes after the norm", {"observe": "norm"}),
     "no_recal": ("no BatchNorm re-estimation", {"recalibrate": False}),
@@ -51,7 +53,11 @@ VARIANTS: Dict[str, tuple] = {
 
 def scoring_key(options: dict) -> tuple:
     preset = PRESETS[options.get("preset", "default")]
-    return (options.get("observe", preset["observe"]), options.get("reconstruction", preset["reconstruction"]))
+    return (
+        options.get("observe", preset["observe"]),
+        options.get("reconstruction", preset["reconstruction"]),
+        options.get("pairs", "max"),
+    )
 
 
 def evaluate_seed(task: common.Task, seed: int, targets, variants) -> Dict[str, dict]:
@@ -60,8 +66,10 @@ def evaluate_seed(task: common.Task, seed: int, targets, variants) -> Dict[str, 
     calib = common.loader(data.calib, batch_size=100)
     scores = {}
     for key in {scoring_key(options) for _, options in variants.values()}:
-        observe, reconstruction = key
-        scores[key] = compute_scores(model, calib, observe=observe, reconstruction=reconstruction, seed=seed)
+        observe, reconstruction, pairs = key
+        scores[key] = compute_scores(
+            model, calib, observe=observe, reconstruction=reconstruction, pairs=pairs, seed=seed
+        )
     out: Dict[str, dict] = defaultdict(dict)
     for name, (_, options) in variants.items():
         for t in targets:
@@ -176,7 +184,13 @@ def to_markdown(results: dict, extra_rows=None) -> str:
 #: and group policy only act through ToD counts (the global threshold uses U alone and always
 #: the smallest member count), so they are varied, and compared, under ``allocation="tod"``.
 OPTIONS = (
-    ("allocation", "default", "global U threshold", {"tod": "ToD counts"}),
+    (
+        "allocation",
+        "default",
+        "global U threshold",
+        {"tod": "ToD counts", "standardised": "standardised threshold (per-layer z-scores)"},
+    ),
+    ("U over class pairs", "default", "max (the paper's)", {"pairs_mean": "mean"}),
     (
         "U observes",
         "default",
