@@ -40,6 +40,14 @@ def test_benchmark_smoke(args, capsys):
     assert "small_cnn" in out and "ours/plain" in out
 
 
+def test_class_pairs_benchmark_smoke(capsys):
+    """class_pairs.py --quick: max against mean over the class pairs, both allocations, on two tiny models."""
+    pytest.importorskip("mlxtend")
+    out = run_example("benchmarks/class_pairs.py", ["--quick", "--parts", "standard"], capsys)
+    assert "| model (unpruned %) | kept MACs | `max`, global | `max`, standardised | `mean`, global |" in out
+    assert out.count("| VGG-BN, 1/8 width, 7 layers") == 2 and '`pairs="mean"` against the default' in out
+
+
 def test_benchmark_suite_quick_writes_page(tmp_path, capsys):
     """run_all.py --quick: the docs page and its plots are written, with the FAIR row and every section."""
     pytest.importorskip("mlxtend")
