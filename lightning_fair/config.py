@@ -51,6 +51,8 @@ GROUP_POLICIES: Tuple[str, ...] = get_args(GroupPolicy)
 #: ratio.
 AllocationName = Literal["auto", "tod", "global", "standardised", "uniform"]
 ALLOCATIONS: Tuple[str, ...] = get_args(AllocationName)
+#: the allocations that rank units across layers, so need a MACs/params target
+CROSS_LAYER_ALLOCATIONS: Tuple[str, ...] = ("global", "standardised")
 
 #: Which units of a layer go first, once its count is known (the ``ranking`` option).
 #: "utilization_x_consumers" needs the model's consumer weights:
@@ -464,7 +466,7 @@ class PruneConfig:
                 f"unit goes last, a number > 1 (e.g. 6), or 0 to turn it off; got {massive!r}"
             )
         allocation = pipeline["allocation"]
-        if allocation in ("global", "standardised") and not self.target:
+        if allocation in CROSS_LAYER_ALLOCATIONS and not self.target:
             raise ValueError(
                 f"allocation={allocation!r} ranks units across layers and needs a budget: pass target_macs=... "
                 "or target_params=... (or use allocation='tod' with a tolerance)"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from lightning_fair import compute_scores, prune  # noqa: E402
-from lightning_fair.config import PRESETS
+from lightning_fair.config import PRESETS, PruneConfig
 
 TARGETS = (0.5, 0.3)
 SEEDS = (0, 1, 2)
@@ -56,7 +56,7 @@ def scoring_key(options: dict) -> tuple:
     return (
         options.get("observe", preset["observe"]),
         options.get("reconstruction", preset["reconstruction"]),
-        options.get("pairs", "max"),
+        options.get("pairs", PruneConfig.pairs),
     )
 
 

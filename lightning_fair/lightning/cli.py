@@ -142,9 +142,9 @@ def prune_checkpoint(
         "source_checkpoint": os.path.abspath(ckpt_path),
         "checkpoint": os.path.abspath(paths["pruned.ckpt"]),
         "options": {
-            **config.to_dict(),  # "auto" options as used
-            "num_projections": result.scores.config.get("num_projections", config.num_projections),
-            "pairs": result.scores.config.get("pairs", config.pairs),
+            **config.to_dict(),
+            # as used: "auto" resolved, and what the scores were made with (prune's report says)
+            **{key: result.report.options[key] for key in ("num_projections", "pairs")},
         },
         "level": result.level,
         "level_name": result.level_name,
